@@ -1,0 +1,28 @@
+//! # ccrelay
+//!
+//! A daemon that lets a company's services talk to its contact center over NATS instead of HTTP.
+//! It relays Huawei Cloud CEC's web channel (and Tencent Cloud IM) to NATS JetStream subjects, polls
+//! every active CEC session, and keeps the whole conversation in SQLite or PostgreSQL. The public
+//! contract — subjects, payloads, configuration, tables — is in the README and `docs/`.
+//!
+//! # Layout
+//! Data flows one way through the modules: upstream clients → poller / uplink → store + outbox →
+//! bus.
+//! - [`cec`]: the Huawei CEC web-channel client: wire types exactly as documented, token caches,
+//!   typed errors with `is_retryable()`. Knows nothing of NATS.
+//! - [`uplink`]: turns an UpMessage from NATS into CEC calls and records the outcome.
+//! - [`poller`]: schedules and runs the polls of every active session; commits what comes back.
+//! - [`store`]: the store trait and its SQLite implementation; every step commits in one
+//!   transaction, outbox rows included.
+//! - [`outbox`]: publishes committed outbox rows to JetStream and deletes them on PubAck.
+//! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
+//! - [`http`]: `/healthz`, `/readyz`.
+//! - [`sim`]: the simulator of the upstream contact centers (`ccrelay simulate`).
+//! - [`config`], [`cli`], [`telemetry`], [`app`]: configuration, command line, logs, and the wiring of
+//!   all tasks under one cancellation token and task tracker.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod cec;
+pub mod sim;
+pub mod store;

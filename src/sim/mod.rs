@@ -1,0 +1,1 @@
+//! Simulators of the upstream contact centers (`ccrelay simulate`).

@@ -1,0 +1,461 @@
+//! Persistence: one [`Store`] trait, a SQLite implementation ([`sqlite`]) and, later, a
+//! PostgreSQL one, chosen by the `store.url` scheme ([`connect`]).
+//!
+//! The relay never writes piecemeal. Everything one step of work produces — transcript rows,
+//! session changes, events and the outbox rows that will publish them — goes into one [`Commit`],
+//! applied in one transaction. So a crash leaves either all of it or none of it, and whatever must
+//! reach NATS is in the outbox the moment it is in the transcript.
+//!
+//! Tables (same shape in both databases, see `migrations/`):
+//! - `sessions`: one row per CEC session; at most one not-closed row per (kind, tenant, user).
+//! - `messages`: the transcript, both directions. Up rows are keyed by (kind, tenant, user,
+//!   message_id) — the idempotency key — and carry a delivery status. Down rows are de-duplicated
+//!   by (kind, tenant, user, message_code) when the upstream gives a code.
+//! - `events`: every event the relay emitted.
+//! - `outbox`: what is still to be published, in commit order. A row is deleted once JetStream
+//!   acknowledged it; so a transcript row is published exactly when no outbox row holds its id.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+/// What can go wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke: retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A query failed for a reason retrying will not fix (constraint, bad data, bug).
+    #[error("database error: {0}")]
+    Query(#[source] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported store url {0:?}: expected sqlite:… or postgres:…")]
+    UnsupportedUrl(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later (connection problems, pool timeouts, busy).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Query(e) => is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+/// Sorts sqlx errors into "the database is (temporarily) not there" and the rest.
+pub(crate) fn classify(e: sqlx::Error) -> StoreError {
+    if is_transient(&e) {
+        StoreError::Unavailable(e)
+    } else {
+        StoreError::Query(e)
+    }
+}
+
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite reports numeric (extended) result codes: primary SQLITE_BUSY (5) and
+                // SQLITE_LOCKED (6) mean "try again".
+                code.parse::<u32>()
+                    .map(|n| matches!(n & 0xff, 5 | 6))
+                    .unwrap_or(false)
+            } else {
+                // PostgreSQL SQLSTATEs: class 08 (connection), 57P0x (shutting down),
+                // 53300 (too many connections), 40001/40P01 (serialisation, deadlock).
+                {
+                    code.starts_with("08")
+                        || code.starts_with("57P0")
+                        || code == "53300"
+                        || code == "40001"
+                        || code == "40P01"
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which contact center a row belongs to.
+pub mod kind {
+    pub const CEC: &str = "cec";
+    pub const TIM: &str = "tim";
+}
+
+/// Session states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Connected (robot or agent): polled.
+    Active,
+    /// Waiting in an agent queue: polled.
+    Queued,
+    /// Ended: not polled.
+    Closed,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Active => "active",
+            SessionState::Queued => "queued",
+            SessionState::Closed => "closed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(SessionState::Active),
+            "queued" => Ok(SessionState::Queued),
+            "closed" => Ok(SessionState::Closed),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown session state {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A session as stored.
+#[derive(Clone, PartialEq)]
+pub struct Session {
+    /// Relay id of the session (UUIDv7).
+    pub id: String,
+    pub kind: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub channel_config_id: String,
+    pub state: SessionState,
+    /// The user's current `ccmessaging-token`, kept so polling resumes after a restart without a
+    /// new applyToken. A short-lived bearer credential: never logged.
+    pub token: Option<String>,
+    pub opened_at: OffsetDateTime,
+    pub closed_at: Option<OffsetDateTime>,
+    pub close_reason: Option<String>,
+    /// Last message in either direction: what `idle_timeout` is measured from.
+    pub last_activity_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("tenant", &self.tenant)
+            .field("user_id", &self.user_id)
+            .field("channel_config_id", &self.channel_config_id)
+            .field("state", &self.state)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("opened_at", &self.opened_at)
+            .field("closed_at", &self.closed_at)
+            .field("close_reason", &self.close_reason)
+            .field("last_activity_at", &self.last_activity_at)
+            .finish()
+    }
+}
+
+/// A change to a session, part of a [`Commit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionChange {
+    /// Insert a new session (state Active or Queued).
+    Open(Session),
+    /// Set the state of an open session (Active ⇄ Queued).
+    SetState { id: String, state: SessionState },
+    /// Close it, with the reason (`customer`, `agent`, `idle`, `error`). Closing a closed session
+    /// is a no-op.
+    Close {
+        id: String,
+        reason: String,
+        at: OffsetDateTime,
+    },
+}
+
+/// A row for the outbox: published as-is with `Nats-Msg-Id = msg_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMsg {
+    pub msg_id: String,
+    pub subject: String,
+    pub payload: Vec<u8>,
+}
+
+/// One transcript row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRow {
+    /// Relay id (UUIDv7); for down rows also the published DownMessage's id.
+    pub relay_id: String,
+    pub kind: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    /// `up` or `down`.
+    pub direction: Direction,
+    /// Up: the idempotency key (CEC `messageId`, Tencent `id`).
+    pub message_id: Option<String>,
+    /// Down: the upstream's unique `messageCode`, when given.
+    pub message_code: Option<String>,
+    pub source_type: Option<String>,
+    pub control_type: Option<String>,
+    pub media_type: Option<String>,
+    pub content: Option<String>,
+    /// The whole message as JSON: for up, the request sent upstream; for down, the DownMessage.
+    pub body: String,
+    pub status: MessageStatus,
+    pub result_code: Option<String>,
+    pub result_desc: Option<String>,
+    /// JetStream sequence of the `_IN` message an up row came from.
+    pub stream_seq: Option<i64>,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "up" => Ok(Direction::Up),
+            "down" => Ok(Direction::Down),
+            other => Err(StoreError::Corrupt(format!("unknown direction {other:?}"))),
+        }
+    }
+}
+
+/// Delivery status of a transcript row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// Up: received, not yet answered by the upstream (a crash here means: send again).
+    Pending,
+    /// Up: the upstream accepted it.
+    Sent,
+    /// Up: refused for good (by validation or the upstream).
+    Failed,
+    /// Down: stored (and queued for publishing).
+    Received,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Pending => "pending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Received => "received",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(MessageStatus::Pending),
+            "sent" => Ok(MessageStatus::Sent),
+            "failed" => Ok(MessageStatus::Failed),
+            "received" => Ok(MessageStatus::Received),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown message status {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A downlink message to store and publish; skipped whole if its `message_code` was seen before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownRecord {
+    pub row: MessageRow,
+    pub publish: OutboxMsg,
+}
+
+/// An event to store and publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub relay_id: String,
+    pub kind: String,
+    pub tenant: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub event_type: String,
+    pub ok: bool,
+    /// The Event JSON, as published.
+    pub body: String,
+    pub subject: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// The final outcome of an up row (it must exist: see [`Store::begin_up`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpOutcome {
+    pub kind: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub message_id: String,
+    pub status: MessageStatus,
+    pub session_id: Option<String>,
+    pub result_code: Option<String>,
+    pub result_desc: Option<String>,
+}
+
+/// Everything one step of work writes, applied in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Commit {
+    pub sessions: Vec<SessionChange>,
+    /// Outcome of an uplink message.
+    pub up: Option<UpOutcome>,
+    /// Downlink messages: transcript row + outbox row each, both skipped for a duplicate code.
+    pub down: Vec<DownRecord>,
+    /// Events: events row + outbox row each.
+    pub events: Vec<EventRecord>,
+    /// Sessions whose `last_activity_at` moves to the given time.
+    pub touch: Vec<(String, OffsetDateTime)>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+            && self.up.is_none()
+            && self.down.is_empty()
+            && self.events.is_empty()
+            && self.touch.is_empty()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Relay ids of the down records inserted (in the order given).
+    pub inserted_down: Vec<String>,
+    /// How many down records were skipped as duplicates.
+    pub duplicate_down: usize,
+    /// How many outbox rows were added.
+    pub outboxed: usize,
+}
+
+/// What [`Store::begin_up`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpBegin {
+    /// First time this message is seen: the row was inserted as Pending.
+    New,
+    /// Seen before and not finished (the relay stopped mid-way): send it again, same id.
+    Pending,
+    /// Already finished with this status: acknowledge and do nothing else.
+    Done(MessageStatus),
+}
+
+/// An outbox row as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub msg_id: String,
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
+/// Size and age of the outbox.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub oldest: Option<OffsetDateTime>,
+}
+
+/// The store interface. Implementations: [`sqlite::SqliteStore`] (and PostgreSQL, issue 5).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Runs the embedded migrations of this backend.
+    async fn migrate(&self) -> Result<()>;
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Applies everything in `commit` in one transaction.
+    async fn commit(&self, commit: Commit) -> Result<Committed>;
+
+    /// Records an uplink message as Pending, unless its (kind, tenant, user, message_id) exists.
+    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin>;
+
+    /// The not-closed session of a user, if any.
+    async fn open_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>>;
+    /// All not-closed sessions (to resume polling at start-up).
+    async fn open_sessions(&self) -> Result<Vec<Session>>;
+    /// Sessions filtered by tenant and/or state, newest first, at most `limit`.
+    async fn list_sessions(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SessionState>,
+        limit: i64,
+    ) -> Result<Vec<Session>>;
+    /// Stores a user's new `ccmessaging-token` (or clears it).
+    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()>;
+
+    /// The oldest `limit` outbox rows, in commit order.
+    async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>>;
+    /// Deletes published rows.
+    async fn outbox_done(&self, seqs: &[i64]) -> Result<()>;
+    async fn outbox_stats(&self) -> Result<OutboxStats>;
+
+    /// A user's transcript, both directions, oldest first.
+    async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>>;
+    /// Events of a user, oldest first.
+    async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>>;
+}
+
+/// A shared handle to whichever store the configuration names.
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store named by `url` (`sqlite:` or `postgres:`), without migrating.
+pub async fn connect(url: &str) -> Result<DynStore> {
+    if url.starts_with("sqlite:") {
+        // TODO(store helper): Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// A database URL with its password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}
