@@ -24,5 +24,6 @@
 
 pub mod bus;
 pub mod cec;
+pub mod config;
 pub mod sim;
 pub mod store;

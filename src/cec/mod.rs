@@ -1,3 +1,12 @@
-//! Huawei Cloud CEC web channel: wire types ([`wire`]), and the HTTP client with its token caches.
+//! Huawei Cloud CEC web channel: wire types exactly as documented ([`wire`]), the token caches
+//! ([`auth`]), the HTTP client of one tenant ([`client`]), typed errors ([`error`]) and the
+//! meaning of `send` result codes ([`outcome`]). Knows nothing of NATS or of the store.
 
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod outcome;
 pub mod wire;
+
+pub use client::CecClient;
+pub use error::{CecError, Endpoint};

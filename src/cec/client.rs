@@ -1,0 +1,389 @@
+//! The HTTP client of one CEC tenant.
+//!
+//! Every call carries `x-app-key` and `Authorization: Bearer <AccessToken>`; calls for a user also
+//! carry that user's `ccmessaging-token`. The client keeps both tokens itself:
+//! - the AccessToken is fetched before first use and refreshed before it expires, one refresh at a
+//!   time ([`AccessTokenCache`]);
+//! - a user's token comes from applyToken; when a response header `ccmessaging-token` carries a new
+//!   one, it replaces the old (doc §3.1.2);
+//! - on HTTP 401 the token that was refused is dropped, a new one obtained, and the call retried
+//!   once. A 401 from applyToken itself means the AccessToken was refused.
+//!
+//! Each call has a timeout. Retrying on failure is the caller's business ([`CecError::is_retryable`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::auth::{AccessToken, AccessTokenCache, UserToken, UserTokens};
+use super::error::{CecError, Endpoint, snippet};
+use super::wire::{
+    ApplyTokenRequest, ApplyTokenResponse, CHANNEL_WEB, PollResponse, SendRequest, SendResponse,
+    TokenByAkSkRequest, TokenByAkSkResponse, result_code,
+};
+use crate::config::CecTenant;
+
+/// Header carrying a user's token, both ways.
+pub const CC_TOKEN_HEADER: &str = "ccmessaging-token";
+/// Header carrying the app key.
+pub const APP_KEY_HEADER: &str = "x-app-key";
+/// Header asking for an AccessToken lifetime, in seconds.
+pub const TOKEN_EXPIRE_HEADER: &str = "X-Token-Expire";
+
+/// How a call authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    /// AccessToken only (applyToken).
+    App,
+    /// AccessToken and this user's token.
+    User(&'a str),
+}
+
+/// The client of one tenant. Cheap to clone; clones share the HTTP pool and the token caches.
+#[derive(Clone)]
+pub struct CecClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    tenant: CecTenant,
+    access: AccessTokenCache,
+    users: UserTokens,
+}
+
+impl CecClient {
+    /// A client for `tenant` sharing the connection pool of `http`.
+    pub fn new(http: reqwest::Client, tenant: CecTenant) -> Self {
+        CecClient {
+            inner: Arc::new(Inner {
+                http,
+                tenant,
+                access: AccessTokenCache::default(),
+                users: UserTokens::default(),
+            }),
+        }
+    }
+
+    /// One HTTP client for every tenant: keep-alive pool, rustls, no redirects.
+    pub fn http_client() -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ccrelay/", env!("CARGO_PKG_VERSION")))
+            .build()
+    }
+
+    pub fn tenant(&self) -> &CecTenant {
+        &self.inner.tenant
+    }
+
+    /// The user's current token, if the client holds one.
+    pub fn user_token(&self, user: &str) -> Option<Arc<str>> {
+        self.inner.users.token(user)
+    }
+
+    /// Seeds a user's token (a resumed session's stored token).
+    pub fn set_user_token(
+        &self,
+        user: &str,
+        token: &str,
+        user_name: &str,
+        locale: &str,
+        channel_id: &str,
+    ) {
+        self.inner.users.insert(
+            user,
+            UserToken {
+                token: token.into(),
+                user_name: user_name.to_owned(),
+                locale: locale.to_owned(),
+                channel_id: channel_id.to_owned(),
+            },
+        );
+    }
+
+    /// Forgets a user's token (their session ended).
+    pub fn forget_user(&self, user: &str) {
+        self.inner.users.remove(user);
+    }
+
+    /// Applies for a `ccmessaging-token` for `user` and keeps it. Returns the token.
+    pub async fn apply_token(
+        &self,
+        user: &str,
+        user_name: &str,
+        locale: &str,
+        channel_id: &str,
+    ) -> Result<Arc<str>, CecError> {
+        let req = ApplyTokenRequest {
+            user_id: user.to_owned(),
+            user_name: user_name.to_owned(),
+            channel_id: channel_id.to_owned(),
+            locale: locale.to_owned(),
+        };
+        let rsp: ApplyTokenResponse = self
+            .call(
+                Endpoint::ApplyToken,
+                reqwest::Method::POST,
+                &[],
+                Some(&req),
+                Auth::App,
+            )
+            .await?;
+        if rsp.result_code != result_code::OK || rsp.token.is_empty() {
+            return Err(CecError::Result {
+                endpoint: Endpoint::ApplyToken,
+                code: rsp.result_code,
+                desc: rsp
+                    .result_desc
+                    .unwrap_or_else(|| "no token in the answer".into()),
+            });
+        }
+        let token: Arc<str> = rsp.token.into();
+        self.inner.users.insert(
+            user,
+            UserToken {
+                token: token.clone(),
+                user_name: user_name.to_owned(),
+                locale: locale.to_owned(),
+                channel_id: channel_id.to_owned(),
+            },
+        );
+        Ok(token)
+    }
+
+    /// `POST send`. The result code is the caller's to interpret ([`SendResponse`]).
+    pub async fn send(&self, req: &SendRequest) -> Result<SendResponse, CecError> {
+        self.call(
+            Endpoint::Send,
+            reqwest::Method::POST,
+            &[],
+            Some(req),
+            Auth::User(&req.from),
+        )
+        .await
+    }
+
+    /// `GET poll?receiverId=<user>&channel=WEB`.
+    pub async fn poll(&self, user: &str) -> Result<PollResponse, CecError> {
+        self.call::<(), _>(
+            Endpoint::Poll,
+            reqwest::Method::GET,
+            &[("receiverId", user), ("channel", CHANNEL_WEB)],
+            None,
+            Auth::User(user),
+        )
+        .await
+    }
+
+    /// The AccessToken, fetching or refreshing it if needed (single-flight).
+    async fn access_token(&self) -> Result<AccessToken, CecError> {
+        if let Some(t) = self.inner.access.fresh() {
+            return Ok(t);
+        }
+        let _guard = self.inner.access.refresh_lock.lock().await;
+        // Someone else may have refreshed it while we waited.
+        if let Some(t) = self.inner.access.fresh() {
+            return Ok(t);
+        }
+        let t = &self.inner.tenant;
+        let url = endpoint_url(&t.base_url, Endpoint::TokenByAkSk);
+        let expire = t.token_expire.as_secs().max(1);
+        let body = TokenByAkSkRequest {
+            app_key: t.app_key.clone(),
+            app_secret: t.secret().to_owned(),
+        };
+        let rsp = self
+            .inner
+            .http
+            .post(url)
+            .timeout(t.request_timeout)
+            .header(TOKEN_EXPIRE_HEADER, expire.to_string())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| CecError::from_reqwest(Endpoint::TokenByAkSk, e))?;
+        let status = rsp.status();
+        let bytes = rsp
+            .bytes()
+            .await
+            .map_err(|e| CecError::from_reqwest(Endpoint::TokenByAkSk, e))?;
+        if status.as_u16() == 401 || status.as_u16() == 403 {
+            return Err(CecError::Unauthorized {
+                endpoint: Endpoint::TokenByAkSk,
+            });
+        }
+        if !status.is_success() {
+            return Err(CecError::Status {
+                endpoint: Endpoint::TokenByAkSk,
+                status: status.as_u16(),
+                snippet: snippet(&bytes, 160),
+            });
+        }
+        // The body holds the token: never quote it in an error.
+        let parsed: TokenByAkSkResponse =
+            serde_json::from_slice(&bytes).map_err(|e| CecError::Decode {
+                endpoint: Endpoint::TokenByAkSk,
+                reason: e.to_string(),
+                snippet: String::new(),
+            })?;
+        if parsed.access_token.is_empty() {
+            return Err(CecError::Decode {
+                endpoint: Endpoint::TokenByAkSk,
+                reason: "empty AccessToken".into(),
+                snippet: String::new(),
+            });
+        }
+        let lifetime = parsed
+            .expires
+            .as_deref()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(expire));
+        Ok(self.inner.access.store(parsed.access_token, lifetime))
+    }
+
+    /// The user's token, applying for one (with what it was last applied with) if there is none.
+    async fn ensure_user_token(&self, user: &str) -> Result<Arc<str>, CecError> {
+        if let Some(t) = self.inner.users.token(user) {
+            return Ok(t);
+        }
+        let t = &self.inner.tenant;
+        // Boxed: apply_token → call → ensure_user_token would otherwise be an infinite type.
+        Box::pin(self.apply_token(user, user, &t.locale, &t.channel_config_id)).await
+    }
+
+    async fn reapply_user_token(&self, user: &str, refused: &str) -> Result<Arc<str>, CecError> {
+        let t = &self.inner.tenant;
+        let prev = self.inner.users.invalidate(user, refused);
+        match prev {
+            // Someone else already renewed it.
+            Some(p) if &*p.token != refused => Ok(p.token),
+            Some(p) => {
+                Box::pin(self.apply_token(user, &p.user_name, &p.locale, &p.channel_id)).await
+            }
+            None => Box::pin(self.apply_token(user, user, &t.locale, &t.channel_config_id)).await,
+        }
+    }
+
+    /// One call with the 401-renew-retry-once rule.
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        method: reqwest::Method,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+        auth: Auth<'_>,
+    ) -> Result<R, CecError> {
+        let mut retried = false;
+        loop {
+            let access = self.access_token().await?;
+            let user_token = match auth {
+                Auth::App => None,
+                Auth::User(u) => Some(self.ensure_user_token(u).await?),
+            };
+            let t = &self.inner.tenant;
+            let mut req = self
+                .inner
+                .http
+                .request(
+                    method.clone(),
+                    endpoint_url_with_query(&t.base_url, endpoint, query),
+                )
+                .timeout(t.request_timeout)
+                .headers(self.headers(&access, user_token.as_deref()));
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let rsp = req
+                .send()
+                .await
+                .map_err(|e| CecError::from_reqwest(endpoint, e))?;
+            let status = rsp.status().as_u16();
+            if status == 401 {
+                if retried {
+                    return Err(CecError::Unauthorized { endpoint });
+                }
+                retried = true;
+                match (auth, user_token) {
+                    (Auth::User(u), Some(used)) => {
+                        // applyToken refreshes the AccessToken itself if that was the problem.
+                        self.reapply_user_token(u, &used).await?;
+                    }
+                    _ => self.inner.access.invalidate(&access.value),
+                }
+                continue;
+            }
+            if let (Auth::User(u), Some(h)) = (auth, rsp.headers().get(CC_TOKEN_HEADER)) {
+                if let Ok(new) = h.to_str() {
+                    if !new.is_empty() {
+                        self.inner.users.renew(u, new);
+                    }
+                }
+            }
+            let bytes = rsp
+                .bytes()
+                .await
+                .map_err(|e| CecError::from_reqwest(endpoint, e))?;
+            if !(200..300).contains(&status) {
+                return Err(CecError::Status {
+                    endpoint,
+                    status,
+                    snippet: snippet(&bytes, 160),
+                });
+            }
+            return serde_json::from_slice(&bytes).map_err(|e| CecError::Decode {
+                endpoint,
+                reason: e.to_string(),
+                snippet: if endpoint == Endpoint::ApplyToken {
+                    String::new()
+                } else {
+                    snippet(&bytes, 160)
+                },
+            });
+        }
+    }
+
+    fn headers(&self, access: &AccessToken, user_token: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(4);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(v) = HeaderValue::from_str(&self.inner.tenant.app_key) {
+            h.insert(APP_KEY_HEADER, v);
+        }
+        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", access.value)) {
+            v.set_sensitive(true);
+            h.insert(AUTHORIZATION, v);
+        }
+        if let Some(t) = user_token {
+            if let Ok(mut v) = HeaderValue::from_str(t) {
+                v.set_sensitive(true);
+                h.insert(CC_TOKEN_HEADER, v);
+            }
+        }
+        h
+    }
+}
+
+fn endpoint_url(base: &url::Url, endpoint: Endpoint) -> String {
+    format!("{}{}", base.as_str().trim_end_matches('/'), endpoint.path())
+}
+
+fn endpoint_url_with_query(base: &url::Url, endpoint: Endpoint, query: &[(&str, &str)]) -> String {
+    let plain = endpoint_url(base, endpoint);
+    if query.is_empty() {
+        return plain;
+    }
+    match url::Url::parse(&plain) {
+        Ok(mut u) => {
+            u.query_pairs_mut().extend_pairs(query);
+            u.into()
+        }
+        Err(_) => plain,
+    }
+}

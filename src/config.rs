@@ -1,0 +1,791 @@
+//! Configuration: one TOML file plus `CCRELAY_<SECTION>__<KEY>` environment overrides, read with
+//! figment and validated before anything starts.
+//!
+//! - Unknown keys are errors (a typo must not silently fall back to a default).
+//! - Durations are written with their unit (`"1s"`, `"30m"`) and exposed as [`Duration`].
+//! - Secrets are [`SecretString`]s: `Debug` prints `[REDACTED]`, and they never reach logs.
+//!   Each can also be read from a file (`app_secret_file`, for systemd `LoadCredential=`).
+//! - The array sections `[[cec]]` and `[[tim]]` are overridden per entry by its name:
+//!   `CCRELAY_CEC__ACME__APP_SECRET=…` sets `app_secret` of the tenant named `acme`.
+//!
+//! With no `[[cec]]` tenant at all, `ccrelay run` uses the built-in simulator as tenant `demo`
+//! (see [`Config::uses_simulator`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::bus::subjects::{TokenError, check_name};
+
+/// The default path of the configuration file.
+pub const DEFAULT_PATH: &str = "config/ccrelay.toml";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "CCRELAY_";
+/// The tenant name used for the built-in simulator when no tenant is configured.
+pub const DEMO_TENANT: &str = "demo";
+
+/// Why the configuration cannot be used. Always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("configuration key `{key}`: cannot read {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub nats: NatsConfig,
+    pub http: HttpConfig,
+    pub relay: RelayConfig,
+    pub cec: Vec<CecTenant>,
+    pub tim: Vec<TimApp>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://ccrelay.db".to_owned(),
+        }
+    }
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Subject prefix P; streams are `<P upper>_IN` and `<P upper>_OUT`.
+    pub prefix: String,
+    /// Start a local nats-server (installing one if missing) when none answers at `url`.
+    /// Only allowed for a loopback `url`.
+    pub embedded: bool,
+    /// A `.creds` file (JWT + nkey).
+    pub credentials_file: Option<PathBuf>,
+    /// A file holding an nkey seed.
+    pub nkey_seed_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub token: Option<SecretString>,
+    /// Require TLS; with `tls_ca_file` to trust a private CA.
+    pub tls_required: bool,
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Streams: how long messages are kept (`0s` = forever).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Streams: size limit in bytes (`-1` = unlimited).
+    pub max_bytes: i64,
+    /// Streams: replicas (1 for a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// Streams: the de-duplication window for `Nats-Msg-Id`. Must cover the longest time the relay
+    /// may be down between publishing a row and recording its PubAck.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Consumer: how long a delivered uplink message may stay unacknowledged before redelivery.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Consumer: how many uplink messages may be in flight at once.
+    pub max_ack_pending: i64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: "ccrelay".to_owned(),
+            embedded: true,
+            credentials_file: None,
+            nkey_seed_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: -1,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(10 * 60),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/healthz`, `/readyz`, `/metrics` and the Tencent callbacks.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".to_owned(),
+        }
+    }
+}
+
+/// `[relay]`: the relay's own behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// At most this many polls in flight at once, over all tenants.
+    pub max_concurrent_polls: usize,
+    /// At most this many uplink messages being sent upstream at once.
+    pub max_concurrent_sends: usize,
+    /// How long SIGTERM may take to drain in-flight work before the relay exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Outbox rows published per batch.
+    pub outbox_batch: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_concurrent_polls: 512,
+            max_concurrent_sends: 256,
+            shutdown_timeout: Duration::from_secs(15),
+            outbox_batch: 512,
+        }
+    }
+}
+
+/// One `[[cec]]` tenant: a Huawei CEC account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CecTenant {
+    /// Subject token `<t>`: `[A-Za-z0-9_-]{1,64}`.
+    pub name: String,
+    /// `https://service.besclouds.com` or your CEC domain.
+    pub base_url: url::Url,
+    pub app_key: String,
+    #[serde(default)]
+    pub app_secret: Option<SecretString>,
+    /// Read `app_secret` from this file instead (trailing newline trimmed).
+    #[serde(default)]
+    pub app_secret_file: Option<PathBuf>,
+    /// The web channel's configuration id ("配置ID").
+    pub channel_config_id: String,
+    #[serde(default = "default_locale")]
+    pub locale: String,
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A session with no message either way for this long is closed (`reason: idle`).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Timeout of each upstream HTTP call.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Lifetime asked for the AccessToken (`X-Token-Expire`).
+    #[serde(default = "default_token_expire", with = "humantime_serde")]
+    pub token_expire: Duration,
+}
+
+fn default_locale() -> String {
+    "zh".to_owned()
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_token_expire() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl CecTenant {
+    /// The app secret (after `app_secret_file` was resolved at load).
+    pub fn secret(&self) -> &str {
+        self.app_secret
+            .as_ref()
+            .map(|s| s.expose_secret())
+            .unwrap_or("")
+    }
+
+    /// A tenant pointing at a simulator.
+    pub fn simulated(
+        name: &str,
+        base_url: url::Url,
+        app_key: &str,
+        secret: &str,
+        channel: &str,
+    ) -> Self {
+        CecTenant {
+            name: name.to_owned(),
+            base_url,
+            app_key: app_key.to_owned(),
+            app_secret: Some(SecretString::from(secret.to_owned())),
+            app_secret_file: None,
+            channel_config_id: channel.to_owned(),
+            locale: default_locale(),
+            poll_interval: default_poll_interval(),
+            idle_timeout: default_idle_timeout(),
+            request_timeout: default_request_timeout(),
+            token_expire: default_token_expire(),
+        }
+    }
+}
+
+/// One `[[tim]]` application: a Tencent Cloud IM app (issue 4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimApp {
+    pub name: String,
+    #[serde(default = "default_tim_url")]
+    pub base_url: url::Url,
+    pub sdkappid: u64,
+    #[serde(default)]
+    pub secret_key: Option<SecretString>,
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+    #[serde(default = "default_admin")]
+    pub admin_identifier: String,
+    #[serde(default)]
+    pub callback_token: Option<SecretString>,
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+}
+
+fn default_tim_url() -> url::Url {
+    // A literal that always parses.
+    url::Url::parse("https://console.tim.qq.com").unwrap_or_else(|_| unreachable!())
+}
+fn default_admin() -> String {
+    "administrator".to_owned()
+}
+fn default_rate_limit() -> u32 {
+    200
+}
+
+impl Config {
+    /// Loads `path` (if it exists, or if `required`), applies environment overrides and validates.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, required, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        required: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        if required && !path.exists() {
+            return Err(invalid(
+                "--config",
+                format!("file {} does not exist", path.display()),
+            ));
+        }
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let figment = Figment::new()
+            .merge(Toml::file(path))
+            .merge(EnvSnapshot { env: env.clone() });
+        let mut root: Dict = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        apply_array_overrides(&mut root, &env)?;
+        let mut config: Config = Figment::from(Serialized::defaults(Value::from(root)))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.resolve_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (no environment), validated. For tests and `check-config`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.resolve_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// True when no `[[cec]]` tenant is configured: the relay then serves the built-in simulator.
+    pub fn uses_simulator(&self) -> bool {
+        self.cec.is_empty()
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (i, t) in self.cec.iter_mut().enumerate() {
+            let key = format!("cec[{i}] ({}).app_secret", t.name);
+            t.app_secret = resolve_secret(&key, t.app_secret.take(), t.app_secret_file.as_deref())?;
+        }
+        for (i, a) in self.tim.iter_mut().enumerate() {
+            let key = format!("tim[{i}] ({}).secret_key", a.name);
+            a.secret_key = resolve_secret(&key, a.secret_key.take(), a.secret_key_file.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Checks everything serde cannot: names, URLs, durations, uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_prefix(&self.nats.prefix).map_err(|r| invalid("nats.prefix", r))?;
+        for u in self.nats.url.split(',') {
+            let u = u.trim();
+            let parsed =
+                url::Url::parse(u).map_err(|e| invalid("nats.url", format!("{u:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
+                return Err(invalid(
+                    "nats.url",
+                    format!("{u:?}: scheme must be nats, tls, ws or wss"),
+                ));
+            }
+        }
+        if self.nats.replicas == 0 || self.nats.replicas > 5 {
+            return Err(invalid("nats.replicas", "must be 1 to 5"));
+        }
+        if self.nats.duplicate_window < Duration::from_secs(1) {
+            return Err(invalid("nats.duplicate_window", "must be at least 1s"));
+        }
+        if self.nats.ack_wait < Duration::from_secs(1) {
+            return Err(invalid("nats.ack_wait", "must be at least 1s"));
+        }
+        if self.nats.max_ack_pending < 1 {
+            return Err(invalid("nats.max_ack_pending", "must be at least 1"));
+        }
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres:")
+            || self.store.url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "store.url",
+                format!(
+                    "{:?}: must start with sqlite: or postgres:",
+                    crate::store::redact_url(&self.store.url)
+                ),
+            ));
+        }
+        self.http
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| invalid("http.listen", format!("{:?}: {e}", self.http.listen)))?;
+        if self.relay.max_concurrent_polls == 0 {
+            return Err(invalid("relay.max_concurrent_polls", "must be at least 1"));
+        }
+        if self.relay.max_concurrent_sends == 0 {
+            return Err(invalid("relay.max_concurrent_sends", "must be at least 1"));
+        }
+        if self.relay.outbox_batch == 0 {
+            return Err(invalid("relay.outbox_batch", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.cec.iter().enumerate() {
+            let k = |f: &str| format!("cec[{i}].{f}");
+            check_name(&t.name).map_err(|e| invalid(k("name"), name_reason(&t.name, e)))?;
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(k("name"), format!("{:?} is used twice", t.name)));
+            }
+            check_http_url(&t.base_url).map_err(|r| invalid(k("base_url"), r))?;
+            if t.app_key.trim().is_empty() {
+                return Err(invalid(k("app_key"), "must not be empty"));
+            }
+            if t.app_secret
+                .as_ref()
+                .is_none_or(|s| s.expose_secret().is_empty())
+            {
+                return Err(invalid(
+                    k("app_secret"),
+                    "missing: set app_secret or app_secret_file",
+                ));
+            }
+            if t.channel_config_id.trim().is_empty() {
+                return Err(invalid(k("channel_config_id"), "must not be empty"));
+            }
+            if t.locale.trim().is_empty() {
+                return Err(invalid(k("locale"), "must not be empty"));
+            }
+            for (f, d, min) in [
+                ("poll_interval", t.poll_interval, Duration::from_millis(50)),
+                ("idle_timeout", t.idle_timeout, Duration::from_secs(1)),
+                (
+                    "request_timeout",
+                    t.request_timeout,
+                    Duration::from_millis(100),
+                ),
+                ("token_expire", t.token_expire, Duration::from_secs(60)),
+            ] {
+                if d < min {
+                    return Err(invalid(
+                        k(f),
+                        format!(
+                            "{} is too short: at least {}",
+                            fmt_duration(d),
+                            fmt_duration(min)
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut apps = std::collections::HashSet::new();
+        for (i, a) in self.tim.iter().enumerate() {
+            let k = |f: &str| format!("tim[{i}].{f}");
+            check_name(&a.name).map_err(|e| invalid(k("name"), name_reason(&a.name, e)))?;
+            if !apps.insert(a.name.as_str()) {
+                return Err(invalid(k("name"), format!("{:?} is used twice", a.name)));
+            }
+            check_http_url(&a.base_url).map_err(|r| invalid(k("base_url"), r))?;
+            if a.secret_key
+                .as_ref()
+                .is_none_or(|s| s.expose_secret().is_empty())
+            {
+                return Err(invalid(
+                    k("secret_key"),
+                    "missing: set secret_key or secret_key_file",
+                ));
+            }
+            if a.rate_limit == 0 {
+                return Err(invalid(k("rate_limit"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn name_reason(name: &str, e: TokenError) -> String {
+    format!("{name:?} {e}: names must match [A-Za-z0-9_-]{{1,64}}")
+}
+
+fn check_prefix(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("must not be empty".into());
+    }
+    for part in p.split('.') {
+        check_name(part)
+            .map_err(|e| format!("{p:?}: each part {e}; use [A-Za-z0-9_-] and dots"))?;
+    }
+    Ok(())
+}
+
+fn check_http_url(u: &url::Url) -> Result<(), String> {
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!("{u}: scheme must be http or https"));
+    }
+    if u.host_str().is_none() {
+        return Err(format!("{u}: has no host"));
+    }
+    Ok(())
+}
+
+fn resolve_secret(
+    key: &str,
+    inline: Option<SecretString>,
+    file: Option<&Path>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(key, "set either the secret or its _file, not both")),
+        (Some(s), None) => Ok(Some(s)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                key: format!("{key}_file"),
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok(Some(SecretString::from(
+                text.trim_end_matches(['\n', '\r']).to_owned(),
+            )))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The environment overrides as a figment provider, from the snapshot given to
+/// [`Config::load_with_env`], so tests do not depend on (or change) the real environment.
+///
+/// Plain sections only: `CCRELAY_STORE__URL` → `store.url`. Variables without a section
+/// (`CCRELAY_CONFIG`, `CCRELAY_LOG`…) are not configuration keys, and the array sections are
+/// applied by name in [`apply_array_overrides`].
+struct EnvSnapshot {
+    env: Vec<(String, String)>,
+}
+
+impl figment::Provider for EnvSnapshot {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable(s)")
+    }
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (k, v) in &self.env {
+            let rest = k[ENV_PREFIX.len()..].to_ascii_lowercase();
+            if !rest.contains("__") || rest.starts_with("cec__") || rest.starts_with("tim__") {
+                continue;
+            }
+            let key = rest.replace("__", ".");
+            let parts: Vec<&str> = key.split('.').collect();
+            let value = v
+                .parse::<Value>()
+                .unwrap_or_else(|_| Value::from(v.clone()));
+            insert_nested(&mut dict, &parts, value);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// Inserts `value` at `path` ("store", "url") into nested dicts, creating them as needed.
+fn insert_nested(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_owned(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, d) = entry {
+                insert_nested(d, rest, value);
+            }
+        }
+    }
+}
+
+/// Applies `CCRELAY_CEC__<NAME>__<KEY>` / `CCRELAY_TIM__<NAME>__<KEY>` to the entry of that name.
+fn apply_array_overrides(root: &mut Dict, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (k, v) in env {
+        let rest = &k[ENV_PREFIX.len()..];
+        let mut parts = rest.splitn(3, "__");
+        let (Some(section), Some(name), Some(key)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let section = section.to_ascii_lowercase();
+        if section != "cec" && section != "tim" {
+            continue;
+        }
+        let key = key.to_ascii_lowercase();
+        let entries = match root.get_mut(&section) {
+            Some(Value::Array(_, items)) => items,
+            _ => {
+                return Err(invalid(
+                    k.clone(),
+                    format!("no [[{section}]] entry is configured to override"),
+                ));
+            }
+        };
+        let entry = entries.iter_mut().find_map(|item| match item {
+            Value::Dict(_, d)
+                if d.get("name")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name)) =>
+            {
+                Some(d)
+            }
+            _ => None,
+        });
+        let Some(entry) = entry else {
+            return Err(invalid(
+                k.clone(),
+                format!("no [[{section}]] entry is named {name:?}"),
+            ));
+        };
+        // Numbers stay numbers where the key is numeric; everything else is a string, so a secret
+        // made of digits is not turned into a number.
+        let value = match key.as_str() {
+            "sdkappid" | "rate_limit" => v
+                .parse::<Value>()
+                .unwrap_or_else(|_| Value::from(v.clone())),
+            _ => Value::from(v.clone()),
+        };
+        entry.insert(key, value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[cec]]
+        name = "acme"
+        base_url = "https://service.besclouds.com"
+        app_key = "ak"
+        app_secret = "s3cr3t-value"
+        channel_config_id = "1011577355744904195"
+    "#;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let (_d, p) = write(text);
+        Config::load_with_env(
+            &p,
+            true,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.nats.prefix, "ccrelay");
+        assert_eq!(c.store.url, "sqlite://ccrelay.db");
+        assert_eq!(c.cec[0].poll_interval, Duration::from_secs(1));
+        assert_eq!(c.cec[0].idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.cec[0].secret(), "s3cr3t-value");
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../config/ccrelay.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert!(!c.cec.is_empty());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = load(MINIMAL, &[]).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t-value"), "{dbg}");
+    }
+
+    #[test]
+    fn env_overrides_plain_sections_and_tenants_by_name() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("CCRELAY_NATS__PREFIX", "acme_relay"),
+                ("CCRELAY_STORE__URL", "sqlite://other.db"),
+                ("CCRELAY_CEC__ACME__APP_SECRET", "12345"),
+                ("CCRELAY_CEC__ACME__POLL_INTERVAL", "250ms"),
+                ("CCRELAY_CONFIG", "ignored.toml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.nats.prefix, "acme_relay");
+        assert_eq!(c.store.url, "sqlite://other.db");
+        assert_eq!(c.cec[0].secret(), "12345");
+        assert_eq!(c.cec[0].poll_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn env_override_of_an_unknown_tenant_is_refused() {
+        let e = load(MINIMAL, &[("CCRELAY_CEC__NOPE__APP_KEY", "x")]).unwrap_err();
+        assert!(e.to_string().contains("CCRELAY_CEC__NOPE__APP_KEY"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load(&format!("{MINIMAL}\npoll_intervall = \"1s\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("poll_intervall"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = load(
+            &MINIMAL.replace("[[cec]]", "[[cec]]\npoll_interval = \"soon\""),
+            &[],
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("poll_interval"), "{s}");
+    }
+
+    #[test]
+    fn bad_url_is_named() {
+        let e = load(
+            &MINIMAL.replace("https://service.besclouds.com", "not a url"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("base_url"), "{e}");
+        let e = load(&MINIMAL.replace("https://", "ftp://"), &[]).unwrap_err();
+        assert!(e.to_string().contains("cec[0].base_url"), "{e}");
+    }
+
+    #[test]
+    fn bad_tenant_name_is_named() {
+        let e = load(&MINIMAL.replace("\"acme\"", "\"ac.me\""), &[]).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("cec[0].name") && s.contains("'.'"), "{s}");
+    }
+
+    #[test]
+    fn missing_secret_is_named() {
+        let e = load(&MINIMAL.replace("app_secret = \"s3cr3t-value\"", ""), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("cec[0] (acme).app_secret")
+                || e.to_string().contains("cec[0].app_secret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secret_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let text = MINIMAL.replace(
+            "app_secret = \"s3cr3t-value\"",
+            &format!("app_secret_file = {:?}", f.display().to_string()),
+        );
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.cec[0].secret(), "from-file");
+    }
+
+    #[test]
+    fn no_file_and_no_tenant_means_the_simulator() {
+        let c =
+            Config::load_with_env(Path::new("/nonexistent/ccrelay.toml"), false, vec![]).unwrap();
+        assert!(c.uses_simulator());
+        assert!(
+            Config::load_with_env(Path::new("/nonexistent/ccrelay.toml"), true, vec![]).is_err()
+        );
+    }
+}
