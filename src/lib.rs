@@ -25,5 +25,9 @@
 pub mod bus;
 pub mod cec;
 pub mod config;
+pub mod outbox;
+pub mod poller;
+pub mod relay;
 pub mod sim;
 pub mod store;
+pub mod uplink;

@@ -1,5 +1,11 @@
-//! NATS: the contract's subjects and payloads, stream set-up, the JetStream publisher and the
-//! durable consumer of uplink messages. Knows nothing of HTTP or of the upstream APIs.
+//! NATS: the contract's subjects ([`subjects`]) and payloads ([`payload`]), the connection
+//! ([`connect`]), stream and consumer set-up ([`streams`]) and the JetStream publisher
+//! ([`publisher`]). Knows nothing of HTTP or of the upstream APIs.
 
+pub mod connect;
 pub mod payload;
+pub mod publisher;
+pub mod streams;
 pub mod subjects;
+
+pub use subjects::Subjects;

@@ -1,0 +1,136 @@
+//! Store-then-publish. Everything the relay publishes is first committed as an outbox row in the
+//! same transaction as the data it describes ([`crate::store::Commit`]); this task publishes the
+//! rows in commit order with `Nats-Msg-Id` = the row's id, and deletes them once JetStream
+//! acknowledged them. A crash between the PubAck and the delete republishes the row at the next
+//! start, and JetStream drops it as a duplicate (within `nats.duplicate_window`).
+
+mod records;
+
+pub use records::{down_record, event_record, now};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::publisher::{Outgoing, publish_batch};
+use crate::store::DynStore;
+
+/// Wakes the publisher when a commit added outbox rows.
+#[derive(Clone, Default)]
+pub struct OutboxSignal(Arc<Notify>);
+
+impl OutboxSignal {
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+    async fn notified(&self) {
+        self.0.notified().await
+    }
+}
+
+/// How often the outbox is looked at even without a signal (rows from a previous run, retries).
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// Publishes outbox rows until `cancel` fires, then makes one last attempt to empty it.
+pub async fn run(
+    store: DynStore,
+    js: jetstream::Context,
+    signal: OutboxSignal,
+    batch: usize,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match publish_once(&store, &js, batch).await {
+            Ok(n) if n > 0 => {
+                backoff = Duration::from_millis(100);
+                if cancel.is_cancelled() {
+                    continue; // keep draining while rows remain
+                }
+                continue;
+            }
+            Ok(_) => {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = signal.notified() => {}
+                    _ = tokio::time::sleep(SWEEP) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Outbox publish failed; nothing is lost, will retry");
+                if cancel.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Why a publishing round stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("publish to NATS failed for {failed} of {total} messages: {first}")]
+    Publish {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+}
+
+/// Publishes one batch; returns how many rows were published and deleted.
+pub async fn publish_once(
+    store: &DynStore,
+    js: &jetstream::Context,
+    batch: usize,
+) -> Result<usize, OutboxError> {
+    let rows = store.outbox_pending(batch as i64).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let outgoing = rows
+        .iter()
+        .map(|r| Outgoing {
+            msg_id: &r.msg_id,
+            subject: &r.subject,
+            payload: Bytes::copy_from_slice(&r.payload),
+        })
+        .collect();
+    let results = publish_batch(js, outgoing).await;
+    let mut done = Vec::with_capacity(rows.len());
+    let mut first_err = None;
+    let mut failed = 0;
+    for (row, res) in rows.iter().zip(results) {
+        match res {
+            Ok(()) => done.push(row.seq),
+            Err(e) => {
+                failed += 1;
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if !done.is_empty() {
+        store.outbox_done(&done).await?;
+    }
+    match first_err {
+        None => Ok(done.len()),
+        Some(first) => Err(OutboxError::Publish {
+            failed,
+            total: rows.len(),
+            first,
+        }),
+    }
+}

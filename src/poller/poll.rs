@@ -1,0 +1,213 @@
+//! One poll of one session: call `poll`, commit what came back, then decide what happens next.
+//!
+//! The order matters for loss: CEC's poll has no acknowledgement, so a message is safe only once
+//! committed. The answer is committed first — transcript rows, outbox rows, the session's close
+//! if the agent hung up — and everything else (publishing, idle checks, token bookkeeping) comes
+//! after.
+
+use time::OffsetDateTime;
+
+use super::{Next, Polled};
+use crate::bus::payload::{DownMessage, Event, event_type, new_id};
+use crate::cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, result_code};
+use crate::outbox::{down_record, event_record, now};
+use crate::relay::Relay;
+use crate::store::{Commit, SessionChange, SessionState, kind};
+
+/// Consecutive final (non-retryable) failures after which a session is closed with reason `error`.
+const MAX_FINAL_FAILURES: u32 = 5;
+
+pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
+    let Some(tenant) = relay.tenant(&p.session.tenant) else {
+        tracing::warn!(tenant = %p.session.tenant, session = %p.session.id,
+            "Session of a tenant that is no longer configured; not polled");
+        return Next::Closed;
+    };
+    let s = &p.session;
+    let client = &tenant.client;
+    if client.user_token(&s.user_id).is_none() {
+        if let Some(token) = &s.token {
+            client.set_user_token(
+                &s.user_id,
+                token,
+                &s.user_id,
+                &tenant.config().locale,
+                &s.channel_config_id,
+            );
+        }
+    }
+    let rsp = match client.poll(&s.user_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            p.failures += 1;
+            if e.is_retryable() {
+                tracing::warn!(tenant = %s.tenant, user = %s.user_id, endpoint = %e.endpoint(), code = %e.code(),
+                    error = %e, failures = p.failures, "Poll failed; will retry");
+            } else {
+                tracing::error!(tenant = %s.tenant, user = %s.user_id, endpoint = %e.endpoint(), code = %e.code(),
+                    error = %e, failures = p.failures, "Poll refused");
+                if p.failures >= MAX_FINAL_FAILURES {
+                    return close(relay, p, "error", Some(e.to_string())).await;
+                }
+            }
+            return Next::Again(p);
+        }
+    };
+    let received_at = now();
+    if rsp.result_code != result_code::OK {
+        p.failures += 1;
+        tracing::warn!(tenant = %s.tenant, user = %s.user_id, code = %rsp.result_code,
+            desc = rsp.result_desc.as_deref().unwrap_or(""), "Poll answered with a failure code");
+        return Next::Again(p);
+    }
+    p.failures = 0;
+    if !rsp.downlink_messages.is_empty() {
+        let mut commit = Commit::default();
+        let down_subject = relay.subjects.cec_down(&s.tenant, &s.user_id);
+        let mut disconnected = false;
+        let mut agent_spoke = false;
+        for m in rsp.downlink_messages {
+            disconnected |= m.is_disconnect();
+            agent_spoke |= m.source_type.as_deref() == Some("AGENT");
+            let down = DownMessage {
+                id: new_id(),
+                tenant: s.tenant.clone(),
+                user_id: s.user_id.clone(),
+                channel_config_id: s.channel_config_id.clone(),
+                received_at,
+                file: None,
+                message: m,
+            };
+            commit
+                .down
+                .push(down_record(kind::CEC, down_subject.clone(), &s.id, &down));
+        }
+        commit.touch.push((s.id.clone(), received_at));
+        if disconnected {
+            add_close(relay, &mut commit, s, "agent", None, received_at);
+        } else if agent_spoke && s.state == SessionState::Queued {
+            commit.sessions.push(SessionChange::SetState {
+                id: s.id.clone(),
+                state: SessionState::Active,
+            });
+        }
+        match relay.commit(commit).await {
+            Ok(c) => {
+                if c.duplicate_down > 0 {
+                    tracing::info!(tenant = %s.tenant, user = %s.user_id, duplicates = c.duplicate_down,
+                        "Upstream returned messages it had returned before; published once");
+                }
+            }
+            Err(e) => {
+                // Only a non-retryable database error (or shutdown) gets here.
+                tracing::error!(tenant = %s.tenant, user = %s.user_id, error = %e,
+                    "Polled messages could not be stored and are lost");
+                return Next::Again(p);
+            }
+        }
+        if disconnected {
+            tracing::info!(tenant = %s.tenant, user = %s.user_id, session = %s.id, reason = "agent", "Session closed");
+            client.forget_user(&s.user_id);
+            return Next::Closed;
+        }
+        p.session.last_activity_at = received_at;
+        if agent_spoke && p.session.state == SessionState::Queued {
+            p.session.state = SessionState::Active;
+        }
+    }
+    // Keep the stored token in step with the one the upstream last handed out.
+    let current = client.user_token(&p.session.user_id).map(|t| t.to_string());
+    if current.is_some() && current != p.session.token {
+        match relay
+            .store
+            .set_session_token(&p.session.id, current.as_deref())
+            .await
+        {
+            Ok(()) => p.session.token = current,
+            Err(e) => {
+                tracing::debug!(error = %e, "Could not store the renewed token; will try again")
+            }
+        }
+    }
+    let idle = tenant.config().idle_timeout;
+    if OffsetDateTime::now_utc() - p.session.last_activity_at > idle {
+        return close_idle(relay, p).await;
+    }
+    Next::Again(p)
+}
+
+fn add_close(
+    relay: &Relay,
+    commit: &mut Commit,
+    s: &crate::store::Session,
+    reason: &str,
+    detail: Option<String>,
+    at: OffsetDateTime,
+) {
+    commit.sessions.push(SessionChange::Close {
+        id: s.id.clone(),
+        reason: reason.to_owned(),
+        at,
+    });
+    let mut ev = Event::new(event_type::SESSION_CLOSED, reason != "error")
+        .for_user(&s.tenant, &s.user_id)
+        .with("sessionId", s.id.as_str())
+        .with("reason", reason);
+    if let Some(d) = detail {
+        ev = ev.result("error", Some(d));
+    }
+    commit.events.push(event_record(
+        kind::CEC,
+        relay.subjects.cec_event(&s.tenant, &s.user_id),
+        Some(&s.id),
+        &ev,
+    ));
+}
+
+async fn close(relay: &Relay, p: Polled, reason: &str, detail: Option<String>) -> Next {
+    let s = &p.session;
+    let mut commit = Commit::default();
+    add_close(relay, &mut commit, s, reason, detail, now());
+    match relay.commit(commit).await {
+        Ok(_) => {
+            tracing::info!(tenant = %s.tenant, user = %s.user_id, session = %s.id, reason, "Session closed");
+            if let Some(t) = relay.tenant(&s.tenant) {
+                t.client.forget_user(&s.user_id);
+            }
+            Next::Closed
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, session = %s.id, "Could not close the session; will try again");
+            Next::Again(p)
+        }
+    }
+}
+
+/// Idle: tell the upstream the customer left (best effort), then close.
+async fn close_idle(relay: &Relay, p: Polled) -> Next {
+    let s = &p.session;
+    if let Some(t) = relay.tenant(&s.tenant) {
+        let req = SendRequest {
+            channel: CHANNEL_WEB.to_owned(),
+            content: String::new(),
+            control_type: "DISCONNECT".to_owned(),
+            from: s.user_id.clone(),
+            media_type: "TEXT".to_owned(),
+            sender_nickname: None,
+            source_type: SOURCE_CUSTOMER.to_owned(),
+            timestamp: Some(
+                (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).to_string(),
+            ),
+            to: s.channel_config_id.clone(),
+            user_agent: None,
+            sender_avatar: None,
+            // Same id for every attempt at closing this session.
+            message_id: Some(format!("idle-{}", &s.id[s.id.len().saturating_sub(27)..])),
+            trans_data: None,
+        };
+        if let Err(e) = t.client.send(&req).await {
+            tracing::warn!(tenant = %s.tenant, user = %s.user_id, error = %e, "Idle DISCONNECT failed upstream; closing anyway");
+        }
+    }
+    close(relay, p, "idle", None).await
+}

@@ -1,0 +1,672 @@
+//! Handling one UpMessage: validate, record as pending, call CEC (retrying what is retryable),
+//! commit the outcome with its events, and only then let the caller acknowledge it.
+//!
+//! Idempotency: the up row is keyed by (tenant, user, messageId). A redelivered message whose row
+//! is finished is acknowledged without doing anything; one whose row is still pending (the relay
+//! stopped mid-way) is sent again with the same `messageId`, which the upstream de-duplicates.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use time::OffsetDateTime;
+
+use super::validate::{Refusal, check_up};
+use crate::bus::payload::{Event, UpMessage, event_type, new_id};
+use crate::cec::outcome::SendOutcome;
+use crate::cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, SendResponse};
+use crate::cec::{CecClient, CecError};
+use crate::outbox::{event_record, now};
+use crate::relay::{Relay, Tenant};
+use crate::store::{
+    Commit, Direction, MessageRow, MessageStatus, Session, SessionChange, SessionState, UpBegin,
+    UpOutcome, kind,
+};
+
+/// What to tell JetStream about the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its outcome is committed.
+    Ack,
+    /// Not handled now (shutting down, database down): deliver it again after the delay.
+    Retry(Duration),
+}
+
+/// One delivered uplink message.
+pub struct Delivery<'a> {
+    pub subject: &'a str,
+    pub payload: &'a [u8],
+    /// The idempotency key used when the payload has no (valid) `messageId`: unique per stream
+    /// message (see the consumer).
+    pub derived_id: String,
+    pub stream_seq: u64,
+}
+
+/// Handles one message; see the module docs.
+pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
+    let Some((tenant_name, _, user)) = relay.subjects.parse_cec(d.subject) else {
+        // The consumer's filter makes this impossible; refuse loudly rather than drop.
+        tracing::error!(
+            subject = d.subject,
+            "Uplink message on an unexpected subject; refused"
+        );
+        return refuse_unroutable(relay, &d).await;
+    };
+    let parsed = serde_json::from_slice::<UpMessage>(d.payload);
+    let message_id = match &parsed {
+        Ok(m) => m
+            .message_id
+            .clone()
+            .filter(|id| super::validate::check_message_id(id).is_ok())
+            .unwrap_or_else(|| d.derived_id.clone()),
+        Err(_) => d.derived_id.clone(),
+    };
+    let tenant = relay.tenant(tenant_name);
+    let refusal: Option<(&str, Refusal)> = match (&parsed, tenant) {
+        (Err(e), _) => Some((
+            "invalid_request",
+            Refusal {
+                field: "payload".into(),
+                reason: format!("not a valid UpMessage: {e}"),
+            },
+        )),
+        (Ok(_), None) => Some((
+            "unknown_tenant",
+            Refusal {
+                field: "tenant".into(),
+                reason: format!("no [[cec]] tenant is named {tenant_name:?}"),
+            },
+        )),
+        (Ok(m), Some(_)) => check_up(user, m).err().map(|r| ("invalid_request", r)),
+    };
+
+    let ctx = UpCtx {
+        relay,
+        tenant_name,
+        user,
+        message_id: &message_id,
+    };
+    let (request, body) = match (&parsed, tenant, &refusal) {
+        (Ok(m), Some(t), None) => {
+            let req = build_request(t, user, &message_id, m);
+            let body = serde_json::to_string(&req).unwrap_or_default();
+            (Some(req), body)
+        }
+        _ => (None, String::from_utf8_lossy(d.payload).into_owned()),
+    };
+    let row = ctx.up_row(&parsed, body, d.stream_seq);
+    match relay.store.begin_up(&row).await {
+        Ok(UpBegin::Done(status)) => {
+            tracing::debug!(
+                tenant = tenant_name,
+                user,
+                message_id,
+                ?status,
+                "Redelivered uplink message already handled"
+            );
+            return Disposition::Ack;
+        }
+        Ok(UpBegin::New) | Ok(UpBegin::Pending) => {}
+        Err(e) => {
+            tracing::warn!(tenant = tenant_name, user, error = %e, "Cannot record uplink message; will retry");
+            return Disposition::Retry(Duration::from_secs(1));
+        }
+    }
+
+    if let Some((code, refusal)) = refusal {
+        tracing::warn!(tenant = tenant_name, user, message_id, code, reason = %refusal, "Uplink message refused");
+        return ctx.commit_refusal(code, &refusal).await;
+    }
+    let (Ok(m), Some(t), Some(req)) = (parsed, tenant, request) else {
+        return Disposition::Ack; // unreachable: no refusal means all three are present
+    };
+    match m.control_type() {
+        "CONNECT" => ctx.connect(t, &m, req).await,
+        "DISCONNECT" => ctx.disconnect(t, req).await,
+        _ => ctx.other(t, req).await,
+    }
+}
+
+/// Builds the `send` body: the UpMessage plus what the relay fills in.
+fn build_request(t: &Tenant, user: &str, message_id: &str, m: &UpMessage) -> SendRequest {
+    SendRequest {
+        channel: CHANNEL_WEB.to_owned(),
+        content: m.content.clone().unwrap_or_default(),
+        control_type: m.control_type().to_owned(),
+        from: user.to_owned(),
+        media_type: m.media_type().to_owned(),
+        sender_nickname: m.sender_nickname.clone(),
+        source_type: SOURCE_CUSTOMER.to_owned(),
+        timestamp: Some((OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).to_string()),
+        to: m
+            .channel_config_id
+            .clone()
+            .unwrap_or_else(|| t.config().channel_config_id.clone()),
+        user_agent: m.user_agent.clone(),
+        sender_avatar: m.sender_avatar.clone(),
+        message_id: Some(message_id.to_owned()),
+        trans_data: m.trans_data.clone(),
+    }
+}
+
+struct UpCtx<'a> {
+    relay: &'a Relay,
+    tenant_name: &'a str,
+    user: &'a str,
+    message_id: &'a str,
+}
+
+/// Why an upstream call did not produce an answer.
+enum CallFailed {
+    /// Failed for good.
+    Final(CecError),
+    /// The relay is stopping: leave the message for redelivery.
+    Cancelled,
+}
+
+impl<'a> UpCtx<'a> {
+    fn up_row(
+        &self,
+        parsed: &Result<UpMessage, serde_json::Error>,
+        body: String,
+        seq: u64,
+    ) -> MessageRow {
+        let m = parsed.as_ref().ok();
+        MessageRow {
+            relay_id: new_id(),
+            kind: kind::CEC.to_owned(),
+            tenant: self.tenant_name.to_owned(),
+            user_id: self.user.to_owned(),
+            session_id: None,
+            direction: Direction::Up,
+            message_id: Some(self.message_id.to_owned()),
+            message_code: None,
+            source_type: Some(SOURCE_CUSTOMER.to_owned()),
+            control_type: m.map(|m| m.control_type().to_owned()),
+            media_type: m.map(|m| m.media_type().to_owned()),
+            content: m.and_then(|m| m.content.clone()),
+            body,
+            status: MessageStatus::Pending,
+            result_code: None,
+            result_desc: None,
+            stream_seq: i64::try_from(seq).ok(),
+            created_at: now(),
+        }
+    }
+
+    fn event(&self, ty: &str, ok: bool) -> Event {
+        Event::new(ty, ok).for_user(self.tenant_name, self.user)
+    }
+
+    fn event_subject(&self) -> String {
+        self.relay
+            .subjects
+            .cec_event_or_error(self.tenant_name, self.user)
+    }
+
+    fn outcome(
+        &self,
+        status: MessageStatus,
+        session_id: Option<&str>,
+        code: Option<String>,
+        desc: Option<String>,
+    ) -> UpOutcome {
+        UpOutcome {
+            kind: kind::CEC.to_owned(),
+            tenant: self.tenant_name.to_owned(),
+            user_id: self.user.to_owned(),
+            message_id: self.message_id.to_owned(),
+            status,
+            session_id: session_id.map(str::to_owned),
+            result_code: code,
+            result_desc: desc,
+        }
+    }
+
+    async fn commit_refusal(&self, code: &str, r: &Refusal) -> Disposition {
+        let error = self
+            .event(event_type::ERROR, false)
+            .result(code, Some(r.to_string()))
+            .with("messageId", self.message_id)
+            .with("field", r.field.as_str())
+            .with(
+                "error",
+                serde_json::json!({"code": code, "message": r.to_string()}),
+            );
+        let result = self
+            .event(event_type::UP_RESULT, false)
+            .result(code, Some(r.to_string()))
+            .with("messageId", self.message_id);
+        let subject = self.event_subject();
+        let commit = Commit {
+            up: Some(self.outcome(
+                MessageStatus::Failed,
+                None,
+                Some(code.to_owned()),
+                Some(r.to_string()),
+            )),
+            events: vec![
+                event_record(kind::CEC, subject.clone(), None, &error),
+                event_record(kind::CEC, subject, None, &result),
+            ],
+            ..Default::default()
+        };
+        self.finish(commit).await
+    }
+
+    async fn finish(&self, commit: Commit) -> Disposition {
+        match self.relay.commit(commit).await {
+            Ok(_) => Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id, error = %e,
+                    "Cannot commit the outcome of an uplink message; it will be redelivered");
+                Disposition::Retry(Duration::from_secs(2))
+            }
+        }
+    }
+
+    /// Calls `f` until it answers, retrying what is retryable with exponential backoff and jitter.
+    async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, CallFailed>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CecError>>,
+    {
+        let mut backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times()
+            .build();
+        loop {
+            if self.relay.cancel.is_cancelled() {
+                return Err(CallFailed::Cancelled);
+            }
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
+                        endpoint = %e.endpoint(), code = %e.code(), error = %e, retry_in = ?delay, "CEC {what} failed; retrying");
+                    tokio::select! {
+                        _ = self.relay.cancel.cancelled() => return Err(CallFailed::Cancelled),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(CallFailed::Final(e)),
+            }
+        }
+    }
+
+    /// `send`, retrying transport failures and "send too quick".
+    async fn send(
+        &self,
+        client: &CecClient,
+        req: &SendRequest,
+    ) -> Result<SendResponse, CallFailed> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(10))
+            .without_max_times()
+            .build();
+        loop {
+            let rsp = self.call("send", || client.send(req)).await?;
+            if !SendOutcome::of(&rsp).is_retryable() {
+                return Ok(rsp);
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+            tracing::info!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
+                code = %rsp.result_code, retry_in = ?delay, "CEC asked to slow down; retrying");
+            tokio::select! {
+                _ = self.relay.cancel.cancelled() => return Err(CallFailed::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Commits a final upstream failure as a failed up row with its events.
+    async fn commit_failure(&self, e: CecError, session: Option<&Session>) -> Disposition {
+        tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
+            endpoint = %e.endpoint(), code = %e.code(), error = %e, "Uplink message failed upstream");
+        let desc = e.to_string();
+        let result = self
+            .event(event_type::UP_RESULT, false)
+            .result(e.code(), Some(desc.clone()))
+            .with("messageId", self.message_id)
+            .with(
+                "error",
+                serde_json::json!({"code": "upstream", "message": desc}),
+            );
+        let commit = Commit {
+            up: Some(self.outcome(
+                MessageStatus::Failed,
+                session.map(|s| s.id.as_str()),
+                Some(e.code()),
+                Some(desc),
+            )),
+            events: vec![event_record(
+                kind::CEC,
+                self.event_subject(),
+                session.map(|s| s.id.as_str()),
+                &result,
+            )],
+            ..Default::default()
+        };
+        self.finish(commit).await
+    }
+
+    fn result_event(&self, rsp: &SendResponse, outcome: SendOutcome, control: &str) -> Event {
+        let mut e = self
+            .event(event_type::UP_RESULT, outcome.is_ok())
+            .result(rsp.result_code.clone(), rsp.result_desc.clone())
+            .with("messageId", self.message_id)
+            .with("controlType", control)
+            .with("offline", outcome == SendOutcome::Offline);
+        if let Some(tip) = rsp.offline_msg.as_ref().and_then(|o| o.tip_text.clone()) {
+            e = e.with("tipText", tip);
+        }
+        e
+    }
+
+    async fn open_session(&self) -> Result<Option<Session>, Disposition> {
+        self.relay
+            .store
+            .open_session(kind::CEC, self.tenant_name, self.user)
+            .await
+            .map_err(|e| {
+                tracing::warn!(tenant = self.tenant_name, user = self.user, error = %e, "Cannot read the session; will retry");
+                Disposition::Retry(Duration::from_secs(1))
+            })
+    }
+
+    async fn connect(&self, t: &Tenant, m: &UpMessage, req: SendRequest) -> Disposition {
+        let existing = match self.open_session().await {
+            Ok(s) => s,
+            Err(d) => return d,
+        };
+        let cfg = t.config();
+        let user_name = m.user_name.clone().unwrap_or_else(|| self.user.to_owned());
+        let locale = m.locale.clone().unwrap_or_else(|| cfg.locale.clone());
+        if existing.is_none() || t.client.user_token(self.user).is_none() {
+            let applied = self
+                .call("applyToken", || {
+                    t.client
+                        .apply_token(self.user, &user_name, &locale, &req.to)
+                })
+                .await;
+            match applied {
+                Ok(_) => {}
+                Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),
+                Err(CallFailed::Final(e)) => {
+                    return self.commit_failure(e, existing.as_ref()).await;
+                }
+            }
+        }
+        let rsp = match self.send(&t.client, &req).await {
+            Ok(r) => r,
+            Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),
+            Err(CallFailed::Final(e)) => return self.commit_failure(e, existing.as_ref()).await,
+        };
+        let outcome = SendOutcome::of(&rsp);
+        let at = now();
+        let subject = self.event_subject();
+        let mut commit = Commit::default();
+        let mut opened: Option<Session> = None;
+        let session_id = match (&existing, outcome) {
+            (Some(s), SendOutcome::Accepted | SendOutcome::Queued) => {
+                let state = if outcome == SendOutcome::Queued {
+                    SessionState::Queued
+                } else {
+                    SessionState::Active
+                };
+                if state != s.state {
+                    commit.sessions.push(SessionChange::SetState {
+                        id: s.id.clone(),
+                        state,
+                    });
+                }
+                commit.touch.push((s.id.clone(), at));
+                Some(s.id.clone())
+            }
+            (None, SendOutcome::Accepted | SendOutcome::Queued) => {
+                let state = if outcome == SendOutcome::Queued {
+                    SessionState::Queued
+                } else {
+                    SessionState::Active
+                };
+                let s = Session {
+                    id: new_id(),
+                    kind: kind::CEC.to_owned(),
+                    tenant: self.tenant_name.to_owned(),
+                    user_id: self.user.to_owned(),
+                    channel_config_id: req.to.clone(),
+                    state,
+                    token: t.client.user_token(self.user).map(|t| t.to_string()),
+                    opened_at: at,
+                    closed_at: None,
+                    close_reason: None,
+                    last_activity_at: at,
+                };
+                commit.sessions.push(SessionChange::Open(s.clone()));
+                let opened_ev = self
+                    .event(event_type::SESSION_OPENED, true)
+                    .result(rsp.result_code.clone(), rsp.result_desc.clone())
+                    .with("sessionId", s.id.as_str())
+                    .with("channelConfigId", s.channel_config_id.as_str());
+                commit.events.push(event_record(
+                    kind::CEC,
+                    subject.clone(),
+                    Some(&s.id),
+                    &opened_ev,
+                ));
+                let id = s.id.clone();
+                opened = Some(s);
+                Some(id)
+            }
+            (s, _) => s.as_ref().map(|s| s.id.clone()),
+        };
+        if outcome == SendOutcome::Queued {
+            let q = self
+                .event(event_type::SESSION_QUEUED, true)
+                .result(rsp.result_code.clone(), rsp.result_desc.clone());
+            commit.events.push(event_record(
+                kind::CEC,
+                subject.clone(),
+                session_id.as_deref(),
+                &q,
+            ));
+        }
+        let status = if outcome.is_ok() {
+            MessageStatus::Sent
+        } else {
+            MessageStatus::Failed
+        };
+        commit.up = Some(self.outcome(
+            status,
+            session_id.as_deref(),
+            Some(rsp.result_code.clone()),
+            rsp.result_desc.clone(),
+        ));
+        let result = self.result_event(&rsp, outcome, "CONNECT");
+        commit.events.push(event_record(
+            kind::CEC,
+            subject,
+            session_id.as_deref(),
+            &result,
+        ));
+        let d = self.finish(commit).await;
+        if d == Disposition::Ack {
+            if let Some(s) = opened {
+                tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, "Session opened");
+                self.relay.poller.add(s);
+            }
+        }
+        d
+    }
+
+    async fn disconnect(&self, t: &Tenant, req: SendRequest) -> Disposition {
+        let existing = match self.open_session().await {
+            Ok(s) => s,
+            Err(d) => return d,
+        };
+        let rsp = match self.send(&t.client, &req).await {
+            Ok(r) => Some(r),
+            Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),
+            // The customer wants out: the session ends here whatever the upstream says.
+            Err(CallFailed::Final(e)) if existing.is_some() => {
+                tracing::warn!(tenant = self.tenant_name, user = self.user, error = %e, "DISCONNECT failed upstream; closing the session anyway");
+                None
+            }
+            Err(CallFailed::Final(e)) => return self.commit_failure(e, None).await,
+        };
+        let at = now();
+        let subject = self.event_subject();
+        let mut commit = Commit::default();
+        if let Some(s) = &existing {
+            commit.sessions.push(SessionChange::Close {
+                id: s.id.clone(),
+                reason: "customer".into(),
+                at,
+            });
+            let closed = self
+                .event(event_type::SESSION_CLOSED, true)
+                .with("sessionId", s.id.as_str())
+                .with("reason", "customer");
+            commit.events.push(event_record(
+                kind::CEC,
+                subject.clone(),
+                Some(&s.id),
+                &closed,
+            ));
+        }
+        let sid = existing.as_ref().map(|s| s.id.as_str());
+        match &rsp {
+            Some(rsp) => {
+                let outcome = SendOutcome::of(rsp);
+                let status = if outcome.is_ok() {
+                    MessageStatus::Sent
+                } else {
+                    MessageStatus::Failed
+                };
+                commit.up = Some(self.outcome(
+                    status,
+                    sid,
+                    Some(rsp.result_code.clone()),
+                    rsp.result_desc.clone(),
+                ));
+                let result = self.result_event(rsp, outcome, "DISCONNECT");
+                commit
+                    .events
+                    .push(event_record(kind::CEC, subject, sid, &result));
+            }
+            None => {
+                commit.up = Some(self.outcome(
+                    MessageStatus::Failed,
+                    sid,
+                    Some("upstream".into()),
+                    Some("DISCONNECT failed upstream".into()),
+                ));
+                let result = self
+                    .event(event_type::UP_RESULT, false)
+                    .result(
+                        "upstream",
+                        Some("DISCONNECT failed upstream; the session was closed".into()),
+                    )
+                    .with("messageId", self.message_id)
+                    .with("controlType", "DISCONNECT");
+                commit
+                    .events
+                    .push(event_record(kind::CEC, subject, sid, &result));
+            }
+        }
+        let d = self.finish(commit).await;
+        if d == Disposition::Ack {
+            if let Some(s) = existing {
+                tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, reason = "customer", "Session closed");
+                self.relay.poller.remove(&s.id);
+            }
+            t.client.forget_user(self.user);
+        }
+        d
+    }
+
+    async fn other(&self, t: &Tenant, req: SendRequest) -> Disposition {
+        let existing = match self.open_session().await {
+            Ok(s) => s,
+            Err(d) => return d,
+        };
+        let rsp = match self.send(&t.client, &req).await {
+            Ok(r) => r,
+            Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),
+            Err(CallFailed::Final(e)) => return self.commit_failure(e, existing.as_ref()).await,
+        };
+        let outcome = SendOutcome::of(&rsp);
+        let at = now();
+        let subject = self.event_subject();
+        let sid = existing.as_ref().map(|s| s.id.clone());
+        let mut commit = Commit::default();
+        if let Some(s) = &existing {
+            commit.touch.push((s.id.clone(), at));
+            if outcome == SendOutcome::Queued && s.state != SessionState::Queued {
+                commit.sessions.push(SessionChange::SetState {
+                    id: s.id.clone(),
+                    state: SessionState::Queued,
+                });
+            }
+        }
+        if outcome == SendOutcome::Queued {
+            let q = self
+                .event(event_type::SESSION_QUEUED, true)
+                .result(rsp.result_code.clone(), rsp.result_desc.clone());
+            commit
+                .events
+                .push(event_record(kind::CEC, subject.clone(), sid.as_deref(), &q));
+        }
+        let status = if outcome.is_ok() {
+            MessageStatus::Sent
+        } else {
+            MessageStatus::Failed
+        };
+        commit.up = Some(self.outcome(
+            status,
+            sid.as_deref(),
+            Some(rsp.result_code.clone()),
+            rsp.result_desc.clone(),
+        ));
+        let result = self.result_event(&rsp, outcome, &req.control_type);
+        commit
+            .events
+            .push(event_record(kind::CEC, subject, sid.as_deref(), &result));
+        let d = self.finish(commit).await;
+        if d == Disposition::Ack {
+            if let Some(s) = existing {
+                self.relay.poller.touch(&s.id, at);
+            }
+        }
+        d
+    }
+}
+
+/// A message whose subject names no tenant and user: an error event on `P.error`, then ack.
+async fn refuse_unroutable(relay: &Relay, d: &Delivery<'_>) -> Disposition {
+    let ev = Event::new(event_type::ERROR, false)
+        .result(
+            "invalid_request",
+            Some(format!(
+                "subject {:?} is not P.cec.<tenant>.up.<user>",
+                d.subject
+            )),
+        )
+        .with("subject", d.subject)
+        .with(
+            "error",
+            serde_json::json!({"code": "invalid_request", "message": "unroutable subject"}),
+        );
+    let commit = Commit {
+        events: vec![event_record(kind::CEC, relay.subjects.error(), None, &ev)],
+        ..Default::default()
+    };
+    match relay.commit(commit).await {
+        Ok(_) => Disposition::Ack,
+        Err(_) => Disposition::Retry(Duration::from_secs(2)),
+    }
+}

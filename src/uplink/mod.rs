@@ -1,0 +1,208 @@
+//! Uplink: customer messages from `P.cec.<t>.up.<u>` to CEC.
+//!
+//! The durable pull consumer delivers messages in stream order. Each goes to the worker of its
+//! (tenant, user): one worker per user with work, so one user's messages are sent upstream in the
+//! order they were published while different users proceed in parallel (at most
+//! `relay.max_concurrent_sends` at once). A worker exits when its queue is empty.
+//!
+//! A message is acknowledged only after its outcome is committed ([`handle`]); while it is being
+//! worked on (retries included) the worker tells JetStream it is in progress, so it is not
+//! redelivered behind its own back. On shutdown, unfinished messages are left unacknowledged
+//! (negative-acknowledged when possible) and come back at the next start.
+
+pub mod handle;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+
+use crate::bus::streams;
+use crate::relay::Relay;
+use handle::{Delivery, Disposition};
+
+/// Runs the CEC uplink consumer until the relay is cancelled.
+pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker) {
+    let cancel = relay.cancel.clone();
+    let cfg = relay.config.nats.clone();
+    let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || {
+        streams::ensure_streams(&js, &relay.subjects, &cfg)
+    })
+    .await
+    else {
+        return;
+    };
+    // Derived message ids must never repeat, even if the stream is deleted and recreated (its
+    // sequence restarts): they carry the stream's creation time.
+    let stamp = base36(stream_info.created.unix_timestamp().max(0) as u64);
+    let workers = Workers {
+        relay: relay.clone(),
+        stamp: Arc::from(stamp.as_str()),
+        queues: Arc::new(Mutex::new(HashMap::new())),
+        permits: Arc::new(Semaphore::new(relay.config.relay.max_concurrent_sends)),
+        tracker: tracker.clone(),
+        heartbeat: cfg.ack_wait / 3,
+    };
+    while !cancel.is_cancelled() {
+        let Some(consumer) = streams::until_ok("Setting up the uplink consumer", &cancel, || {
+            streams::ensure_cec_up_consumer(&js, &relay.subjects, &cfg)
+        })
+        .await
+        else {
+            return;
+        };
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot pull uplink messages; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        tracing::info!(
+            consumer = streams::CEC_UP_CONSUMER,
+            "Consuming uplink messages"
+        );
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => workers.dispatch(msg),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Uplink consumer error");
+                        // Transient errors (missed heartbeats while NATS restarts) are followed
+                        // by more messages; a broken stream ends and is recreated below.
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+/// The per-user workers.
+#[derive(Clone)]
+struct Workers {
+    relay: Arc<Relay>,
+    stamp: Arc<str>,
+    queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<jetstream::Message>>>>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    heartbeat: Duration,
+}
+
+impl Workers {
+    fn dispatch(&self, msg: jetstream::Message) {
+        let key = msg.subject.to_string();
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = match queues.get(&key) {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(msg)) => msg,
+            },
+            None => msg,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The receiver is alive: it is moved into the worker below.
+        let _ = tx.send(msg);
+        queues.insert(key.clone(), tx);
+        let this = self.clone();
+        self.tracker.spawn(async move { this.work(key, rx).await });
+    }
+
+    async fn work(self, key: String, mut rx: mpsc::UnboundedReceiver<jetstream::Message>) {
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(m) => m,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+                    if rx.is_empty() {
+                        queues.remove(&key);
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if self.relay.cancel.is_cancelled() {
+                // Hand it back for the next run.
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                continue;
+            }
+            let Ok(_permit) = self.permits.acquire().await else {
+                return;
+            };
+            self.process(&msg).await;
+        }
+    }
+
+    async fn process(&self, msg: &jetstream::Message) {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let delivery = Delivery {
+            subject: msg.subject.as_str(),
+            payload: &msg.payload,
+            derived_id: format!("s{}-{seq}", self.stamp),
+            stream_seq: seq,
+        };
+        let work = handle::handle(&self.relay, delivery);
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(self.heartbeat.max(Duration::from_millis(500)));
+        beat.tick().await; // the first tick is immediate
+        let disposition = loop {
+            tokio::select! {
+                d = &mut work => break d,
+                _ = beat.tick() => {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "Could not extend the ack deadline");
+                    }
+                }
+            }
+        };
+        let sent = match disposition {
+            Disposition::Ack => msg.ack().await,
+            Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+        };
+        if let Err(e) = sent {
+            // Lost acks are harmless: the redelivered message finds its outcome committed.
+            tracing::debug!(error = %e, "Could not send the ack");
+        }
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_fit_the_message_id_limit() {
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+        let id = format!("s{}-{}", base36(u32::MAX as u64 * 4), u64::MAX);
+        assert!(id.len() <= 32, "{id} is {} long", id.len());
+        assert!(validate::check_message_id(&id).is_ok());
+    }
+}

@@ -1,0 +1,205 @@
+//! Checks of an UpMessage against the documented limits, before any upstream call. Each refusal
+//! names the field and the limit.
+
+use crate::bus::payload::UpMessage;
+use crate::bus::subjects::check_token;
+use crate::cec::wire::limits;
+
+pub const CONTROL_TYPES: &[&str] = &[
+    "CONNECT",
+    "CHAT",
+    "TRANS2AGENT",
+    "INPUT",
+    "READ",
+    "DISCONNECT",
+];
+pub const MEDIA_TYPES: &[&str] = &[
+    "TEXT",
+    "IMAGE",
+    "AUDIO",
+    "VIDEO",
+    "FILE",
+    "FILE_IMAGE",
+    "FILE_VIDEO",
+    "WEBCARD",
+];
+
+/// Why a message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Refusal {
+    /// The field at fault (`userId` for the subject's user token).
+    pub field: String,
+    pub reason: String,
+}
+
+fn refuse(field: &str, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks a CEC user id: a routable subject token of 1–24 characters (send `from`, applyToken
+/// `userId`).
+pub fn check_user_id(user: &str) -> Result<(), Refusal> {
+    check_token(user).map_err(|e| refuse("userId", format!("{user:?} {e}")))?;
+    let n = user.chars().count();
+    if n > limits::USER_ID_MAX_CHARS {
+        return Err(refuse(
+            "userId",
+            format!(
+                "is {n} characters; CEC allows 1 to {}",
+                limits::USER_ID_MAX_CHARS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `messageId`: 1–32 characters, no comma.
+pub fn check_message_id(id: &str) -> Result<(), Refusal> {
+    let n = id.chars().count();
+    if n == 0 || n > limits::MESSAGE_ID_MAX_CHARS {
+        return Err(refuse(
+            "messageId",
+            format!(
+                "is {n} characters; CEC allows 1 to {}",
+                limits::MESSAGE_ID_MAX_CHARS
+            ),
+        ));
+    }
+    if id.contains(',') {
+        return Err(refuse("messageId", "must not contain a comma"));
+    }
+    Ok(())
+}
+
+/// Everything that can be checked without the upstream.
+pub fn check_up(user: &str, m: &UpMessage) -> Result<(), Refusal> {
+    check_user_id(user)?;
+    let ct = m.control_type();
+    if !CONTROL_TYPES.contains(&ct) {
+        return Err(refuse(
+            "controlType",
+            format!("{ct:?} is not one of {}", CONTROL_TYPES.join(", ")),
+        ));
+    }
+    let mt = m.media_type();
+    if !MEDIA_TYPES.contains(&mt) {
+        return Err(refuse(
+            "mediaType",
+            format!("{mt:?} is not one of {}", MEDIA_TYPES.join(", ")),
+        ));
+    }
+    if let Some(id) = &m.message_id {
+        check_message_id(id)?;
+    }
+    let content = m.content.as_deref().unwrap_or("");
+    if mt == "TEXT" && ct == "CHAT" && content.trim().is_empty() && m.file.is_none() {
+        return Err(refuse("content", "is required for a TEXT CHAT message"));
+    }
+    if mt == "TEXT" && content.len() > limits::TEXT_MAX_BYTES {
+        return Err(refuse(
+            "content",
+            format!(
+                "is {} bytes; a TEXT message may have at most {} bytes (1 KB)",
+                content.len(),
+                limits::TEXT_MAX_BYTES
+            ),
+        ));
+    }
+    if let Some(a) = &m.sender_avatar {
+        let n = a.chars().count();
+        if n > limits::SENDER_AVATAR_MAX_CHARS {
+            return Err(refuse(
+                "senderAvatar",
+                format!(
+                    "is {n} characters; at most {}",
+                    limits::SENDER_AVATAR_MAX_CHARS
+                ),
+            ));
+        }
+    }
+    if let Some(t) = &m.trans_data {
+        if serde_json::from_str::<serde_json::Value>(t).is_err() {
+            return Err(refuse("transData", "must be a JSON document (as a string)"));
+        }
+    }
+    if let Some(c) = &m.channel_config_id {
+        if c.trim().is_empty() {
+            return Err(refuse("channelConfigId", "must not be empty"));
+        }
+    }
+    if m.file.is_some() {
+        return Err(refuse(
+            "file",
+            "uploading files is not supported by this version; upload with uploadFileStream and send its fileId as content",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(content: &str) -> UpMessage {
+        UpMessage {
+            content: Some(content.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_plain_chat() {
+        assert_eq!(check_up("user-1", &chat("hello")), Ok(()));
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_the_limit() {
+        let e = check_up("u", &chat(&"x".repeat(1025))).unwrap_err();
+        assert_eq!(e.field, "content");
+        assert!(e.reason.contains("1024"), "{e}");
+        // 1024 bytes exactly is allowed, counted in bytes not characters.
+        assert!(check_up("u", &chat(&"x".repeat(1024))).is_ok());
+        assert!(check_up("u", &chat(&"汉".repeat(342))).is_err());
+
+        let e = check_up(&"u".repeat(25), &chat("hi")).unwrap_err();
+        assert_eq!(e.field, "userId");
+        assert!(e.reason.contains("24"));
+
+        let mut m = chat("hi");
+        m.message_id = Some("a,b".into());
+        assert_eq!(check_up("u", &m).unwrap_err().field, "messageId");
+        m.message_id = Some("x".repeat(33));
+        assert!(check_up("u", &m).unwrap_err().reason.contains("32"));
+
+        let mut m = chat("hi");
+        m.control_type = Some("SHOUT".into());
+        assert_eq!(check_up("u", &m).unwrap_err().field, "controlType");
+
+        let mut m = chat("hi");
+        m.media_type = Some("GIF".into());
+        assert_eq!(check_up("u", &m).unwrap_err().field, "mediaType");
+
+        assert_eq!(check_up("u", &chat("  ")).unwrap_err().field, "content");
+
+        let mut m = chat("hi");
+        m.sender_avatar = Some("a".repeat(1025));
+        assert_eq!(check_up("u", &m).unwrap_err().field, "senderAvatar");
+
+        let mut m = chat("hi");
+        m.trans_data = Some("{not json".into());
+        assert_eq!(check_up("u", &m).unwrap_err().field, "transData");
+    }
+
+    #[test]
+    fn connect_needs_no_content() {
+        let m = UpMessage {
+            control_type: Some("CONNECT".into()),
+            ..Default::default()
+        };
+        assert!(check_up("u", &m).is_ok());
+    }
+}
