@@ -22,12 +22,18 @@
 //!   all tasks under one cancellation token and task tracker.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod bus;
 pub mod cec;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod http;
+pub mod natsd;
 pub mod outbox;
 pub mod poller;
 pub mod relay;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
 pub mod uplink;

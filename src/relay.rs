@@ -35,6 +35,8 @@ pub struct Relay {
     pub poller: PollerHandle,
     /// Fires when the relay is shutting down.
     pub cancel: CancellationToken,
+    /// Set once the streams and the uplink consumer are set up (for `/readyz`).
+    pub streams_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {

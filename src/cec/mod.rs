@@ -7,6 +7,8 @@ pub mod client;
 pub mod error;
 pub mod outcome;
 pub mod wire;
+#[cfg(test)]
+mod wire_samples;
 
 pub use client::CecClient;
 pub use error::{CecError, Endpoint};

@@ -1,1 +1,346 @@
-//! Simulators of the upstream contact centers (`ccrelay simulate`).
+//! Simulators of the upstream contact centers (`ccrelay simulate`): a faithful, in-memory Huawei
+//! CEC web channel that users develop against and that all of ccrelay's tests use as upstream.
+//!
+//! # What it serves
+//! The documented CEC routes (`shared/api-docs/huawei-cec-webchannel-restful.txt`,
+//! `huawei-cec-send.txt`), with the documented fields, result codes and resultDesc strings:
+//! - `POST /apigovernance/api/oauth/tokenByAkSk`: `X-Token-Expire` honoured, capped by
+//!   [`SimConfig::access_token_ttl`]; wrong credentials ⇒ 401.
+//! - `POST /apiaccess/ccmessaging/{applyToken,send,queryQueueInfo}`, `GET …/poll`: `x-app-key` and
+//!   `Authorization: Bearer <AccessToken>` checked on every call, then the user's
+//!   `ccmessaging-token` (only the latest one applied for works). An expired ccmessaging-token is
+//!   accepted during a live session and a new one is returned in the `ccmessaging-token` response
+//!   header (doc §3.1.2); without a live session it is refused with 401. Every 401 has a small JSON
+//!   body naming the failed check.
+//! - send: `messageId` makes a send idempotent — a repeat of an accepted `(user, messageId)` gets
+//!   the first answer and is not processed again. The session moves robot → (queue) → agent as the
+//!   document describes; poll drains the messages produced, in order, each with a unique
+//!   `messageCode`.
+//!
+//! Behaviours the document leaves open, as built: a CONNECT during a live session answers success
+//! and changes nothing; a DISCONNECT while queued leaves the queue and answers 11 "Queuing..." (the
+//! document lists that code for it); READ always answers 0; CONNECT straight to an agent answers
+//! 0 "成功" (the document's wording); a send the contact center refused (2, 3, 11, 12, 13 without
+//! offlineMsg) is not accepted, so a retry of its `messageId` is evaluated anew.
+//!
+//! # Control
+//! The same operations in process ([`Simulator`]'s methods) and over HTTP under `/sim/` (no auth):
+//! `POST|DELETE|GET /sim/faults`, `POST /sim/cec/agent/say`, `POST /sim/cec/agent/disconnect`,
+//! `POST /sim/cec/duplicate-next-poll`, `POST /sim/cec/expire-tokens`,
+//! `GET /sim/cec/received?userId=`, `GET /sim/stats`, `GET /sim/cec/poll-log`.
+//!
+//! Faults ([`Fault`]) are served before a call is processed. A fault that only delays (no status,
+//! normal body) is different: the call is processed once the delay has passed even if the client
+//! has given up meanwhile, as a slow server would — a timed-out send is then accepted (and its
+//! retry de-duplicated by `messageId`), a timed-out poll's messages are drained and appear in the
+//! poll log.
+//!
+//! # Cost
+//! No task per session: state lives in sharded maps behind short `std` mutexes, never held across
+//! an await, and the queue advances lazily from elapsed time when the user is next touched.
+//!
+//! # Layout
+//! - [`config`]: [`SimConfig`].
+//! - `cec`: the CEC routes; `send`: the send endpoint's rules; `auth`: the credentials.
+//! - `state`: users, sessions, tokens; `script`: what the robot, agent and system say.
+//! - [`faults`], [`stats`], `control`: fault injection, counters and poll log, the `/sim/` API.
+
+mod auth;
+mod cec;
+pub mod config;
+mod control;
+pub mod faults;
+mod script;
+mod send;
+mod state;
+pub mod stats;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SimConfig;
+pub use faults::{Endpoint, Fault, FaultBody};
+pub use state::ReceivedSend;
+pub use stats::{EndpointStats, PollAnswer, SimStats};
+
+use faults::Faults;
+use script::{Script, Sender};
+use state::{Sharded, Stage, User};
+use stats::Counters;
+
+/// Shards of each state map: enough that tens of thousands of users rarely contend.
+const SHARDS: usize = 64;
+
+/// A simulated CEC tenant. Cheap to clone: clones share the same state.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+/// The shared state behind every clone of a [`Simulator`].
+pub(crate) struct Inner {
+    /// How the tenant behaves.
+    cfg: SimConfig,
+    /// AccessToken → expiry.
+    access: Sharded<Instant>,
+    /// userId → everything known of that user.
+    users: Sharded<User>,
+    /// Injected faults.
+    faults: Faults,
+    /// Counters and the poll log.
+    counters: Counters,
+    /// Source of `callId`s.
+    seq: AtomicU64,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// A simulator with no users, tokens or faults.
+    pub fn new(cfg: SimConfig) -> Self {
+        let counters = Counters::new(cfg.poll_log_capacity);
+        Simulator {
+            inner: Arc::new(Inner {
+                cfg,
+                access: Sharded::new(SHARDS),
+                users: Sharded::new(SHARDS),
+                faults: Faults::default(),
+                counters,
+                seq: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.inner.cfg
+    }
+
+    /// The CEC API and the `/sim/` control API.
+    pub fn router(&self) -> Router {
+        cec::routes()
+            .merge(control::routes())
+            .with_state(self.clone())
+    }
+
+    /// Serves [`Simulator::router`] on `listener` until `shutdown` is cancelled, then finishes the
+    /// calls in flight.
+    ///
+    /// # Errors
+    /// An I/O error of the listener.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+
+    /// Adds a fault, served after those already injected for the same endpoint are used up.
+    pub fn inject_fault(&self, f: Fault) {
+        self.inner.faults.inject(f);
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.inner.faults.clear();
+    }
+
+    /// The faults in force, with what is left of their `times`.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.inner.faults.list()
+    }
+
+    /// Queues an AGENT CHAT message saying `content` for the user (whatever the session's state:
+    /// this is a test tool).
+    pub fn agent_say(&self, user_id: &str, content: &str) {
+        let script = self.script();
+        self.inner.users.with(user_id, |u| {
+            let now = Instant::now();
+            u.advance(now, user_id, &script);
+            let call_id = u.call_id(&script);
+            let msg = script.message(user_id, &call_id, Sender::Agent, "CHAT", content, now);
+            u.outbox.push_back(msg);
+        });
+    }
+
+    /// Ends the user's session from the contact center's side: queues a message with controlType
+    /// DISCONNECT (from the agent in an agent or queued session, from the system otherwise).
+    pub fn agent_disconnect(&self, user_id: &str) {
+        let script = self.script();
+        let offline = self.inner.cfg.offline_mode.to_string();
+        self.inner.users.with(user_id, |u| {
+            let now = Instant::now();
+            u.advance(now, user_id, &script);
+            let call_id = u.call_id(&script);
+            let (sender, content) = match u.session.as_ref().map(|s| s.stage) {
+                Some(Stage::Agent | Stage::Queued { .. }) => (Sender::Agent, "座席已结束会话。"),
+                _ => (Sender::System, "会话已结束。"),
+            };
+            let mut msg = script.message(user_id, &call_id, sender, "DISCONNECT", content, now);
+            msg.is_offline_status = Some(offline);
+            u.outbox.push_back(msg);
+            u.session = None;
+        });
+    }
+
+    /// Makes the user's next poll return the previous non-empty answer's messages again (same
+    /// `messageCode`s), followed by anything new.
+    pub fn duplicate_next_poll(&self, user_id: &str) {
+        self.inner.users.with(user_id, |u| u.duplicate_next = true);
+    }
+
+    /// Expires every ccmessaging-token now.
+    pub fn expire_cc_tokens(&self) {
+        let now = Instant::now();
+        self.inner.users.for_each(|u| {
+            if let Some(t) = u.token.as_mut() {
+                t.expires_at = now;
+            }
+        });
+    }
+
+    /// Expires every AccessToken now.
+    pub fn expire_access_tokens(&self) {
+        let now = Instant::now();
+        self.inner.access.for_each(|exp| *exp = now);
+    }
+
+    /// What `send` accepted for this user, in order, one entry per `messageId` with how many times
+    /// it was received.
+    pub fn received(&self, user_id: &str) -> Vec<ReceivedSend> {
+        self.inner
+            .users
+            .with_existing(user_id, |u| u.received.clone())
+            .unwrap_or_default()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SimStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Every non-empty poll answer, oldest first (up to [`SimConfig::poll_log_capacity`]).
+    pub fn poll_log(&self) -> Vec<PollAnswer> {
+        self.inner.counters.poll_log()
+    }
+
+    fn script(&self) -> Script<'_> {
+        Script::new(&self.inner.cfg, &self.inner.seq)
+    }
+
+    /// Runs one call of `ep`: counts it, serves a fault if one is due, else `handle`s it.
+    async fn call<F>(&self, ep: Endpoint, handle: F) -> Response
+    where
+        F: FnOnce(&Simulator) -> Response + Send + 'static,
+    {
+        let counters = &self.inner.counters;
+        counters.call(ep);
+        let response = match self.inner.faults.take(ep) {
+            None => handle(self),
+            Some(fault) => {
+                counters.fault(ep);
+                if fault.is_delay_only() {
+                    // Detached, so the call is processed even if the client stops waiting.
+                    let sim = self.clone();
+                    let delay = fault.delay.unwrap_or_default();
+                    let task = tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        handle(&sim)
+                    });
+                    task.await.unwrap_or_else(|e| {
+                        (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                    })
+                } else {
+                    if let Some(delay) = fault.delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    fault.response(ep)
+                }
+            }
+        };
+        if response.status() == StatusCode::UNAUTHORIZED {
+            counters.unauthorized(ep);
+        }
+        response
+    }
+}
+
+/// A simulator serving on `127.0.0.1:<free port>` in the background; stops when dropped.
+pub struct SimHandle {
+    addr: SocketAddr,
+    sim: Simulator,
+    shutdown: CancellationToken,
+}
+
+impl SimHandle {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`, the `base_url` of a tenant using it.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The simulator, for in-process control.
+    pub fn sim(&self) -> &Simulator {
+        &self.sim
+    }
+}
+
+impl std::ops::Deref for SimHandle {
+    type Target = Simulator;
+
+    fn deref(&self) -> &Simulator {
+        &self.sim
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Binds `127.0.0.1:0` and serves a new simulator in the background.
+///
+/// # Errors
+/// The port could not be bound.
+pub async fn spawn(cfg: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let sim = Simulator::new(cfg);
+    let shutdown = CancellationToken::new();
+    let server = sim.clone().serve(listener, shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "CEC simulator stopped serving.");
+        }
+    });
+    Ok(SimHandle {
+        addr,
+        sim,
+        shutdown,
+    })
+}

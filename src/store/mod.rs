@@ -1,5 +1,5 @@
-//! Persistence: one [`Store`] trait, a SQLite implementation ([`sqlite`]) and, later, a
-//! PostgreSQL one, chosen by the `store.url` scheme ([`connect`]).
+//! Persistence: one [`Store`] trait, a SQLite implementation ([`sqlite`]) and a PostgreSQL one
+//! ([`postgres`]), chosen by the `store.url` scheme ([`connect`]).
 //!
 //! The relay never writes piecemeal. Everything one step of work produces — transcript rows,
 //! session changes, events and the outbox rows that will publish them — goes into one [`Commit`],
@@ -14,7 +14,17 @@
 //! - `events`: every event the relay emitted.
 //! - `outbox`: what is still to be published, in commit order. A row is deleted once JetStream
 //!   acknowledged it; so a transcript row is published exactly when no outbox row holds its id.
+//!
+//! Timestamps are kept at microsecond precision (PostgreSQL `timestamptz`; in SQLite an INTEGER of
+//! microseconds since the Unix epoch) and read back in UTC: finer digits are dropped, rounding
+//! down ([`to_store_precision`]). JSON bodies come back as stored: byte for byte from SQLite, and
+//! normalised by `jsonb` (same JSON value, whitespace and key order may differ) from PostgreSQL.
+//!
+//! A commit that names a session which does not exist (`SetState`, `Close`, a touch) or an up
+//! outcome whose row was never begun is a bug in the caller: it fails with
+//! [`StoreError::Corrupt`] and nothing of it is kept.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -91,6 +101,29 @@ fn is_transient(e: &sqlx::Error) -> bool {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// `t` as the store keeps it: in UTC, truncated (rounded down) to whole microseconds.
+pub fn to_store_precision(t: OffsetDateTime) -> OffsetDateTime {
+    // In range: every OffsetDateTime is within ±10_000 years, far inside i64 microseconds.
+    from_unix_micros(unix_micros(t)).unwrap_or(t)
+}
+
+/// Microseconds since the Unix epoch, rounded down.
+pub(crate) fn unix_micros(t: OffsetDateTime) -> i64 {
+    // ±10_000 years in microseconds is about 3.2e17: fits in an i64.
+    t.unix_timestamp_nanos().div_euclid(1_000) as i64
+}
+
+/// The inverse of [`unix_micros`], in UTC.
+pub(crate) fn from_unix_micros(us: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {us}µs out of range: {e}")))
+}
+
+/// A caller's mistake the database was not asked about (non-retryable).
+pub(crate) fn invalid(msg: impl Into<String>) -> StoreError {
+    StoreError::Query(sqlx::Error::InvalidArgument(msg.into()))
+}
 
 /// Which contact center a row belongs to.
 pub mod kind {
@@ -376,7 +409,7 @@ pub struct OutboxStats {
     pub oldest: Option<OffsetDateTime>,
 }
 
-/// The store interface. Implementations: [`sqlite::SqliteStore`] (and PostgreSQL, issue 5).
+/// The store interface. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Runs the embedded migrations of this backend.
@@ -419,6 +452,10 @@ pub trait Store: Send + Sync + 'static {
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>>;
     /// Events of a user, oldest first.
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>>;
+
+    /// Closes the connections, after waiting for those in use to be returned. Every later call
+    /// fails with a retryable [`StoreError::Unavailable`].
+    async fn close(&self);
 }
 
 /// A shared handle to whichever store the configuration names.
@@ -427,8 +464,9 @@ pub type DynStore = Arc<dyn Store>;
 /// Opens the store named by `url` (`sqlite:` or `postgres:`), without migrating.
 pub async fn connect(url: &str) -> Result<DynStore> {
     if url.starts_with("sqlite:") {
-        // TODO(store helper): Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
-        Err(StoreError::UnsupportedUrl(redact_url(url)))
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
     }
@@ -447,15 +485,4 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
-    }
-}
+mod tests;

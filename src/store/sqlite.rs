@@ -1,14 +1,602 @@
-//! SQLite implementation of [`super::Store`].
+//! SQLite implementation of [`super::Store`], the embedded default.
+//!
+//! The database runs in WAL mode with `synchronous = FULL`: a transaction that `commit()` returned
+//! for survives a process crash and a power loss, which is what lets the relay ack NATS after it.
+//! SQLite has one writer at a time, so every write transaction starts with `BEGIN IMMEDIATE`: it
+//! takes the write lock up front (waiting up to `busy_timeout`) instead of failing with
+//! `SQLITE_BUSY` when a read transaction tries to become a write one. Timestamps are INTEGER
+//! microseconds since the Unix epoch (see `migrations/sqlite`).
 
-use super::Result;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
+use time::OffsetDateTime;
+
+use super::{
+    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OutboxRow, OutboxStats,
+    Result, Session, SessionChange, SessionState, Store, StoreError, UpBegin, classify,
+    from_unix_micros, invalid, unix_micros,
+};
+
+/// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections of a file database: WAL lets readers run beside the one writer.
+const MAX_CONNECTIONS: u32 = 4;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
-    pool: sqlx::SqlitePool,
+    /// A pool of connections to one database file; a single connection for `sqlite::memory:`,
+    /// whose database lives exactly as long as its connection.
+    pool: SqlitePool,
 }
 
 impl SqliteStore {
-    pub async fn connect(_url: &str) -> Result<Self> {
-        todo!()
+    /// Opens (creating if missing) the database named by `url`: `sqlite://path/to.db`,
+    /// `sqlite:path/to.db`, or `sqlite::memory:` for a private in-memory database (tests).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] for a malformed URL, [`StoreError::Unavailable`] or `Query` when
+    /// the file cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::Query)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool_options = if in_memory {
+            // One connection that never idles out or expires: closing it would drop the data.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            options = options.journal_mode(SqliteJournalMode::Wal);
+            SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
+        };
+        let pool = pool_options
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(classify)?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The underlying pool, for callers that need a query the trait does not offer.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, kind, tenant, user_id, channel_config_id, state, token, \
+     opened_at, closed_at, close_reason, last_activity_at";
+
+const MESSAGE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, direction, \
+     message_id, message_code, source_type, control_type, media_type, content, body, status, \
+     result_code, result_desc, stream_seq, created_at";
+
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, kind, tenant, user_id, \
+     channel_config_id, state, token, opened_at, closed_at, close_reason, last_activity_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+const SET_SESSION_STATE: &str =
+    "UPDATE sessions SET state = ?2 WHERE id = ?1 AND state <> 'closed'";
+
+const CLOSE_SESSION: &str = "UPDATE sessions SET state = 'closed', closed_at = ?2, \
+     close_reason = ?3 WHERE id = ?1 AND state <> 'closed'";
+
+const SESSION_EXISTS: &str = "SELECT 1 FROM sessions WHERE id = ?1";
+
+const TOUCH_SESSION: &str =
+    "UPDATE sessions SET last_activity_at = max(last_activity_at, ?2) WHERE id = ?1";
+
+const UPDATE_UP: &str = "UPDATE messages SET status = ?5, result_code = ?6, result_desc = ?7, \
+     session_id = coalesce(?8, session_id) \
+     WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
+
+const INSERT_DOWN: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
+     direction, message_id, message_code, source_type, control_type, media_type, content, body, \
+     status, result_code, result_desc, stream_seq, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
+     ON CONFLICT (kind, tenant, user_id, message_code) WHERE message_code IS NOT NULL DO NOTHING";
+
+const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
+     direction, message_id, message_code, source_type, control_type, media_type, content, body, \
+     status, result_code, result_desc, stream_seq, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
+     ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO NOTHING";
+
+const UP_STATUS: &str = "SELECT status FROM messages \
+     WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
+
+const INSERT_EVENT: &str = "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, \
+     event_type, ok, body, subject, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES (?1, ?2, ?3, ?4)";
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+
+/// Binds the 18 columns of [`MESSAGE_COLUMNS`], in order.
+fn bind_message<'q>(query: Query<'q>, row: &MessageRow, status: MessageStatus) -> Query<'q> {
+    query
+        .bind(row.relay_id.clone())
+        .bind(row.kind.clone())
+        .bind(row.tenant.clone())
+        .bind(row.user_id.clone())
+        .bind(row.session_id.clone())
+        .bind(row.direction.as_str())
+        .bind(row.message_id.clone())
+        .bind(row.message_code.clone())
+        .bind(row.source_type.clone())
+        .bind(row.control_type.clone())
+        .bind(row.media_type.clone())
+        .bind(row.content.clone())
+        .bind(row.body.clone())
+        .bind(status.as_str())
+        .bind(row.result_code.clone())
+        .bind(row.result_desc.clone())
+        .bind(row.stream_seq)
+        .bind(unix_micros(row.created_at))
+}
+
+fn ts(row: &SqliteRow, column: &str) -> Result<OffsetDateTime> {
+    from_unix_micros(row.try_get(column).map_err(classify)?)
+}
+
+fn opt_ts(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>> {
+    row.try_get::<Option<i64>, _>(column)
+        .map_err(classify)?
+        .map(from_unix_micros)
+        .transpose()
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(column).map_err(classify)
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<Session> {
+    Ok(Session {
+        id: get(row, "id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        channel_config_id: get(row, "channel_config_id")?,
+        state: SessionState::parse(get(row, "state")?)?,
+        token: get(row, "token")?,
+        opened_at: ts(row, "opened_at")?,
+        closed_at: opt_ts(row, "closed_at")?,
+        close_reason: get(row, "close_reason")?,
+        last_activity_at: ts(row, "last_activity_at")?,
+    })
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<MessageRow> {
+    Ok(MessageRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        direction: Direction::parse(get(row, "direction")?)?,
+        message_id: get(row, "message_id")?,
+        message_code: get(row, "message_code")?,
+        source_type: get(row, "source_type")?,
+        control_type: get(row, "control_type")?,
+        media_type: get(row, "media_type")?,
+        content: get(row, "content")?,
+        body: get(row, "body")?,
+        status: MessageStatus::parse(get(row, "status")?)?,
+        result_code: get(row, "result_code")?,
+        result_desc: get(row, "result_desc")?,
+        stream_seq: get(row, "stream_seq")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        event_type: get(row, "event_type")?,
+        ok: get(row, "ok")?,
+        body: get(row, "body")?,
+        subject: get(row, "subject")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+/// After an UPDATE of a session matched nothing: fine if the session exists (closed, so the
+/// change is moot), a caller's bug if it does not.
+async fn require_session(conn: &mut SqliteConnection, id: &str) -> Result<()> {
+    let found = sqlx::query(SESSION_EXISTS)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Corrupt(format!(
+            "session {id:?} does not exist"
+        ))),
+    }
+}
+
+/// Everything of [`Store::commit`] inside the transaction `conn` is in.
+async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed> {
+    let now = unix_micros(OffsetDateTime::now_utc());
+    let mut done = Committed::default();
+
+    for change in &commit.sessions {
+        match change {
+            SessionChange::Open(s) => {
+                sqlx::query(INSERT_SESSION)
+                    .bind(s.id.clone())
+                    .bind(s.kind.clone())
+                    .bind(s.tenant.clone())
+                    .bind(s.user_id.clone())
+                    .bind(s.channel_config_id.clone())
+                    .bind(s.state.as_str())
+                    .bind(s.token.clone())
+                    .bind(unix_micros(s.opened_at))
+                    .bind(s.closed_at.map(unix_micros))
+                    .bind(s.close_reason.clone())
+                    .bind(unix_micros(s.last_activity_at))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+            }
+            SessionChange::SetState { id, state } => {
+                if *state == SessionState::Closed {
+                    return Err(invalid(
+                        "SessionChange::SetState cannot close a session: use Close",
+                    ));
+                }
+                let r = sqlx::query(SET_SESSION_STATE)
+                    .bind(id.clone())
+                    .bind(state.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+                if r.rows_affected() == 0 {
+                    require_session(conn, id).await?;
+                }
+            }
+            SessionChange::Close { id, reason, at } => {
+                let r = sqlx::query(CLOSE_SESSION)
+                    .bind(id.clone())
+                    .bind(unix_micros(*at))
+                    .bind(reason.clone())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+                if r.rows_affected() == 0 {
+                    require_session(conn, id).await?;
+                }
+            }
+        }
+    }
+
+    if let Some(up) = &commit.up {
+        let r = sqlx::query(UPDATE_UP)
+            .bind(up.kind.clone())
+            .bind(up.tenant.clone())
+            .bind(up.user_id.clone())
+            .bind(up.message_id.clone())
+            .bind(up.status.as_str())
+            .bind(up.result_code.clone())
+            .bind(up.result_desc.clone())
+            .bind(up.session_id.clone())
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "up outcome for a message never begun: {}/{}/{} message_id {:?}",
+                up.kind, up.tenant, up.user_id, up.message_id
+            )));
+        }
+    }
+
+    for down in &commit.down {
+        let r = bind_message(sqlx::query(INSERT_DOWN), &down.row, down.row.status)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            done.duplicate_down += 1;
+            continue;
+        }
+        sqlx::query(INSERT_OUTBOX)
+            .bind(down.publish.msg_id.clone())
+            .bind(down.publish.subject.clone())
+            .bind(down.publish.payload.clone())
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        done.inserted_down.push(down.row.relay_id.clone());
+        done.outboxed += 1;
+    }
+
+    for event in &commit.events {
+        sqlx::query(INSERT_EVENT)
+            .bind(event.relay_id.clone())
+            .bind(event.kind.clone())
+            .bind(event.tenant.clone())
+            .bind(event.user_id.clone())
+            .bind(event.session_id.clone())
+            .bind(event.event_type.clone())
+            .bind(event.ok)
+            .bind(event.body.clone())
+            .bind(event.subject.clone())
+            .bind(unix_micros(event.created_at))
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        sqlx::query(INSERT_OUTBOX)
+            .bind(event.relay_id.clone())
+            .bind(event.subject.clone())
+            .bind(event.body.clone().into_bytes())
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        done.outboxed += 1;
+    }
+
+    for (id, at) in &commit.touch {
+        let r = sqlx::query(TOUCH_SESSION)
+            .bind(id.clone())
+            .bind(unix_micros(*at))
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "touch of session {id:?}, which does not exist"
+            )));
+        }
+    }
+
+    Ok(done)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed> {
+        if commit.is_empty() {
+            return Ok(Committed::default());
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        // On error `tx` is dropped, which rolls everything back.
+        let done = apply(&mut tx, &commit).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(done)
+    }
+
+    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
+        if row.direction != Direction::Up {
+            return Err(invalid("begin_up takes an up row"));
+        }
+        let Some(message_id) = &row.message_id else {
+            return Err(invalid("begin_up needs the up row's message_id"));
+        };
+        let r = bind_message(sqlx::query(INSERT_UP), row, MessageStatus::Pending)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 1 {
+            return Ok(UpBegin::New);
+        }
+        let status: String = sqlx::query_scalar(UP_STATUS)
+            .bind(row.kind.clone())
+            .bind(row.tenant.clone())
+            .bind(row.user_id.clone())
+            .bind(message_id.clone())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(match MessageStatus::parse(&status)? {
+            MessageStatus::Pending => UpBegin::Pending,
+            done => UpBegin::Done(done),
+        })
+    }
+
+    async fn open_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND state <> 'closed'"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+
+    async fn open_sessions(&self) -> Result<Vec<Session>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE state <> 'closed' ORDER BY opened_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    async fn list_sessions(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SessionState>,
+        limit: i64,
+    ) -> Result<Vec<Session>> {
+        // One statement per filter combination, so each can use its index.
+        let filter = match (tenant.is_some(), state.is_some()) {
+            (false, false) => "",
+            (true, false) => "WHERE tenant = ?2",
+            (false, true) => "WHERE state = ?3",
+            (true, true) => "WHERE tenant = ?2 AND state = ?3",
+        };
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions {filter} \
+             ORDER BY opened_at DESC, id DESC LIMIT ?1"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit.max(0))
+            .bind(tenant.map(str::to_owned))
+            .bind(state.map(SessionState::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
+        let r = sqlx::query("UPDATE sessions SET token = ?2 WHERE id = ?1")
+            .bind(session_id.to_owned())
+            .bind(token.map(str::to_owned))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "session {session_id:?} does not exist"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        sqlx::query(
+            "SELECT seq, msg_id, subject, payload, created_at FROM outbox ORDER BY seq LIMIT ?1",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| {
+            Ok(OutboxRow {
+                seq: get(row, "seq")?,
+                msg_id: get(row, "msg_id")?,
+                subject: get(row, "subject")?,
+                payload: get(row, "payload")?,
+                created_at: ts(row, "created_at")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn outbox_done(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        // One statement whatever the count: the seqs travel as one JSON array.
+        let list = serde_json::to_string(seqs).map_err(|e| invalid(e.to_string()))?;
+        sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))")
+            .bind(list)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        let row = sqlx::query("SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(OutboxStats {
+            pending: get(&row, "pending")?,
+            oldest: opt_ts(&row, "oldest")?,
+        })
+    }
+
+    async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(message_from_row)
+            .collect()
+    }
+
+    async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {
+        sqlx::query(
+            "SELECT relay_id, kind, tenant, user_id, session_id, event_type, ok, body, subject, \
+             created_at FROM events \
+             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 ORDER BY created_at, id",
+        )
+        .bind(kind.to_owned())
+        .bind(tenant.to_owned())
+        .bind(user_id.to_owned())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }

@@ -66,6 +66,9 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
                 }
             }
         };
+        relay
+            .streams_ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             consumer = streams::CEC_UP_CONSUMER,
             "Consuming uplink messages"

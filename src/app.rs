@@ -1,0 +1,316 @@
+//! Wiring: builds the store, the NATS connection, the clients and every task of a running relay,
+//! all under one [`CancellationToken`] and [`TaskTracker`], and shuts them down in order.
+//!
+//! Shutdown (SIGTERM, Ctrl-C, or the caller's future) runs in stages, within
+//! `relay.shutdown_timeout`:
+//! 1. intake stops: no new polls, no new uplink messages; unstarted uplink messages are handed
+//!    back to JetStream;
+//! 2. in-flight polls and sends finish and commit;
+//! 3. the outbox publishes what it holds, if NATS is there;
+//! 4. the HTTP server stops.
+//!
+//! What is not done by the deadline stays in the store and JetStream, and is picked up at the
+//! next start: nothing is lost by stopping early.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Subjects;
+use crate::cec::CecClient;
+use crate::config::{CecTenant, Config, DEMO_TENANT};
+use crate::outbox::OutboxSignal;
+use crate::relay::{Relay, Tenant};
+use crate::store::DynStore;
+use crate::{bus, http, natsd, outbox, poller, sim, store, uplink};
+
+/// A running relay.
+pub struct App {
+    relay: Arc<Relay>,
+    intake: TaskTracker,
+    outbox_tracker: TaskTracker,
+    outbox_cancel: CancellationToken,
+    http_cancel: CancellationToken,
+    http_tracker: TaskTracker,
+    http_addr: SocketAddr,
+    nats: async_nats::Client,
+    /// Kept alive while the relay runs.
+    _simulator: Option<sim::SimHandle>,
+    _local_nats: Option<natsd::LocalNatsServer>,
+}
+
+impl App {
+    /// Starts everything; returns once the HTTP listener is bound and the tasks are spawned.
+    pub async fn start(mut config: Config) -> anyhow::Result<App> {
+        let simulator = if config.uses_simulator() {
+            let sim_cfg = sim::SimConfig::default();
+            let handle = sim::spawn(sim_cfg.clone())
+                .await
+                .context("starting the built-in simulator")?;
+            tracing::info!(url = %handle.base_url(), tenant = DEMO_TENANT,
+                "No [[cec]] tenant configured: serving the built-in CEC simulator as tenant \"demo\"");
+            let url = url::Url::parse(&handle.base_url()).context("simulator url")?;
+            let mut tenant = CecTenant::simulated(
+                DEMO_TENANT,
+                url,
+                &sim_cfg.app_key,
+                &sim_cfg.app_secret,
+                &sim_cfg.channel_config_id,
+            );
+            tenant.poll_interval = Duration::from_millis(500);
+            config.cec.push(tenant);
+            Some(handle)
+        } else {
+            None
+        };
+
+        let local_nats = ensure_local_nats(&config.nats)
+            .await
+            .context("starting a local nats-server")?;
+
+        let store = store::connect(&config.store.url).await.with_context(|| {
+            format!("opening the store {}", store::redact_url(&config.store.url))
+        })?;
+        store.migrate().await.context("migrating the store")?;
+
+        let nats = bus::connect::connect(&config.nats, "ccrelay")
+            .await
+            .context("connecting to NATS")?;
+        let js = async_nats::jetstream::new(nats.clone());
+
+        let http_client = CecClient::http_client().context("building the HTTP client")?;
+        let tenants = config
+            .cec
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    Tenant {
+                        name: t.name.as_str().into(),
+                        client: CecClient::new(http_client.clone(), t.clone()),
+                    },
+                )
+            })
+            .collect();
+
+        let listener = tokio::net::TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+        let http_addr = listener.local_addr()?;
+
+        let (poller_handle, poller_inbox) = poller::channel();
+        let cancel = CancellationToken::new();
+        let streams_ready = Arc::new(AtomicBool::new(false));
+        let relay = Arc::new(Relay {
+            subjects: Subjects::new(config.nats.prefix.clone()),
+            config,
+            store: store.clone(),
+            tenants,
+            outbox: OutboxSignal::default(),
+            poller: poller_handle,
+            cancel: cancel.clone(),
+            streams_ready: streams_ready.clone(),
+        });
+
+        let http_cancel = CancellationToken::new();
+        let http_tracker = TaskTracker::new();
+        let router = http::router(http::Health {
+            store: store.clone(),
+            nats: nats.clone(),
+            streams_ready,
+        });
+        {
+            let c = http_cancel.clone();
+            http_tracker.spawn(async move {
+                if let Err(e) = http::serve(listener, router, c).await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+        }
+
+        let outbox_cancel = CancellationToken::new();
+        let outbox_tracker = TaskTracker::new();
+        outbox_tracker.spawn(outbox::run(
+            store.clone(),
+            js.clone(),
+            relay.outbox.clone(),
+            relay.config.relay.outbox_batch,
+            outbox_cancel.clone(),
+        ));
+
+        let intake = TaskTracker::new();
+        intake.spawn(poller::run(relay.clone(), poller_inbox, intake.clone()));
+        intake.spawn(uplink::run(relay.clone(), js, intake.clone()));
+        resume_sessions(&relay, &store).await?;
+
+        tracing::info!(http = %http_addr, nats = %relay.config.nats.url, prefix = %relay.subjects.prefix(),
+            store = %store::redact_url(&relay.config.store.url), tenants = relay.tenants.len(), "ccrelay started");
+        Ok(App {
+            relay,
+            intake,
+            outbox_tracker,
+            outbox_cancel,
+            http_cancel,
+            http_tracker,
+            http_addr,
+            nats,
+            _simulator: simulator,
+            _local_nats: local_nats,
+        })
+    }
+
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// The built-in simulator, when the relay serves one.
+    pub fn simulator(&self) -> Option<&sim::SimHandle> {
+        self._simulator.as_ref()
+    }
+
+    /// Whether the streams and the uplink consumer are set up.
+    pub fn streams_ready(&self) -> bool {
+        self.relay.streams_ready.load(Ordering::Relaxed)
+    }
+
+    /// Runs until `shutdown` completes, then shuts down in stages (see the module docs).
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        shutdown.await;
+        self.shutdown().await;
+    }
+
+    /// Stops everything within `relay.shutdown_timeout`.
+    pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.relay.config.relay.shutdown_timeout;
+        tracing::info!("Shutting down: stopping intake");
+        self.relay.cancel.cancel();
+        self.intake.close();
+        if tokio::time::timeout_at(deadline, self.intake.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "In-flight work did not finish before the shutdown deadline; it will be redone at the next start"
+            );
+        }
+        self.outbox_cancel.cancel();
+        self.outbox_tracker.close();
+        if tokio::time::timeout_at(deadline, self.outbox_tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "The outbox was not emptied before the shutdown deadline; the rest is published at the next start"
+            );
+        }
+        self.http_cancel.cancel();
+        self.http_tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.http_tracker.wait()).await;
+        let _ = self.nats.flush().await;
+        if let Some(mut n) = self._local_nats {
+            n.stop().await;
+        }
+        tracing::info!("Shutdown complete");
+    }
+}
+
+/// Where the embedded nats-server keeps its JetStream store, relative to the working directory.
+pub const EMBEDDED_NATS_DIR: &str = "ccrelay-nats";
+
+/// With `nats.embedded` and a loopback `nats.url` that nobody answers, starts a local nats-server
+/// on that port (installing one first if none is found).
+async fn ensure_local_nats(
+    cfg: &crate::config::NatsConfig,
+) -> anyhow::Result<Option<natsd::LocalNatsServer>> {
+    if !cfg.embedded {
+        return Ok(None);
+    }
+    let first = cfg
+        .url
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let parsed = url::Url::parse(&first).with_context(|| format!("nats.url {first:?}"))?;
+    let loopback = matches!(
+        parsed.host_str(),
+        Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
+    );
+    if !loopback || natsd::nats_reachable(&first, Duration::from_secs(1)).await {
+        return Ok(None);
+    }
+    let port = parsed.port().unwrap_or(4222);
+    tracing::info!(
+        port,
+        "No NATS server answers at {first}: starting a local nats-server"
+    );
+    let cache =
+        natsd::default_cache_dir().unwrap_or_else(|| std::path::PathBuf::from(".ccrelay-cache"));
+    // The relay itself works with any JetStream server (2.9+).
+    let binary = tokio::task::spawn_blocking(move || natsd::ensure_nats_server((2, 9), &cache))
+        .await
+        .context("installing nats-server")??;
+    let store_dir = std::path::PathBuf::from(EMBEDDED_NATS_DIR);
+    let server = natsd::LocalNatsServer::start(
+        &binary,
+        natsd::NatsServerOptions {
+            port,
+            store_dir: Some(store_dir.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    tracing::info!(binary = %binary.display(), store = %store_dir.display(), url = %server.url(), "Local nats-server started");
+    Ok(Some(server))
+}
+
+async fn resume_sessions(relay: &Arc<Relay>, store: &DynStore) -> anyhow::Result<()> {
+    let open = store
+        .open_sessions()
+        .await
+        .context("reading open sessions")?;
+    let n = open.len();
+    for s in open {
+        relay.poller.add(s);
+    }
+    if n > 0 {
+        tracing::info!(sessions = n, "Resumed polling of open sessions");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Received SIGINT"),
+        _ = term => tracing::info!("Received SIGTERM"),
+    }
+}

@@ -1,0 +1,68 @@
+//! The relay's small HTTP surface: `/healthz` (the process answers) and `/readyz` (the database
+//! and NATS are reachable and the streams are set up). Metrics and Tencent callbacks come later.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::DynStore;
+
+/// What `/readyz` looks at.
+#[derive(Clone)]
+pub struct Health {
+    pub store: DynStore,
+    pub nats: async_nats::Client,
+    /// Set once the streams and the uplink consumer exist.
+    pub streams_ready: Arc<AtomicBool>,
+}
+
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    let db = match h.store.ping().await {
+        Ok(()) => "up".to_owned(),
+        Err(e) => format!("down: {e}"),
+    };
+    let nats = match h.nats.connection_state() {
+        async_nats::connection::State::Connected => "up".to_owned(),
+        other => format!("down: {other:?}"),
+    };
+    let streams = if h.streams_ready.load(Ordering::Relaxed) {
+        "up"
+    } else {
+        "pending"
+    };
+    let ready = db == "up" && nats == "up" && streams == "up";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "database": db, "nats": nats, "streams": streams})),
+    )
+}
+
+/// Serves `router` on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}

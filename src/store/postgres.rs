@@ -1,0 +1,693 @@
+//! PostgreSQL implementation of [`super::Store`].
+//!
+//! Same tables as SQLite (see `migrations/postgres`), with `timestamptz` timestamps, `jsonb`
+//! bodies and `bytea` outbox payloads. A commit costs a fixed number of round trips whatever its
+//! size: the downlink messages (with their outbox rows) and the events (with theirs) each go in
+//! one statement, as arrays expanded with `UNNEST`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{
+    PgArgumentBuffer, PgConnectOptions, PgHasArrayType, PgPoolOptions, PgRow, PgTypeInfo,
+    PgValueFormat, PgValueRef,
+};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+use time::OffsetDateTime;
+
+use super::{
+    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OutboxRow, OutboxStats,
+    Result, Session, SessionChange, SessionState, Store, StoreError, UpBegin, classify,
+    from_unix_micros, invalid, unix_micros,
+};
+
+/// How long a caller waits for a free connection before getting a retryable error.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: u32 = 8;
+
+/// PostgreSQL-backed store.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database named by `url` (`postgres://…` or `postgresql://…`).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] for a malformed URL, [`StoreError::Unavailable`] when the server
+    /// cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options: PgConnectOptions = url.parse().map_err(StoreError::Query)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(classify)?;
+        Ok(PgStore { pool })
+    }
+
+    /// The underlying pool, for callers that need a query the trait does not offer.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// A `timestamptz` as microseconds since the Unix epoch, in PostgreSQL's binary format
+/// (microseconds since 2000-01-01T00:00:00Z). sqlx's own `time` support is a Cargo feature this
+/// crate does not enable; this is all the store needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ts(i64);
+
+/// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// `pg_type` OIDs of `timestamptz` and `timestamptz[]` (built in, so stable).
+const TIMESTAMPTZ_OID: Oid = Oid(1184);
+const TIMESTAMPTZ_ARRAY_OID: Oid = Oid(1185);
+
+impl Ts {
+    fn of(t: OffsetDateTime) -> Self {
+        Ts(unix_micros(t))
+    }
+    fn get(self) -> Result<OffsetDateTime> {
+        from_unix_micros(self.0)
+    }
+}
+
+impl sqlx::Type<Postgres> for Ts {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(TIMESTAMPTZ_OID)
+    }
+}
+
+impl PgHasArrayType for Ts {
+    fn array_type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(TIMESTAMPTZ_ARRAY_OID)
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for Ts {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> std::result::Result<IsNull, BoxDynError> {
+        let pg = self
+            .0
+            .checked_sub(PG_EPOCH_UNIX_MICROS)
+            .ok_or("timestamp out of range for timestamptz")?;
+        buf.extend_from_slice(&pg.to_be_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn size_hint(&self) -> usize {
+        8
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for Ts {
+    fn decode(value: PgValueRef<'r>) -> std::result::Result<Self, BoxDynError> {
+        match value.format() {
+            PgValueFormat::Binary => {
+                let bytes: [u8; 8] = value.as_bytes()?.try_into()?;
+                let unix = i64::from_be_bytes(bytes)
+                    .checked_add(PG_EPOCH_UNIX_MICROS)
+                    .ok_or("timestamptz out of range (infinity?)")?;
+                Ok(Ts(unix))
+            }
+            PgValueFormat::Text => Err("timestamptz in text format is not supported".into()),
+        }
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, kind, tenant, user_id, channel_config_id, state, token, \
+     opened_at, closed_at, close_reason, last_activity_at";
+
+const MESSAGE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, direction, \
+     message_id, message_code, source_type, control_type, media_type, content, body::text AS body, \
+     status, result_code, result_desc, stream_seq, created_at";
+
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, kind, tenant, user_id, \
+     channel_config_id, state, token, opened_at, closed_at, close_reason, last_activity_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+const SET_SESSION_STATE: &str =
+    "UPDATE sessions SET state = $2 WHERE id = $1 AND state <> 'closed'";
+
+const CLOSE_SESSION: &str = "UPDATE sessions SET state = 'closed', closed_at = $2, \
+     close_reason = $3 WHERE id = $1 AND state <> 'closed'";
+
+const SESSION_EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
+
+/// Moves `last_activity_at` forward for each distinct id (the latest time given wins) and
+/// returns the ids it found.
+const TOUCH_SESSIONS: &str = "UPDATE sessions s SET last_activity_at = \
+     greatest(s.last_activity_at, t.at) \
+     FROM (SELECT id, max(at) AS at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) \
+           GROUP BY id) t \
+     WHERE s.id = t.id RETURNING s.id";
+
+const UPDATE_UP: &str = "UPDATE messages SET status = $5, result_code = $6, result_desc = $7, \
+     session_id = coalesce($8, session_id) \
+     WHERE kind = $1 AND tenant = $2 AND user_id = $3 AND message_id = $4 AND direction = 'up'";
+
+/// Inserts the down rows in the order given, skipping those whose message_code is known (or
+/// repeated within the batch), and an outbox row for each one inserted, in the same order.
+/// Returns the relay ids inserted.
+const INSERT_DOWNS: &str = "WITH input AS ( \
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+           $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int8[], \
+           $18::timestamptz[], $19::text[], $20::text[], $21::bytea[]) WITH ORDINALITY \
+         AS t(relay_id, kind, tenant, user_id, session_id, direction, message_id, \
+           message_code, source_type, control_type, media_type, content, body, status, \
+           result_code, result_desc, stream_seq, created_at, msg_id, subject, payload, ord) \
+     ), ins AS ( \
+       INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, direction, \
+           message_id, message_code, source_type, control_type, media_type, content, body, \
+           status, result_code, result_desc, stream_seq, created_at) \
+       SELECT relay_id, kind, tenant, user_id, session_id, direction, message_id, \
+           message_code, source_type, control_type, media_type, content, body::jsonb, status, \
+           result_code, result_desc, stream_seq, created_at \
+       FROM input ORDER BY ord \
+       ON CONFLICT (kind, tenant, user_id, message_code) WHERE message_code IS NOT NULL \
+       DO NOTHING \
+       RETURNING relay_id \
+     ), outboxed AS ( \
+       INSERT INTO outbox (msg_id, subject, payload, created_at) \
+       SELECT msg_id, subject, payload, $22 FROM input \
+       WHERE relay_id IN (SELECT relay_id FROM ins) ORDER BY ord \
+     ) \
+     SELECT relay_id FROM ins";
+
+/// Inserts the events and their outbox rows, in the order given.
+const INSERT_EVENTS: &str = "WITH input AS ( \
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+           $6::text[], $7::bool[], $8::text[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
+         AS t(relay_id, kind, tenant, user_id, session_id, event_type, ok, body, subject, \
+           created_at, ord) \
+     ), ev AS ( \
+       INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, body, \
+           subject, created_at) \
+       SELECT relay_id, kind, tenant, user_id, session_id, event_type, ok, body::jsonb, \
+           subject, created_at \
+       FROM input ORDER BY ord \
+     ) \
+     INSERT INTO outbox (msg_id, subject, payload, created_at) \
+     SELECT relay_id, subject, convert_to(body, 'UTF8'), $11 FROM input ORDER BY ord";
+
+const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
+     direction, message_id, message_code, source_type, control_type, media_type, content, body, \
+     status, result_code, result_desc, stream_seq, created_at) \
+     VALUES ($1, $2, $3, $4, $5, 'up', $6, $7, $8, $9, $10, $11, $12::jsonb, 'pending', $13, \
+             $14, $15, $16) \
+     ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO NOTHING";
+
+const UP_STATUS: &str = "SELECT status FROM messages \
+     WHERE kind = $1 AND tenant = $2 AND user_id = $3 AND message_id = $4 AND direction = 'up'";
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(column).map_err(classify)
+}
+
+fn ts(row: &PgRow, column: &str) -> Result<OffsetDateTime> {
+    get::<Ts>(row, column)?.get()
+}
+
+fn opt_ts(row: &PgRow, column: &str) -> Result<Option<OffsetDateTime>> {
+    get::<Option<Ts>>(row, column)?.map(Ts::get).transpose()
+}
+
+fn session_from_row(row: &PgRow) -> Result<Session> {
+    Ok(Session {
+        id: get(row, "id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        channel_config_id: get(row, "channel_config_id")?,
+        state: SessionState::parse(get(row, "state")?)?,
+        token: get(row, "token")?,
+        opened_at: ts(row, "opened_at")?,
+        closed_at: opt_ts(row, "closed_at")?,
+        close_reason: get(row, "close_reason")?,
+        last_activity_at: ts(row, "last_activity_at")?,
+    })
+}
+
+fn message_from_row(row: &PgRow) -> Result<MessageRow> {
+    Ok(MessageRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        direction: Direction::parse(get(row, "direction")?)?,
+        message_id: get(row, "message_id")?,
+        message_code: get(row, "message_code")?,
+        source_type: get(row, "source_type")?,
+        control_type: get(row, "control_type")?,
+        media_type: get(row, "media_type")?,
+        content: get(row, "content")?,
+        body: get(row, "body")?,
+        status: MessageStatus::parse(get(row, "status")?)?,
+        result_code: get(row, "result_code")?,
+        result_desc: get(row, "result_desc")?,
+        stream_seq: get(row, "stream_seq")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        event_type: get(row, "event_type")?,
+        ok: get(row, "ok")?,
+        body: get(row, "body")?,
+        subject: get(row, "subject")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+/// After an UPDATE of a session matched nothing: fine if the session exists (closed, so the
+/// change is moot), a caller's bug if it does not.
+async fn require_session(conn: &mut PgConnection, id: &str) -> Result<()> {
+    let found = sqlx::query(SESSION_EXISTS)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Corrupt(format!(
+            "session {id:?} does not exist"
+        ))),
+    }
+}
+
+/// One column of a batch, as an array parameter.
+fn column<'a, T: 'a>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    items.into_iter().collect()
+}
+
+/// Everything of [`Store::commit`] inside the transaction `conn` is in.
+async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
+    let now = Ts::of(OffsetDateTime::now_utc());
+    let mut done = Committed::default();
+
+    for change in &commit.sessions {
+        match change {
+            SessionChange::Open(s) => {
+                sqlx::query(INSERT_SESSION)
+                    .bind(&s.id)
+                    .bind(&s.kind)
+                    .bind(&s.tenant)
+                    .bind(&s.user_id)
+                    .bind(&s.channel_config_id)
+                    .bind(s.state.as_str())
+                    .bind(&s.token)
+                    .bind(Ts::of(s.opened_at))
+                    .bind(s.closed_at.map(Ts::of))
+                    .bind(&s.close_reason)
+                    .bind(Ts::of(s.last_activity_at))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+            }
+            SessionChange::SetState { id, state } => {
+                if *state == SessionState::Closed {
+                    return Err(invalid(
+                        "SessionChange::SetState cannot close a session: use Close",
+                    ));
+                }
+                let r = sqlx::query(SET_SESSION_STATE)
+                    .bind(id)
+                    .bind(state.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+                if r.rows_affected() == 0 {
+                    require_session(conn, id).await?;
+                }
+            }
+            SessionChange::Close { id, reason, at } => {
+                let r = sqlx::query(CLOSE_SESSION)
+                    .bind(id)
+                    .bind(Ts::of(*at))
+                    .bind(reason)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+                if r.rows_affected() == 0 {
+                    require_session(conn, id).await?;
+                }
+            }
+        }
+    }
+
+    if let Some(up) = &commit.up {
+        let r = sqlx::query(UPDATE_UP)
+            .bind(&up.kind)
+            .bind(&up.tenant)
+            .bind(&up.user_id)
+            .bind(&up.message_id)
+            .bind(up.status.as_str())
+            .bind(&up.result_code)
+            .bind(&up.result_desc)
+            .bind(&up.session_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "up outcome for a message never begun: {}/{}/{} message_id {:?}",
+                up.kind, up.tenant, up.user_id, up.message_id
+            )));
+        }
+    }
+
+    if !commit.down.is_empty() {
+        let rows = || commit.down.iter().map(|d| &d.row);
+        let inserted: Vec<String> = sqlx::query_scalar(INSERT_DOWNS)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.direction.as_str())))
+            .bind(column(rows().map(|r| r.message_id.as_deref())))
+            .bind(column(rows().map(|r| r.message_code.as_deref())))
+            .bind(column(rows().map(|r| r.source_type.as_deref())))
+            .bind(column(rows().map(|r| r.control_type.as_deref())))
+            .bind(column(rows().map(|r| r.media_type.as_deref())))
+            .bind(column(rows().map(|r| r.content.as_deref())))
+            .bind(column(rows().map(|r| r.body.as_str())))
+            .bind(column(rows().map(|r| r.status.as_str())))
+            .bind(column(rows().map(|r| r.result_code.as_deref())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| r.stream_seq)))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .bind(column(
+                commit.down.iter().map(|d| d.publish.msg_id.as_str()),
+            ))
+            .bind(column(
+                commit.down.iter().map(|d| d.publish.subject.as_str()),
+            ))
+            .bind(column(
+                commit.down.iter().map(|d| d.publish.payload.as_slice()),
+            ))
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+        // RETURNING comes in no particular order: report in the order given.
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        for d in &commit.down {
+            if inserted.contains(&d.row.relay_id) {
+                done.inserted_down.push(d.row.relay_id.clone());
+            } else {
+                done.duplicate_down += 1;
+            }
+        }
+        done.outboxed += done.inserted_down.len();
+    }
+
+    if !commit.events.is_empty() {
+        let events = || commit.events.iter();
+        sqlx::query(INSERT_EVENTS)
+            .bind(column(events().map(|e| e.relay_id.as_str())))
+            .bind(column(events().map(|e| e.kind.as_str())))
+            .bind(column(events().map(|e| e.tenant.as_deref())))
+            .bind(column(events().map(|e| e.user_id.as_deref())))
+            .bind(column(events().map(|e| e.session_id.as_deref())))
+            .bind(column(events().map(|e| e.event_type.as_str())))
+            .bind(column(events().map(|e| e.ok)))
+            .bind(column(events().map(|e| e.body.as_str())))
+            .bind(column(events().map(|e| e.subject.as_str())))
+            .bind(column(events().map(|e| Ts::of(e.created_at))))
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        done.outboxed += commit.events.len();
+    }
+
+    if !commit.touch.is_empty() {
+        let found: Vec<String> = sqlx::query_scalar(TOUCH_SESSIONS)
+            .bind(column(commit.touch.iter().map(|(id, _)| id.as_str())))
+            .bind(column(commit.touch.iter().map(|(_, at)| Ts::of(*at))))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+        if let Some((missing, _)) = commit.touch.iter().find(|(id, _)| !found.contains(id)) {
+            return Err(StoreError::Corrupt(format!(
+                "touch of session {missing:?}, which does not exist"
+            )));
+        }
+    }
+
+    Ok(done)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed> {
+        if commit.is_empty() {
+            return Ok(Committed::default());
+        }
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        // On error `tx` is dropped, which rolls everything back.
+        let done = apply(&mut tx, &commit).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(done)
+    }
+
+    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
+        if row.direction != Direction::Up {
+            return Err(invalid("begin_up takes an up row"));
+        }
+        let Some(message_id) = &row.message_id else {
+            return Err(invalid("begin_up needs the up row's message_id"));
+        };
+        let r = sqlx::query(INSERT_UP)
+            .bind(&row.relay_id)
+            .bind(&row.kind)
+            .bind(&row.tenant)
+            .bind(&row.user_id)
+            .bind(&row.session_id)
+            .bind(message_id)
+            .bind(&row.message_code)
+            .bind(&row.source_type)
+            .bind(&row.control_type)
+            .bind(&row.media_type)
+            .bind(&row.content)
+            .bind(&row.body)
+            .bind(&row.result_code)
+            .bind(&row.result_desc)
+            .bind(row.stream_seq)
+            .bind(Ts::of(row.created_at))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 1 {
+            return Ok(UpBegin::New);
+        }
+        let status: String = sqlx::query_scalar(UP_STATUS)
+            .bind(&row.kind)
+            .bind(&row.tenant)
+            .bind(&row.user_id)
+            .bind(message_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(match MessageStatus::parse(&status)? {
+            MessageStatus::Pending => UpBegin::Pending,
+            done => UpBegin::Done(done),
+        })
+    }
+
+    async fn open_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE kind = $1 AND tenant = $2 AND user_id = $3 AND state <> 'closed'"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind)
+            .bind(tenant)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+
+    async fn open_sessions(&self) -> Result<Vec<Session>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE state <> 'closed' ORDER BY opened_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    async fn list_sessions(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SessionState>,
+        limit: i64,
+    ) -> Result<Vec<Session>> {
+        // One statement per filter combination, so each can use its index; PostgreSQL wants
+        // every parameter used, so absent filters get a trivially true test.
+        let filter = match (tenant.is_some(), state.is_some()) {
+            (false, false) => "WHERE $2::text IS NULL AND $3::text IS NULL",
+            (true, false) => "WHERE tenant = $2 AND $3::text IS NULL",
+            (false, true) => "WHERE $2::text IS NULL AND state = $3",
+            (true, true) => "WHERE tenant = $2 AND state = $3",
+        };
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions {filter} \
+             ORDER BY opened_at DESC, id DESC LIMIT $1"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit.max(0))
+            .bind(tenant)
+            .bind(state.map(SessionState::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
+        let r = sqlx::query("UPDATE sessions SET token = $2 WHERE id = $1")
+            .bind(session_id)
+            .bind(token)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "session {session_id:?} does not exist"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        sqlx::query(
+            "SELECT seq, msg_id, subject, payload, created_at FROM outbox ORDER BY seq LIMIT $1",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| {
+            Ok(OutboxRow {
+                seq: get(row, "seq")?,
+                msg_id: get(row, "msg_id")?,
+                subject: get(row, "subject")?,
+                payload: get(row, "payload")?,
+                created_at: ts(row, "created_at")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn outbox_done(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
+            .bind(seqs)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        let row = sqlx::query("SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(OutboxStats {
+            pending: get(&row, "pending")?,
+            oldest: opt_ts(&row, "oldest")?,
+        })
+    }
+
+    async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE kind = $1 AND tenant = $2 AND user_id = $3 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind)
+            .bind(tenant)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(message_from_row)
+            .collect()
+    }
+
+    async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {
+        sqlx::query(
+            "SELECT relay_id, kind, tenant, user_id, session_id, event_type, ok, \
+             body::text AS body, subject, created_at FROM events \
+             WHERE kind = $1 AND tenant = $2 AND user_id = $3 ORDER BY created_at, id",
+        )
+        .bind(kind)
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,1270 @@
+//! The store contract, written once and run against both databases.
+//!
+//! Each test in [`contract_tests!`] is an `async fn(Db)` instantiated twice: on SQLite (a fresh
+//! file in a temporary directory) and on PostgreSQL (a fresh database created through the admin
+//! URL in `CCRELAY_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`, and
+//! dropped afterwards). `CCRELAY_TEST_PG_URL=skip` skips the PostgreSQL half, loudly.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use serde_json::json;
+use sqlx::Connection;
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// A fresh, migrated store, and how to open another handle on the same database.
+#[derive(Clone)]
+struct Db {
+    store: DynStore,
+    url: String,
+}
+
+impl Db {
+    /// A second, independent handle on the same database.
+    async fn reopen(&self) -> DynStore {
+        connect(&self.url).await.expect("reopen the test database")
+    }
+}
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn pg_admin_url() -> Option<String> {
+    let url = std::env::var("CCRELAY_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+    (url != "skip").then_some(url)
+}
+
+/// Runs `test` on a fresh SQLite database file.
+async fn on_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Db) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = connect(&url).await.expect("open SQLite");
+    store.migrate().await.expect("migrate SQLite");
+    test(Db {
+        store: store.clone(),
+        url,
+    })
+    .await;
+    store.close().await;
+}
+
+/// Runs `test` on a fresh PostgreSQL database, dropped afterwards even if the test panics.
+async fn on_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Db) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(admin_url) = pg_admin_url() else {
+        eprintln!("CCRELAY_TEST_PG_URL=skip: PostgreSQL contract test SKIPPED");
+        return;
+    };
+    let name = format!("ccrelay_test_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL for the store tests at {} ({e}); set CCRELAY_TEST_PG_URL, or =skip",
+                redact_url(&admin_url)
+            )
+        });
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin_url).expect("admin url");
+    url.set_path(&name);
+    let url = url.to_string();
+
+    let outcome = AssertUnwindSafe(async {
+        let store = connect(&url).await.expect("open PostgreSQL");
+        store.migrate().await.expect("migrate PostgreSQL");
+        test(Db {
+            store: store.clone(),
+            url: url.clone(),
+        })
+        .await;
+        store.close().await;
+    })
+    .catch_unwind()
+    .await;
+
+    // Best effort: a leftover database is harmless, and named for what it is.
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+    let _ = admin.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::on_sqlite(super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::on_postgres(super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    migrating_twice_changes_nothing,
+    an_empty_commit_does_nothing,
+    sessions_open_close_and_reopen,
+    a_user_has_at_most_one_open_session,
+    set_state_moves_open_sessions_only,
+    changes_to_unknown_sessions_are_refused,
+    begin_up_is_new_then_pending_then_done,
+    begin_up_refuses_rows_it_cannot_key,
+    a_commit_that_fails_leaves_nothing_behind,
+    down_messages_are_deduplicated_by_message_code,
+    the_outbox_keeps_commit_order_until_done,
+    outbox_seqs_are_never_reused,
+    the_transcript_is_in_time_order_across_directions,
+    events_are_kept_per_user_in_order,
+    touch_only_moves_forward,
+    list_sessions_filters_and_orders,
+    the_session_token_is_stored_and_cleared,
+    timestamps_round_trip_at_microsecond_precision,
+    concurrent_writers_all_commit,
+    concurrent_begin_up_of_one_message_is_new_once,
+    a_closed_store_fails_with_retryable_errors,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+const TENANT: &str = "acme";
+
+fn id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn at(offset_secs: i64) -> OffsetDateTime {
+    datetime!(2025-06-01 12:00:00.123456 UTC) + time::Duration::seconds(offset_secs)
+}
+
+fn session(user: &str, state: SessionState, opened: OffsetDateTime) -> Session {
+    Session {
+        id: id(),
+        kind: kind::CEC.to_owned(),
+        tenant: TENANT.to_owned(),
+        user_id: user.to_owned(),
+        channel_config_id: "1011577355744904195".to_owned(),
+        state,
+        token: Some("tok-1".to_owned()),
+        opened_at: opened,
+        closed_at: None,
+        close_reason: None,
+        last_activity_at: opened,
+    }
+}
+
+fn open(s: &Session) -> Commit {
+    Commit {
+        sessions: vec![SessionChange::Open(s.clone())],
+        ..Commit::default()
+    }
+}
+
+fn close(s: &Session, reason: &str, when: OffsetDateTime) -> Commit {
+    Commit {
+        sessions: vec![SessionChange::Close {
+            id: s.id.clone(),
+            reason: reason.to_owned(),
+            at: when,
+        }],
+        ..Commit::default()
+    }
+}
+
+fn up_row(user: &str, message_id: &str, created: OffsetDateTime) -> MessageRow {
+    MessageRow {
+        relay_id: id(),
+        kind: kind::CEC.to_owned(),
+        tenant: TENANT.to_owned(),
+        user_id: user.to_owned(),
+        session_id: None,
+        direction: Direction::Up,
+        message_id: Some(message_id.to_owned()),
+        message_code: None,
+        source_type: Some("CUSTOMER".to_owned()),
+        control_type: Some("CHAT".to_owned()),
+        media_type: Some("TEXT".to_owned()),
+        content: Some(format!("hello {message_id}")),
+        body: json!({"messageId": message_id, "content": "hello", "controlType": "CHAT"})
+            .to_string(),
+        status: MessageStatus::Pending,
+        result_code: None,
+        result_desc: None,
+        stream_seq: Some(42),
+        created_at: created,
+    }
+}
+
+fn down(user: &str, code: Option<&str>, content: &str, created: OffsetDateTime) -> DownRecord {
+    let relay_id = id();
+    let body = json!({
+        "id": relay_id, "tenant": TENANT, "userId": user, "content": content,
+        "messageCode": code, "sourceType": "AGENT",
+    })
+    .to_string();
+    DownRecord {
+        row: MessageRow {
+            relay_id: relay_id.clone(),
+            kind: kind::CEC.to_owned(),
+            tenant: TENANT.to_owned(),
+            user_id: user.to_owned(),
+            session_id: None,
+            direction: Direction::Down,
+            message_id: None,
+            message_code: code.map(str::to_owned),
+            source_type: Some("AGENT".to_owned()),
+            control_type: Some("CHAT".to_owned()),
+            media_type: Some("TEXT".to_owned()),
+            content: Some(content.to_owned()),
+            body: body.clone(),
+            status: MessageStatus::Received,
+            result_code: None,
+            result_desc: None,
+            stream_seq: None,
+            created_at: created,
+        },
+        publish: OutboxMsg {
+            msg_id: relay_id,
+            subject: format!("ccrelay.cec.{TENANT}.down.{user}"),
+            payload: body.into_bytes(),
+        },
+    }
+}
+
+fn event(user: &str, event_type: &str, created: OffsetDateTime) -> EventRecord {
+    let relay_id = id();
+    EventRecord {
+        body: json!({"id": relay_id, "type": event_type, "ok": true}).to_string(),
+        relay_id,
+        kind: kind::CEC.to_owned(),
+        tenant: Some(TENANT.to_owned()),
+        user_id: Some(user.to_owned()),
+        session_id: None,
+        event_type: event_type.to_owned(),
+        ok: true,
+        subject: format!("ccrelay.cec.{TENANT}.event.{user}"),
+        created_at: created,
+    }
+}
+
+fn downs(records: Vec<DownRecord>) -> Commit {
+    Commit {
+        down: records,
+        ..Commit::default()
+    }
+}
+
+/// JSON bodies compared as values: PostgreSQL's jsonb keeps the value, not the spelling.
+fn same_json(a: &str, b: &str) -> bool {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("JSON body");
+    parse(a) == parse(b)
+}
+
+fn assert_same_message(got: &MessageRow, want: &MessageRow) {
+    assert!(same_json(&got.body, &want.body), "{got:?} vs {want:?}");
+    let mut got = got.clone();
+    got.body = want.body.clone();
+    assert_eq!(got, *want);
+}
+
+async fn transcript(store: &DynStore, user: &str) -> Vec<MessageRow> {
+    store
+        .transcript(kind::CEC, TENANT, user)
+        .await
+        .expect("transcript")
+}
+
+async fn outbox_ids(store: &DynStore) -> Vec<String> {
+    store
+        .outbox_pending(1_000)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .map(|r| r.msg_id)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract
+
+async fn migrating_twice_changes_nothing(db: Db) {
+    let s = session("u1", SessionState::Active, at(0));
+    db.store.commit(open(&s)).await.unwrap();
+    db.store.migrate().await.expect("second migrate");
+    let other = db.reopen().await;
+    other.migrate().await.expect("migrate from another handle");
+    assert_eq!(
+        other.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+        Some(s)
+    );
+    other.close().await;
+}
+
+async fn an_empty_commit_does_nothing(db: Db) {
+    assert!(Commit::default().is_empty());
+    let done = db.store.commit(Commit::default()).await.unwrap();
+    assert_eq!(done, Committed::default());
+    assert_eq!(
+        db.store.outbox_stats().await.unwrap(),
+        OutboxStats::default()
+    );
+}
+
+async fn sessions_open_close_and_reopen(db: Db) {
+    let store = &db.store;
+    assert_eq!(
+        store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+        None
+    );
+
+    let first = session("u1", SessionState::Active, at(0));
+    store.commit(open(&first)).await.unwrap();
+    assert_eq!(
+        store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.open_sessions().await.unwrap(), vec![first.clone()]);
+
+    store
+        .commit(close(&first, "customer", at(10)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+        None
+    );
+    assert!(store.open_sessions().await.unwrap().is_empty());
+    let closed = Session {
+        state: SessionState::Closed,
+        closed_at: Some(at(10)),
+        close_reason: Some("customer".to_owned()),
+        ..first.clone()
+    };
+    assert_eq!(
+        store.list_sessions(None, None, 10).await.unwrap(),
+        vec![closed.clone()]
+    );
+
+    // Closing again is a no-op: the first reason and time stay.
+    store.commit(close(&first, "idle", at(20))).await.unwrap();
+    assert_eq!(
+        store.list_sessions(None, None, 10).await.unwrap(),
+        vec![closed.clone()]
+    );
+
+    // The user may open a new session once the old one is closed.
+    let second = session("u1", SessionState::Queued, at(30));
+    store.commit(open(&second)).await.unwrap();
+    assert_eq!(
+        store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(store.open_sessions().await.unwrap(), vec![second.clone()]);
+    assert_eq!(
+        store.list_sessions(None, None, 10).await.unwrap(),
+        vec![second, closed]
+    );
+}
+
+async fn a_user_has_at_most_one_open_session(db: Db) {
+    let store = &db.store;
+    let first = session("u1", SessionState::Queued, at(0));
+    store.commit(open(&first)).await.unwrap();
+
+    let second = session("u1", SessionState::Active, at(1));
+    let err = store.commit(open(&second)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    assert!(
+        !err.is_retryable(),
+        "a constraint violation is final: {err:?}"
+    );
+    assert_eq!(
+        store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+        Some(first)
+    );
+
+    // The key is (kind, tenant, user): the same user elsewhere is another key.
+    let mut other_tenant = session("u1", SessionState::Active, at(2));
+    other_tenant.tenant = "globex".to_owned();
+    let mut other_kind = session("u1", SessionState::Active, at(3));
+    other_kind.kind = kind::TIM.to_owned();
+    store.commit(open(&other_tenant)).await.unwrap();
+    store.commit(open(&other_kind)).await.unwrap();
+    assert_eq!(store.open_sessions().await.unwrap().len(), 3);
+}
+
+async fn set_state_moves_open_sessions_only(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let set = |state| Commit {
+        sessions: vec![SessionChange::SetState {
+            id: s.id.clone(),
+            state,
+        }],
+        ..Commit::default()
+    };
+
+    store.commit(set(SessionState::Queued)).await.unwrap();
+    let got = store.open_session(kind::CEC, TENANT, "u1").await.unwrap();
+    assert_eq!(got.unwrap().state, SessionState::Queued);
+
+    let err = store.commit(set(SessionState::Closed)).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    let got = store.open_session(kind::CEC, TENANT, "u1").await.unwrap();
+    assert_eq!(got.unwrap().state, SessionState::Queued);
+
+    // A closed session stays closed.
+    store.commit(close(&s, "agent", at(5))).await.unwrap();
+    store.commit(set(SessionState::Active)).await.unwrap();
+    assert_eq!(
+        store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+        None
+    );
+    let all = store.list_sessions(None, None, 10).await.unwrap();
+    assert_eq!(all[0].state, SessionState::Closed);
+}
+
+async fn changes_to_unknown_sessions_are_refused(db: Db) {
+    let store = &db.store;
+    let ghost = "no-such-session".to_owned();
+    let changes = [
+        Commit {
+            sessions: vec![SessionChange::SetState {
+                id: ghost.clone(),
+                state: SessionState::Queued,
+            }],
+            ..Commit::default()
+        },
+        Commit {
+            sessions: vec![SessionChange::Close {
+                id: ghost.clone(),
+                reason: "idle".to_owned(),
+                at: at(0),
+            }],
+            ..Commit::default()
+        },
+        Commit {
+            touch: vec![(ghost.clone(), at(0))],
+            ..Commit::default()
+        },
+    ];
+    for commit in changes {
+        let err = store.commit(commit.clone()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{commit:?}: {err:?}");
+    }
+    // A transcript row must name a session that exists.
+    let mut d = down("u1", None, "hi", at(0));
+    d.row.session_id = Some(ghost);
+    let err = store.commit(downs(vec![d])).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(transcript(store, "u1").await.is_empty());
+}
+
+async fn begin_up_is_new_then_pending_then_done(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+
+    let row = up_row("u1", "m-1", at(1));
+    assert_eq!(store.begin_up(&row).await.unwrap(), UpBegin::New);
+    // A redelivery: same key, a new relay id. Not finished yet, so: send again.
+    let again = up_row("u1", "m-1", at(2));
+    assert_eq!(store.begin_up(&again).await.unwrap(), UpBegin::Pending);
+    // Same message id, another user: another message.
+    assert_eq!(
+        store.begin_up(&up_row("u2", "m-1", at(1))).await.unwrap(),
+        UpBegin::New
+    );
+
+    let stored = transcript(store, "u1").await;
+    assert_eq!(stored.len(), 1);
+    assert_same_message(&stored[0], &row);
+
+    let outcome = UpOutcome {
+        kind: kind::CEC.to_owned(),
+        tenant: TENANT.to_owned(),
+        user_id: "u1".to_owned(),
+        message_id: "m-1".to_owned(),
+        status: MessageStatus::Sent,
+        session_id: Some(s.id.clone()),
+        result_code: Some("0".to_owned()),
+        result_desc: Some("success".to_owned()),
+    };
+    let done = store
+        .commit(Commit {
+            up: Some(outcome.clone()),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done, Committed::default());
+    assert_eq!(
+        store.begin_up(&again).await.unwrap(),
+        UpBegin::Done(MessageStatus::Sent)
+    );
+
+    let stored = transcript(store, "u1").await;
+    assert_eq!(stored.len(), 1);
+    let want = MessageRow {
+        status: MessageStatus::Sent,
+        session_id: Some(s.id.clone()),
+        result_code: Some("0".to_owned()),
+        result_desc: Some("success".to_owned()),
+        ..row.clone()
+    };
+    assert_same_message(&stored[0], &want);
+
+    // An outcome without a session id keeps the one recorded.
+    store
+        .commit(Commit {
+            up: Some(UpOutcome {
+                status: MessageStatus::Failed,
+                session_id: None,
+                result_code: Some("1-0001".to_owned()),
+                result_desc: None,
+                ..outcome
+            }),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let stored = transcript(store, "u1").await;
+    assert_eq!(stored[0].status, MessageStatus::Failed);
+    assert_eq!(stored[0].session_id, Some(s.id));
+    assert_eq!(stored[0].result_desc, None);
+    assert_eq!(
+        store.begin_up(&again).await.unwrap(),
+        UpBegin::Done(MessageStatus::Failed)
+    );
+}
+
+async fn begin_up_refuses_rows_it_cannot_key(db: Db) {
+    let store = &db.store;
+    let mut no_id = up_row("u1", "m-1", at(0));
+    no_id.message_id = None;
+    let err = store.begin_up(&no_id).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    let down_row = down("u1", None, "x", at(0)).row;
+    let err = store.begin_up(&down_row).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(transcript(store, "u1").await.is_empty());
+}
+
+async fn a_commit_that_fails_leaves_nothing_behind(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    let full = |tail: Commit| Commit {
+        sessions: vec![SessionChange::Open(s.clone())],
+        down: vec![
+            down("u1", Some("c1"), "one", at(1)),
+            down("u1", None, "two", at(2)),
+        ],
+        events: vec![event("u1", "session.opened", at(0))],
+        touch: vec![(s.id.clone(), at(2))],
+        ..tail
+    };
+    let failing = [
+        // The up outcome of a message never begun.
+        full(Commit {
+            up: Some(UpOutcome {
+                kind: kind::CEC.to_owned(),
+                tenant: TENANT.to_owned(),
+                user_id: "u1".to_owned(),
+                message_id: "never-begun".to_owned(),
+                status: MessageStatus::Sent,
+                session_id: None,
+                result_code: None,
+                result_desc: None,
+            }),
+            ..Commit::default()
+        }),
+        // The very last step fails, after every insert.
+        {
+            let mut c = full(Commit::default());
+            c.touch.push(("no-such-session".to_owned(), at(3)));
+            c
+        },
+        // A constraint violation in the middle: two events with one relay id.
+        {
+            let mut c = full(Commit::default());
+            let mut dup = event("u1", "error", at(3));
+            dup.relay_id = c.events[0].relay_id.clone();
+            c.events.push(dup);
+            c
+        },
+    ];
+    for commit in failing {
+        let err = store.commit(commit).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err:?}");
+        assert_eq!(
+            store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+            None
+        );
+        assert!(
+            store
+                .list_sessions(None, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(transcript(store, "u1").await.is_empty());
+        assert!(
+            store
+                .events(kind::CEC, TENANT, "u1")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.outbox_stats().await.unwrap(), OutboxStats::default());
+    }
+
+    // The same commit without the fault goes through whole.
+    let done = store.commit(full(Commit::default())).await.unwrap();
+    assert_eq!(done.inserted_down.len(), 2);
+    assert_eq!(done.outboxed, 3);
+    assert_eq!(transcript(store, "u1").await.len(), 2);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 3);
+}
+
+async fn down_messages_are_deduplicated_by_message_code(db: Db) {
+    let store = &db.store;
+    let a = down("u1", Some("c1"), "a", at(1));
+    let b = down("u1", None, "b", at(2));
+    let done = store
+        .commit(downs(vec![a.clone(), b.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Committed {
+            inserted_down: vec![a.row.relay_id.clone(), b.row.relay_id.clone()],
+            duplicate_down: 0,
+            outboxed: 2,
+        }
+    );
+
+    // The upstream returns c1 again (under a new relay id), b's twin without a code, and c2.
+    let a_again = down("u1", Some("c1"), "a", at(3));
+    let b_twin = down("u1", None, "b", at(4));
+    let c = down("u1", Some("c2"), "c", at(5));
+    let done = store
+        .commit(downs(vec![a_again.clone(), b_twin.clone(), c.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Committed {
+            inserted_down: vec![b_twin.row.relay_id.clone(), c.row.relay_id.clone()],
+            duplicate_down: 1,
+            outboxed: 2,
+        }
+    );
+
+    // A code repeated within one commit: the first one wins.
+    let d1 = down("u1", Some("c3"), "d", at(6));
+    let d2 = down("u1", Some("c3"), "d", at(7));
+    // The same code for another user is another message.
+    let other_user = down("u2", Some("c1"), "a", at(8));
+    let done = store
+        .commit(downs(vec![d1.clone(), d2, other_user.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.inserted_down,
+        vec![d1.row.relay_id.clone(), other_user.row.relay_id.clone()]
+    );
+    assert_eq!(done.duplicate_down, 1);
+
+    let kept: Vec<_> = [&a, &b, &b_twin, &c, &d1]
+        .iter()
+        .map(|d| d.row.relay_id.clone())
+        .collect();
+    let stored = transcript(store, "u1").await;
+    assert_eq!(
+        stored
+            .iter()
+            .map(|r| r.relay_id.clone())
+            .collect::<Vec<_>>(),
+        kept
+    );
+    for (got, want) in stored.iter().zip([&a, &b, &b_twin, &c, &d1]) {
+        assert_same_message(got, &want.row);
+    }
+    let mut published = kept;
+    published.push(other_user.row.relay_id.clone());
+    assert_eq!(outbox_ids(store).await, published);
+}
+
+async fn the_outbox_keeps_commit_order_until_done(db: Db) {
+    let store = &db.store;
+    assert_eq!(store.outbox_stats().await.unwrap(), OutboxStats::default());
+    assert!(store.outbox_pending(10).await.unwrap().is_empty());
+
+    let before = to_store_precision(OffsetDateTime::now_utc());
+    let first = down("u1", None, "one", at(0));
+    let second = down("u2", Some("x"), "two", at(0));
+    let ev = event("u1", "session.closed", at(-5));
+    store
+        .commit(Commit {
+            down: vec![first.clone(), second.clone()],
+            events: vec![ev.clone()],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let third = down("u1", None, "three", at(-10));
+    store.commit(downs(vec![third.clone()])).await.unwrap();
+    let after = OffsetDateTime::now_utc();
+
+    let pending = store.outbox_pending(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|r| r.msg_id.clone()).collect::<Vec<_>>(),
+        vec![
+            first.publish.msg_id.clone(),
+            second.publish.msg_id.clone(),
+            ev.relay_id.clone(),
+            third.publish.msg_id.clone()
+        ],
+        "commit order, downs before events"
+    );
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(pending[0].payload, first.publish.payload);
+    assert_eq!(pending[0].subject, first.publish.subject);
+    assert_eq!(pending[2].payload, ev.body.as_bytes());
+    assert_eq!(pending[2].subject, ev.subject);
+    for row in &pending {
+        assert!(
+            row.created_at >= before && row.created_at <= after,
+            "{row:?}"
+        );
+    }
+    assert_eq!(
+        store.outbox_pending(2).await.unwrap(),
+        pending[..2].to_vec()
+    );
+
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(stats.pending, 4);
+    assert_eq!(stats.oldest, Some(pending[0].created_at));
+
+    store
+        .outbox_done(&[pending[0].seq, pending[2].seq])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.outbox_pending(10).await.unwrap(),
+        vec![pending[1].clone(), pending[3].clone()]
+    );
+    // Repeated and empty acknowledgements are harmless.
+    store.outbox_done(&[pending[0].seq]).await.unwrap();
+    store.outbox_done(&[]).await.unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 2);
+
+    store
+        .outbox_done(&[pending[1].seq, pending[3].seq])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap(), OutboxStats::default());
+    // Publishing is the outbox's business: the transcript keeps everything.
+    assert_eq!(transcript(store, "u1").await.len(), 2);
+}
+
+async fn outbox_seqs_are_never_reused(db: Db) {
+    let store = &db.store;
+    store
+        .commit(downs(vec![
+            down("u1", None, "a", at(0)),
+            down("u1", None, "b", at(1)),
+        ]))
+        .await
+        .unwrap();
+    let pending = store.outbox_pending(10).await.unwrap();
+    let last = pending.last().unwrap().seq;
+    store
+        .outbox_done(&pending.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // A late ack of the old seqs must not hit the new row.
+    store
+        .commit(downs(vec![down("u1", None, "c", at(2))]))
+        .await
+        .unwrap();
+    let fresh = store.outbox_pending(10).await.unwrap();
+    assert_eq!(fresh.len(), 1);
+    assert!(fresh[0].seq > last, "{} reused after {last}", fresh[0].seq);
+}
+
+async fn the_transcript_is_in_time_order_across_directions(db: Db) {
+    let store = &db.store;
+    let up1 = up_row("u1", "m-1", at(10));
+    store.begin_up(&up1).await.unwrap();
+    // Inserted later, created earlier.
+    let d_early = down("u1", None, "early", at(5));
+    // Same instant as up1: insertion order breaks the tie.
+    let d_tie = down("u1", None, "tie", at(10));
+    let d_late = down("u1", Some("c9"), "late", at(20));
+    store
+        .commit(downs(vec![d_late.clone(), d_early.clone(), d_tie.clone()]))
+        .await
+        .unwrap();
+    let up2 = up_row("u1", "m-2", at(15));
+    store.begin_up(&up2).await.unwrap();
+    // Someone else's conversation is not part of it.
+    store.begin_up(&up_row("u2", "m-1", at(12))).await.unwrap();
+
+    let got = transcript(store, "u1").await;
+    let want = [&d_early.row, &up1, &d_tie.row, &up2, &d_late.row];
+    assert_eq!(got.len(), want.len());
+    for (got, want) in got.iter().zip(want) {
+        assert_same_message(got, want);
+    }
+    assert!(
+        store
+            .transcript(kind::TIM, TENANT, "u1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn events_are_kept_per_user_in_order(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    let mut opened = event("u1", "session.opened", at(0));
+    opened.session_id = Some(s.id.clone());
+    let mut failed = event("u1", "up.result", at(-1));
+    failed.ok = false;
+    failed.body = json!({"id": failed.relay_id, "type": "up.result", "ok": false,
+                         "resultCode": "1-0004", "nested": {"b": [1, 2], "a": null}})
+    .to_string();
+    let mut tenantless = event("u1", "error", at(1));
+    tenantless.tenant = None;
+    tenantless.user_id = None;
+    let other = event("u2", "session.opened", at(0));
+    let done = store
+        .commit(Commit {
+            sessions: vec![SessionChange::Open(s)],
+            events: vec![
+                opened.clone(),
+                failed.clone(),
+                tenantless.clone(),
+                other.clone(),
+            ],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.outboxed, 4);
+    assert!(done.inserted_down.is_empty());
+
+    let got = store.events(kind::CEC, TENANT, "u1").await.unwrap();
+    assert_eq!(got.len(), 2);
+    for (got, want) in got.iter().zip([&failed, &opened]) {
+        assert!(same_json(&got.body, &want.body), "{got:?}");
+        assert_eq!(
+            EventRecord {
+                body: want.body.clone(),
+                ..got.clone()
+            },
+            *want
+        );
+    }
+    assert_eq!(
+        outbox_ids(store).await,
+        vec![
+            opened.relay_id,
+            failed.relay_id,
+            tenantless.relay_id,
+            other.relay_id
+        ]
+    );
+}
+
+async fn touch_only_moves_forward(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let touch = |points: Vec<OffsetDateTime>| Commit {
+        touch: points.into_iter().map(|t| (s.id.clone(), t)).collect(),
+        ..Commit::default()
+    };
+    let last_activity = || async {
+        store
+            .open_session(kind::CEC, TENANT, "u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_activity_at
+    };
+
+    store.commit(touch(vec![at(60)])).await.unwrap();
+    assert_eq!(last_activity().await, at(60));
+    store.commit(touch(vec![at(30)])).await.unwrap();
+    assert_eq!(last_activity().await, at(60));
+    store
+        .commit(touch(vec![at(90), at(120), at(100)]))
+        .await
+        .unwrap();
+    assert_eq!(last_activity().await, at(120));
+
+    // A closed session can still be touched (a late message), and still only forward.
+    store.commit(close(&s, "idle", at(130))).await.unwrap();
+    store.commit(touch(vec![at(125)])).await.unwrap();
+    let all = store.list_sessions(None, None, 1).await.unwrap();
+    assert_eq!(all[0].last_activity_at, at(125));
+}
+
+async fn list_sessions_filters_and_orders(db: Db) {
+    let store = &db.store;
+    let mut made = Vec::new();
+    for (i, (tenant, user, state)) in [
+        ("acme", "u1", SessionState::Active),
+        ("acme", "u2", SessionState::Queued),
+        ("globex", "u3", SessionState::Active),
+        ("acme", "u4", SessionState::Active),
+        ("globex", "u5", SessionState::Active),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = session(user, state, at(i as i64 * 10));
+        s.tenant = tenant.to_owned();
+        store.commit(open(&s)).await.unwrap();
+        made.push(s);
+    }
+    store
+        .commit(close(&made[4], "agent", at(100)))
+        .await
+        .unwrap();
+    let ids = |v: Vec<Session>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let want = |idx: &[usize]| idx.iter().map(|&i| made[i].id.clone()).collect::<Vec<_>>();
+
+    let all = store.list_sessions(None, None, 100).await.unwrap();
+    assert_eq!(ids(all), want(&[4, 3, 2, 1, 0]), "newest first");
+    let acme = store.list_sessions(Some("acme"), None, 100).await.unwrap();
+    assert_eq!(ids(acme), want(&[3, 1, 0]));
+    let active = store
+        .list_sessions(None, Some(SessionState::Active), 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(active), want(&[3, 2, 0]));
+    let globex_closed = store
+        .list_sessions(Some("globex"), Some(SessionState::Closed), 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(globex_closed), want(&[4]));
+    let limited = store.list_sessions(None, None, 2).await.unwrap();
+    assert_eq!(ids(limited), want(&[4, 3]));
+    assert!(store.list_sessions(None, None, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_sessions(None, None, -1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_sessions(Some("initech"), None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let opened = store.open_sessions().await.unwrap();
+    assert_eq!(ids(opened), want(&[0, 1, 2, 3]), "oldest first");
+}
+
+async fn the_session_token_is_stored_and_cleared(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let token = || async {
+        store
+            .open_session(kind::CEC, TENANT, "u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+    };
+    assert_eq!(token().await.as_deref(), Some("tok-1"));
+    store.set_session_token(&s.id, Some("tok-2")).await.unwrap();
+    assert_eq!(token().await.as_deref(), Some("tok-2"));
+    store.set_session_token(&s.id, None).await.unwrap();
+    assert_eq!(token().await, None);
+    let err = store
+        .set_session_token("nope", Some("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    // Never in Debug output.
+    let shown = format!(
+        "{:?}",
+        Session {
+            token: Some("secret-tok".into()),
+            ..s
+        }
+    );
+    assert!(!shown.contains("secret-tok"), "{shown}");
+}
+
+async fn timestamps_round_trip_at_microsecond_precision(db: Db) {
+    let store = &db.store;
+    // Nanoseconds, a non-UTC offset, before 1970 and before 2000 (PostgreSQL's epoch).
+    let times = [
+        datetime!(2025-06-01 14:00:00.123456789 +02:00),
+        datetime!(1969-12-31 23:59:59.9999995 UTC),
+        datetime!(1999-12-31 23:59:59.000001999 UTC),
+        datetime!(2000-01-01 00:00:00 UTC),
+    ];
+    for (i, t) in times.into_iter().enumerate() {
+        let user = format!("t{i}");
+        let mut s = session(&user, SessionState::Active, t);
+        s.last_activity_at = t + time::Duration::nanoseconds(1);
+        store.commit(open(&s)).await.unwrap();
+        let got = store
+            .open_session(kind::CEC, TENANT, &user)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.opened_at, to_store_precision(t));
+        assert_eq!(got.opened_at.offset(), time::UtcOffset::UTC);
+        assert_eq!(got.last_activity_at, to_store_precision(s.last_activity_at));
+        assert_eq!(
+            got.opened_at.unix_timestamp_nanos() % 1_000,
+            0,
+            "microseconds: {t}"
+        );
+        store
+            .commit(downs(vec![down(&user, None, "x", t)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            transcript(store, &user).await[0].created_at,
+            to_store_precision(t)
+        );
+    }
+    // Rounded down, never up.
+    assert_eq!(
+        to_store_precision(datetime!(1969-12-31 23:59:59.9999995 UTC)),
+        datetime!(1969-12-31 23:59:59.999999 UTC)
+    );
+}
+
+async fn concurrent_writers_all_commit(db: Db) {
+    // Every write transaction takes the write lock up front (SQLite) or runs in parallel
+    // (PostgreSQL): none may fail for being concurrent.
+    const TASKS: usize = 8;
+    const COMMITS: usize = 25;
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = Arc::clone(&db.store);
+        handles.push(tokio::spawn(async move {
+            let user = format!("w{task}");
+            let s = session(&user, SessionState::Active, at(0));
+            store.commit(open(&s)).await.unwrap();
+            for i in 0..COMMITS {
+                let mut d = down(&user, Some(&format!("c{i}")), "x", at(i as i64));
+                d.row.session_id = Some(s.id.clone());
+                let ev = event(&user, "poll", at(i as i64));
+                store
+                    .commit(Commit {
+                        down: vec![d],
+                        events: vec![ev],
+                        touch: vec![(s.id.clone(), at(i as i64))],
+                        ..Commit::default()
+                    })
+                    .await
+                    .unwrap();
+                // Readers run alongside.
+                store.outbox_stats().await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("writer task");
+    }
+    assert_eq!(
+        store_outbox_len(&db.store).await,
+        (TASKS * COMMITS * 2) as i64
+    );
+    for task in 0..TASKS {
+        assert_eq!(
+            transcript(&db.store, &format!("w{task}")).await.len(),
+            COMMITS
+        );
+    }
+}
+
+async fn store_outbox_len(store: &DynStore) -> i64 {
+    store.outbox_stats().await.unwrap().pending
+}
+
+async fn concurrent_begin_up_of_one_message_is_new_once(db: Db) {
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&db.store);
+        handles.push(tokio::spawn(async move {
+            store.begin_up(&up_row("u1", "m-1", at(0))).await.unwrap()
+        }));
+    }
+    let mut seen = Vec::new();
+    for h in handles {
+        seen.push(h.await.unwrap());
+    }
+    assert_eq!(
+        seen.iter().filter(|b| **b == UpBegin::New).count(),
+        1,
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|b| **b == UpBegin::Pending).count(),
+        7,
+        "{seen:?}"
+    );
+    assert_eq!(transcript(&db.store, "u1").await.len(), 1);
+}
+
+async fn a_closed_store_fails_with_retryable_errors(db: Db) {
+    let store = db.reopen().await;
+    store.ping().await.expect("ping");
+    store.close().await;
+    let err = store.ping().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_retryable(), "{err:?}");
+    let err = store
+        .commit(downs(vec![down("u1", None, "x", at(0))]))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    let err = store.open_sessions().await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    // The other handle is unaffected.
+    db.store.ping().await.expect("other handle");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Not about a particular database
+
+#[test]
+fn redacts_passwords() {
+    assert_eq!(
+        redact_url("postgres://u:secret@h/db"),
+        "postgres://u:***@h/db"
+    );
+    assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+}
+
+#[test]
+fn store_precision_is_whole_microseconds_rounded_down() {
+    let t = datetime!(2025-01-02 03:04:05.678901999 +08:00);
+    let kept = to_store_precision(t);
+    assert_eq!(kept, datetime!(2025-01-01 19:04:05.678901 UTC));
+    assert_eq!(kept.offset(), time::UtcOffset::UTC);
+    assert_eq!(unix_micros(kept), unix_micros(t));
+    assert_eq!(from_unix_micros(unix_micros(t)).unwrap(), kept);
+    assert_eq!(unix_micros(datetime!(1969-12-31 23:59:59.9999999 UTC)), -1);
+}
+
+#[tokio::test]
+async fn connect_refuses_other_schemes() {
+    for url in ["mysql://u:pw@h/db", "ccrelay.db", ""] {
+        let err = connect(url).await.err().expect("refused");
+        assert!(
+            matches!(err, StoreError::UnsupportedUrl(_)),
+            "{url}: {err:?}"
+        );
+        assert!(!err.to_string().contains("pw@"), "password shown: {err}");
+    }
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_its_data_between_calls() {
+    let store = connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    store
+        .commit(downs(vec![down("u1", Some("c"), "x", at(1))]))
+        .await
+        .unwrap();
+    assert_eq!(store.open_sessions().await.unwrap(), vec![s]);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
+    // Another in-memory store is another database.
+    let other = connect("sqlite::memory:").await.unwrap();
+    other.migrate().await.unwrap();
+    assert!(other.open_sessions().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_unavailable() {
+    // Port 1 on localhost: nothing listens, the connection is refused.
+    let err = connect("postgres://ccrelay:pw@127.0.0.1:1/ccrelay")
+        .await
+        .err()
+        .expect("no server");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_sqlite_file_database_is_durable_and_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("d.db").display());
+    let store = crate::store::sqlite::SqliteStore::connect(&url)
+        .await
+        .unwrap();
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 2, "FULL");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(busy, 5_000);
+    store.close().await;
+}

@@ -1,0 +1,6 @@
+//! The integration tests: one binary, one module per surface, shared helpers in `support`.
+
+mod cec_relay;
+mod crash;
+mod harness_smoke;
+mod support;

