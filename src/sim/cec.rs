@@ -10,11 +10,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{self, bad_request, check_access, check_cc_token, json, json_renewed};
+use super::auth::{self, Denied, bad_request, check_access, check_cc_token, json, json_renewed};
 use super::faults::Endpoint;
 use super::state::{CcToken, Stage, queue_position};
 use super::stats::PollAnswer;
@@ -76,7 +76,7 @@ async fn apply_token(State(sim): State<Simulator>, headers: HeaderMap, body: Byt
     sim.call(Endpoint::ApplyToken, move |sim| {
         let inner = &sim.inner;
         if let Err(denied) = check_access(inner, &headers) {
-            return denied;
+            return denied.into_response();
         }
         let Ok(req) = serde_json::from_slice::<ApplyTokenRequest>(&body) else {
             return bad_request("body is not an applyTokenReqBody");
@@ -145,7 +145,7 @@ async fn poll(
     sim.call(Endpoint::Poll, move |sim| {
         let inner = &sim.inner;
         if let Err(denied) = check_access(inner, &headers) {
-            return denied;
+            return denied.into_response();
         }
         let Some(user_id) = q.receiver_id.filter(|r| !r.is_empty()) else {
             return bad_request("receiverId is required");
@@ -159,24 +159,26 @@ async fn poll(
         }
         let script = sim.script();
         let now = Instant::now();
-        let answered = inner.users.with_existing(&user_id, |u| {
-            u.advance(now, &user_id, &script);
-            let renewed = check_cc_token(inner, u, &headers, now)?;
-            let duplicate = std::mem::take(&mut u.duplicate_next);
-            let mut messages = if duplicate {
-                u.last_answer.clone()
-            } else {
-                Vec::new()
-            };
-            messages.extend(u.outbox.drain(..));
-            if !messages.is_empty() {
-                u.last_answer.clone_from(&messages);
-            }
-            Ok((messages, duplicate, renewed))
-        });
+        let answered = inner
+            .users
+            .with_existing(&user_id, |u| -> Result<_, Denied> {
+                u.advance(now, &user_id, &script);
+                let renewed = check_cc_token(inner, u, &headers, now)?;
+                let duplicate = std::mem::take(&mut u.duplicate_next);
+                let mut messages = if duplicate {
+                    u.last_answer.clone()
+                } else {
+                    Vec::new()
+                };
+                messages.extend(u.outbox.drain(..));
+                if !messages.is_empty() {
+                    u.last_answer.clone_from(&messages);
+                }
+                Ok((messages, duplicate, renewed))
+            });
         let (messages, duplicate, renewed) = match answered {
-            None => return auth::no_cc_token(),
-            Some(Err(denied)) => return denied,
+            None => return auth::no_cc_token().into_response(),
+            Some(Err(denied)) => return denied.into_response(),
             Some(Ok(answer)) => answer,
         };
         if !messages.is_empty() {
@@ -239,7 +241,7 @@ async fn query_queue_info(
     sim.call(Endpoint::QueryQueueInfo, move |sim| {
         let inner = &sim.inner;
         if let Err(denied) = check_access(inner, &headers) {
-            return denied;
+            return denied.into_response();
         }
         let Ok(req) = serde_json::from_slice::<QueueInfoRequest>(&body) else {
             return bad_request("body is not {\"userId\",\"channelConfigId\",\"channel\"}");
@@ -256,33 +258,37 @@ async fn query_queue_info(
         let script = sim.script();
         let now = Instant::now();
         let step = inner.cfg.queue_step;
-        let answered = inner.users.with_existing(&req.user_id, |u| {
-            u.advance(now, &req.user_id, &script);
-            let renewed = check_cc_token(inner, u, &headers, now)?;
-            let stage = u.session.as_ref().map(|s| s.stage);
-            let info = match stage {
-                Some(Stage::Queued { since, ahead }) if !wrong_channel => {
-                    let position = u64::from(queue_position(since, ahead, step, now));
-                    let waited = now.saturating_duration_since(since).as_secs();
-                    QueueInfoResponse {
-                        position: Some(position),
-                        total_wait_time: Some(waited),
-                        current_device_wait_time: Some(waited),
-                        config_maxc_wait_time: Some(step.saturating_mul(ahead).as_secs().max(60)),
-                        longest_wait_time: Some(waited),
-                        estimate_wait_time: Some(
-                            step.saturating_mul(position as u32).as_secs_f64().ceil() as u64,
-                        ),
-                        result_code: result_code::OK.into(),
+        let answered = inner
+            .users
+            .with_existing(&req.user_id, |u| -> Result<_, Denied> {
+                u.advance(now, &req.user_id, &script);
+                let renewed = check_cc_token(inner, u, &headers, now)?;
+                let stage = u.session.as_ref().map(|s| s.stage);
+                let info = match stage {
+                    Some(Stage::Queued { since, ahead }) if !wrong_channel => {
+                        let position = u64::from(queue_position(since, ahead, step, now));
+                        let waited = now.saturating_duration_since(since).as_secs();
+                        QueueInfoResponse {
+                            position: Some(position),
+                            total_wait_time: Some(waited),
+                            current_device_wait_time: Some(waited),
+                            config_maxc_wait_time: Some(
+                                step.saturating_mul(ahead).as_secs().max(60),
+                            ),
+                            longest_wait_time: Some(waited),
+                            estimate_wait_time: Some(
+                                step.saturating_mul(position as u32).as_secs_f64().ceil() as u64,
+                            ),
+                            result_code: result_code::OK.into(),
+                        }
                     }
-                }
-                _ => not_queued,
-            };
-            Ok((info, renewed))
-        });
+                    _ => not_queued,
+                };
+                Ok((info, renewed))
+            });
         match answered {
-            None => auth::no_cc_token(),
-            Some(Err(denied)) => denied,
+            None => auth::no_cc_token().into_response(),
+            Some(Err(denied)) => denied.into_response(),
             Some(Ok((info, renewed))) => json_renewed(&info, renewed),
         }
     })

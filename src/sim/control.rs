@@ -29,10 +29,10 @@ pub(crate) fn routes() -> Router<Simulator> {
 }
 
 async fn inject_fault(State(sim): State<Simulator>, Json(fault): Json<Fault>) -> Response {
-    if let Some(status) = fault.status {
-        if !(100..=999).contains(&status) {
-            return bad_request("status must be an HTTP status code");
-        }
+    if let Some(status) = fault.status
+        && !(100..=999).contains(&status)
+    {
+        return bad_request("status must be an HTTP status code");
     }
     sim.inject_fault(fault);
     StatusCode::NO_CONTENT.into_response()

@@ -40,10 +40,10 @@
 //! an await, and the queue advances lazily from elapsed time when the user is next touched.
 //!
 //! # Layout
-//! - [`config`]: [`SimConfig`].
-//! - `cec`: the CEC routes; `send`: the send endpoint's rules; `auth`: the credentials.
-//! - `state`: users, sessions, tokens; `script`: what the robot, agent and system say.
-//! - [`faults`], [`stats`], `control`: fault injection, counters and poll log, the `/sim/` API.
+//! - [`config`], with [`SimConfig`].
+//! - `cec`, the CEC routes; `send`, the send endpoint's rules; `auth`, the credentials.
+//! - `state`, users, sessions, tokens; `script`, what the robot, agent and system say.
+//! - [`faults`], [`stats`], `control`, for fault injection, counters and poll log, the `/sim/` API.
 
 mod auth;
 mod cec;

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::auth::{self, bad_request, check_access, check_cc_token, json_renewed};
+use super::auth::{self, Denied, bad_request, check_access, check_cc_token, json_renewed};
 use super::script::{Script, Sender, agent_reply, robot_reply};
 use super::state::{ReceivedSend, Session, Stage, User};
 use super::{SimConfig, Simulator};
@@ -44,7 +44,7 @@ const WORKING_HOURS: &str = "The current time is not within the working time of 
 pub(crate) fn handle(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Response {
     let inner = &sim.inner;
     if let Err(denied) = check_access(inner, headers) {
-        return denied;
+        return denied.into_response();
     }
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return bad_request("body is not JSON");
@@ -57,7 +57,7 @@ pub(crate) fn handle(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Respo
     let parsed = serde_json::from_value::<SendRequest>(value).ok();
     let script = sim.script();
     let now = Instant::now();
-    let answered = inner.users.with_existing(&from, |u| {
+    let answered = inner.users.with_existing(&from, |u| -> Result<_, Denied> {
         u.advance(now, &from, &script);
         let renewed = check_cc_token(inner, u, headers, now)?;
         let answer = match parsed {
@@ -67,8 +67,9 @@ pub(crate) fn handle(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Respo
         Ok(json_renewed(&answer, renewed))
     });
     match answered {
-        None => auth::no_cc_token(),
-        Some(Err(denied) | Ok(denied)) => denied,
+        None => auth::no_cc_token().into_response(),
+        Some(Err(denied)) => denied.into_response(),
+        Some(Ok(answer)) => answer,
     }
 }
 
@@ -85,15 +86,14 @@ fn accept(
         .message_id
         .as_ref()
         .and_then(|id| u.accepted_ids.get(id))
+        && let Some(first) = u.received.get_mut(*i)
     {
-        if let Some(first) = u.received.get_mut(*i) {
-            first.count += 1;
-            inner
-                .counters
-                .sends_deduplicated
-                .fetch_add(1, Ordering::Relaxed);
-            return first.response.clone();
-        }
+        first.count += 1;
+        inner
+            .counters
+            .sends_deduplicated
+            .fetch_add(1, Ordering::Relaxed);
+        return first.response.clone();
     }
     if !u.within_rate(inner.cfg.send_rate_limit, now) {
         return answer(result_code::FAILED, TOO_QUICK);
@@ -163,10 +163,10 @@ fn validate(req: &SendRequest, cfg: &SimConfig) -> Result<(), SendResponse> {
     {
         return Err(invalid());
     }
-    if let Some(id) = &req.message_id {
-        if id.chars().count() > limits::MESSAGE_ID_MAX_CHARS || id.contains(',') {
-            return Err(invalid());
-        }
+    if let Some(id) = &req.message_id
+        && (id.chars().count() > limits::MESSAGE_ID_MAX_CHARS || id.contains(','))
+    {
+        return Err(invalid());
     }
     if req.to != cfg.channel_config_id {
         return Err(answer(
@@ -213,10 +213,11 @@ fn check_chat_content(req: &SendRequest) -> Result<(), SendResponse> {
     if !present("title") {
         return bad("the content Json String must contains title");
     }
-    if let Some(t) = card.get("mediaFileType").and_then(Value::as_str) {
-        if !t.is_empty() && !["img", "img/png", "img/jpg"].contains(&t) {
-            return bad("Incorrect mediaFileType");
-        }
+    if let Some(t) = card.get("mediaFileType").and_then(Value::as_str)
+        && !t.is_empty()
+        && !["img", "img/png", "img/jpg"].contains(&t)
+    {
+        return bad("Incorrect mediaFileType");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, stream};
 use ccrelay::natsd::{self, LocalNatsServer};
 use sqlx::{Connection, PgConnection};
 
-use crate::support::{MIN_NATS_VERSION, admin_pg_url, fresh_pg_database, nats};
+use crate::support::{MIN_NATS_VERSION, admin_pg_url, fresh_pg_database, nats, nats_server_binary};
 
 async fn jetstream_of(server: &LocalNatsServer) -> jetstream::Context {
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -203,4 +203,25 @@ async fn each_fresh_pg_database_is_a_different_one() {
     let b = fresh_pg_database().await;
     assert_ne!(a.name, b.name);
     assert_ne!(a.url, b.url);
+}
+
+#[tokio::test]
+async fn a_server_cannot_start_on_a_port_another_server_holds() {
+    let first = nats().await;
+    let binary = tokio::task::spawn_blocking(nats_server_binary)
+        .await
+        .unwrap();
+    let options = natsd::NatsServerOptions {
+        port: first.port(),
+        ..Default::default()
+    };
+
+    let second = LocalNatsServer::start(&binary, options).await;
+
+    match second {
+        Err(natsd::NatsdError::Exited { log_tail, .. }) => {
+            assert!(log_tail.contains("address already in use"), "{log_tail}")
+        }
+        other => panic!("expected the second server to exit, got {other:?}"),
+    }
 }

@@ -593,3 +593,28 @@ async fn the_robot_and_agent_answer_media_messages() {
     assert_eq!(contents[1], "You sent a message of type IMAGE.");
     assert_eq!(contents[4], "Agent: received your message of type IMAGE.");
 }
+
+#[tokio::test]
+async fn thousands_of_sessions_run_no_task() {
+    let c = Client::new(SimConfig {
+        queue_length: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    for i in 0..2000 {
+        let user = format!("user{i}");
+        let t = c.apply_token(&user).await;
+        c.send_ok(&user, &t, "CONNECT", "").await;
+        c.send_ok(&user, &t, "TRANS2AGENT", "").await;
+    }
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks
+    );
+    assert_eq!(c.sim.stats().calls(crate::sim::Endpoint::Send), 4000);
+}

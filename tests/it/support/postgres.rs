@@ -63,10 +63,10 @@ impl Drop for DropDatabase {
                 .build()
                 .ok()?;
             runtime
-                .block_on(tokio::time::timeout(
-                    Duration::from_secs(15),
-                    drop_database(&admin_url, &name),
-                ))
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(15), drop_database(&admin_url, &name))
+                        .await
+                })
                 .ok()
         })
         .join();
