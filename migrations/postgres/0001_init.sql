@@ -21,11 +21,14 @@ CREATE TABLE sessions (
     CHECK ((state = 'closed') = (closed_at IS NOT NULL))
 );
 
--- The one-open-session guarantee; also the index of open sessions (start-up, lookups by user).
+-- The one-open-session guarantee; also finds a user's open session.
 CREATE UNIQUE INDEX sessions_open_user ON sessions (kind, tenant, user_id) WHERE state <> 'closed';
--- Listing, newest first, with or without a tenant.
-CREATE INDEX sessions_tenant_opened ON sessions (tenant, opened_at);
-CREATE INDEX sessions_opened ON sessions (opened_at);
+-- All open sessions (polling resumes at start-up), without reading the closed ones.
+CREATE INDEX sessions_open ON sessions (opened_at, id) WHERE state <> 'closed';
+-- Listing, newest first, by tenant, by state, or neither.
+CREATE INDEX sessions_opened ON sessions (opened_at, id);
+CREATE INDEX sessions_tenant_opened ON sessions (tenant, opened_at, id);
+CREATE INDEX sessions_state_opened ON sessions (state, opened_at, id);
 
 -- The transcript, both directions. `id` is the insertion order (ties of created_at).
 CREATE TABLE messages (

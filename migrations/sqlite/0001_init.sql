@@ -3,7 +3,8 @@
 -- Timestamps are INTEGER microseconds since the Unix epoch, UTC: the precision of PostgreSQL's
 -- timestamptz, so both stores return the same values; they sort as numbers and compare fast.
 -- In SQL: strftime('%Y-%m-%dT%H:%M:%fZ', created_at / 1e6, 'unixepoch').
--- JSON bodies are TEXT, stored exactly as given. Tables are STRICT: a wrong type is an error.
+-- JSON bodies are TEXT, stored exactly as given, and must be JSON (as PostgreSQL's jsonb
+-- requires). Tables are STRICT: a value of the wrong type is an error.
 
 -- One row per contact-center session. At most one not-closed session per (kind, tenant, user).
 CREATE TABLE sessions (
@@ -22,11 +23,14 @@ CREATE TABLE sessions (
     CHECK ((state = 'closed') = (closed_at IS NOT NULL))
 ) STRICT;
 
--- The one-open-session guarantee; also the index of open sessions (start-up, lookups by user).
+-- The one-open-session guarantee; also finds a user's open session.
 CREATE UNIQUE INDEX sessions_open_user ON sessions (kind, tenant, user_id) WHERE state <> 'closed';
--- Listing, newest first, with or without a tenant.
-CREATE INDEX sessions_tenant_opened ON sessions (tenant, opened_at);
-CREATE INDEX sessions_opened ON sessions (opened_at);
+-- All open sessions (polling resumes at start-up), without reading the closed ones.
+CREATE INDEX sessions_open ON sessions (opened_at, id) WHERE state <> 'closed';
+-- Listing, newest first, by tenant, by state, or neither.
+CREATE INDEX sessions_opened ON sessions (opened_at, id);
+CREATE INDEX sessions_tenant_opened ON sessions (tenant, opened_at, id);
+CREATE INDEX sessions_state_opened ON sessions (state, opened_at, id);
 
 -- The transcript, both directions. `id` is the insertion order (ties of created_at).
 CREATE TABLE messages (
@@ -45,7 +49,7 @@ CREATE TABLE messages (
     control_type TEXT,
     media_type   TEXT,
     content      TEXT,
-    body         TEXT    NOT NULL,
+    body         TEXT    NOT NULL CHECK (json_valid(body)),
     status       TEXT    NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'received')),
     result_code  TEXT,
     result_desc  TEXT,
@@ -77,7 +81,7 @@ CREATE TABLE events (
     session_id TEXT    REFERENCES sessions (id),
     event_type TEXT    NOT NULL,
     ok         INTEGER NOT NULL CHECK (ok IN (0, 1)),
-    body       TEXT    NOT NULL,
+    body       TEXT    NOT NULL CHECK (json_valid(body)),
     subject    TEXT    NOT NULL,
     created_at INTEGER NOT NULL
 ) STRICT;

@@ -100,7 +100,7 @@ pub async fn ensure_stream(
                 .map_err(|e| err(format!("create stream {name}"), e))?
                 .info()
                 .await
-                .map(|i| i.clone())
+                .cloned()
                 .map_err(|e| err(format!("stream {name} info"), e))
         }
         Err(e) => Err(err(format!("get stream {name}"), e)),

@@ -320,12 +320,11 @@ impl CecClient {
                 }
                 continue;
             }
-            if let (Auth::User(u), Some(h)) = (auth, rsp.headers().get(CC_TOKEN_HEADER)) {
-                if let Ok(new) = h.to_str() {
-                    if !new.is_empty() {
-                        self.inner.users.renew(u, new);
-                    }
-                }
+            if let (Auth::User(u), Some(h)) = (auth, rsp.headers().get(CC_TOKEN_HEADER))
+                && let Ok(new) = h.to_str()
+                && !new.is_empty()
+            {
+                self.inner.users.renew(u, new);
             }
             let bytes = rsp
                 .bytes()
@@ -360,11 +359,11 @@ impl CecClient {
             v.set_sensitive(true);
             h.insert(AUTHORIZATION, v);
         }
-        if let Some(t) = user_token {
-            if let Ok(mut v) = HeaderValue::from_str(t) {
-                v.set_sensitive(true);
-                h.insert(CC_TOKEN_HEADER, v);
-            }
+        if let Some(t) = user_token
+            && let Ok(mut v) = HeaderValue::from_str(t)
+        {
+            v.set_sensitive(true);
+            h.insert(CC_TOKEN_HEADER, v);
         }
         h
     }

@@ -77,7 +77,7 @@ pub(crate) struct Polled {
 /// What a finished poll tells the scheduler.
 pub(crate) enum Next {
     /// Poll again after the usual interval (or a backoff, after failures).
-    Again(Polled),
+    Again(Box<Polled>),
     /// The session ended.
     Closed,
 }
@@ -109,7 +109,7 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                     Next::Again(p) if !entry.removed => {
                         let delay = next_delay(&relay, &p);
                         entry.key = Some(queue.insert(id.clone(), delay));
-                        entry.polled = Some(p);
+                        entry.polled = Some(*p);
                     }
                     _ => {
                         sessions.remove(&id);
@@ -153,11 +153,10 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                     }
                 }
                 Cmd::Touch(id, at) => {
-                    if let Some(p) = sessions.get_mut(&id).and_then(|e| e.polled.as_mut()) {
-                        if at > p.session.last_activity_at {
+                    if let Some(p) = sessions.get_mut(&id).and_then(|e| e.polled.as_mut())
+                        && at > p.session.last_activity_at {
                             p.session.last_activity_at = at;
                         }
-                    }
                 }
             },
             Some(expired) = queue.next(), if !queue.is_empty() => {
@@ -172,7 +171,7 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 tracker.spawn(async move {
                     let next = match permits.acquire_owned().await {
                         Ok(_permit) => poll::poll_session(&relay, polled).await,
-                        Err(_) => Next::Again(polled),
+                        Err(_) => Next::Again(Box::new(polled)),
                     };
                     let _ = done.send((id, next));
                 });

@@ -25,16 +25,16 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
     };
     let s = &p.session;
     let client = &tenant.client;
-    if client.user_token(&s.user_id).is_none() {
-        if let Some(token) = &s.token {
-            client.set_user_token(
-                &s.user_id,
-                token,
-                &s.user_id,
-                &tenant.config().locale,
-                &s.channel_config_id,
-            );
-        }
+    if client.user_token(&s.user_id).is_none()
+        && let Some(token) = &s.token
+    {
+        client.set_user_token(
+            &s.user_id,
+            token,
+            &s.user_id,
+            &tenant.config().locale,
+            &s.channel_config_id,
+        );
     }
     let rsp = match client.poll(&s.user_id).await {
         Ok(r) => r,
@@ -50,7 +50,7 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
                     return close(relay, p, "error", Some(e.to_string())).await;
                 }
             }
-            return Next::Again(p);
+            return Next::Again(Box::new(p));
         }
     };
     let received_at = now();
@@ -58,7 +58,7 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
         p.failures += 1;
         tracing::warn!(tenant = %s.tenant, user = %s.user_id, code = %rsp.result_code,
             desc = rsp.result_desc.as_deref().unwrap_or(""), "Poll answered with a failure code");
-        return Next::Again(p);
+        return Next::Again(Box::new(p));
     }
     p.failures = 0;
     if !rsp.downlink_messages.is_empty() {
@@ -102,7 +102,7 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
                 // Only a non-retryable database error (or shutdown) gets here.
                 tracing::error!(tenant = %s.tenant, user = %s.user_id, error = %e,
                     "Polled messages could not be stored and are lost");
-                return Next::Again(p);
+                return Next::Again(Box::new(p));
             }
         }
         if disconnected {
@@ -133,7 +133,7 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
     if OffsetDateTime::now_utc() - p.session.last_activity_at > idle {
         return close_idle(relay, p).await;
     }
-    Next::Again(p)
+    Next::Again(Box::new(p))
 }
 
 fn add_close(
@@ -178,7 +178,7 @@ async fn close(relay: &Relay, p: Polled, reason: &str, detail: Option<String>) -
         }
         Err(e) => {
             tracing::warn!(error = %e, session = %s.id, "Could not close the session; will try again");
-            Next::Again(p)
+            Next::Again(Box::new(p))
         }
     }
 }

@@ -20,9 +20,15 @@
 //! down ([`to_store_precision`]). JSON bodies come back as stored: byte for byte from SQLite, and
 //! normalised by `jsonb` (same JSON value, whitespace and key order may differ) from PostgreSQL.
 //!
-//! A commit that names a session which does not exist (`SetState`, `Close`, a touch) or an up
-//! outcome whose row was never begun is a bug in the caller: it fails with
-//! [`StoreError::Corrupt`] and nothing of it is kept.
+//! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
+//! records, the events, the touches; its outbox rows follow the inserted downs, then the events.
+//! Transcripts and events read back ordered by `created_at`, ties in insertion order.
+//!
+//! Bodies must be JSON (both stores refuse anything else; PostgreSQL's `jsonb` also refuses the
+//! escape `\u0000`). A commit that names a session which does not exist (`SetState`, `Close`, a
+//! touch, a row's `session_id`) or an up outcome whose row was never begun is a bug in the
+//! caller: it fails, non-retryably, and nothing of it is kept. `SetState` and `Close` on a
+//! closed session change nothing.
 
 pub mod postgres;
 pub mod sqlite;
@@ -405,7 +411,9 @@ pub struct OutboxRow {
 /// Size and age of the outbox.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutboxStats {
+    /// Rows waiting to be published.
     pub pending: i64,
+    /// When the first row in line (lowest seq) was committed.
     pub oldest: Option<OffsetDateTime>,
 }
 

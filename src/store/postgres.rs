@@ -643,10 +643,13 @@ impl Store for PgStore {
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
-        let row = sqlx::query("SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?;
+        let row = sqlx::query(
+            "SELECT count(*) AS pending, \
+             (SELECT created_at FROM outbox ORDER BY seq LIMIT 1) AS oldest FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
         Ok(OutboxStats {
             pending: get(&row, "pending")?,
             oldest: opt_ts(&row, "oldest")?,

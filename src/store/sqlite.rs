@@ -7,7 +7,9 @@
 //! `SQLITE_BUSY` when a read transaction tries to become a write one. Timestamps are INTEGER
 //! microseconds since the Unix epoch (see `migrations/sqlite`).
 
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +30,12 @@ use super::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections of a file database: WAL lets readers run beside the one writer.
 const MAX_CONNECTIONS: u32 = 4;
+/// Rows per multi-row INSERT. Each statement is a round trip to the connection's worker
+/// thread, which costs more than SQLite's work for a row; but every row count up to this is a
+/// statement of its own in the cache, so it stays small (see [`STATEMENT_CACHE`]).
+const CHUNK: usize = 32;
+/// Prepared statements kept per connection: the 3 × [`CHUNK`] multi-row INSERTs and the rest.
+const STATEMENT_CACHE: usize = 3 * CHUNK + 64;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
@@ -50,7 +58,8 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .statement_cache_capacity(STATEMENT_CACHE);
         let pool_options = if in_memory {
             // One connection that never idles out or expires: closing it would drop the data.
             SqlitePoolOptions::new()
@@ -102,12 +111,6 @@ const UPDATE_UP: &str = "UPDATE messages SET status = ?5, result_code = ?6, resu
      session_id = coalesce(?8, session_id) \
      WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
 
-const INSERT_DOWN: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
-     direction, message_id, message_code, source_type, control_type, media_type, content, body, \
-     status, result_code, result_desc, stream_seq, created_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
-     ON CONFLICT (kind, tenant, user_id, message_code) WHERE message_code IS NOT NULL DO NOTHING";
-
 const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
      direction, message_id, message_code, source_type, control_type, media_type, content, body, \
      status, result_code, result_desc, stream_seq, created_at) \
@@ -117,12 +120,56 @@ const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, 
 const UP_STATUS: &str = "SELECT status FROM messages \
      WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
 
-const INSERT_EVENT: &str = "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, \
-     event_type, ok, body, subject, created_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// `INSERT … VALUES (…), (…), …` for 1 to [`CHUNK`] rows, built once.
+struct MultiRow {
+    /// `by_rows[n - 1]` inserts n rows.
+    by_rows: Vec<String>,
+}
 
-const INSERT_OUTBOX: &str =
-    "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES (?1, ?2, ?3, ?4)";
+impl MultiRow {
+    fn new(head: &str, columns: usize, tail: &str) -> Self {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        let by_rows = (1..=CHUNK)
+            .map(|n| format!("{head} VALUES {} {tail}", vec![row.as_str(); n].join(", ")))
+            .collect();
+        MultiRow { by_rows }
+    }
+
+    fn sql(&'static self, rows: usize) -> &'static str {
+        &self.by_rows[rows - 1]
+    }
+}
+
+/// Down rows; those whose message_code is known (or repeated in the same statement) are
+/// skipped. Returns the relay ids inserted.
+static INSERT_DOWNS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, direction, \
+         message_id, message_code, source_type, control_type, media_type, content, body, status, \
+         result_code, result_desc, stream_seq, created_at)",
+        18,
+        "ON CONFLICT (kind, tenant, user_id, message_code) WHERE message_code IS NOT NULL \
+         DO NOTHING RETURNING relay_id",
+    )
+});
+
+static INSERT_EVENTS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, body, \
+         subject, created_at)",
+        10,
+        "",
+    )
+});
+
+/// Outbox rows; SQLite numbers the rows of one INSERT in the order of its VALUES.
+static INSERT_OUTBOX: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO outbox (msg_id, subject, payload, created_at)",
+        4,
+        "",
+    )
+});
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
 
@@ -313,52 +360,60 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         }
     }
 
-    for down in &commit.down {
-        let r = bind_message(sqlx::query(INSERT_DOWN), &down.row, down.row.status)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 0 {
-            done.duplicate_down += 1;
-            continue;
+    let mut inserted = HashSet::new();
+    for chunk in commit.down.chunks(CHUNK) {
+        let mut query = sqlx::query(INSERT_DOWNS.sql(chunk.len()));
+        for down in chunk {
+            query = bind_message(query, &down.row, down.row.status);
         }
-        sqlx::query(INSERT_OUTBOX)
-            .bind(down.publish.msg_id.clone())
-            .bind(down.publish.subject.clone())
-            .bind(down.publish.payload.clone())
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        done.inserted_down.push(down.row.relay_id.clone());
-        done.outboxed += 1;
+        for row in query.fetch_all(&mut *conn).await.map_err(classify)? {
+            inserted.insert(get::<String>(&row, "relay_id")?);
+        }
+    }
+    // What to publish, in commit order: the downs inserted, then the events.
+    let mut outbox: Vec<(&str, &str, &[u8])> = Vec::new();
+    for down in &commit.down {
+        if inserted.contains(&down.row.relay_id) {
+            done.inserted_down.push(down.row.relay_id.clone());
+            outbox.push((
+                &down.publish.msg_id,
+                &down.publish.subject,
+                &down.publish.payload,
+            ));
+        } else {
+            done.duplicate_down += 1;
+        }
     }
 
-    for event in &commit.events {
-        sqlx::query(INSERT_EVENT)
-            .bind(event.relay_id.clone())
-            .bind(event.kind.clone())
-            .bind(event.tenant.clone())
-            .bind(event.user_id.clone())
-            .bind(event.session_id.clone())
-            .bind(event.event_type.clone())
-            .bind(event.ok)
-            .bind(event.body.clone())
-            .bind(event.subject.clone())
-            .bind(unix_micros(event.created_at))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        sqlx::query(INSERT_OUTBOX)
-            .bind(event.relay_id.clone())
-            .bind(event.subject.clone())
-            .bind(event.body.clone().into_bytes())
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        done.outboxed += 1;
+    for chunk in commit.events.chunks(CHUNK) {
+        let mut query = sqlx::query(INSERT_EVENTS.sql(chunk.len()));
+        for event in chunk {
+            query = query
+                .bind(event.relay_id.clone())
+                .bind(event.kind.clone())
+                .bind(event.tenant.clone())
+                .bind(event.user_id.clone())
+                .bind(event.session_id.clone())
+                .bind(event.event_type.clone())
+                .bind(event.ok)
+                .bind(event.body.clone())
+                .bind(event.subject.clone())
+                .bind(unix_micros(event.created_at));
+        }
+        query.execute(&mut *conn).await.map_err(classify)?;
     }
+    for event in &commit.events {
+        outbox.push((&event.relay_id, &event.subject, event.body.as_bytes()));
+    }
+
+    for chunk in outbox.chunks(CHUNK) {
+        let mut query = sqlx::query(INSERT_OUTBOX.sql(chunk.len()));
+        for (msg_id, subject, payload) in chunk {
+            query = query.bind(*msg_id).bind(*subject).bind(*payload).bind(now);
+        }
+        query.execute(&mut *conn).await.map_err(classify)?;
+    }
+    done.outboxed = outbox.len();
 
     for (id, at) in &commit.touch {
         let r = sqlx::query(TOUCH_SESSION)
@@ -552,10 +607,13 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
-        let row = sqlx::query("SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?;
+        let row = sqlx::query(
+            "SELECT count(*) AS pending, \
+             (SELECT created_at FROM outbox ORDER BY seq LIMIT 1) AS oldest FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
         Ok(OutboxStats {
             pending: get(&row, "pending")?,
             oldest: opt_ts(&row, "oldest")?,

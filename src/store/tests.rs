@@ -617,6 +617,14 @@ async fn a_commit_that_fails_leaves_nothing_behind(db: Db) {
             c.touch.push(("no-such-session".to_owned(), at(3)));
             c
         },
+        // A body that is not JSON (the last down, after the others went in).
+        {
+            let mut c = full(Commit::default());
+            let mut bad = down("u1", None, "three", at(3));
+            bad.row.body = "{not json".to_owned();
+            c.down.push(bad);
+            c
+        },
         // A constraint violation in the middle: two events with one relay id.
         {
             let mut c = full(Commit::default());
@@ -1229,6 +1237,25 @@ async fn in_memory_sqlite_keeps_its_data_between_calls() {
 }
 
 #[tokio::test]
+async fn connect_takes_both_postgres_schemes() {
+    let Some(admin_url) = pg_admin_url() else {
+        eprintln!("CCRELAY_TEST_PG_URL=skip: PostgreSQL test SKIPPED");
+        return;
+    };
+    let rest = admin_url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .expect("admin url with a scheme");
+    for scheme in ["postgres", "postgresql"] {
+        let store = connect(&format!("{scheme}://{rest}"))
+            .await
+            .unwrap_or_else(|e| panic!("{scheme}: {e}"));
+        store.ping().await.unwrap();
+        store.close().await;
+    }
+}
+
+#[tokio::test]
 async fn an_unreachable_postgres_is_unavailable() {
     // Port 1 on localhost: nothing listens, the connection is refused.
     let err = connect("postgres://ccrelay:pw@127.0.0.1:1/ccrelay")
@@ -1267,4 +1294,101 @@ async fn a_sqlite_file_database_is_durable_and_in_wal_mode() {
         .unwrap();
     assert_eq!(busy, 5_000);
     store.close().await;
+}
+
+#[tokio::test]
+async fn a_sqlite_commit_waits_for_another_writer_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let store: DynStore = Arc::new(
+        crate::store::sqlite::SqliteStore::connect(&url)
+            .await
+            .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    // Another process (here: another pool) holds the write lock for a while.
+    let other = crate::store::sqlite::SqliteStore::connect(&url)
+        .await
+        .unwrap();
+    let mut held = other.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES ('x', 's', x'00', 0)",
+    )
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .commit(downs(vec![down("u1", Some("c1"), "x", at(0))]))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!writer.is_finished(), "the commit must wait for the lock");
+    held.commit().await.unwrap();
+    let done = writer
+        .await
+        .unwrap()
+        .expect("commit after the lock was released");
+    assert_eq!(done.inserted_down.len(), 1);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 2);
+    other.close().await;
+    store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rough throughput, not part of the contract: `cargo test --release --lib store::tests::bench --
+// --ignored --nocapture`. Batches of 100 downlink messages (each with a message code and a
+// session), one touch per commit, as the poller commits them.
+
+async fn downlink_throughput(db: Db) {
+    const BATCH: usize = 100;
+    const BATCHES: usize = 200;
+    let s = session("bench", SessionState::Active, at(0));
+    db.store.commit(open(&s)).await.unwrap();
+    let commits: Vec<Commit> = (0..BATCHES)
+        .map(|b| Commit {
+            down: (0..BATCH)
+                .map(|i| {
+                    let mut d = down(
+                        "bench",
+                        Some(&format!("code-{b}-{i}")),
+                        "a typical agent reply",
+                        at((b * BATCH + i) as i64),
+                    );
+                    d.row.session_id = Some(s.id.clone());
+                    d
+                })
+                .collect(),
+            touch: vec![(s.id.clone(), at((b * BATCH) as i64))],
+            ..Commit::default()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for commit in commits {
+        let done = db.store.commit(commit).await.unwrap();
+        assert_eq!(done.inserted_down.len(), BATCH);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{}: {} downlink messages in {secs:.2}s = {:.0}/s",
+        db.url.split(':').next().unwrap_or("?"),
+        BATCH * BATCHES,
+        (BATCH * BATCHES) as f64 / secs
+    );
+    assert_eq!(store_outbox_len(&db.store).await, (BATCH * BATCHES) as i64);
+}
+
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn bench_downlink_sqlite() {
+    on_sqlite(downlink_throughput).await;
+}
+
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn bench_downlink_postgres() {
+    on_postgres(downlink_throughput).await;
 }

@@ -494,11 +494,11 @@ impl<'a> UpCtx<'a> {
             &result,
         ));
         let d = self.finish(commit).await;
-        if d == Disposition::Ack {
-            if let Some(s) = opened {
-                tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, "Session opened");
-                self.relay.poller.add(s);
-            }
+        if d == Disposition::Ack
+            && let Some(s) = opened
+        {
+            tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, "Session opened");
+            self.relay.poller.add(s);
         }
         d
     }
@@ -637,10 +637,10 @@ impl<'a> UpCtx<'a> {
             .events
             .push(event_record(kind::CEC, subject, sid.as_deref(), &result));
         let d = self.finish(commit).await;
-        if d == Disposition::Ack {
-            if let Some(s) = existing {
-                self.relay.poller.touch(&s.id, at);
-            }
+        if d == Disposition::Ack
+            && let Some(s) = existing
+        {
+            self.relay.poller.touch(&s.id, at);
         }
         d
     }

@@ -121,15 +121,15 @@ pub fn check_up(user: &str, m: &UpMessage) -> Result<(), Refusal> {
             ));
         }
     }
-    if let Some(t) = &m.trans_data {
-        if serde_json::from_str::<serde_json::Value>(t).is_err() {
-            return Err(refuse("transData", "must be a JSON document (as a string)"));
-        }
+    if let Some(t) = &m.trans_data
+        && serde_json::from_str::<serde_json::Value>(t).is_err()
+    {
+        return Err(refuse("transData", "must be a JSON document (as a string)"));
     }
-    if let Some(c) = &m.channel_config_id {
-        if c.trim().is_empty() {
-            return Err(refuse("channelConfigId", "must not be empty"));
-        }
+    if let Some(c) = &m.channel_config_id
+        && c.trim().is_empty()
+    {
+        return Err(refuse("channelConfigId", "must not be empty"));
     }
     if m.file.is_some() {
         return Err(refuse(
