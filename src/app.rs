@@ -220,6 +220,8 @@ impl App {
         self.http_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.http_tracker.wait()).await;
         let _ = self.nats.flush().await;
+        // Close the connection before a local server goes, so it does not try to reconnect.
+        let _ = self.nats.drain().await;
         if let Some(mut n) = self._local_nats {
             n.stop().await;
         }

@@ -788,4 +788,15 @@ mod tests {
             Config::load_with_env(Path::new("/nonexistent/ccrelay.toml"), true, vec![]).is_err()
         );
     }
+
+    proptest::proptest! {
+        /// Any text is either a configuration or a clear error, never a panic.
+        #[test]
+        fn any_text_loads_or_fails_cleanly(text in "(\\[\\[?[a-z]{1,6}\\]\\]?\n|[a-z_]{1,12} = (\"[^\"\\\\]{0,12}\"|[0-9]{1,4}|true)\n){0,8}") {
+            match Config::from_toml(&text) {
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
 }

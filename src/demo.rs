@@ -154,7 +154,11 @@ async fn conversation(app: &App) -> anyhow::Result<()> {
         };
         println!(
             "  {}  {:>4} {:<9} {:<40} {}",
-            r.created_at.time(),
+            r.created_at
+                .format(time::macros::format_description!(
+                    "[hour]:[minute]:[second].[subsecond digits:3]"
+                ))
+                .unwrap_or_default(),
             r.direction.as_str(),
             who,
             what,

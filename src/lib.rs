@@ -12,11 +12,13 @@
 //!   typed errors with `is_retryable()`. Knows nothing of NATS.
 //! - [`uplink`]: turns an UpMessage from NATS into CEC calls and records the outcome.
 //! - [`poller`]: schedules and runs the polls of every active session; commits what comes back.
-//! - [`store`]: the store trait and its SQLite implementation; every step commits in one
-//!   transaction, outbox rows included.
+//! - [`store`]: the store trait and its SQLite and PostgreSQL implementations; every step commits
+//!   in one transaction, outbox rows included.
 //! - [`outbox`]: publishes committed outbox rows to JetStream and deletes them on PubAck.
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
 //! - [`http`]: `/healthz`, `/readyz`.
+//! - [`natsd`]: finding, installing and running a local nats-server (embedded defaults, tests).
+//! - [`relay`]: the state every task shares.
 //! - [`sim`]: the simulator of the upstream contact centers (`ccrelay simulate`).
 //! - [`config`], [`cli`], [`telemetry`], [`app`]: configuration, command line, logs, and the wiring of
 //!   all tasks under one cancellation token and task tracker.

@@ -8,6 +8,8 @@ pub mod error;
 pub mod outcome;
 pub mod wire;
 #[cfg(test)]
+mod wire_props;
+#[cfg(test)]
 mod wire_samples;
 
 pub use client::CecClient;

@@ -91,7 +91,16 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
             let body = serde_json::to_string(&req).unwrap_or_default();
             (Some(req), body)
         }
-        _ => (None, String::from_utf8_lossy(d.payload).into_owned()),
+        // Kept as received, but as JSON (the transcript's bodies are JSON): a payload that is not a
+        // valid UpMessage — or not JSON at all — is stored as a string under `payload`.
+        _ => {
+            let raw = String::from_utf8_lossy(d.payload);
+            let body = match serde_json::from_slice::<serde_json::Value>(d.payload) {
+                Ok(v) => serde_json::json!({ "payload": v }),
+                Err(_) => serde_json::json!({ "payload": raw }),
+            };
+            (None, body.to_string())
+        }
     };
     let row = ctx.up_row(&parsed, body, d.stream_seq);
     match relay.store.begin_up(&row).await {
@@ -106,9 +115,15 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
             return Disposition::Ack;
         }
         Ok(UpBegin::New) | Ok(UpBegin::Pending) => {}
-        Err(e) => {
+        Err(e) if e.is_retryable() => {
             tracing::warn!(tenant = tenant_name, user, error = %e, "Cannot record uplink message; will retry");
             return Disposition::Retry(Duration::from_secs(1));
+        }
+        Err(e) => {
+            // Not a passing fault: an operator must look. The message stays in the stream.
+            tracing::error!(tenant = tenant_name, user, message_id, error = %e,
+                "Cannot record uplink message; it is left unacknowledged");
+            return Disposition::Retry(Duration::from_secs(30));
         }
     }
 
