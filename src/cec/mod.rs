@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod client;
+#[cfg(test)]
+mod client_tests;
 pub mod error;
 pub mod outcome;
 pub mod wire;

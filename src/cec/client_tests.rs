@@ -1,0 +1,197 @@
+//! The client against the simulator (token life cycle) and against a wiremock fake (the exact
+//! request shape).
+
+use std::time::Duration;
+
+use wiremock::matchers::{body_partial_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use super::CecClient;
+use super::error::CecError;
+use super::wire::SendRequest;
+use crate::config::CecTenant;
+use crate::sim::{self, Endpoint as SimEndpoint, Fault, SimConfig};
+
+fn tenant(base: &str) -> CecTenant {
+    let sc = SimConfig::default();
+    let mut t = CecTenant::simulated(
+        "t",
+        url::Url::parse(base).unwrap(),
+        &sc.app_key,
+        &sc.app_secret,
+        &sc.channel_config_id,
+    );
+    t.request_timeout = Duration::from_secs(2);
+    t
+}
+
+fn client(base: &str) -> CecClient {
+    CecClient::new(CecClient::http_client().unwrap(), tenant(base))
+}
+
+fn chat(user: &str, text: &str, id: &str) -> SendRequest {
+    SendRequest {
+        channel: "WEB".into(),
+        content: text.into(),
+        control_type: "CHAT".into(),
+        from: user.into(),
+        media_type: "TEXT".into(),
+        sender_nickname: None,
+        source_type: "CUSTOMER".into(),
+        timestamp: Some("1700000000000".into()),
+        to: SimConfig::default().channel_config_id,
+        user_agent: None,
+        sender_avatar: None,
+        message_id: Some(id.into()),
+        trans_data: None,
+    }
+}
+
+async fn connected(c: &CecClient, user: &str) {
+    let mut req = chat(user, "", "connect");
+    req.control_type = "CONNECT".into();
+    let rsp = c.send(&req).await.unwrap();
+    assert_eq!(rsp.result_code, "0", "{rsp:?}");
+}
+
+#[tokio::test]
+async fn the_access_token_is_fetched_once_for_concurrent_callers() {
+    let s = sim::spawn(SimConfig::default()).await.unwrap();
+    let c = client(&s.base_url());
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    futures::future::join_all(users.iter().map(|u| c.poll(u)))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    assert_eq!(s.stats().access_tokens_issued, 1);
+    s.expire_access_tokens();
+    futures::future::join_all(users.iter().map(|u| c.poll(u)))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    // One refresh for all twenty after the refusal: each caller's 401 invalidates only the token
+    // it used, which the first refresh already replaced.
+    assert_eq!(s.stats().access_tokens_issued, 2, "{:?}", s.stats());
+}
+
+#[tokio::test]
+async fn an_expired_user_token_is_renewed_from_the_response_header() {
+    let s = sim::spawn(SimConfig::default()).await.unwrap();
+    let c = client(&s.base_url());
+    connected(&c, "alice").await;
+    let before = c.user_token("alice").unwrap();
+    s.expire_cc_tokens();
+    c.send(&chat("alice", "hi", "m1")).await.unwrap();
+    let after = c.user_token("alice").unwrap();
+    assert_ne!(before, after, "the header's token replaced the old one");
+    assert_eq!(s.stats().cc_tokens_renewed, 1);
+    c.poll("alice").await.unwrap();
+    assert_eq!(
+        s.stats().cc_tokens_renewed,
+        1,
+        "the renewed token is used from then on"
+    );
+}
+
+#[tokio::test]
+async fn a_401_renews_the_token_and_retries_once() {
+    let s = sim::spawn(SimConfig::default()).await.unwrap();
+    let c = client(&s.base_url());
+    c.poll("bob").await.unwrap();
+    let issued = s.stats().cc_tokens_issued;
+    // Without a session an expired token is refused (401): the client applies again and retries.
+    s.expire_cc_tokens();
+    c.poll("bob").await.unwrap();
+    assert_eq!(s.stats().cc_tokens_issued, issued + 1);
+    // A 401 that persists is reported, not retried forever.
+    s.inject_fault(Fault::status(SimEndpoint::Poll, 401));
+    let e = c.poll("bob").await.unwrap_err();
+    assert!(matches!(e, CecError::Unauthorized { .. }), "{e}");
+    assert!(!e.is_retryable());
+}
+
+#[tokio::test]
+async fn upstream_faults_become_typed_errors() {
+    let s = sim::spawn(SimConfig::default()).await.unwrap();
+    let c = client(&s.base_url());
+    s.inject_fault(Fault::status(SimEndpoint::Poll, 503).times(1));
+    let e = c.poll("u").await.unwrap_err();
+    assert!(
+        matches!(e, CecError::Status { status: 503, .. }) && e.is_retryable(),
+        "{e}"
+    );
+    s.inject_fault(Fault::body(SimEndpoint::Poll, sim::FaultBody::Garbage).times(1));
+    let e = c.poll("u").await.unwrap_err();
+    assert!(
+        matches!(e, CecError::Decode { .. }) && e.is_retryable(),
+        "{e}"
+    );
+    s.inject_fault(Fault::delay(SimEndpoint::Poll, Duration::from_secs(5)).times(1));
+    let e = c.poll("u").await.unwrap_err();
+    assert!(
+        matches!(e, CecError::Timeout { .. }) && e.is_retryable(),
+        "{e}"
+    );
+    c.poll("u").await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_have_the_documented_shape() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/apigovernance/api/oauth/tokenByAkSk"))
+        .and(header("X-Token-Expire", "600"))
+        .and(body_partial_json(serde_json::json!({"app_key": "sim-app-key", "app_secret": "sim-app-secret"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "AccessToken": "AT1", "ApplyType": "Bearer", "CreateTime": "1545650171", "Expires": "600"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/apiaccess/ccmessaging/applyToken"))
+        .and(header("x-app-key", "sim-app-key"))
+        .and(header("Authorization", "Bearer AT1"))
+        .and(body_partial_json(serde_json::json!({"userId": "carol", "userName": "carol", "channelId": "1011577355744904195", "locale": "zh"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"token": "CT1", "resultCode": "0"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/apiaccess/ccmessaging/send"))
+        .and(header("ccmessaging-token", "CT1"))
+        .and(header("Authorization", "Bearer AT1"))
+        .and(header("content-type", "application/json"))
+        .and(body_partial_json(serde_json::json!({
+            "channel": "WEB", "content": "hi", "controlType": "CHAT", "from": "carol",
+            "mediaType": "TEXT", "sourceType": "CUSTOMER", "to": "1011577355744904195", "messageId": "m1"
+        })))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("ccmessaging-token", "CT2")
+                .set_body_json(serde_json::json!({"resultCode": "0", "resultDesc": "sendUserMessage successfully."})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/apiaccess/ccmessaging/poll"))
+        .and(query_param("receiverId", "carol"))
+        .and(query_param("channel", "WEB"))
+        .and(header("ccmessaging-token", "CT2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"resultCode": "0", "downlinkMessages": []})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = client(&server.uri());
+    let rsp = c.send(&chat("carol", "hi", "m1")).await.unwrap();
+    assert_eq!(rsp.result_code, "0");
+    c.poll("carol").await.unwrap();
+}
