@@ -34,6 +34,27 @@ pub const CHANNEL_WEB: &str = "WEB";
 /// `sourceType` of everything a customer sends.
 pub const SOURCE_CUSTOMER: &str = "CUSTOMER";
 
+/// The `controlType`s of `send` (send doc table 3, 1.3).
+pub const CONTROL_TYPES: &[&str] = &[
+    "CONNECT",
+    "CHAT",
+    "TRANS2AGENT",
+    "INPUT",
+    "READ",
+    "DISCONNECT",
+];
+/// The `mediaType`s of `send` (send doc table 3, 1.5).
+pub const MEDIA_TYPES: &[&str] = &[
+    "TEXT",
+    "IMAGE",
+    "AUDIO",
+    "VIDEO",
+    "FILE",
+    "FILE_IMAGE",
+    "FILE_VIDEO",
+    "WEBCARD",
+];
+
 /// `resultCode` values the documents list for `send` and friends.
 pub mod result_code {
     pub const OK: &str = "0";

@@ -17,24 +17,7 @@ use crate::cec::wire::{
     CHANNEL_WEB, OfflineMsg, SOURCE_CUSTOMER, SendRequest, SendResponse, limits, result_code,
 };
 
-const CONTROL_TYPES: [&str; 6] = [
-    "CONNECT",
-    "CHAT",
-    "TRANS2AGENT",
-    "INPUT",
-    "READ",
-    "DISCONNECT",
-];
-const MEDIA_TYPES: [&str; 8] = [
-    "TEXT",
-    "IMAGE",
-    "AUDIO",
-    "VIDEO",
-    "FILE",
-    "FILE_IMAGE",
-    "FILE_VIDEO",
-    "WEBCARD",
-];
+use crate::cec::wire::{CONTROL_TYPES, MEDIA_TYPES};
 const PARAM_INVALID: &str = "Requested param validate failed.";
 const QUEUING: &str = "Queuing...";
 const TOO_QUICK: &str = "chat failed, send too quick or session keep touch failed.";

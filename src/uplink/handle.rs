@@ -382,6 +382,42 @@ impl<'a> UpCtx<'a> {
         e
     }
 
+    /// Adds what every answered `send` records: `session.queued` when queued, the up row's final
+    /// status, and its `up.result`.
+    fn record_send_outcome(
+        &self,
+        commit: &mut Commit,
+        rsp: &SendResponse,
+        outcome: SendOutcome,
+        control: &str,
+        session_id: Option<&str>,
+        subject: String,
+    ) {
+        if outcome == SendOutcome::Queued {
+            let q = self
+                .event(event_type::SESSION_QUEUED, true)
+                .result(rsp.result_code.clone(), rsp.result_desc.clone());
+            commit
+                .events
+                .push(event_record(kind::CEC, subject.clone(), session_id, &q));
+        }
+        let status = if outcome.is_ok() {
+            MessageStatus::Sent
+        } else {
+            MessageStatus::Failed
+        };
+        commit.up = Some(self.outcome(
+            status,
+            session_id,
+            Some(rsp.result_code.clone()),
+            rsp.result_desc.clone(),
+        ));
+        let result = self.result_event(rsp, outcome, control);
+        commit
+            .events
+            .push(event_record(kind::CEC, subject, session_id, &result));
+    }
+
     async fn open_session(&self) -> Result<Option<Session>, Disposition> {
         self.relay
             .store
@@ -479,35 +515,14 @@ impl<'a> UpCtx<'a> {
             }
             (s, _) => s.as_ref().map(|s| s.id.clone()),
         };
-        if outcome == SendOutcome::Queued {
-            let q = self
-                .event(event_type::SESSION_QUEUED, true)
-                .result(rsp.result_code.clone(), rsp.result_desc.clone());
-            commit.events.push(event_record(
-                kind::CEC,
-                subject.clone(),
-                session_id.as_deref(),
-                &q,
-            ));
-        }
-        let status = if outcome.is_ok() {
-            MessageStatus::Sent
-        } else {
-            MessageStatus::Failed
-        };
-        commit.up = Some(self.outcome(
-            status,
+        self.record_send_outcome(
+            &mut commit,
+            &rsp,
+            outcome,
+            "CONNECT",
             session_id.as_deref(),
-            Some(rsp.result_code.clone()),
-            rsp.result_desc.clone(),
-        ));
-        let result = self.result_event(&rsp, outcome, "CONNECT");
-        commit.events.push(event_record(
-            kind::CEC,
             subject,
-            session_id.as_deref(),
-            &result,
-        ));
+        );
         let d = self.finish(commit).await;
         if d == Disposition::Ack
             && let Some(s) = opened
@@ -628,29 +643,14 @@ impl<'a> UpCtx<'a> {
                 });
             }
         }
-        if outcome == SendOutcome::Queued {
-            let q = self
-                .event(event_type::SESSION_QUEUED, true)
-                .result(rsp.result_code.clone(), rsp.result_desc.clone());
-            commit
-                .events
-                .push(event_record(kind::CEC, subject.clone(), sid.as_deref(), &q));
-        }
-        let status = if outcome.is_ok() {
-            MessageStatus::Sent
-        } else {
-            MessageStatus::Failed
-        };
-        commit.up = Some(self.outcome(
-            status,
+        self.record_send_outcome(
+            &mut commit,
+            &rsp,
+            outcome,
+            &req.control_type,
             sid.as_deref(),
-            Some(rsp.result_code.clone()),
-            rsp.result_desc.clone(),
-        ));
-        let result = self.result_event(&rsp, outcome, &req.control_type);
-        commit
-            .events
-            .push(event_record(kind::CEC, subject, sid.as_deref(), &result));
+            subject,
+        );
         let d = self.finish(commit).await;
         if d == Disposition::Ack
             && let Some(s) = existing

@@ -5,24 +5,7 @@ use crate::bus::payload::UpMessage;
 use crate::bus::subjects::check_token;
 use crate::cec::wire::limits;
 
-pub const CONTROL_TYPES: &[&str] = &[
-    "CONNECT",
-    "CHAT",
-    "TRANS2AGENT",
-    "INPUT",
-    "READ",
-    "DISCONNECT",
-];
-pub const MEDIA_TYPES: &[&str] = &[
-    "TEXT",
-    "IMAGE",
-    "AUDIO",
-    "VIDEO",
-    "FILE",
-    "FILE_IMAGE",
-    "FILE_VIDEO",
-    "WEBCARD",
-];
+pub use crate::cec::wire::{CONTROL_TYPES, MEDIA_TYPES};
 
 /// Why a message is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
