@@ -1,9 +1,10 @@
 //! The store contract, written once and run against both databases.
 //!
 //! Each test in [`contract_tests!`] is an `async fn(Db)` instantiated twice: on SQLite (a fresh
-//! file in a temporary directory) and on PostgreSQL (a fresh database created through the admin
-//! URL in `CCRELAY_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`, and
-//! dropped afterwards). `CCRELAY_TEST_PG_URL=skip` skips the PostgreSQL half, loudly.
+//! file in a temporary directory) and on PostgreSQL (a fresh database created through an admin
+//! URL, and dropped afterwards). The admin URL comes from [`pg_provision`], shared with the
+//! integration tests: `CCRELAY_TEST_PG_URL` when set, else a server on 127.0.0.1:5432, else one it
+//! starts or installs. `CCRELAY_TEST_PG_URL=skip` skips the PostgreSQL half, loudly.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -34,11 +35,38 @@ impl Db {
     }
 }
 
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[path = "../../tests/common/pg_provision.rs"]
+mod pg_provision;
 
-fn pg_admin_url() -> Option<String> {
-    let url = std::env::var("CCRELAY_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
-    (url != "skip").then_some(url)
+/// The admin URL for the PostgreSQL tests, found or provisioned by [`pg_provision`] (once per
+/// process); `None` when `CCRELAY_TEST_PG_URL=skip`.
+///
+/// # Panics
+/// If no server can be reached or provisioned.
+async fn pg_admin_url() -> Option<String> {
+    if std::env::var(pg_provision::PG_URL_ENV).is_ok_and(|url| url == "skip") {
+        return None;
+    }
+    let url = pg_provision::admin_pg_url(&test_deps_dir())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the store tests need PostgreSQL: {e}\nOr set {}=skip to skip them.",
+                pg_provision::PG_URL_ENV
+            )
+        });
+    Some(url)
+}
+
+/// `<target>/test-deps`, where the tests lock (and the integration tests install) what they
+/// provision: `CARGO_TARGET_DIR` if set, else `target` in the package. Unit tests get no
+/// `CARGO_TARGET_TMPDIR` to follow.
+fn test_deps_dir() -> std::path::PathBuf {
+    let manifest_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| manifest_dir.join("target"), |dir| manifest_dir.join(dir));
+    target.join("test-deps")
 }
 
 /// Runs `test` on a fresh SQLite database file.
@@ -65,7 +93,7 @@ where
     F: FnOnce(Db) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let Some(admin_url) = pg_admin_url() else {
+    let Some(admin_url) = pg_admin_url().await else {
         eprintln!("CCRELAY_TEST_PG_URL=skip: PostgreSQL contract test SKIPPED");
         return;
     };
@@ -1238,7 +1266,7 @@ async fn in_memory_sqlite_keeps_its_data_between_calls() {
 
 #[tokio::test]
 async fn connect_takes_both_postgres_schemes() {
-    let Some(admin_url) = pg_admin_url() else {
+    let Some(admin_url) = pg_admin_url().await else {
         eprintln!("CCRELAY_TEST_PG_URL=skip: PostgreSQL test SKIPPED");
         return;
     };

@@ -14,7 +14,6 @@ mod nats;
 mod postgres;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 
 #[allow(unused_imports)]
@@ -48,55 +47,4 @@ pub fn test_deps_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     target.join("test-deps")
-}
-
-/// Whether the tests run as root (`id -u` prints 0), and so may install system packages.
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn has_program(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", "command -v \"$1\"", "sh", program])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// `apt-get install -y <packages>`; runs `apt-get update` and retries once if that fails.
-fn apt_get_install(packages: &[&str]) -> Result<(), String> {
-    let apt = |args: &[&str]| -> Result<Output, String> {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run apt-get: {e}"))
-    };
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend_from_slice(packages);
-    if apt(&install)?.status.success() {
-        return Ok(());
-    }
-    let update = apt(&["update"])?;
-    if !update.status.success() {
-        return Err(format!(
-            "`apt-get update` failed: {}",
-            String::from_utf8_lossy(&update.stderr)
-        ));
-    }
-    let out = apt(&install)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`apt-get install {}` failed: {}",
-            packages.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
