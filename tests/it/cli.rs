@@ -1,0 +1,188 @@
+//! The binary's commands and its behaviour as a daemon: configuration checks, migrations, health
+//! endpoints, SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::app::*;
+
+fn ccrelay() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ccrelay"));
+    // The working directory of each test has no config/ccrelay.toml: the embedded defaults apply.
+    c.env_remove("RUST_LOG")
+        .env_remove("CCRELAY_CONFIG")
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[cec]]\nname = \"acme\"\nbase_url = \"https://x\"\napp_key = \"k\"\napp_secret = \"TOPSECRET\"\nchannel_config_id = \"c\"\npoll_interval = \"soon\"\n",
+    )
+    .unwrap();
+    let out = ccrelay()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("poll_interval"), "{err}");
+    assert!(!err.contains("TOPSECRET"), "{err}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        std::fs::read_to_string(&bad).unwrap().replace("soon", "2s"),
+    )
+    .unwrap();
+    let out = ccrelay()
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("configuration OK"));
+    assert!(!text.contains("TOPSECRET"), "secrets are redacted: {text}");
+
+    let out = ccrelay()
+        .args(["check-config", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn the_example_configuration_passes_check_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ccrelay.example.toml");
+    let out = ccrelay()
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn migrate_creates_the_schema_and_can_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    for _ in 0..2 {
+        let out = ccrelay()
+            .arg("migrate")
+            .env("CCRELAY_STORE__URL", format!("sqlite://{}", db.display()))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(db.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_which_dependency_is_down() {
+    let mut t = spawn_app().await;
+    let base = format!("http://{}", t.app().http_addr());
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["ready"], true);
+
+    t.nats_server.stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["database"], "up");
+            assert!(v["nats"].as_str().unwrap().starts_with("down"), "{v}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never noticed NATS was down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.nats_server.restart().await.unwrap();
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_relay_cleanly_and_in_time() {
+    let nats = crate::support::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = ccrelay()
+        .arg("run")
+        .env("CCRELAY_NATS__URL", nats.url())
+        .env("CCRELAY_NATS__EMBEDDED", "false")
+        .env("CCRELAY_HTTP__LISTEN", "127.0.0.1:0")
+        .env("CCRELAY_RELAY__SHUTDOWN_TIMEOUT", "5s")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Up when the streams exist.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while js.get_stream("CCRELAY_IN").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit within 10s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(
+        err.contains("Received SIGTERM") && err.contains("Shutdown complete"),
+        "{err}"
+    );
+}
