@@ -24,6 +24,12 @@ use super::wire::{
     ApplyTokenRequest, ApplyTokenResponse, CHANNEL_WEB, PollResponse, SendRequest, SendResponse,
     TokenByAkSkRequest, TokenByAkSkResponse, result_code,
 };
+use super::wire_ops::{
+    ChannelOnly, ClickToCallEventsResponse, ClickToCallRequest, ClickToCallSupportResponse,
+    DownloadRequest, DownloadResponse, LeaveMessageRequest, MobileAgentCallRequest,
+    MobileAgentCallResponse, PhraseRequest, PhraseResponse, QueueInfoRequest, QueueInfoResponse,
+    ResultResponse, RobotFeedbackRequest, SatisfactionRequest, UploadRequest, UploadResponse,
+};
 use crate::config::CecTenant;
 
 /// Header carrying a user's token, both ways.
@@ -178,6 +184,145 @@ impl CecClient {
             &[("receiverId", user), ("channel", CHANNEL_WEB)],
             None,
             Auth::User(user),
+        )
+        .await
+    }
+
+    /// `POST queryQueueInfo` for `user` (doc §4).
+    pub async fn query_queue_info(
+        &self,
+        user: &str,
+        req: &QueueInfoRequest,
+    ) -> Result<QueueInfoResponse, CecError> {
+        self.post(Endpoint::QueryQueueInfo, req, Auth::User(user))
+            .await
+    }
+
+    /// `POST saveSatisfaction` (doc §6).
+    pub async fn save_satisfaction(
+        &self,
+        req: &SatisfactionRequest,
+    ) -> Result<ResultResponse, CecError> {
+        self.post(Endpoint::SaveSatisfaction, req, Auth::User(&req.user_id))
+            .await
+    }
+
+    /// `POST uploadFileStream` with `user`'s token (doc §8).
+    pub async fn upload(
+        &self,
+        user: &str,
+        req: &UploadRequest,
+    ) -> Result<UploadResponse, CecError> {
+        self.post(Endpoint::UploadFileStream, req, Auth::User(user))
+            .await
+    }
+
+    /// `POST downloadFileStream` with `user`'s token (doc §9).
+    pub async fn download(
+        &self,
+        user: &str,
+        req: &DownloadRequest,
+    ) -> Result<DownloadResponse, CecError> {
+        self.post(Endpoint::DownloadFileStream, req, Auth::User(user))
+            .await
+    }
+
+    /// `POST queryPhraseByKeyword` with `user`'s token (doc §10).
+    pub async fn phrases(
+        &self,
+        user: &str,
+        req: &PhraseRequest,
+    ) -> Result<PhraseResponse, CecError> {
+        self.post(Endpoint::QueryPhraseByKeyword, req, Auth::User(user))
+            .await
+    }
+
+    /// `POST v1/createClickToCall` (doc §11).
+    pub async fn create_click_to_call(
+        &self,
+        user: &str,
+        req: &ClickToCallRequest,
+    ) -> Result<ResultResponse, CecError> {
+        self.post(Endpoint::CreateClickToCall, req, Auth::User(user))
+            .await
+    }
+
+    /// `GET v1/getClickToCallEvents?channel=WEB` (doc §12).
+    pub async fn click_to_call_events(
+        &self,
+        user: &str,
+    ) -> Result<ClickToCallEventsResponse, CecError> {
+        self.get(Endpoint::GetClickToCallEvents, Auth::User(user))
+            .await
+    }
+
+    /// `GET v1/checkClickToCallSupport?channel=WEB` (doc §13).
+    pub async fn click_to_call_support(
+        &self,
+        user: &str,
+    ) -> Result<ClickToCallSupportResponse, CecError> {
+        self.get(Endpoint::CheckClickToCallSupport, Auth::User(user))
+            .await
+    }
+
+    /// `POST v1/dropClickToCall` (doc §14).
+    pub async fn drop_click_to_call(&self, user: &str) -> Result<ResultResponse, CecError> {
+        let req = ChannelOnly {
+            channel: CHANNEL_WEB.to_owned(),
+        };
+        self.post(Endpoint::DropClickToCall, &req, Auth::User(user))
+            .await
+    }
+
+    /// `POST doLeaveMessage` with `user`'s token (doc §15).
+    pub async fn leave_message(
+        &self,
+        user: &str,
+        req: &LeaveMessageRequest,
+    ) -> Result<ResultResponse, CecError> {
+        self.post(Endpoint::DoLeaveMessage, req, Auth::User(user))
+            .await
+    }
+
+    /// `POST v1/mobileagent/createcall`: app credentials only, no customer token (doc §16).
+    pub async fn mobile_agent_call(
+        &self,
+        req: &MobileAgentCallRequest,
+    ) -> Result<MobileAgentCallResponse, CecError> {
+        self.post(Endpoint::MobileAgentCreateCall, req, Auth::App)
+            .await
+    }
+
+    /// `POST v1/robot/feedbacksatisfaction` with the token of `req.from` (doc §17).
+    pub async fn robot_feedback(
+        &self,
+        req: &RobotFeedbackRequest,
+    ) -> Result<ResultResponse, CecError> {
+        self.post(Endpoint::RobotFeedback, req, Auth::User(&req.from))
+            .await
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        body: &B,
+        auth: Auth<'_>,
+    ) -> Result<R, CecError> {
+        self.call(endpoint, reqwest::Method::POST, &[], Some(body), auth)
+            .await
+    }
+
+    async fn get<R: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        auth: Auth<'_>,
+    ) -> Result<R, CecError> {
+        self.call::<(), _>(
+            endpoint,
+            reqwest::Method::GET,
+            &[("channel", CHANNEL_WEB)],
+            None,
+            auth,
         )
         .await
     }

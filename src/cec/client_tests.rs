@@ -195,3 +195,219 @@ async fn requests_have_the_documented_shape() {
     assert_eq!(rsp.result_code, "0");
     c.poll("carol").await.unwrap();
 }
+
+#[tokio::test]
+async fn every_operation_goes_to_its_documented_path() {
+    use super::wire_ops::*;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/apigovernance/api/oauth/tokenByAkSk"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"AccessToken": "AT", "Expires": "600"})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/apiaccess/ccmessaging/applyToken"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"token": "CT", "resultCode": "0"})),
+        )
+        .mount(&server)
+        .await;
+    let ok = || ResponseTemplate::new(200).set_body_json(serde_json::json!({"resultCode": "0"}));
+    let user_call = |m: &'static str, p: &'static str| {
+        Mock::given(method(m))
+            .and(path(p))
+            .and(header("ccmessaging-token", "CT"))
+            .and(header("Authorization", "Bearer AT"))
+            .and(header("x-app-key", "sim-app-key"))
+    };
+    user_call("POST", "/apiaccess/ccmessaging/queryQueueInfo")
+        .and(body_partial_json(
+            serde_json::json!({"userId": "u", "channel": "WEB"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("POST", "/apiaccess/ccmessaging/saveSatisfaction")
+        .and(body_partial_json(
+            serde_json::json!({"evaluation": "5", "userId": "u"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("POST", "/apiaccess/ccmessaging/uploadFileStream")
+        .and(body_partial_json(
+            serde_json::json!({"fileType": "png", "fileStream": "AAA=", "channel": "WEB"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("POST", "/apiaccess/ccmessaging/downloadFileStream")
+        .and(body_partial_json(
+            serde_json::json!({"fileId": "f1", "fileType": "png"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("POST", "/apiaccess/ccmessaging/queryPhraseByKeyword")
+        .and(body_partial_json(
+            serde_json::json!({"strContent": "ab", "locale": "zh"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("POST", "/apiaccess/ccmessaging/v1/createClickToCall")
+        .and(body_partial_json(
+            serde_json::json!({"channel": "WEB", "mediaAbility": "1"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("GET", "/apiaccess/ccmessaging/v1/getClickToCallEvents")
+        .and(query_param("channel", "WEB"))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("GET", "/apiaccess/ccmessaging/v1/checkClickToCallSupport")
+        .and(query_param("channel", "WEB"))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("POST", "/apiaccess/ccmessaging/v1/dropClickToCall")
+        .and(body_partial_json(serde_json::json!({"channel": "WEB"})))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call("POST", "/apiaccess/ccmessaging/doLeaveMessage")
+        .and(body_partial_json(
+            serde_json::json!({"callId": "c", "caller": "138", "leaveMessage": "m"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    user_call(
+        "POST",
+        "/apiaccess/ccmessaging/v1/robot/feedbacksatisfaction",
+    )
+    .and(body_partial_json(
+        serde_json::json!({"feedback": 0, "feedbackContent": "bad", "from": "u", "interIdx": "2"}),
+    ))
+    .respond_with(ok())
+    .expect(1)
+    .mount(&server)
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/apiaccess/ccmessaging/v1/mobileagent/createcall"))
+        .and(header("Authorization", "Bearer AT"))
+        .and(body_partial_json(
+            serde_json::json!({"called": "88884432", "callerPresent": "95599"}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let c = client(&server.uri());
+    let ch = SimConfig::default().channel_config_id;
+    let web = || "WEB".to_owned();
+    c.query_queue_info(
+        "u",
+        &QueueInfoRequest {
+            user_id: "u".into(),
+            channel_config_id: ch.clone(),
+            channel: web(),
+        },
+    )
+    .await
+    .unwrap();
+    c.save_satisfaction(&SatisfactionRequest {
+        channel: web(),
+        user_id: "u".into(),
+        evaluation: "5".into(),
+        comment: "ok".into(),
+        channel_config_id: ch,
+    })
+    .await
+    .unwrap();
+    c.upload(
+        "u",
+        &UploadRequest {
+            file_type: "png".into(),
+            file_stream: "AAA=".into(),
+            channel: web(),
+        },
+    )
+    .await
+    .unwrap();
+    c.download(
+        "u",
+        &DownloadRequest {
+            file_id: "f1".into(),
+            channel: web(),
+            file_type: "png".into(),
+        },
+    )
+    .await
+    .unwrap();
+    c.phrases(
+        "u",
+        &PhraseRequest {
+            str_content: "ab".into(),
+            locale: "zh".into(),
+            channel: web(),
+        },
+    )
+    .await
+    .unwrap();
+    c.create_click_to_call(
+        "u",
+        &ClickToCallRequest {
+            channel: web(),
+            media_ability: "1".into(),
+        },
+    )
+    .await
+    .unwrap();
+    c.click_to_call_events("u").await.unwrap();
+    c.click_to_call_support("u").await.unwrap();
+    c.drop_click_to_call("u").await.unwrap();
+    c.leave_message(
+        "u",
+        &LeaveMessageRequest {
+            call_id: "c".into(),
+            caller: "138".into(),
+            leave_message: "m".into(),
+            channel: web(),
+        },
+    )
+    .await
+    .unwrap();
+    c.robot_feedback(&RobotFeedbackRequest {
+        feedback: 0,
+        feedback_content: Some("bad".into()),
+        from: "u".into(),
+        inter_idx: "2".into(),
+    })
+    .await
+    .unwrap();
+    c.mobile_agent_call(&MobileAgentCallRequest {
+        called: "88884432".into(),
+        call_data: None,
+        caller_present: "95599".into(),
+    })
+    .await
+    .unwrap();
+}

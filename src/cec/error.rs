@@ -9,6 +9,17 @@ pub enum Endpoint {
     Send,
     Poll,
     QueryQueueInfo,
+    SaveSatisfaction,
+    UploadFileStream,
+    DownloadFileStream,
+    QueryPhraseByKeyword,
+    CreateClickToCall,
+    GetClickToCallEvents,
+    CheckClickToCallSupport,
+    DropClickToCall,
+    DoLeaveMessage,
+    MobileAgentCreateCall,
+    RobotFeedback,
 }
 
 impl Endpoint {
@@ -19,6 +30,17 @@ impl Endpoint {
             Endpoint::Send => "send",
             Endpoint::Poll => "poll",
             Endpoint::QueryQueueInfo => "queryQueueInfo",
+            Endpoint::SaveSatisfaction => "saveSatisfaction",
+            Endpoint::UploadFileStream => "uploadFileStream",
+            Endpoint::DownloadFileStream => "downloadFileStream",
+            Endpoint::QueryPhraseByKeyword => "queryPhraseByKeyword",
+            Endpoint::CreateClickToCall => "createClickToCall",
+            Endpoint::GetClickToCallEvents => "getClickToCallEvents",
+            Endpoint::CheckClickToCallSupport => "checkClickToCallSupport",
+            Endpoint::DropClickToCall => "dropClickToCall",
+            Endpoint::DoLeaveMessage => "doLeaveMessage",
+            Endpoint::MobileAgentCreateCall => "mobileAgentCreateCall",
+            Endpoint::RobotFeedback => "robotFeedback",
         }
     }
     /// The path below the tenant's base URL.
@@ -29,6 +51,19 @@ impl Endpoint {
             Endpoint::Send => "/apiaccess/ccmessaging/send",
             Endpoint::Poll => "/apiaccess/ccmessaging/poll",
             Endpoint::QueryQueueInfo => "/apiaccess/ccmessaging/queryQueueInfo",
+            Endpoint::SaveSatisfaction => "/apiaccess/ccmessaging/saveSatisfaction",
+            Endpoint::UploadFileStream => "/apiaccess/ccmessaging/uploadFileStream",
+            Endpoint::DownloadFileStream => "/apiaccess/ccmessaging/downloadFileStream",
+            Endpoint::QueryPhraseByKeyword => "/apiaccess/ccmessaging/queryPhraseByKeyword",
+            Endpoint::CreateClickToCall => "/apiaccess/ccmessaging/v1/createClickToCall",
+            Endpoint::GetClickToCallEvents => "/apiaccess/ccmessaging/v1/getClickToCallEvents",
+            Endpoint::CheckClickToCallSupport => {
+                "/apiaccess/ccmessaging/v1/checkClickToCallSupport"
+            }
+            Endpoint::DropClickToCall => "/apiaccess/ccmessaging/v1/dropClickToCall",
+            Endpoint::DoLeaveMessage => "/apiaccess/ccmessaging/doLeaveMessage",
+            Endpoint::MobileAgentCreateCall => "/apiaccess/ccmessaging/v1/mobileagent/createcall",
+            Endpoint::RobotFeedback => "/apiaccess/ccmessaging/v1/robot/feedbacksatisfaction",
         }
     }
 }

@@ -9,6 +9,7 @@ mod client_tests;
 pub mod error;
 pub mod outcome;
 pub mod wire;
+pub mod wire_ops;
 #[cfg(test)]
 mod wire_props;
 #[cfg(test)]
