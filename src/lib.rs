@@ -14,6 +14,7 @@
 //! - [`poller`]: schedules and runs the polls of every active session; commits what comes back.
 //! - [`store`]: the store trait and its SQLite and PostgreSQL implementations; every step commits
 //!   in one transaction, outbox rows included.
+//! - [`rpc`]: request-reply over core NATS for the CEC endpoints that are not messages.
 //! - [`outbox`]: publishes committed outbox rows to JetStream and deletes them on PubAck.
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
 //! - [`http`]: `/healthz`, `/readyz`.
@@ -35,6 +36,7 @@ pub mod natsd;
 pub mod outbox;
 pub mod poller;
 pub mod relay;
+pub mod rpc;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -4,4 +4,5 @@ mod cec_relay;
 mod cli;
 mod crash;
 mod harness_smoke;
+mod rpc;
 mod support;

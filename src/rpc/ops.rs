@@ -1,0 +1,191 @@
+//! The RPC operations: read the request, check it against the documented limits, call CEC, and
+//! shape the reply.
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::RpcError;
+use crate::cec::wire::CHANNEL_WEB;
+use crate::cec::wire_ops::{
+    ClickToCallRequest, DownloadRequest, MobileAgentCallRequest, PhraseRequest, QueueInfoRequest,
+    UploadRequest,
+};
+use crate::relay::Tenant;
+use crate::uplink::validate::check_user_id;
+
+/// File types the upload and download endpoints take (doc §8.1.1; "bpm" in the document is read
+/// as the bmp it means, and accepted as written too).
+pub const FILE_TYPES: &[&str] = &[
+    "jpg", "png", "bmp", "bpm", "mp3", "aac", "mp4", "txt", "csv",
+];
+
+/// Calls `op` of `tenant` with the request `body` (a JSON object).
+pub(super) async fn call(tenant: &Tenant, op: &str, body: Value) -> Result<Value, RpcError> {
+    let b = Body(body);
+    let c = &tenant.client;
+    match op {
+        "queueInfo" => {
+            let user = b.user()?;
+            let req = QueueInfoRequest {
+                user_id: user.clone(),
+                channel_config_id: b
+                    .opt_str("channelConfigId")?
+                    .unwrap_or_else(|| tenant.config().channel_config_id.clone()),
+                channel: CHANNEL_WEB.to_owned(),
+            };
+            reply(&c.query_queue_info(&user, &req).await?, None)
+        }
+        "phrases" => {
+            let user = b.user()?;
+            let text = b.str("strContent")?;
+            if text.trim().is_empty() {
+                return Err(RpcError::Invalid("strContent: must not be empty".into()));
+            }
+            let req = PhraseRequest {
+                str_content: text,
+                locale: b
+                    .opt_str("locale")?
+                    .unwrap_or_else(|| tenant.config().locale.clone()),
+                channel: CHANNEL_WEB.to_owned(),
+            };
+            reply(&c.phrases(&user, &req).await?, None)
+        }
+        "upload" => {
+            let user = b.user()?;
+            let file_type = b.file_type("fileType")?;
+            let stream = b.str("fileStream")?;
+            base64::engine::general_purpose::STANDARD
+                .decode(stream.as_bytes())
+                .map_err(|e| RpcError::Invalid(format!("fileStream: not base64: {e}")))?;
+            let req = UploadRequest {
+                file_type,
+                file_stream: stream,
+                channel: CHANNEL_WEB.to_owned(),
+            };
+            reply(&c.upload(&user, &req).await?, None)
+        }
+        "download" => {
+            let user = b.user()?;
+            let req = DownloadRequest {
+                file_id: b.str("fileId")?,
+                channel: CHANNEL_WEB.to_owned(),
+                file_type: b.file_type("fileType")?,
+            };
+            if req.file_id.trim().is_empty() {
+                return Err(RpcError::Invalid("fileId: must not be empty".into()));
+            }
+            reply(&c.download(&user, &req).await?, None)
+        }
+        "clickToCall.support" => {
+            let user = b.user()?;
+            // This answer's resultCode is optional: no code means success.
+            let rsp = c.click_to_call_support(&user).await?;
+            let ok = rsp.result_code.is_empty() || rsp.result_code == "0";
+            reply(&rsp, Some(ok))
+        }
+        "clickToCall.create" => {
+            let user = b.user()?;
+            let media = b.opt_str("mediaAbility")?.unwrap_or_else(|| "0".into());
+            if media != "0" && media != "1" {
+                return Err(RpcError::Invalid(format!(
+                    "mediaAbility: {media:?} must be \"0\" (audio) or \"1\" (video)"
+                )));
+            }
+            let req = ClickToCallRequest {
+                channel: CHANNEL_WEB.to_owned(),
+                media_ability: media,
+            };
+            reply(&c.create_click_to_call(&user, &req).await?, None)
+        }
+        "clickToCall.events" => {
+            let user = b.user()?;
+            reply(&c.click_to_call_events(&user).await?, None)
+        }
+        "clickToCall.drop" => {
+            let user = b.user()?;
+            reply(&c.drop_click_to_call(&user).await?, None)
+        }
+        "mobileAgentCall" => {
+            let req = MobileAgentCallRequest {
+                called: b.bounded("called", 1, 32)?,
+                call_data: b.opt_str("callData")?,
+                caller_present: b.bounded("callerPresent", 1, 32)?,
+            };
+            if let Some(d) = &req.call_data
+                && d.chars().count() > 1024
+            {
+                return Err(RpcError::Invalid(format!(
+                    "callData: is {} characters; at most 1024",
+                    d.chars().count()
+                )));
+            }
+            reply(&c.mobile_agent_call(&req).await?, None)
+        }
+        other => Err(RpcError::UnknownOp(other.to_owned())),
+    }
+}
+
+/// The endpoint's answer as a JSON object plus `ok` (by default: `resultCode` is "0").
+fn reply<T: Serialize>(rsp: &T, ok: Option<bool>) -> Result<Value, RpcError> {
+    let mut v = serde_json::to_value(rsp).map_err(|e| RpcError::Invalid(e.to_string()))?;
+    if let Value::Object(m) = &mut v {
+        let ok = ok.unwrap_or_else(|| m.get("resultCode").and_then(Value::as_str) == Some("0"));
+        m.insert("ok".into(), Value::Bool(ok));
+    }
+    Ok(v)
+}
+
+/// Typed reads of a request body, each refusal naming the field.
+struct Body(Value);
+
+impl Body {
+    fn map(&self) -> &Map<String, Value> {
+        // `dispatch` checked that the body is an object.
+        self.0.as_object().unwrap_or_else(|| unreachable!())
+    }
+
+    fn opt_str(&self, field: &str) -> Result<Option<String>, RpcError> {
+        match self.map().get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(RpcError::Invalid(format!(
+                "{field}: expected a string, found {other}"
+            ))),
+        }
+    }
+
+    fn str(&self, field: &str) -> Result<String, RpcError> {
+        self.opt_str(field)?
+            .ok_or_else(|| RpcError::Invalid(format!("{field}: is required")))
+    }
+
+    fn bounded(&self, field: &str, min: usize, max: usize) -> Result<String, RpcError> {
+        let s = self.str(field)?;
+        let n = s.chars().count();
+        if n < min || n > max {
+            return Err(RpcError::Invalid(format!(
+                "{field}: is {n} characters; {min} to {max} allowed"
+            )));
+        }
+        Ok(s)
+    }
+
+    /// The customer whose token the call uses: `userId`, checked like a send's `from`.
+    fn user(&self) -> Result<String, RpcError> {
+        let u = self.str("userId")?;
+        check_user_id(&u).map_err(|r| RpcError::Invalid(r.to_string()))?;
+        Ok(u)
+    }
+
+    fn file_type(&self, field: &str) -> Result<String, RpcError> {
+        let t = self.str(field)?.to_ascii_lowercase();
+        if !FILE_TYPES.contains(&t.as_str()) {
+            return Err(RpcError::Invalid(format!(
+                "{field}: {t:?} is not one of jpg, png, bmp, mp3, aac, mp4, txt, csv"
+            )));
+        }
+        Ok(t)
+    }
+}

@@ -1,0 +1,137 @@
+//! `P.cec.<t>.rpc.<op>`: request-reply through NATS.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::app::*;
+
+async fn rpc(t: &TestApp, tenant: &str, op: &str, body: &[u8]) -> Value {
+    let subject = format!("{PREFIX}.cec.{tenant}.rpc.{op}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The relay subscribes right after start-up: retry "no responders" briefly.
+        match t
+            .client
+            .request(subject.clone(), body.to_vec().into())
+            .await
+        {
+            Ok(m) => return serde_json::from_slice(&m.payload).unwrap(),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{op}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_relay_refuses_get_a_coded_error() {
+    let mut t = spawn_app().await;
+    let r = rpc(&t, "nosuch", "queueInfo", br#"{"userId":"u"}"#).await;
+    assert_eq!(
+        r,
+        json!({"ok": false, "error": {"code": "unknown_tenant", "message": "no [[cec]] tenant is named \"nosuch\""}})
+    );
+    let r = rpc(&t, TENANT, "queueInfo", b"{oops").await;
+    assert_eq!(r["error"]["code"], "invalid_request");
+    let r = rpc(&t, TENANT, "queueInfo", b"{}").await;
+    assert_eq!(r["error"]["message"], "userId: is required");
+    let r = rpc(
+        &t,
+        TENANT,
+        "queueInfo",
+        br#"{"userId":"u234567890123456789012345"}"#,
+    )
+    .await;
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("24"),
+        "{r}"
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "upload",
+        br#"{"userId":"u","fileType":"exe","fileStream":"AA=="}"#,
+    )
+    .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("fileType"),
+        "{r}"
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "upload",
+        br#"{"userId":"u","fileType":"png","fileStream":"!!"}"#,
+    )
+    .await;
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("base64"),
+        "{r}"
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "clickToCall.create",
+        br#"{"userId":"u","mediaAbility":"2"}"#,
+    )
+    .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("mediaAbility"),
+        "{r}"
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "mobileAgentCall",
+        &serde_json::to_vec(&json!({"called": "1".repeat(33), "callerPresent": "95599"})).unwrap(),
+    )
+    .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("called"),
+        "{r}"
+    );
+    let r = rpc(&t, TENANT, "launchRocket", b"{}").await;
+    assert_eq!(r["error"]["code"], "invalid_request");
+    // None of this reached the upstream.
+    assert_eq!(
+        t.sim.stats().calls(ccrelay::sim::Endpoint::QueryQueueInfo),
+        0
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_info_is_answered_by_the_upstream() {
+    let mut t = spawn_app().await;
+    let mut w = t.watch(TENANT, "qq").await;
+    t.up("qq", json!({"controlType": "CONNECT", "messageId": "q1"}))
+        .await;
+    w.until(10, "connected", is_result_for("q1")).await;
+    let r = rpc(&t, TENANT, "queueInfo", br#"{"userId":"qq"}"#).await;
+    // Not queued: the upstream answers with a non-zero code, passed through unchanged.
+    assert!(r.get("resultCode").is_some(), "{r}");
+    assert_eq!(r["ok"], r["resultCode"] == "0");
+    assert_eq!(
+        t.sim.stats().calls(ccrelay::sim::Endpoint::QueryQueueInfo),
+        1
+    );
+    // An upstream fault becomes a coded error.
+    t.sim.inject_fault(
+        ccrelay::sim::Fault::status(ccrelay::sim::Endpoint::QueryQueueInfo, 503).times(1),
+    );
+    let r = rpc(&t, TENANT, "queueInfo", br#"{"userId":"qq"}"#).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    t.stop().await;
+}
