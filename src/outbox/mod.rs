@@ -46,13 +46,8 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     loop {
         match publish_once(&store, &js, batch).await {
-            Ok(n) if n > 0 => {
-                backoff = Duration::from_millis(100);
-                if cancel.is_cancelled() {
-                    continue; // keep draining while rows remain
-                }
-                continue;
-            }
+            // Rows remain (or may): keep draining, even while shutting down.
+            Ok(n) if n > 0 => backoff = Duration::from_millis(100),
             Ok(_) => {
                 if cancel.is_cancelled() {
                     return;

@@ -149,11 +149,19 @@ impl Workers {
     }
 
     async fn process(&self, msg: &jetstream::Message) {
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        // A JetStream message always has its metadata; should it not, a fresh random id keeps the
+        // derived ids unique (losing only redelivery de-duplication for that message).
+        let (derived_id, seq) = match msg.info() {
+            Ok(i) => (
+                format!("s{}-{}", self.stamp, i.stream_sequence),
+                i.stream_sequence,
+            ),
+            Err(_) => (uuid::Uuid::now_v7().simple().to_string(), 0),
+        };
         let delivery = Delivery {
             subject: msg.subject.as_str(),
             payload: &msg.payload,
-            derived_id: format!("s{}-{seq}", self.stamp),
+            derived_id,
             stream_seq: seq,
         };
         let work = handle::handle(&self.relay, delivery);
