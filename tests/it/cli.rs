@@ -186,3 +186,58 @@ async fn sigterm_stops_the_relay_cleanly_and_in_time() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_serves_the_cec_api_and_its_control_api() {
+    use std::io::BufRead;
+    let mut child = ccrelay()
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("simulator exited").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let http = reqwest::Client::new();
+    let sc = ccrelay::sim::SimConfig::default();
+    let r = http
+        .post(format!("http://{addr}/apigovernance/api/oauth/tokenByAkSk"))
+        .header("X-Token-Expire", "60")
+        .json(&serde_json::json!({"app_key": sc.app_key, "app_secret": sc.app_secret}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["Expires"], "60");
+    let r = http
+        .post(format!("http://{addr}/apigovernance/api/oauth/tokenByAkSk"))
+        .json(&serde_json::json!({"app_key": sc.app_key, "app_secret": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let stats: serde_json::Value = http
+        .get(format!("http://{addr}/sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["accessTokensIssued"]
+            .as_u64()
+            .or(stats["access_tokens_issued"].as_u64()),
+        Some(1),
+        "{stats}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
