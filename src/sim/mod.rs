@@ -46,10 +46,14 @@
 //! - [`faults`], [`stats`], `control`, for fault injection, counters and poll log, the `/sim/` API.
 
 mod auth;
+mod calls;
 mod cec;
 pub mod config;
 mod control;
 pub mod faults;
+mod feedback;
+mod forced;
+mod media;
 mod script;
 mod send;
 mod state;
@@ -71,10 +75,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::SimConfig;
 pub use faults::{Endpoint, Fault, FaultBody};
+pub use feedback::{LeaveMessage, RobotFeedback, Satisfaction};
 pub use state::ReceivedSend;
 pub use stats::{EndpointStats, PollAnswer, SimStats};
 
-use faults::Faults;
+use faults::{Faults, lock};
+use feedback::Records;
+use forced::{Forced, ForcedResults};
+use media::StoredFile;
 use script::{Script, Sender};
 use state::{Sharded, Stage, User};
 use stats::Counters;
@@ -102,6 +110,14 @@ pub(crate) struct Inner {
     counters: Counters,
     /// Source of `callId`s.
     seq: AtomicU64,
+    /// ccmessaging-token → userId, for the endpoints whose body names no user.
+    cc_index: Sharded<String>,
+    /// objectKey / fileId → file (uploaded, or sent by an agent).
+    files: Sharded<Option<StoredFile>>,
+    /// Forced result codes.
+    forced: ForcedResults,
+    /// Satisfactions, leave-messages and robot feedbacks accepted.
+    records: Records,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -124,6 +140,10 @@ impl Simulator {
                 faults: Faults::default(),
                 counters,
                 seq: AtomicU64::new(1),
+                cc_index: Sharded::new(SHARDS),
+                files: Sharded::new(SHARDS),
+                forced: ForcedResults::default(),
+                records: Records::default(),
             }),
         }
     }
@@ -136,6 +156,9 @@ impl Simulator {
     /// The CEC API and the `/sim/` control API.
     pub fn router(&self) -> Router {
         cec::routes()
+            .merge(feedback::routes())
+            .merge(media::routes(&self.inner.cfg))
+            .merge(calls::routes())
             .merge(control::routes())
             .with_state(self.clone())
     }
@@ -244,6 +267,72 @@ impl Simulator {
         self.inner.counters.poll_log()
     }
 
+    /// Makes the next `times` answers of `endpoint` (every endpoint for [`Endpoint::Any`]) HTTP
+    /// 200 `{"resultCode":result_code,"resultDesc":result_desc}`, without processing the calls:
+    /// so that every documented result code can be provoked. Served after faults and before any
+    /// check; forced results of one endpoint are served in the order they were set.
+    pub fn force_result(
+        &self,
+        endpoint: Endpoint,
+        result_code: &str,
+        result_desc: &str,
+        times: u32,
+    ) {
+        self.inner.forced.add(Forced {
+            endpoint,
+            result_code: result_code.to_owned(),
+            result_desc: result_desc.to_owned(),
+            times,
+        });
+    }
+
+    /// An agent sends the user a file: stores `bytes` under a new fileId (returned, and
+    /// downloadable with downloadFileStream) and queues an AGENT CHAT message whose `content` is
+    /// that fileId and `mediaType` is `media_type` (IMAGE, AUDIO or VIDEO, as the document has it).
+    pub fn agent_send_file(
+        &self,
+        user_id: &str,
+        media_type: &str,
+        file_type: &str,
+        bytes: Vec<u8>,
+    ) -> String {
+        let file_id = media::store(self, bytes);
+        tracing::debug!(user_id, media_type, file_type, %file_id, "Simulated agent sends a file.");
+        let script = self.script();
+        self.inner.users.with(user_id, |u| {
+            let now = Instant::now();
+            u.advance(now, user_id, &script);
+            let call_id = u.call_id(&script);
+            let mut msg = script.message(user_id, &call_id, Sender::Agent, "CHAT", &file_id, now);
+            msg.media_type = Some(media_type.to_owned());
+            u.outbox.push_back(msg);
+        });
+        file_id
+    }
+
+    /// The satisfactions saveSatisfaction accepted, oldest first.
+    pub fn satisfactions(&self) -> Vec<Satisfaction> {
+        lock(&self.inner.records.satisfactions).clone()
+    }
+
+    /// The leave-messages doLeaveMessage accepted, oldest first.
+    pub fn leave_messages(&self) -> Vec<LeaveMessage> {
+        lock(&self.inner.records.leave_messages).clone()
+    }
+
+    /// The robot feedbacks v1/robot/feedbacksatisfaction accepted, oldest first.
+    pub fn robot_feedbacks(&self) -> Vec<RobotFeedback> {
+        lock(&self.inner.records.robot_feedbacks).clone()
+    }
+
+    /// The bytes of an uploaded file (or of one an agent sent), by objectKey / fileId.
+    pub fn uploaded(&self, object_key: &str) -> Option<Vec<u8>> {
+        self.inner
+            .files
+            .with_existing(object_key, |f| f.as_ref().map(|f| f.bytes.clone()))
+            .flatten()
+    }
+
     fn script(&self) -> Script<'_> {
         Script::new(&self.inner.cfg, &self.inner.seq)
     }
@@ -256,7 +345,10 @@ impl Simulator {
         let counters = &self.inner.counters;
         counters.call(ep);
         let response = match self.inner.faults.take(ep) {
-            None => handle(self),
+            None => match self.inner.forced.take(ep) {
+                Some(forced) => forced.response(),
+                None => handle(self),
+            },
             Some(fault) => {
                 counters.fault(ep);
                 if fault.is_delay_only() {
