@@ -17,17 +17,53 @@
 //!   document describes; poll drains the messages produced, in order, each with a unique
 //!   `messageCode`.
 //!
+//! - The other web-channel endpoints (doc §6, §8–17), each checking the headers its table requires
+//!   (`ccmessaging-token` + `x-app-key` + `Authorization`, except: queryPhraseByKeyword and
+//!   createClickToCall check `x-app-key`/`Authorization` only when sent; v1/mobileagent/createcall
+//!   needs only `X-APP-Key` + `Authorization`). The user is the one the ccmessaging-token was
+//!   applied for; a body naming another user (`userId`, `from`) is refused with 401.
+//!   - saveSatisfaction: 0 "Save satisfaction success!"; 13 "The callIdString obtained failed!"
+//!     when the user never had a session; 13 "Save satisfaction failed" for an evaluation outside
+//!     "1"–"5", a comment of 512 characters or more, another channel or channelConfigId.
+//!   - uploadFileStream / downloadFileStream: files in memory by objectKey (a UUID), types jpg,
+//!     png, bmp (and the document's "bpm"), mp3, aac, mp4, txt, csv; up to
+//!     [`SimConfig::max_file_bytes`]; every documented code (upload 2, 3, 13; download "401", 2,
+//!     13). Base64 with line breaks is accepted.
+//!   - queryPhraseByKeyword: [`SimConfig::phrases`] containing `strContent` (case-insensitive),
+//!     as `{"question":[…],"resultCode":"0"}` — the sample's `question`, not table 10-2's
+//!     `phrases`; 1 "request is no exist" / "locale is error" / "Robot is no exist".
+//!   - click-to-call: create (0, 7 [`SimConfig::click_to_call`] off, 12 agents unavailable, 13 bad
+//!     request or a call already up), events (one per GET, in order: 168101 "Call connected",
+//!     then 168102 "Call released" after a drop), support, drop (13 without a call).
+//!   - doLeaveMessage: 0 "Save leaveMessage success!", 2 "Param is null", 3 for a non-WEB channel
+//!     or a field that is not a string.
+//!   - v1/mobileagent/createcall: `resultData` {callSerialNo, sipServiceAddress, accesscode};
+//!     "3001000003" for `called` empty or over 32 characters, `callData` over 1024,
+//!     `callerPresent` over 32; "3001000001" when [`SimConfig::mobile_agent`] is off.
+//!   - v1/robot/feedbacksatisfaction: `feedback` 1|0 (number or string), 0 needs
+//!     `feedbackContent` ("30000000008"), which may be at most 64 bytes; a body out of the
+//!     table's types is answered 400.
+//! - Every documented result code can be provoked with [`Simulator::force_result`].
+//!
 //! Behaviours the document leaves open, as built: a CONNECT during a live session answers success
 //! and changes nothing; a DISCONNECT while queued leaves the queue and answers 11 "Queuing..." (the
 //! document lists that code for it); READ always answers 0; CONNECT straight to an agent answers
 //! 0 "成功" (the document's wording); a send the contact center refused (2, 3, 11, 12, 13 without
-//! offlineMsg) is not accepted, so a retry of its `messageId` is evaluated anew.
+//! offlineMsg) is not accepted, so a retry of its `messageId` is evaluated anew. The samples of
+//! saveSatisfaction and uploadFileStream answer `returnCode`, their tables `resultCode`: the
+//! simulator answers `resultCode`. createClickToCall answers resultDesc "null" as its sample
+//! does. A download's `channel` other than WEB is answered 2 like a missing one, and a stored
+//! file is served whatever documented `fileType` is asked for. Files are never evicted.
 //!
 //! # Control
 //! The same operations in process ([`Simulator`]'s methods) and over HTTP under `/sim/` (no auth):
 //! `POST|DELETE|GET /sim/faults`, `POST /sim/cec/agent/say`, `POST /sim/cec/agent/disconnect`,
+//! `POST /sim/cec/agent/file`, `POST /sim/cec/force-result`,
 //! `POST /sim/cec/duplicate-next-poll`, `POST /sim/cec/expire-tokens`,
 //! `GET /sim/cec/received?userId=`, `GET /sim/stats`, `GET /sim/cec/poll-log`.
+//! Satisfactions, leave-messages, robot feedbacks and files are read in process only
+//! ([`Simulator::satisfactions`], [`Simulator::leave_messages`], [`Simulator::robot_feedbacks`],
+//! [`Simulator::uploaded`]).
 //!
 //! Faults ([`Fault`]) are served before a call is processed. A fault that only delays (no status,
 //! normal body) is different: the call is processed once the delay has passed even if the client
@@ -41,7 +77,9 @@
 //!
 //! # Layout
 //! - [`config`], with [`SimConfig`].
-//! - `cec`, the CEC routes; `send`, the send endpoint's rules; `auth`, the credentials.
+//! - `cec`, the CEC routes of the conversation; `send`, the send endpoint's rules; `auth`, the
+//!   credentials; `media`, files; `feedback`, satisfaction, leave-messages, robot feedback and
+//!   phrases; `calls`, click-to-call and the mobile agent's call; `forced`, forced result codes.
 //! - `state`, users, sessions, tokens; `script`, what the robot, agent and system say.
 //! - [`faults`], [`stats`], `control`, for fault injection, counters and poll log, the `/sim/` API.
 
