@@ -300,6 +300,14 @@ async fn query_phrase_by_keyword_answers_1_when_it_cannot_look_up() {
         .post(
             PHRASE,
             Some(&t),
+            json!({ "strContent": "网格", "locale": "zh", "channel": "APP" }),
+        )
+        .await;
+    assert_eq!(a.value(), expect("request is no exist"));
+    let a = c
+        .post(
+            PHRASE,
+            Some(&t),
             json!({ "strContent": "网格", "channel": "WEB" }),
         )
         .await;
