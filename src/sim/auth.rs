@@ -11,8 +11,8 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::Serialize;
 
-use super::Inner;
 use super::state::{CcToken, Sharded, User};
+use super::{Inner, Simulator};
 
 /// The response header that carries a renewed ccmessaging-token (and the request header that
 /// carries the current one).
@@ -151,6 +151,7 @@ pub(crate) fn check_access(inner: &Inner, headers: &HeaderMap) -> Result<(), Den
 pub(crate) fn check_cc_token(
     inner: &Inner,
     user: &mut User,
+    user_id: &str,
     headers: &HeaderMap,
     now: Instant,
 ) -> Result<Option<String>, Denied> {
@@ -171,10 +172,11 @@ pub(crate) fn check_cc_token(
         ));
     }
     let value = random_token();
-    user.token = Some(CcToken {
+    let old = user.token.replace(CcToken {
         value: value.clone(),
         expires_at: now + inner.cfg.cc_token_ttl,
     });
+    index_cc_token(inner, user_id, old.as_ref(), &value);
     inner
         .counters
         .cc_tokens_renewed
@@ -188,4 +190,88 @@ pub(crate) fn no_cc_token() -> Denied {
         CC_TOKEN_HEADER,
         "ccmessaging-token is missing or is not the current token applied for this user",
     )
+}
+
+/// Records that `token` is now `user_id`'s ccmessaging-token (in place of `old`), so endpoints
+/// whose body names no user can find it. Called with the user's shard locked: the index is always
+/// locked after the users, never before.
+pub(crate) fn index_cc_token(inner: &Inner, user_id: &str, old: Option<&CcToken>, token: &str) {
+    if let Some(old) = old {
+        inner
+            .cc_index
+            .with_shard(&old.value, |m| m.remove(&old.value));
+    }
+    inner
+        .cc_index
+        .with_shard(token, |m| m.insert(token.to_owned(), user_id.to_owned()));
+}
+
+/// Which credentials an endpoint's header table requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Needs {
+    /// `ccmessaging-token`, `x-app-key` and `Authorization`.
+    All,
+    /// `ccmessaging-token`; `x-app-key` and `Authorization` are optional but checked when sent.
+    CcToken,
+}
+
+/// Checks the credentials of a call made for the user the ccmessaging-token was applied for
+/// (`named`, when the body names one, must be that user), then runs `f` on that user under its
+/// shard lock. Returns `f`'s result, the user's id and a renewed token for the response header.
+///
+/// # Errors
+/// The 401 of the failed check.
+pub(crate) fn session<R>(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    needs: Needs,
+    named: Option<&str>,
+    f: impl FnOnce(&mut User, &str) -> R,
+) -> Result<(R, Option<String>), Denied> {
+    let inner = &sim.inner;
+    let sent_access =
+        headers.contains_key("x-app-key") || headers.contains_key(header::AUTHORIZATION);
+    if needs == Needs::All || sent_access {
+        check_access(inner, headers)?;
+    }
+    let presented = header_str(headers, CC_TOKEN_HEADER).ok_or_else(no_cc_token)?;
+    let user_id = inner
+        .cc_index
+        .with_existing(presented, |u| u.clone())
+        .ok_or_else(no_cc_token)?;
+    if named.is_some_and(|n| n != user_id) {
+        return Err(no_cc_token());
+    }
+    let script = sim.script();
+    let now = Instant::now();
+    inner
+        .users
+        .with_existing(&user_id, |u| {
+            u.advance(now, &user_id, &script);
+            let renewed = check_cc_token(inner, u, &user_id, headers, now)?;
+            Ok((f(u, &user_id), renewed))
+        })
+        .unwrap_or_else(|| Err(no_cc_token()))
+}
+
+/// The `{"resultCode","resultDesc"}` answer most endpoints give.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CodeDesc {
+    pub(crate) result_code: String,
+    pub(crate) result_desc: String,
+}
+
+impl CodeDesc {
+    pub(crate) fn new(code: &str, desc: &str) -> Self {
+        CodeDesc {
+            result_code: code.to_owned(),
+            result_desc: desc.to_owned(),
+        }
+    }
+}
+
+/// A 200 `{"resultCode","resultDesc"}` answer (with a renewed token, if any).
+pub(crate) fn code_desc(code: &str, desc: &str, renewed: Option<String>) -> Response {
+    json_renewed(&CodeDesc::new(code, desc), renewed)
 }

@@ -101,10 +101,11 @@ async fn apply_token(State(sim): State<Simulator>, headers: HeaderMap, body: Byt
         let token = auth::random_token();
         let expires_at = Instant::now() + inner.cfg.cc_token_ttl;
         inner.users.with(&req.user_id, |u| {
-            u.token = Some(CcToken {
+            let old = u.token.replace(CcToken {
                 value: token.clone(),
                 expires_at,
             });
+            auth::index_cc_token(inner, &req.user_id, old.as_ref(), &token);
         });
         inner
             .counters
@@ -163,7 +164,7 @@ async fn poll(
             .users
             .with_existing(&user_id, |u| -> Result<_, Denied> {
                 u.advance(now, &user_id, &script);
-                let renewed = check_cc_token(inner, u, &headers, now)?;
+                let renewed = check_cc_token(inner, u, &user_id, &headers, now)?;
                 let duplicate = std::mem::take(&mut u.duplicate_next);
                 let mut messages = if duplicate {
                     u.last_answer.clone()
@@ -262,7 +263,7 @@ async fn query_queue_info(
             .users
             .with_existing(&req.user_id, |u| -> Result<_, Denied> {
                 u.advance(now, &req.user_id, &script);
-                let renewed = check_cc_token(inner, u, &headers, now)?;
+                let renewed = check_cc_token(inner, u, &req.user_id, &headers, now)?;
                 let stage = u.session.as_ref().map(|s| s.stage);
                 let info = match stage {
                     Some(Stage::Queued { since, ahead }) if !wrong_channel => {

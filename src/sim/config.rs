@@ -54,6 +54,20 @@ pub struct SimConfig {
     pub system_nickname: String,
     /// How many non-empty poll answers the poll log keeps (oldest dropped first); 0 ⇒ none.
     pub poll_log_capacity: usize,
+    /// Largest file uploadFileStream accepts, decoded; a larger one answers 3.
+    pub max_file_bytes: usize,
+    /// The common phrases queryPhraseByKeyword suggests: those containing `strContent`.
+    pub phrases: Vec<String>,
+    /// Whether the channel supports click-to-call (and WebRTC): `false` ⇒ createClickToCall
+    /// answers 7 and checkClickToCallSupport answers `false`.
+    pub click_to_call: bool,
+    /// Whether the tenant has the mobile-agent feature: `false` ⇒ v1/mobileagent/createcall
+    /// answers "3001000001".
+    pub mobile_agent: bool,
+    /// `sipServiceAddress` of mobile-agent calls (ip:port).
+    pub sip_service_address: String,
+    /// The access code of click-to-call and mobile-agent calls.
+    pub access_code: String,
 }
 
 impl Default for SimConfig {
@@ -78,6 +92,20 @@ impl Default for SimConfig {
             agent_greeting: "您好，很高兴为您服务。".into(),
             system_nickname: "系统".into(),
             poll_log_capacity: 1_000_000,
+            max_file_bytes: 10 * 1024 * 1024,
+            phrases: [
+                "网格版APP在哪里下载",
+                "网格版APP怎么登录?",
+                "网格版APP支持什么手机版本",
+                "How do I reset my password?",
+                "Where can I download the app?",
+            ]
+            .map(String::from)
+            .to_vec(),
+            click_to_call: true,
+            mobile_agent: true,
+            sip_service_address: "127.0.0.1:5063".into(),
+            access_code: "179080000537636".into(),
         }
     }
 }
@@ -96,6 +124,9 @@ impl std::fmt::Debug for SimConfig {
             .field("queue_step", &self.queue_step)
             .field("offline_mode", &self.offline_mode)
             .field("send_rate_limit", &self.send_rate_limit)
+            .field("max_file_bytes", &self.max_file_bytes)
+            .field("click_to_call", &self.click_to_call)
+            .field("mobile_agent", &self.mobile_agent)
             .finish_non_exhaustive()
     }
 }

@@ -8,9 +8,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
 use super::Simulator;
 use super::auth::{bad_request, json};
 use super::faults::Fault;
+use super::forced::Forced;
+use super::media::FILE_TYPES;
 
 /// The control routes.
 pub(crate) fn routes() -> Router<Simulator> {
@@ -26,6 +31,38 @@ pub(crate) fn routes() -> Router<Simulator> {
         .route("/sim/cec/received", get(received))
         .route("/sim/stats", get(stats))
         .route("/sim/cec/poll-log", get(poll_log))
+        .route("/sim/cec/agent/file", post(agent_file))
+        .route("/sim/cec/force-result", post(force_result))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AgentFile {
+    user_id: String,
+    media_type: String,
+    file_type: String,
+    /// The file, base64.
+    data: String,
+}
+
+/// Answers `{"fileId":…}`.
+async fn agent_file(State(sim): State<Simulator>, Json(f): Json<AgentFile>) -> Response {
+    if !["IMAGE", "AUDIO", "VIDEO"].contains(&f.media_type.as_str()) {
+        return bad_request("mediaType must be IMAGE, AUDIO or VIDEO");
+    }
+    if !FILE_TYPES.contains(&f.file_type.as_str()) {
+        return bad_request("fileType is not one of the documented file types");
+    }
+    let Ok(bytes) = STANDARD.decode(f.data.as_bytes()) else {
+        return bad_request("data is not base64");
+    };
+    let file_id = sim.agent_send_file(&f.user_id, &f.media_type, &f.file_type, bytes);
+    json(StatusCode::OK, &serde_json::json!({ "fileId": file_id }))
+}
+
+async fn force_result(State(sim): State<Simulator>, Json(f): Json<Forced>) -> StatusCode {
+    sim.force_result(f.endpoint, &f.result_code, &f.result_desc, f.times);
+    StatusCode::NO_CONTENT
 }
 
 async fn inject_fault(State(sim): State<Simulator>, Json(fault): Json<Fault>) -> Response {

@@ -35,6 +35,39 @@ pub enum Endpoint {
     /// `POST /apiaccess/ccmessaging/queryQueueInfo`.
     #[serde(alias = "QueryQueueInfo")]
     QueryQueueInfo,
+    /// `POST /apiaccess/ccmessaging/saveSatisfaction`.
+    #[serde(alias = "SaveSatisfaction")]
+    SaveSatisfaction,
+    /// `POST /apiaccess/ccmessaging/uploadFileStream`.
+    #[serde(alias = "UploadFileStream")]
+    UploadFileStream,
+    /// `POST /apiaccess/ccmessaging/downloadFileStream`.
+    #[serde(alias = "DownloadFileStream")]
+    DownloadFileStream,
+    /// `POST /apiaccess/ccmessaging/queryPhraseByKeyword`.
+    #[serde(alias = "QueryPhraseByKeyword")]
+    QueryPhraseByKeyword,
+    /// `POST /apiaccess/ccmessaging/v1/createClickToCall`.
+    #[serde(alias = "CreateClickToCall")]
+    CreateClickToCall,
+    /// `GET /apiaccess/ccmessaging/v1/getClickToCallEvents`.
+    #[serde(alias = "GetClickToCallEvents")]
+    GetClickToCallEvents,
+    /// `GET /apiaccess/ccmessaging/v1/checkClickToCallSupport`.
+    #[serde(alias = "CheckClickToCallSupport")]
+    CheckClickToCallSupport,
+    /// `POST /apiaccess/ccmessaging/v1/dropClickToCall`.
+    #[serde(alias = "DropClickToCall")]
+    DropClickToCall,
+    /// `POST /apiaccess/ccmessaging/doLeaveMessage`.
+    #[serde(alias = "DoLeaveMessage")]
+    DoLeaveMessage,
+    /// `POST /apiaccess/ccmessaging/v1/mobileagent/createcall`.
+    #[serde(alias = "MobileAgentCreateCall")]
+    MobileAgentCreateCall,
+    /// `POST /apiaccess/ccmessaging/v1/robot/feedbacksatisfaction`.
+    #[serde(alias = "RobotFeedback")]
+    RobotFeedback,
     /// Every endpoint above (faults only; never counted in statistics).
     #[serde(alias = "Any")]
     Any,
@@ -42,12 +75,23 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// The endpoints that are counted in statistics, in index order.
-    pub const COUNTED: [Endpoint; 5] = [
+    pub const COUNTED: [Endpoint; 16] = [
         Endpoint::TokenByAkSk,
         Endpoint::ApplyToken,
         Endpoint::Send,
         Endpoint::Poll,
         Endpoint::QueryQueueInfo,
+        Endpoint::SaveSatisfaction,
+        Endpoint::UploadFileStream,
+        Endpoint::DownloadFileStream,
+        Endpoint::QueryPhraseByKeyword,
+        Endpoint::CreateClickToCall,
+        Endpoint::GetClickToCallEvents,
+        Endpoint::CheckClickToCallSupport,
+        Endpoint::DropClickToCall,
+        Endpoint::DoLeaveMessage,
+        Endpoint::MobileAgentCreateCall,
+        Endpoint::RobotFeedback,
     ];
 
     /// Index into [`Endpoint::COUNTED`]; `None` for [`Endpoint::Any`].
@@ -55,7 +99,7 @@ impl Endpoint {
         Endpoint::COUNTED.iter().position(|e| *e == self)
     }
 
-    fn matches(self, called: Endpoint) -> bool {
+    pub(crate) fn matches(self, called: Endpoint) -> bool {
         self == Endpoint::Any || self == called
     }
 
@@ -67,9 +111,7 @@ impl Endpoint {
             Endpoint::Poll => {
                 r#"{"resultCode":"0","resultDesc":"query user messages success.","downlinkMessages":[{"from":"10115"#
             }
-            Endpoint::Send | Endpoint::QueryQueueInfo | Endpoint::Any => {
-                r#"{"resultCode":"0","resultDe"#
-            }
+            _ => r#"{"resultCode":"0","resultDe"#,
         }
     }
 }

@@ -17,17 +17,53 @@
 //!   document describes; poll drains the messages produced, in order, each with a unique
 //!   `messageCode`.
 //!
+//! - The other web-channel endpoints (doc §6, §8–17), each checking the headers its table requires
+//!   (`ccmessaging-token` + `x-app-key` + `Authorization`, except: queryPhraseByKeyword and
+//!   createClickToCall check `x-app-key`/`Authorization` only when sent; v1/mobileagent/createcall
+//!   needs only `X-APP-Key` + `Authorization`). The user is the one the ccmessaging-token was
+//!   applied for; a body naming another user (`userId`, `from`) is refused with 401.
+//!   - saveSatisfaction: 0 "Save satisfaction success!"; 13 "The callIdString obtained failed!"
+//!     when the user never had a session; 13 "Save satisfaction failed" for an evaluation outside
+//!     "1"–"5", a comment of 512 characters or more, another channel or channelConfigId.
+//!   - uploadFileStream / downloadFileStream: files in memory by objectKey (a UUID), types jpg,
+//!     png, bmp (and the document's "bpm"), mp3, aac, mp4, txt, csv; up to
+//!     [`SimConfig::max_file_bytes`]; every documented code (upload 2, 3, 13; download "401", 2,
+//!     13). Base64 with line breaks is accepted.
+//!   - queryPhraseByKeyword: [`SimConfig::phrases`] containing `strContent` (case-insensitive),
+//!     as `{"question":[…],"resultCode":"0"}` — the sample's `question`, not table 10-2's
+//!     `phrases`; 1 "request is no exist" / "locale is error" / "Robot is no exist".
+//!   - click-to-call: create (0, 7 [`SimConfig::click_to_call`] off, 12 agents unavailable, 13 bad
+//!     request or a call already up), events (one per GET, in order: 168101 "Call connected",
+//!     then 168102 "Call released" after a drop), support, drop (13 without a call).
+//!   - doLeaveMessage: 0 "Save leaveMessage success!", 2 "Param is null", 3 for a non-WEB channel
+//!     or a field that is not a string.
+//!   - v1/mobileagent/createcall: `resultData` {callSerialNo, sipServiceAddress, accesscode};
+//!     "3001000003" for `called` empty or over 32 characters, `callData` over 1024,
+//!     `callerPresent` over 32; "3001000001" when [`SimConfig::mobile_agent`] is off.
+//!   - v1/robot/feedbacksatisfaction: `feedback` 1|0 (number or string), 0 needs
+//!     `feedbackContent` ("30000000008"), which may be at most 64 bytes; a body out of the
+//!     table's types is answered 400.
+//! - Every documented result code can be provoked with [`Simulator::force_result`].
+//!
 //! Behaviours the document leaves open, as built: a CONNECT during a live session answers success
 //! and changes nothing; a DISCONNECT while queued leaves the queue and answers 11 "Queuing..." (the
 //! document lists that code for it); READ always answers 0; CONNECT straight to an agent answers
 //! 0 "成功" (the document's wording); a send the contact center refused (2, 3, 11, 12, 13 without
-//! offlineMsg) is not accepted, so a retry of its `messageId` is evaluated anew.
+//! offlineMsg) is not accepted, so a retry of its `messageId` is evaluated anew. The samples of
+//! saveSatisfaction and uploadFileStream answer `returnCode`, their tables `resultCode`: the
+//! simulator answers `resultCode`. createClickToCall answers resultDesc "null" as its sample
+//! does. A download's `channel` other than WEB is answered 2 like a missing one, and a stored
+//! file is served whatever documented `fileType` is asked for. Files are never evicted.
 //!
 //! # Control
 //! The same operations in process ([`Simulator`]'s methods) and over HTTP under `/sim/` (no auth):
 //! `POST|DELETE|GET /sim/faults`, `POST /sim/cec/agent/say`, `POST /sim/cec/agent/disconnect`,
+//! `POST /sim/cec/agent/file`, `POST /sim/cec/force-result`,
 //! `POST /sim/cec/duplicate-next-poll`, `POST /sim/cec/expire-tokens`,
 //! `GET /sim/cec/received?userId=`, `GET /sim/stats`, `GET /sim/cec/poll-log`.
+//! Satisfactions, leave-messages, robot feedbacks and files are read in process only
+//! ([`Simulator::satisfactions`], [`Simulator::leave_messages`], [`Simulator::robot_feedbacks`],
+//! [`Simulator::uploaded`]).
 //!
 //! Faults ([`Fault`]) are served before a call is processed. A fault that only delays (no status,
 //! normal body) is different: the call is processed once the delay has passed even if the client
@@ -41,15 +77,21 @@
 //!
 //! # Layout
 //! - [`config`], with [`SimConfig`].
-//! - `cec`, the CEC routes; `send`, the send endpoint's rules; `auth`, the credentials.
+//! - `cec`, the CEC routes of the conversation; `send`, the send endpoint's rules; `auth`, the
+//!   credentials; `media`, files; `feedback`, satisfaction, leave-messages, robot feedback and
+//!   phrases; `calls`, click-to-call and the mobile agent's call; `forced`, forced result codes.
 //! - `state`, users, sessions, tokens; `script`, what the robot, agent and system say.
 //! - [`faults`], [`stats`], `control`, for fault injection, counters and poll log, the `/sim/` API.
 
 mod auth;
+mod calls;
 mod cec;
 pub mod config;
 mod control;
 pub mod faults;
+mod feedback;
+mod forced;
+mod media;
 mod script;
 mod send;
 mod state;
@@ -71,10 +113,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::SimConfig;
 pub use faults::{Endpoint, Fault, FaultBody};
+pub use feedback::{LeaveMessage, RobotFeedback, Satisfaction};
 pub use state::ReceivedSend;
 pub use stats::{EndpointStats, PollAnswer, SimStats};
 
-use faults::Faults;
+use faults::{Faults, lock};
+use feedback::Records;
+use forced::{Forced, ForcedResults};
+use media::StoredFile;
 use script::{Script, Sender};
 use state::{Sharded, Stage, User};
 use stats::Counters;
@@ -102,6 +148,14 @@ pub(crate) struct Inner {
     counters: Counters,
     /// Source of `callId`s.
     seq: AtomicU64,
+    /// ccmessaging-token → userId, for the endpoints whose body names no user.
+    cc_index: Sharded<String>,
+    /// objectKey / fileId → file (uploaded, or sent by an agent).
+    files: Sharded<Option<StoredFile>>,
+    /// Forced result codes.
+    forced: ForcedResults,
+    /// Satisfactions, leave-messages and robot feedbacks accepted.
+    records: Records,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -124,6 +178,10 @@ impl Simulator {
                 faults: Faults::default(),
                 counters,
                 seq: AtomicU64::new(1),
+                cc_index: Sharded::new(SHARDS),
+                files: Sharded::new(SHARDS),
+                forced: ForcedResults::default(),
+                records: Records::default(),
             }),
         }
     }
@@ -136,6 +194,9 @@ impl Simulator {
     /// The CEC API and the `/sim/` control API.
     pub fn router(&self) -> Router {
         cec::routes()
+            .merge(feedback::routes())
+            .merge(media::routes(&self.inner.cfg))
+            .merge(calls::routes())
             .merge(control::routes())
             .with_state(self.clone())
     }
@@ -244,6 +305,72 @@ impl Simulator {
         self.inner.counters.poll_log()
     }
 
+    /// Makes the next `times` answers of `endpoint` (every endpoint for [`Endpoint::Any`]) HTTP
+    /// 200 `{"resultCode":result_code,"resultDesc":result_desc}`, without processing the calls:
+    /// so that every documented result code can be provoked. Served after faults and before any
+    /// check; forced results of one endpoint are served in the order they were set.
+    pub fn force_result(
+        &self,
+        endpoint: Endpoint,
+        result_code: &str,
+        result_desc: &str,
+        times: u32,
+    ) {
+        self.inner.forced.add(Forced {
+            endpoint,
+            result_code: result_code.to_owned(),
+            result_desc: result_desc.to_owned(),
+            times,
+        });
+    }
+
+    /// An agent sends the user a file: stores `bytes` under a new fileId (returned, and
+    /// downloadable with downloadFileStream) and queues an AGENT CHAT message whose `content` is
+    /// that fileId and `mediaType` is `media_type` (IMAGE, AUDIO or VIDEO, as the document has it).
+    pub fn agent_send_file(
+        &self,
+        user_id: &str,
+        media_type: &str,
+        file_type: &str,
+        bytes: Vec<u8>,
+    ) -> String {
+        let file_id = media::store(self, bytes);
+        tracing::debug!(user_id, media_type, file_type, %file_id, "Simulated agent sends a file.");
+        let script = self.script();
+        self.inner.users.with(user_id, |u| {
+            let now = Instant::now();
+            u.advance(now, user_id, &script);
+            let call_id = u.call_id(&script);
+            let mut msg = script.message(user_id, &call_id, Sender::Agent, "CHAT", &file_id, now);
+            msg.media_type = Some(media_type.to_owned());
+            u.outbox.push_back(msg);
+        });
+        file_id
+    }
+
+    /// The satisfactions saveSatisfaction accepted, oldest first.
+    pub fn satisfactions(&self) -> Vec<Satisfaction> {
+        lock(&self.inner.records.satisfactions).clone()
+    }
+
+    /// The leave-messages doLeaveMessage accepted, oldest first.
+    pub fn leave_messages(&self) -> Vec<LeaveMessage> {
+        lock(&self.inner.records.leave_messages).clone()
+    }
+
+    /// The robot feedbacks v1/robot/feedbacksatisfaction accepted, oldest first.
+    pub fn robot_feedbacks(&self) -> Vec<RobotFeedback> {
+        lock(&self.inner.records.robot_feedbacks).clone()
+    }
+
+    /// The bytes of an uploaded file (or of one an agent sent), by objectKey / fileId.
+    pub fn uploaded(&self, object_key: &str) -> Option<Vec<u8>> {
+        self.inner
+            .files
+            .with_existing(object_key, |f| f.as_ref().map(|f| f.bytes.clone()))
+            .flatten()
+    }
+
     fn script(&self) -> Script<'_> {
         Script::new(&self.inner.cfg, &self.inner.seq)
     }
@@ -256,7 +383,10 @@ impl Simulator {
         let counters = &self.inner.counters;
         counters.call(ep);
         let response = match self.inner.faults.take(ep) {
-            None => handle(self),
+            None => match self.inner.forced.take(ep) {
+                Some(forced) => forced.response(),
+                None => handle(self),
+            },
             Some(fault) => {
                 counters.fault(ep);
                 if fault.is_delay_only() {

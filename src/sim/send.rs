@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::auth::{self, Denied, bad_request, check_access, check_cc_token, json_renewed};
 use super::script::{Script, Sender, agent_reply, robot_reply};
-use super::state::{ReceivedSend, Session, Stage, User};
+use super::state::{ReceivedSend, Stage, User};
 use super::{SimConfig, Simulator};
 use crate::cec::wire::{
     CHANNEL_WEB, OfflineMsg, SOURCE_CUSTOMER, SendRequest, SendResponse, limits, result_code,
@@ -42,7 +42,7 @@ pub(crate) fn handle(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Respo
     let now = Instant::now();
     let answered = inner.users.with_existing(&from, |u| -> Result<_, Denied> {
         u.advance(now, &from, &script);
-        let renewed = check_cc_token(inner, u, headers, now)?;
+        let renewed = check_cc_token(inner, u, &from, headers, now)?;
         let answer = match parsed {
             None => answer(result_code::PARAM_NULL, "Param is null"),
             Some(req) => accept(sim, u, &from, req, now),
@@ -224,11 +224,7 @@ fn dispatch(
             refused(result_code::QUEUING, QUEUING)
         }
         ("CONNECT", None) if cfg.robot => {
-            u.session = Some(Session {
-                call_id: script.call_id(),
-                stage: Stage::Robot,
-                inter_idx: 0,
-            });
+            u.start_session(script.call_id());
             u.robot_says(user_id, script, &cfg.robot_welcome);
             ok("connect to robot successfully.")
         }
@@ -236,11 +232,7 @@ fn dispatch(
             refused(result_code::OUT_OF_WORKING_HOURS, WORKING_HOURS)
         }
         ("CONNECT", None) => {
-            u.session = Some(Session {
-                call_id: script.call_id(),
-                stage: Stage::Robot,
-                inter_idx: 0,
-            });
+            u.start_session(script.call_id());
             if to_agent(script, u, user_id, now) {
                 (answer(result_code::QUEUING, QUEUING), true)
             } else {

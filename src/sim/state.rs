@@ -128,9 +128,42 @@ pub(crate) struct User {
     pub(crate) accepted_ids: HashMap<String, usize>,
     /// Start of the current one-second rate window and the sends counted in it.
     pub(crate) rate_window: Option<(Instant, u32)>,
+    /// The `callId` of the latest session, live or ended: saveSatisfaction needs one.
+    pub(crate) last_call_id: Option<String>,
+    /// The click-to-call in progress, if any.
+    pub(crate) click_call: Option<ClickCall>,
+    /// Click-to-call events not yet fetched by getClickToCallEvents, oldest first.
+    pub(crate) call_events: VecDeque<CallEvent>,
+}
+
+/// A click-to-call created by createClickToCall and not yet dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClickCall {
+    /// `mediaAbility`: "0" audio, "1" video.
+    pub(crate) media_ability: String,
+}
+
+/// One click-to-call event, as getClickToCallEvents answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallEvent {
+    pub(crate) result_code: String,
+    pub(crate) result_desc: String,
+    pub(crate) event_id: String,
+    pub(crate) content: serde_json::Value,
 }
 
 impl User {
+    /// Starts a robot session with a new `callId`.
+    pub(crate) fn start_session(&mut self, call_id: String) {
+        self.last_call_id = Some(call_id.clone());
+        self.session = Some(Session {
+            call_id,
+            stage: Stage::Robot,
+            inter_idx: 0,
+        });
+    }
+
     /// Applies the time-based transitions due by `now`: a queued session whose position has
     /// fallen to 0 is connected to an agent.
     pub(crate) fn advance(&mut self, now: Instant, user_id: &str, script: &Script<'_>) {

@@ -1,9 +1,13 @@
 //! Tests of the CEC simulator, through its router (`tower::ServiceExt::oneshot`) or a spawned
 //! server and reqwest.
 
+mod calls;
 mod control;
 mod conversation;
 mod faults;
+mod feedback;
+mod forced;
+mod media;
 mod tokens;
 
 use axum::Router;
@@ -128,6 +132,35 @@ impl Client {
             .body(Body::from(body.to_string()))
             .expect("request");
         self.request(req).await
+    }
+
+    /// A GET of `uri` with the client's credentials and `cc_token`.
+    pub async fn get(&self, uri: &str, cc_token: Option<&str>) -> Answer {
+        let req = self
+            .authed("GET", uri, cc_token)
+            .body(Body::empty())
+            .expect("request");
+        self.request(req).await
+    }
+
+    /// A POST of `body` to `path` without any credentials (the control API).
+    pub async fn post_plain(&self, path: &str, body: Value) -> Answer {
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        self.request(req).await
+    }
+
+    /// A token for `user`, connected to the robot (welcome polled); returns the token and the
+    /// session's `callId`.
+    pub async fn connected(&self, user: &str) -> (String, String) {
+        let t = self.apply_token(user).await;
+        let r = self.send_ok(user, &t, "CONNECT", "").await;
+        assert_eq!(r.result_code, "0");
+        let m = self.poll(user, &t).await.downlink_messages;
+        let call_id = m[0].call_id.clone().expect("callId");
+        (t, call_id)
     }
 
     pub async fn apply_token(&self, user: &str) -> String {
