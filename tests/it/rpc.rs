@@ -135,3 +135,92 @@ async fn queue_info_is_answered_by_the_upstream() {
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stateless_operation_works_through_nats() {
+    use base64::Engine as _;
+    let mut t = spawn_app().await;
+    let mut w = t.watch(TENANT, "ops").await;
+    t.up("ops", json!({"controlType": "CONNECT", "messageId": "o1"}))
+        .await;
+    w.until(10, "connected", is_result_for("o1")).await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+
+    // upload then download, byte for byte, for each allowed type
+    for ty in ["jpg", "png", "bmp", "mp3", "aac", "mp4", "txt", "csv"] {
+        let bytes: Vec<u8> = (0..=255u8).chain(ty.bytes()).collect();
+        let body = json!({"userId": "ops", "fileType": ty, "fileStream": b64.encode(&bytes)});
+        let up = rpc(&t, TENANT, "upload", &serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(up["ok"], true, "{ty}: {up}");
+        let key = up["objectKey"].as_str().unwrap();
+        assert_eq!(t.sim.uploaded(key).as_deref(), Some(&bytes[..]));
+        let body = json!({"userId": "ops", "fileType": ty, "fileId": key});
+        let down = rpc(&t, TENANT, "download", &serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(down["ok"], true, "{down}");
+        assert_eq!(
+            b64.decode(down["fileStream"].as_str().unwrap()).unwrap(),
+            bytes
+        );
+    }
+
+    let r = rpc(
+        &t,
+        TENANT,
+        "phrases",
+        br#"{"userId":"ops","strContent":"a"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["question"].is_array(), "{r}");
+
+    let r = rpc(&t, TENANT, "clickToCall.support", br#"{"userId":"ops"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["clickToCallSupported"].is_boolean(), "{r}");
+    let r = rpc(
+        &t,
+        TENANT,
+        "clickToCall.create",
+        br#"{"userId":"ops","mediaAbility":"0"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = rpc(&t, TENANT, "clickToCall.events", br#"{"userId":"ops"}"#).await;
+    assert!(r["eventId"].is_string() || r["eventId"].is_number(), "{r}");
+    let r = rpc(&t, TENANT, "clickToCall.drop", br#"{"userId":"ops"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = rpc(&t, TENANT, "clickToCall.drop", br#"{"userId":"ops"}"#).await;
+    assert_eq!(
+        (r["ok"].clone(), r["resultCode"].clone()),
+        (json!(false), json!("13")),
+        "{r}"
+    );
+
+    let r = rpc(
+        &t,
+        TENANT,
+        "mobileAgentCall",
+        br#"{"called":"88884432","callData":"1","callerPresent":"95599"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["resultData"]["accesscode"].is_string(), "{r}");
+
+    // A documented failure code reaches the caller unchanged.
+    t.sim.force_result(
+        ccrelay::sim::Endpoint::MobileAgentCreateCall,
+        "30010019999",
+        "CCM其他异常",
+        1,
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "mobileAgentCall",
+        br#"{"called":"1","callerPresent":"2"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["resultCode"], "30010019999");
+    assert_eq!(r["resultDesc"], "CCM其他异常");
+    t.stop().await;
+}
