@@ -72,6 +72,8 @@ pub(crate) struct Polled {
     pub session: Session,
     /// Consecutive failed polls (for backoff and giving up).
     pub failures: u32,
+    /// While queued: the last queue position published, to publish only changes.
+    pub queue_position: Option<i64>,
 }
 
 /// What a finished poll tells the scheduler.
@@ -132,7 +134,11 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                             let first = interval.mul_f64(rand::rng().random_range(0.0..1.0));
                             let key = queue.insert(id.clone(), first);
                             sessions.insert(id, Entry {
-                                polled: Some(Polled { session: *s, failures: 0 }),
+                                polled: Some(Polled {
+                                    session: *s,
+                                    failures: 0,
+                                    queue_position: None,
+                                }),
                                 key: Some(key),
                                 in_flight: false,
                                 removed: false,

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use super::{Next, Polled};
 use crate::bus::payload::{DownMessage, Event, event_type, new_id};
 use crate::cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, result_code};
+use crate::cec::wire_ops::QueueInfoRequest;
 use crate::outbox::{down_record, event_record, now};
 use crate::relay::Relay;
 use crate::store::{Commit, SessionChange, SessionState, kind};
@@ -129,6 +130,9 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
             }
         }
     }
+    if p.session.state == SessionState::Queued {
+        track_queue(relay, tenant, &mut p).await;
+    }
     let idle = tenant.config().idle_timeout;
     if OffsetDateTime::now_utc() - p.session.last_activity_at > idle {
         return close_idle(relay, p).await;
@@ -210,4 +214,53 @@ async fn close_idle(relay: &Relay, p: Polled) -> Next {
         }
     }
     close(relay, p, "idle", None).await
+}
+
+/// While queued: ask queryQueueInfo and publish `session.queued` when the position changed.
+/// Best effort: a failed query is retried at the next poll.
+async fn track_queue(relay: &Relay, tenant: &crate::relay::Tenant, p: &mut Polled) {
+    let s = &p.session;
+    let req = QueueInfoRequest {
+        user_id: s.user_id.clone(),
+        channel_config_id: s.channel_config_id.clone(),
+        channel: CHANNEL_WEB.to_owned(),
+    };
+    let info = match tenant.client.query_queue_info(&s.user_id, &req).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::debug!(tenant = %s.tenant, user = %s.user_id, error = %e, "queryQueueInfo failed");
+            return;
+        }
+    };
+    // A non-zero code means "no queue information": the agent may have answered already.
+    if info.result_code != result_code::OK
+        || info.position.is_none()
+        || info.position == p.queue_position
+    {
+        return;
+    }
+    let mut ev = Event::new(event_type::SESSION_QUEUED, true)
+        .for_user(&s.tenant, &s.user_id)
+        .result(info.result_code.clone(), info.result_desc.clone())
+        .with("sessionId", s.id.as_str());
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&info) {
+        for (k, v) in fields {
+            if k != "resultCode" && k != "resultDesc" {
+                ev = ev.with(&k, v);
+            }
+        }
+    }
+    let commit = Commit {
+        events: vec![event_record(
+            kind::CEC,
+            relay.subjects.cec_event(&s.tenant, &s.user_id),
+            Some(&s.id),
+            &ev,
+        )],
+        ..Default::default()
+    };
+    match relay.commit(commit).await {
+        Ok(_) => p.queue_position = info.position,
+        Err(e) => tracing::warn!(error = %e, "Could not record the queue position; will retry"),
+    }
 }

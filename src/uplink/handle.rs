@@ -655,6 +655,14 @@ impl<'a> UpCtx<'a> {
         if d == Disposition::Ack
             && let Some(s) = existing
         {
+            if outcome == SendOutcome::Queued && s.state != SessionState::Queued {
+                // The poller keeps its own copy: tell it, so it starts tracking the queue.
+                self.relay.poller.add(Session {
+                    state: SessionState::Queued,
+                    last_activity_at: at,
+                    ..s.clone()
+                });
+            }
             self.relay.poller.touch(&s.id, at);
         }
         d

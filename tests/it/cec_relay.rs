@@ -308,3 +308,57 @@ async fn bad_input_gets_a_clear_error_and_the_relay_keeps_running() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_transfer_reports_a_falling_position_then_the_agent_answers() {
+    let mut t = spawn_app_with(ccrelay::sim::SimConfig {
+        queue_length: 3,
+        queue_step: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await;
+    let user = "quinn";
+    let mut w = t.watch(TENANT, user).await;
+    t.up(user, json!({"controlType": "CONNECT", "messageId": "q1"}))
+        .await;
+    w.until(10, "connected", is_result_for("q1")).await;
+    t.up(
+        user,
+        json!({"controlType": "TRANS2AGENT", "messageId": "q2"}),
+    )
+    .await;
+    let r = w.until(10, "transfer result", is_result_for("q2")).await;
+    assert_eq!(r["resultCode"], "11", "{r}");
+    w.until(15, "agent", |s, v| {
+        s.contains(".down.") && v["sourceType"] == "AGENT"
+    })
+    .await;
+    let positions: Vec<i64> = w
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "session.queued")
+        .filter_map(|e| e["position"].as_i64())
+        .collect();
+    assert!(
+        !positions.is_empty(),
+        "no queue position published: {:#?}",
+        w.events()
+    );
+    assert!(
+        positions.windows(2).all(|p| p[1] < p[0]),
+        "positions must fall: {positions:?}"
+    );
+    let sessions = t
+        .app()
+        .relay()
+        .store
+        .list_sessions(Some(TENANT), None, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions[0].state,
+        ccrelay::store::SessionState::Active,
+        "back to active once the agent answers"
+    );
+    t.stop().await;
+}
