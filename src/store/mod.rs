@@ -12,6 +12,12 @@
 //!   message_id) — the idempotency key — and carry a delivery status. Down rows are de-duplicated
 //!   by (kind, tenant, user, message_code) when the upstream gives a code.
 //! - `events`: every event the relay emitted.
+//! - `satisfactions`: satisfaction results, customer evaluations (`saveSatisfaction`, score
+//!   "1"–"5") and robot feedback (`feedbacksatisfaction`, score "1" or "0"), with the upstream's
+//!   answer.
+//! - `offline_messages`: what the contact center kept for later: a send it answered in offline
+//!   mode (keyed, like up rows, by (kind, tenant, user, message_id): a redelivered one is stored
+//!   once) and leave-messages (`doLeaveMessage`), with the upstream's answer.
 //! - `outbox`: what is still to be published, in commit order. A row is deleted once JetStream
 //!   acknowledged it; so a transcript row is published exactly when no outbox row holds its id.
 //!
@@ -21,8 +27,9 @@
 //! normalised by `jsonb` (same JSON value, whitespace and key order may differ) from PostgreSQL.
 //!
 //! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
-//! records, the events, the touches; its outbox rows follow the inserted downs, then the events.
-//! Transcripts and events read back ordered by `created_at`, ties in insertion order.
+//! records, the events, the satisfactions, the offline messages, the touches; its outbox rows
+//! follow the inserted downs, then the events. Transcripts, events, satisfactions and offline
+//! messages read back ordered by `created_at`, ties in insertion order.
 //!
 //! Bodies must be JSON (both stores refuse anything else; PostgreSQL's `jsonb` also refuses the
 //! escape `\u0000`). A commit that names a session which does not exist (`SetState`, `Close`, a
@@ -352,6 +359,108 @@ pub struct UpOutcome {
     pub result_desc: Option<String>,
 }
 
+/// Who gave a satisfaction result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SatisfactionSource {
+    /// The customer's evaluation (`saveSatisfaction`): score "1" to "5".
+    Customer,
+    /// Feedback on a robot answer (`v1/robot/feedbacksatisfaction`): score "1" (satisfied) or
+    /// "0" (not).
+    Robot,
+}
+
+impl SatisfactionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SatisfactionSource::Customer => "customer",
+            SatisfactionSource::Robot => "robot",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "customer" => Ok(SatisfactionSource::Customer),
+            "robot" => Ok(SatisfactionSource::Robot),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown satisfaction source {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A satisfaction result as stored (table `satisfactions`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SatisfactionRow {
+    /// Relay id (UUIDv7).
+    pub relay_id: String,
+    pub kind: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub source: SatisfactionSource,
+    /// Customer: the evaluation, "1" to "5". Robot: the feedback, "1" or "0".
+    pub score: String,
+    /// Customer: the comment. Robot: `feedbackContent`.
+    pub comment: Option<String>,
+    /// Robot: the `interIdx` the feedback is about.
+    pub inter_idx: Option<String>,
+    /// The upstream's answer.
+    pub result_code: String,
+    pub result_desc: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// How a message came to be kept for later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineSource {
+    /// A send the upstream answered in offline mode (`offlineMsg.isOfflineStatus`).
+    Offline,
+    /// `doLeaveMessage`.
+    LeaveMessage,
+}
+
+impl OfflineSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfflineSource::Offline => "offline",
+            OfflineSource::LeaveMessage => "leave_message",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "offline" => Ok(OfflineSource::Offline),
+            "leave_message" => Ok(OfflineSource::LeaveMessage),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown offline message source {other:?}"
+            ))),
+        }
+    }
+}
+
+/// An offline message or leave-message as stored (table `offline_messages`). A row whose
+/// (kind, tenant, user_id, message_id) is already stored is skipped; rows without a
+/// `message_id` are never de-duplicated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfflineRow {
+    /// Relay id (UUIDv7).
+    pub relay_id: String,
+    pub kind: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub source: OfflineSource,
+    /// Offline: the up message's idempotency key.
+    pub message_id: Option<String>,
+    /// Leave message: the number to call back.
+    pub caller: Option<String>,
+    pub content: String,
+    /// Offline: the upstream's `offlineMsg.tipText`.
+    pub tip_text: Option<String>,
+    /// The upstream's answer.
+    pub result_code: String,
+    pub result_desc: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
 /// Everything one step of work writes, applied in one transaction.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Commit {
@@ -362,6 +471,10 @@ pub struct Commit {
     pub down: Vec<DownRecord>,
     /// Events: events row + outbox row each.
     pub events: Vec<EventRecord>,
+    /// Satisfaction results (customer evaluations, robot feedback).
+    pub satisfactions: Vec<SatisfactionRow>,
+    /// Offline messages and leave-messages; one whose message_id is stored already is skipped.
+    pub offline: Vec<OfflineRow>,
     /// Sessions whose `last_activity_at` moves to the given time.
     pub touch: Vec<(String, OffsetDateTime)>,
 }
@@ -372,6 +485,8 @@ impl Commit {
             && self.up.is_none()
             && self.down.is_empty()
             && self.events.is_empty()
+            && self.satisfactions.is_empty()
+            && self.offline.is_empty()
             && self.touch.is_empty()
     }
 }
@@ -460,6 +575,20 @@ pub trait Store: Send + Sync + 'static {
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>>;
     /// Events of a user, oldest first.
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>>;
+    /// Satisfaction results of a user, oldest first.
+    async fn satisfactions(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<SatisfactionRow>>;
+    /// Offline messages and leave-messages of a user, oldest first.
+    async fn offline_messages(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<OfflineRow>>;
 
     /// Closes the connections, after waiting for those in use to be returned. Every later call
     /// fails with a retryable [`StoreError::Unavailable`].

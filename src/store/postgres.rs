@@ -19,9 +19,10 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OutboxRow, OutboxStats,
-    Result, Session, SessionChange, SessionState, Store, StoreError, UpBegin, classify,
-    from_unix_micros, invalid, unix_micros,
+    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OfflineRow,
+    OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
+    SessionChange, SessionState, Store, StoreError, UpBegin, classify, from_unix_micros, invalid,
+    unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -198,6 +199,38 @@ const INSERT_EVENTS: &str = "WITH input AS ( \
      INSERT INTO outbox (msg_id, subject, payload, created_at) \
      SELECT relay_id, subject, convert_to(body, 'UTF8'), $11 FROM input ORDER BY ord";
 
+/// Inserts the satisfaction rows, in the order given.
+const INSERT_SATISFACTIONS: &str = "INSERT INTO satisfactions (relay_id, kind, tenant, user_id, \
+       session_id, source, score, comment, inter_idx, result_code, result_desc, created_at) \
+     SELECT relay_id, kind, tenant, user_id, session_id, source, score, comment, inter_idx, \
+       result_code, result_desc, created_at \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+       $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[]) \
+       WITH ORDINALITY AS t(relay_id, kind, tenant, user_id, session_id, source, score, comment, \
+       inter_idx, result_code, result_desc, created_at, ord) \
+     ORDER BY ord";
+
+/// Inserts the offline rows in the order given, skipping those whose message_id is known (or
+/// repeated within the batch).
+const INSERT_OFFLINE: &str = "INSERT INTO offline_messages (relay_id, kind, tenant, user_id, \
+       session_id, source, message_id, caller, content, tip_text, result_code, result_desc, \
+       created_at) \
+     SELECT relay_id, kind, tenant, user_id, session_id, source, message_id, caller, content, \
+       tip_text, result_code, result_desc, created_at \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+       $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+       $13::timestamptz[]) \
+       WITH ORDINALITY AS t(relay_id, kind, tenant, user_id, session_id, source, message_id, \
+       caller, content, tip_text, result_code, result_desc, created_at, ord) \
+     ORDER BY ord \
+     ON CONFLICT (kind, tenant, user_id, message_id) WHERE message_id IS NOT NULL DO NOTHING";
+
+const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, score, \
+     comment, inter_idx, result_code, result_desc, created_at";
+
+const OFFLINE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, message_id, \
+     caller, content, tip_text, result_code, result_desc, created_at";
+
 const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
      direction, message_id, message_code, source_type, control_type, media_type, content, body, \
      status, result_code, result_desc, stream_seq, created_at) \
@@ -273,6 +306,41 @@ fn event_from_row(row: &PgRow) -> Result<EventRecord> {
         ok: get(row, "ok")?,
         body: get(row, "body")?,
         subject: get(row, "subject")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn satisfaction_from_row(row: &PgRow) -> Result<SatisfactionRow> {
+    Ok(SatisfactionRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        source: SatisfactionSource::parse(get(row, "source")?)?,
+        score: get(row, "score")?,
+        comment: get(row, "comment")?,
+        inter_idx: get(row, "inter_idx")?,
+        result_code: get(row, "result_code")?,
+        result_desc: get(row, "result_desc")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn offline_from_row(row: &PgRow) -> Result<OfflineRow> {
+    Ok(OfflineRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        source: OfflineSource::parse(get(row, "source")?)?,
+        message_id: get(row, "message_id")?,
+        caller: get(row, "caller")?,
+        content: get(row, "content")?,
+        tip_text: get(row, "tip_text")?,
+        result_code: get(row, "result_code")?,
+        result_desc: get(row, "result_desc")?,
         created_at: ts(row, "created_at")?,
     })
 }
@@ -438,6 +506,47 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             .await
             .map_err(classify)?;
         done.outboxed += commit.events.len();
+    }
+
+    if !commit.satisfactions.is_empty() {
+        let rows = || commit.satisfactions.iter();
+        sqlx::query(INSERT_SATISFACTIONS)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.source.as_str())))
+            .bind(column(rows().map(|r| r.score.as_str())))
+            .bind(column(rows().map(|r| r.comment.as_deref())))
+            .bind(column(rows().map(|r| r.inter_idx.as_deref())))
+            .bind(column(rows().map(|r| r.result_code.as_str())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    }
+
+    if !commit.offline.is_empty() {
+        let rows = || commit.offline.iter();
+        sqlx::query(INSERT_OFFLINE)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.source.as_str())))
+            .bind(column(rows().map(|r| r.message_id.as_deref())))
+            .bind(column(rows().map(|r| r.caller.as_deref())))
+            .bind(column(rows().map(|r| r.content.as_str())))
+            .bind(column(rows().map(|r| r.tip_text.as_deref())))
+            .bind(column(rows().map(|r| r.result_code.as_str())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
     }
 
     if !commit.touch.is_empty() {
@@ -688,6 +797,50 @@ impl Store for PgStore {
         .iter()
         .map(event_from_row)
         .collect()
+    }
+
+    async fn satisfactions(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<SatisfactionRow>> {
+        let sql = format!(
+            "SELECT {SATISFACTION_COLUMNS} FROM satisfactions \
+             WHERE tenant = $2 AND user_id = $3 AND kind = $1 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind)
+            .bind(tenant)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(satisfaction_from_row)
+            .collect()
+    }
+
+    async fn offline_messages(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<OfflineRow>> {
+        let sql = format!(
+            "SELECT {OFFLINE_COLUMNS} FROM offline_messages \
+             WHERE tenant = $2 AND user_id = $3 AND kind = $1 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind)
+            .bind(tenant)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(offline_from_row)
+            .collect()
     }
 
     async fn close(&self) {

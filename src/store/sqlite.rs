@@ -21,9 +21,10 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OutboxRow, OutboxStats,
-    Result, Session, SessionChange, SessionState, Store, StoreError, UpBegin, classify,
-    from_unix_micros, invalid, unix_micros,
+    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OfflineRow,
+    OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
+    SessionChange, SessionState, Store, StoreError, UpBegin, classify, from_unix_micros, invalid,
+    unix_micros,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -34,8 +35,8 @@ const MAX_CONNECTIONS: u32 = 4;
 /// thread, which costs more than SQLite's work for a row; but every row count up to this is a
 /// statement of its own in the cache, so it stays small (see [`STATEMENT_CACHE`]).
 const CHUNK: usize = 32;
-/// Prepared statements kept per connection: the 3 × [`CHUNK`] multi-row INSERTs and the rest.
-const STATEMENT_CACHE: usize = 3 * CHUNK + 64;
+/// Prepared statements kept per connection: the 5 × [`CHUNK`] multi-row INSERTs and the rest.
+const STATEMENT_CACHE: usize = 5 * CHUNK + 64;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
@@ -162,6 +163,33 @@ static INSERT_EVENTS: LazyLock<MultiRow> = LazyLock::new(|| {
     )
 });
 
+static INSERT_SATISFACTIONS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO satisfactions (relay_id, kind, tenant, user_id, session_id, source, score, \
+         comment, inter_idx, result_code, result_desc, created_at)",
+        12,
+        "",
+    )
+});
+
+/// Offline rows; those whose message_id is known (or repeated in the same statement) are
+/// skipped.
+static INSERT_OFFLINE: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO offline_messages (relay_id, kind, tenant, user_id, session_id, source, \
+         message_id, caller, content, tip_text, result_code, result_desc, created_at)",
+        13,
+        "ON CONFLICT (kind, tenant, user_id, message_id) WHERE message_id IS NOT NULL \
+         DO NOTHING",
+    )
+});
+
+const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, score, \
+     comment, inter_idx, result_code, result_desc, created_at";
+
+const OFFLINE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, message_id, \
+     caller, content, tip_text, result_code, result_desc, created_at";
+
 /// Outbox rows; SQLite numbers the rows of one INSERT in the order of its VALUES.
 static INSERT_OUTBOX: LazyLock<MultiRow> = LazyLock::new(|| {
     MultiRow::new(
@@ -264,6 +292,41 @@ fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
         ok: get(row, "ok")?,
         body: get(row, "body")?,
         subject: get(row, "subject")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn satisfaction_from_row(row: &SqliteRow) -> Result<SatisfactionRow> {
+    Ok(SatisfactionRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        source: SatisfactionSource::parse(get(row, "source")?)?,
+        score: get(row, "score")?,
+        comment: get(row, "comment")?,
+        inter_idx: get(row, "inter_idx")?,
+        result_code: get(row, "result_code")?,
+        result_desc: get(row, "result_desc")?,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn offline_from_row(row: &SqliteRow) -> Result<OfflineRow> {
+    Ok(OfflineRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        source: OfflineSource::parse(get(row, "source")?)?,
+        message_id: get(row, "message_id")?,
+        caller: get(row, "caller")?,
+        content: get(row, "content")?,
+        tip_text: get(row, "tip_text")?,
+        result_code: get(row, "result_code")?,
+        result_desc: get(row, "result_desc")?,
         created_at: ts(row, "created_at")?,
     })
 }
@@ -404,6 +467,47 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
     }
     for event in &commit.events {
         outbox.push((&event.relay_id, &event.subject, event.body.as_bytes()));
+    }
+
+    for chunk in commit.satisfactions.chunks(CHUNK) {
+        let mut query = sqlx::query(INSERT_SATISFACTIONS.sql(chunk.len()));
+        for r in chunk {
+            query = query
+                .bind(r.relay_id.clone())
+                .bind(r.kind.clone())
+                .bind(r.tenant.clone())
+                .bind(r.user_id.clone())
+                .bind(r.session_id.clone())
+                .bind(r.source.as_str())
+                .bind(r.score.clone())
+                .bind(r.comment.clone())
+                .bind(r.inter_idx.clone())
+                .bind(r.result_code.clone())
+                .bind(r.result_desc.clone())
+                .bind(unix_micros(r.created_at));
+        }
+        query.execute(&mut *conn).await.map_err(classify)?;
+    }
+
+    for chunk in commit.offline.chunks(CHUNK) {
+        let mut query = sqlx::query(INSERT_OFFLINE.sql(chunk.len()));
+        for r in chunk {
+            query = query
+                .bind(r.relay_id.clone())
+                .bind(r.kind.clone())
+                .bind(r.tenant.clone())
+                .bind(r.user_id.clone())
+                .bind(r.session_id.clone())
+                .bind(r.source.as_str())
+                .bind(r.message_id.clone())
+                .bind(r.caller.clone())
+                .bind(r.content.clone())
+                .bind(r.tip_text.clone())
+                .bind(r.result_code.clone())
+                .bind(r.result_desc.clone())
+                .bind(unix_micros(r.created_at));
+        }
+        query.execute(&mut *conn).await.map_err(classify)?;
     }
 
     for chunk in outbox.chunks(CHUNK) {
@@ -652,6 +756,50 @@ impl Store for SqliteStore {
         .iter()
         .map(event_from_row)
         .collect()
+    }
+
+    async fn satisfactions(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<SatisfactionRow>> {
+        let sql = format!(
+            "SELECT {SATISFACTION_COLUMNS} FROM satisfactions \
+             WHERE tenant = ?2 AND user_id = ?3 AND kind = ?1 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(satisfaction_from_row)
+            .collect()
+    }
+
+    async fn offline_messages(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<OfflineRow>> {
+        let sql = format!(
+            "SELECT {OFFLINE_COLUMNS} FROM offline_messages \
+             WHERE tenant = ?2 AND user_id = ?3 AND kind = ?1 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(offline_from_row)
+            .collect()
     }
 
     async fn close(&self) {

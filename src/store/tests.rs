@@ -182,6 +182,10 @@ contract_tests!(
     concurrent_writers_all_commit,
     concurrent_begin_up_of_one_message_is_new_once,
     a_closed_store_fails_with_retryable_errors,
+    satisfactions_round_trip_per_user_in_order,
+    offline_messages_round_trip_per_user_in_order,
+    a_failing_commit_keeps_no_satisfaction_or_offline_message,
+    offline_messages_are_deduplicated_by_message_id,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -307,6 +311,85 @@ fn event(user: &str, event_type: &str, created: OffsetDateTime) -> EventRecord {
     }
 }
 
+fn satisfaction(
+    user: &str,
+    source: SatisfactionSource,
+    score: &str,
+    created: OffsetDateTime,
+) -> SatisfactionRow {
+    SatisfactionRow {
+        relay_id: id(),
+        kind: kind::CEC.to_owned(),
+        tenant: TENANT.to_owned(),
+        user_id: user.to_owned(),
+        session_id: None,
+        source,
+        score: score.to_owned(),
+        comment: Some(format!("comment {score}")),
+        inter_idx: (source == SatisfactionSource::Robot).then(|| "2".to_owned()),
+        result_code: "0".to_owned(),
+        result_desc: Some("Save satisfaction success!".to_owned()),
+        created_at: created,
+    }
+}
+
+fn offline(
+    user: &str,
+    source: OfflineSource,
+    message_id: Option<&str>,
+    content: &str,
+    created: OffsetDateTime,
+) -> OfflineRow {
+    OfflineRow {
+        relay_id: id(),
+        kind: kind::CEC.to_owned(),
+        tenant: TENANT.to_owned(),
+        user_id: user.to_owned(),
+        session_id: None,
+        source,
+        message_id: message_id.map(str::to_owned),
+        caller: (source == OfflineSource::LeaveMessage).then(|| "1386667777".to_owned()),
+        content: content.to_owned(),
+        tip_text: (source == OfflineSource::Offline).then(|| "Agents are offline".to_owned()),
+        result_code: "0".to_owned(),
+        result_desc: Some("ok".to_owned()),
+        created_at: created,
+    }
+}
+
+/// `rows` as the store gives them back: timestamps at store precision.
+fn stored_satisfactions(rows: &[&SatisfactionRow]) -> Vec<SatisfactionRow> {
+    rows.iter()
+        .map(|r| SatisfactionRow {
+            created_at: to_store_precision(r.created_at),
+            ..(*r).clone()
+        })
+        .collect()
+}
+
+fn stored_offline(rows: &[&OfflineRow]) -> Vec<OfflineRow> {
+    rows.iter()
+        .map(|r| OfflineRow {
+            created_at: to_store_precision(r.created_at),
+            ..(*r).clone()
+        })
+        .collect()
+}
+
+async fn satisfactions_of(store: &DynStore, user: &str) -> Vec<SatisfactionRow> {
+    store
+        .satisfactions(kind::CEC, TENANT, user)
+        .await
+        .expect("satisfactions")
+}
+
+async fn offline_of(store: &DynStore, user: &str) -> Vec<OfflineRow> {
+    store
+        .offline_messages(kind::CEC, TENANT, user)
+        .await
+        .expect("offline messages")
+}
+
 fn downs(records: Vec<DownRecord>) -> Commit {
     Commit {
         down: records,
@@ -349,7 +432,18 @@ async fn outbox_ids(store: &DynStore) -> Vec<String> {
 
 async fn migrating_twice_changes_nothing(db: Db) {
     let s = session("u1", SessionState::Active, at(0));
-    db.store.commit(open(&s)).await.unwrap();
+    let mut rated = satisfaction("u1", SatisfactionSource::Customer, "5", at(1));
+    rated.session_id = Some(s.id.clone());
+    let kept = offline("u1", OfflineSource::Offline, Some("m-1"), "hello", at(1));
+    db.store
+        .commit(Commit {
+            sessions: vec![SessionChange::Open(s.clone())],
+            satisfactions: vec![rated.clone()],
+            offline: vec![kept.clone()],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
     db.store.migrate().await.expect("second migrate");
     let other = db.reopen().await;
     other.migrate().await.expect("migrate from another handle");
@@ -357,6 +451,8 @@ async fn migrating_twice_changes_nothing(db: Db) {
         other.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
         Some(s)
     );
+    assert_eq!(satisfactions_of(&other, "u1").await, vec![rated]);
+    assert_eq!(offline_of(&other, "u1").await, vec![kept]);
     other.close().await;
 }
 
@@ -946,6 +1042,342 @@ async fn events_are_kept_per_user_in_order(db: Db) {
             tenantless.relay_id,
             other.relay_id
         ]
+    );
+}
+
+async fn satisfactions_round_trip_per_user_in_order(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    // Nanoseconds and a non-UTC offset: read back in UTC, at microsecond precision.
+    let mut customer = satisfaction(
+        "u1",
+        SatisfactionSource::Customer,
+        "4",
+        datetime!(2025-06-01 14:00:05.123456789 +02:00),
+    );
+    customer.session_id = Some(s.id.clone());
+    let mut robot = satisfaction("u1", SatisfactionSource::Robot, "0", at(-1));
+    robot.comment = Some("dissatisfied".to_owned());
+    robot.result_code = "30000000008".to_owned();
+    robot.result_desc = None;
+    // Every optional column empty, and the same time as `customer`: ties in insertion order.
+    let bare = SatisfactionRow {
+        relay_id: id(),
+        session_id: None,
+        comment: None,
+        inter_idx: None,
+        result_desc: None,
+        ..satisfaction("u1", SatisfactionSource::Robot, "1", customer.created_at)
+    };
+    let other_user = satisfaction("u2", SatisfactionSource::Customer, "1", at(0));
+    let mut other_tenant = satisfaction("u1", SatisfactionSource::Customer, "2", at(0));
+    other_tenant.tenant = "globex".to_owned();
+    let mut other_kind = satisfaction("u1", SatisfactionSource::Customer, "3", at(0));
+    other_kind.kind = kind::TIM.to_owned();
+
+    let commit = Commit {
+        sessions: vec![SessionChange::Open(s)],
+        satisfactions: vec![
+            customer.clone(),
+            robot.clone(),
+            bare.clone(),
+            other_user.clone(),
+            other_tenant.clone(),
+            other_kind.clone(),
+        ],
+        ..Commit::default()
+    };
+    assert!(!commit.is_empty());
+    let done = store.commit(commit).await.unwrap();
+    // Stored, not published.
+    assert_eq!(done, Committed::default());
+    assert_eq!(store.outbox_stats().await.unwrap(), OutboxStats::default());
+
+    let got = satisfactions_of(store, "u1").await;
+    assert_eq!(got, stored_satisfactions(&[&robot, &customer, &bare]));
+    assert!(
+        got.iter()
+            .all(|r| r.created_at.offset() == time::UtcOffset::UTC)
+    );
+    assert_eq!(
+        satisfactions_of(store, "u2").await,
+        stored_satisfactions(&[&other_user])
+    );
+    assert_eq!(
+        store
+            .satisfactions(kind::CEC, "globex", "u1")
+            .await
+            .unwrap(),
+        stored_satisfactions(&[&other_tenant])
+    );
+    assert_eq!(
+        store.satisfactions(kind::TIM, TENANT, "u1").await.unwrap(),
+        stored_satisfactions(&[&other_kind])
+    );
+    assert!(satisfactions_of(store, "nobody").await.is_empty());
+
+    // Only a commit of satisfactions is not empty either.
+    let later = satisfaction("u3", SatisfactionSource::Customer, "5", at(9));
+    store
+        .commit(Commit {
+            satisfactions: vec![later.clone()],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(satisfactions_of(store, "u3").await, vec![later]);
+}
+
+async fn offline_messages_round_trip_per_user_in_order(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Queued, at(0));
+    let mut sent_offline = offline(
+        "u1",
+        OfflineSource::Offline,
+        Some("m-1"),
+        "are you there?",
+        datetime!(2025-06-01 14:00:05.999999999 +02:00),
+    );
+    sent_offline.session_id = Some(s.id.clone());
+    let mut left = offline(
+        "u1",
+        OfflineSource::LeaveMessage,
+        None,
+        "请回复电话",
+        at(-1),
+    );
+    left.result_code = "13".to_owned();
+    let bare = OfflineRow {
+        relay_id: id(),
+        session_id: None,
+        message_id: None,
+        caller: None,
+        tip_text: None,
+        result_desc: None,
+        ..offline(
+            "u1",
+            OfflineSource::Offline,
+            None,
+            "",
+            sent_offline.created_at,
+        )
+    };
+    let other_user = offline("u2", OfflineSource::Offline, Some("m-1"), "x", at(0));
+    let mut other_tenant = offline("u1", OfflineSource::Offline, Some("m-1"), "y", at(0));
+    other_tenant.tenant = "globex".to_owned();
+
+    let done = store
+        .commit(Commit {
+            sessions: vec![SessionChange::Open(s)],
+            offline: vec![
+                sent_offline.clone(),
+                left.clone(),
+                bare.clone(),
+                other_user.clone(),
+                other_tenant.clone(),
+            ],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done, Committed::default());
+    assert_eq!(store.outbox_stats().await.unwrap(), OutboxStats::default());
+
+    let got = offline_of(store, "u1").await;
+    assert_eq!(got, stored_offline(&[&left, &sent_offline, &bare]));
+    assert!(
+        got.iter()
+            .all(|r| r.created_at.offset() == time::UtcOffset::UTC)
+    );
+    assert_eq!(
+        offline_of(store, "u2").await,
+        stored_offline(&[&other_user])
+    );
+    assert_eq!(
+        store
+            .offline_messages(kind::CEC, "globex", "u1")
+            .await
+            .unwrap(),
+        stored_offline(&[&other_tenant])
+    );
+    assert!(
+        store
+            .offline_messages(kind::TIM, TENANT, "u1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_failing_commit_keeps_no_satisfaction_or_offline_message(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    let full = || {
+        let mut rated = satisfaction("u1", SatisfactionSource::Customer, "5", at(1));
+        rated.session_id = Some(s.id.clone());
+        let mut kept = offline("u1", OfflineSource::Offline, Some("m-1"), "hi", at(1));
+        kept.session_id = Some(s.id.clone());
+        Commit {
+            sessions: vec![SessionChange::Open(s.clone())],
+            down: vec![down("u1", Some("c1"), "one", at(1))],
+            events: vec![event("u1", "satisfaction.saved", at(1))],
+            satisfactions: vec![
+                rated,
+                satisfaction("u1", SatisfactionSource::Robot, "1", at(2)),
+            ],
+            offline: vec![
+                kept,
+                offline("u1", OfflineSource::LeaveMessage, None, "call me", at(2)),
+            ],
+            touch: vec![(s.id.clone(), at(2))],
+            ..Commit::default()
+        }
+    };
+    let failing = [
+        // The last step fails, after the satisfaction and offline rows went in.
+        {
+            let mut c = full();
+            c.touch.push(("no-such-session".to_owned(), at(3)));
+            c
+        },
+        // A satisfaction naming a session that does not exist.
+        {
+            let mut c = full();
+            let mut ghost = satisfaction("u1", SatisfactionSource::Customer, "1", at(3));
+            ghost.session_id = Some("no-such-session".to_owned());
+            c.satisfactions.push(ghost);
+            c
+        },
+        // Two satisfactions with one relay id.
+        {
+            let mut c = full();
+            let mut dup = satisfaction("u1", SatisfactionSource::Robot, "0", at(3));
+            dup.relay_id = c.satisfactions[0].relay_id.clone();
+            c.satisfactions.push(dup);
+            c
+        },
+        // An offline message naming a session that does not exist.
+        {
+            let mut c = full();
+            let mut ghost = offline("u1", OfflineSource::LeaveMessage, None, "x", at(3));
+            ghost.session_id = Some("no-such-session".to_owned());
+            c.offline.push(ghost);
+            c
+        },
+        // Two offline messages with one relay id (a different message_id: not a duplicate).
+        {
+            let mut c = full();
+            let mut dup = offline("u1", OfflineSource::Offline, Some("m-2"), "x", at(3));
+            dup.relay_id = c.offline[0].relay_id.clone();
+            c.offline.push(dup);
+            c
+        },
+    ];
+    for commit in failing {
+        let err = store.commit(commit).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err:?}");
+        assert!(satisfactions_of(store, "u1").await.is_empty());
+        assert!(offline_of(store, "u1").await.is_empty());
+        assert_eq!(
+            store.open_session(kind::CEC, TENANT, "u1").await.unwrap(),
+            None
+        );
+        assert!(transcript(store, "u1").await.is_empty());
+        assert!(
+            store
+                .events(kind::CEC, TENANT, "u1")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.outbox_stats().await.unwrap(), OutboxStats::default());
+    }
+
+    // The same commit without the fault goes through whole.
+    let commit = full();
+    let done = store.commit(commit.clone()).await.unwrap();
+    assert_eq!(done.outboxed, 2);
+    assert_eq!(
+        satisfactions_of(store, "u1").await,
+        stored_satisfactions(&commit.satisfactions.iter().collect::<Vec<_>>())
+    );
+    assert_eq!(
+        offline_of(store, "u1").await,
+        stored_offline(&commit.offline.iter().collect::<Vec<_>>())
+    );
+    assert_eq!(transcript(store, "u1").await.len(), 1);
+}
+
+async fn offline_messages_are_deduplicated_by_message_id(db: Db) {
+    let store = &db.store;
+    let first = offline("u1", OfflineSource::Offline, Some("m-1"), "first", at(1));
+    let left = offline("u1", OfflineSource::LeaveMessage, None, "call me", at(2));
+    store
+        .commit(Commit {
+            offline: vec![first.clone(), left.clone()],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+
+    // Redelivered: a new relay id, the same message_id. Skipped, not an error, and the rest of
+    // the commit is kept. Rows without a message_id are never duplicates, even when equal but
+    // for the relay id; nor is the same message_id of another user, tenant or kind.
+    let again = offline("u1", OfflineSource::Offline, Some("m-1"), "again", at(3));
+    let left_again = OfflineRow {
+        relay_id: id(),
+        ..left.clone()
+    };
+    let second = offline("u1", OfflineSource::Offline, Some("m-2"), "second", at(4));
+    let second_in_batch = offline("u1", OfflineSource::Offline, Some("m-2"), "dup", at(5));
+    let other_user = offline("u2", OfflineSource::Offline, Some("m-1"), "u2", at(3));
+    let mut other_tenant = offline("u1", OfflineSource::Offline, Some("m-1"), "t", at(3));
+    other_tenant.tenant = "globex".to_owned();
+    let mut other_kind = offline("u1", OfflineSource::Offline, Some("m-1"), "k", at(3));
+    other_kind.kind = kind::TIM.to_owned();
+    let rated = satisfaction("u1", SatisfactionSource::Customer, "3", at(3));
+    store
+        .commit(Commit {
+            offline: vec![
+                again,
+                left_again.clone(),
+                second.clone(),
+                second_in_batch,
+                other_user.clone(),
+                other_tenant.clone(),
+                other_kind.clone(),
+            ],
+            satisfactions: vec![rated.clone()],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(
+        offline_of(store, "u1").await,
+        stored_offline(&[&first, &left, &left_again, &second])
+    );
+    assert_eq!(
+        offline_of(store, "u2").await,
+        stored_offline(&[&other_user])
+    );
+    assert_eq!(
+        store
+            .offline_messages(kind::CEC, "globex", "u1")
+            .await
+            .unwrap(),
+        stored_offline(&[&other_tenant])
+    );
+    assert_eq!(
+        store
+            .offline_messages(kind::TIM, TENANT, "u1")
+            .await
+            .unwrap(),
+        stored_offline(&[&other_kind])
+    );
+    assert_eq!(
+        satisfactions_of(store, "u1").await,
+        stored_satisfactions(&[&rated])
     );
 }
 
