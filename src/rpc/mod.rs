@@ -5,10 +5,12 @@
 //! refuses (`invalid_request`, `unknown_tenant`, `upstream`, `unavailable`, `timeout`).
 //!
 //! Ops served here: `queueInfo`, `phrases`, `upload`, `download`, `clickToCall.support`,
-//! `clickToCall.create`, `clickToCall.events`, `clickToCall.drop`, `mobileAgentCall`. Requests are
+//! `clickToCall.create`, `clickToCall.events`, `clickToCall.drop`, `mobileAgentCall`, and — stored,
+//! with their events — `satisfaction`, `robotFeedback`, `leaveMessage` ([`stored`]). Requests are
 //! handled concurrently (a queue group, so several relays share the load); they are not stored.
 
 mod ops;
+mod stored;
 
 use std::sync::Arc;
 
@@ -29,6 +31,8 @@ pub enum RpcError {
     UnknownTenant(String),
     UnknownOp(String),
     Upstream(CecError),
+    /// The relay cannot do its part now (the database is down).
+    Unavailable(String),
 }
 
 impl RpcError {
@@ -43,6 +47,7 @@ impl RpcError {
                 "invalid_request",
                 format!("unknown operation {op:?}; see the README for the list"),
             ),
+            RpcError::Unavailable(m) => ("unavailable", m.clone()),
             RpcError::Upstream(e) => (
                 match e {
                     CecError::Timeout { .. } => "timeout",
@@ -149,5 +154,5 @@ async fn dispatch(relay: &Relay, subject: &str, payload: &[u8]) -> Result<Value,
             "the request must be a JSON object".into(),
         ));
     }
-    ops::call(tenant, op, body).await
+    ops::call(relay, tenant, op, body).await
 }

@@ -21,7 +21,12 @@ pub const FILE_TYPES: &[&str] = &[
 ];
 
 /// Calls `op` of `tenant` with the request `body` (a JSON object).
-pub(super) async fn call(tenant: &Tenant, op: &str, body: Value) -> Result<Value, RpcError> {
+pub(super) async fn call(
+    relay: &crate::relay::Relay,
+    tenant: &Tenant,
+    op: &str,
+    body: Value,
+) -> Result<Value, RpcError> {
     let b = Body(body);
     let c = &tenant.client;
     match op {
@@ -122,12 +127,15 @@ pub(super) async fn call(tenant: &Tenant, op: &str, body: Value) -> Result<Value
             }
             reply(&c.mobile_agent_call(&req).await?, None)
         }
+        "satisfaction" => super::stored::satisfaction(relay, tenant, &b).await,
+        "robotFeedback" => super::stored::robot_feedback(relay, tenant, &b).await,
+        "leaveMessage" => super::stored::leave_message(relay, tenant, &b).await,
         other => Err(RpcError::UnknownOp(other.to_owned())),
     }
 }
 
 /// The endpoint's answer as a JSON object plus `ok` (by default: `resultCode` is "0").
-fn reply<T: Serialize>(rsp: &T, ok: Option<bool>) -> Result<Value, RpcError> {
+pub(super) fn reply<T: Serialize>(rsp: &T, ok: Option<bool>) -> Result<Value, RpcError> {
     let mut v = serde_json::to_value(rsp).map_err(|e| RpcError::Invalid(e.to_string()))?;
     if let Value::Object(m) = &mut v {
         let ok = ok.unwrap_or_else(|| m.get("resultCode").and_then(Value::as_str) == Some("0"));
@@ -137,15 +145,15 @@ fn reply<T: Serialize>(rsp: &T, ok: Option<bool>) -> Result<Value, RpcError> {
 }
 
 /// Typed reads of a request body, each refusal naming the field.
-struct Body(Value);
+pub(super) struct Body(Value);
 
 impl Body {
-    fn map(&self) -> &Map<String, Value> {
+    pub(super) fn map(&self) -> &Map<String, Value> {
         // `dispatch` checked that the body is an object.
         self.0.as_object().unwrap_or_else(|| unreachable!())
     }
 
-    fn opt_str(&self, field: &str) -> Result<Option<String>, RpcError> {
+    pub(super) fn opt_str(&self, field: &str) -> Result<Option<String>, RpcError> {
         match self.map().get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -156,12 +164,12 @@ impl Body {
         }
     }
 
-    fn str(&self, field: &str) -> Result<String, RpcError> {
+    pub(super) fn str(&self, field: &str) -> Result<String, RpcError> {
         self.opt_str(field)?
             .ok_or_else(|| RpcError::Invalid(format!("{field}: is required")))
     }
 
-    fn bounded(&self, field: &str, min: usize, max: usize) -> Result<String, RpcError> {
+    pub(super) fn bounded(&self, field: &str, min: usize, max: usize) -> Result<String, RpcError> {
         let s = self.str(field)?;
         let n = s.chars().count();
         if n < min || n > max {
@@ -173,13 +181,13 @@ impl Body {
     }
 
     /// The customer whose token the call uses: `userId`, checked like a send's `from`.
-    fn user(&self) -> Result<String, RpcError> {
+    pub(super) fn user(&self) -> Result<String, RpcError> {
         let u = self.str("userId")?;
         check_user_id(&u).map_err(|r| RpcError::Invalid(r.to_string()))?;
         Ok(u)
     }
 
-    fn file_type(&self, field: &str) -> Result<String, RpcError> {
+    pub(super) fn file_type(&self, field: &str) -> Result<String, RpcError> {
         let t = self.str(field)?.to_ascii_lowercase();
         if !FILE_TYPES.contains(&t.as_str()) {
             return Err(RpcError::Invalid(format!(

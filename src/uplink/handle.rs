@@ -18,8 +18,8 @@ use crate::cec::{CecClient, CecError};
 use crate::outbox::{event_record, now};
 use crate::relay::{Relay, Tenant};
 use crate::store::{
-    Commit, Direction, MessageRow, MessageStatus, Session, SessionChange, SessionState, UpBegin,
-    UpOutcome, kind,
+    Commit, Direction, MessageRow, MessageStatus, OfflineRow, OfflineSource, Session,
+    SessionChange, SessionState, UpBegin, UpOutcome, kind,
 };
 
 /// What to tell JetStream about the message.
@@ -389,10 +389,44 @@ impl<'a> UpCtx<'a> {
         commit: &mut Commit,
         rsp: &SendResponse,
         outcome: SendOutcome,
-        control: &str,
+        req: &SendRequest,
         session_id: Option<&str>,
         subject: String,
     ) {
+        let control = req.control_type.as_str();
+        if outcome == SendOutcome::Offline {
+            // Kept by the contact center as an offline message: stored (once per messageId) and
+            // announced.
+            let tip = rsp.offline_msg.as_ref().and_then(|o| o.tip_text.clone());
+            let row = OfflineRow {
+                relay_id: new_id(),
+                kind: kind::CEC.to_owned(),
+                tenant: self.tenant_name.to_owned(),
+                user_id: self.user.to_owned(),
+                session_id: session_id.map(str::to_owned),
+                source: OfflineSource::Offline,
+                message_id: Some(self.message_id.to_owned()),
+                caller: None,
+                content: req.content.clone(),
+                tip_text: tip.clone(),
+                result_code: rsp.result_code.clone(),
+                result_desc: rsp.result_desc.clone(),
+                created_at: now(),
+            };
+            let mut ev = self
+                .event(event_type::OFFLINE_SAVED, true)
+                .result(rsp.result_code.clone(), rsp.result_desc.clone())
+                .with("source", "offline")
+                .with("messageId", self.message_id)
+                .with("offlineId", row.relay_id.as_str());
+            if let Some(t) = tip {
+                ev = ev.with("tipText", t);
+            }
+            commit.offline.push(row);
+            commit
+                .events
+                .push(event_record(kind::CEC, subject.clone(), session_id, &ev));
+        }
         if outcome == SendOutcome::Queued {
             let q = self
                 .event(event_type::SESSION_QUEUED, true)
@@ -519,7 +553,7 @@ impl<'a> UpCtx<'a> {
             &mut commit,
             &rsp,
             outcome,
-            "CONNECT",
+            &req,
             session_id.as_deref(),
             subject,
         );
@@ -643,14 +677,7 @@ impl<'a> UpCtx<'a> {
                 });
             }
         }
-        self.record_send_outcome(
-            &mut commit,
-            &rsp,
-            outcome,
-            &req.control_type,
-            sid.as_deref(),
-            subject,
-        );
+        self.record_send_outcome(&mut commit, &rsp, outcome, &req, sid.as_deref(), subject);
         let d = self.finish(commit).await;
         if d == Disposition::Ack
             && let Some(s) = existing

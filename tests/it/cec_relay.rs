@@ -362,3 +362,40 @@ async fn a_queued_transfer_reports_a_falling_position_then_the_agent_answers() {
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_answer_is_stored_once_and_announced() {
+    let mut t = spawn_app_with(ccrelay::sim::SimConfig {
+        offline_mode: true,
+        ..Default::default()
+    })
+    .await;
+    let user = "olga";
+    let mut w = t.watch(TENANT, user).await;
+    t.up(user, json!({"controlType": "CONNECT", "messageId": "f1"}))
+        .await;
+    let r = w.until(10, "result", is_result_for("f1")).await;
+    assert_eq!(
+        (r["ok"].clone(), r["offline"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    let saved = w
+        .until(10, "offline.saved", is_event("offline.saved"))
+        .await;
+    assert_eq!(saved["messageId"], "f1");
+    // Published again (a service retrying): stored once.
+    t.up(user, json!({"controlType": "CONNECT", "messageId": "f1"}))
+        .await;
+    w.drain(2).await;
+    let rows = t
+        .app()
+        .relay()
+        .store
+        .offline_messages("cec", TENANT, user)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].message_id.as_deref(), Some("f1"));
+    t.stop().await;
+}

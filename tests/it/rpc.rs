@@ -224,3 +224,124 @@ async fn every_stateless_operation_works_through_nats() {
     assert_eq!(r["resultDesc"], "CCM其他异常");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn satisfaction_feedback_and_leave_messages_are_stored_and_announced() {
+    let mut t = spawn_app().await;
+    let store = t.app().relay().store.clone();
+    let mut w = t.watch(TENANT, "sat").await;
+    t.up("sat", json!({"controlType": "CONNECT", "messageId": "s1"}))
+        .await;
+    w.until(10, "connected", is_result_for("s1")).await;
+
+    // Refused before any upstream call, each naming its field and limit.
+    let r = rpc(
+        &t,
+        TENANT,
+        "satisfaction",
+        br#"{"userId":"sat","evaluation":"6"}"#,
+    )
+    .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("evaluation"),
+        "{r}"
+    );
+    let long = json!({"userId": "sat", "evaluation": "5", "comment": "x".repeat(512)});
+    let r = rpc(
+        &t,
+        TENANT,
+        "satisfaction",
+        &serde_json::to_vec(&long).unwrap(),
+    )
+    .await;
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("512"),
+        "{r}"
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "robotFeedback",
+        br#"{"from":"sat","feedback":0,"interIdx":"1"}"#,
+    )
+    .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("feedbackContent"),
+        "{r}"
+    );
+    let big =
+        json!({"from": "sat", "feedback": 0, "interIdx": "1", "feedbackContent": "汉".repeat(22)});
+    let r = rpc(
+        &t,
+        TENANT,
+        "robotFeedback",
+        &serde_json::to_vec(&big).unwrap(),
+    )
+    .await;
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("64"),
+        "{r}"
+    );
+    assert!(t.sim.satisfactions().is_empty() && t.sim.robot_feedbacks().is_empty());
+
+    let r = rpc(
+        &t,
+        TENANT,
+        "satisfaction",
+        br#"{"userId":"sat","evaluation":5,"comment":"good"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = rpc(
+        &t,
+        TENANT,
+        "robotFeedback",
+        br#"{"from":"sat","feedback":0,"feedbackContent":"wrong answer","interIdx":"2"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = rpc(
+        &t,
+        TENANT,
+        "leaveMessage",
+        br#"{"userId":"sat","caller":"1386667777","leaveMessage":"call me back"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    let sats = store.satisfactions("cec", TENANT, "sat").await.unwrap();
+    assert_eq!(sats.len(), 2);
+    assert_eq!(
+        (sats[0].score.as_str(), sats[0].comment.as_deref()),
+        ("5", Some("good"))
+    );
+    assert!(sats[0].session_id.is_some(), "attached to the open session");
+    assert_eq!(
+        (sats[1].score.as_str(), sats[1].inter_idx.as_deref()),
+        ("0", Some("2"))
+    );
+    let off = store.offline_messages("cec", TENANT, "sat").await.unwrap();
+    assert_eq!(off.len(), 1);
+    assert_eq!(
+        (off[0].content.as_str(), off[0].caller.as_deref()),
+        ("call me back", Some("1386667777"))
+    );
+    w.until(10, "offline.saved", is_event("offline.saved"))
+        .await;
+    w.drain(1).await;
+    let saved = w
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "satisfaction.saved")
+        .count();
+    assert_eq!(saved, 2);
+    assert_eq!(t.sim.satisfactions().len(), 1);
+    assert_eq!(t.sim.leave_messages().len(), 1);
+    t.stop().await;
+}
