@@ -55,6 +55,12 @@ pub const MEDIA_TYPES: &[&str] = &[
     "WEBCARD",
 ];
 
+/// File types of uploadFileStream and downloadFileStream (doc §8.1.1). The document writes "bpm"
+/// where bmp is meant: both are accepted.
+pub const FILE_TYPES: &[&str] = &[
+    "jpg", "png", "bmp", "bpm", "mp3", "aac", "mp4", "txt", "csv",
+];
+
 /// `resultCode` values the documents list for `send` and friends.
 pub mod result_code {
     pub const OK: &str = "0";

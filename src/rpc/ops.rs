@@ -6,19 +6,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::RpcError;
-use crate::cec::wire::CHANNEL_WEB;
+use crate::cec::wire::{CHANNEL_WEB, FILE_TYPES};
 use crate::cec::wire_ops::{
     ClickToCallRequest, DownloadRequest, MobileAgentCallRequest, PhraseRequest, QueueInfoRequest,
     UploadRequest,
 };
 use crate::relay::Tenant;
 use crate::uplink::validate::check_user_id;
-
-/// File types the upload and download endpoints take (doc §8.1.1; "bpm" in the document is read
-/// as the bmp it means, and accepted as written too).
-pub const FILE_TYPES: &[&str] = &[
-    "jpg", "png", "bmp", "bpm", "mp3", "aac", "mp4", "txt", "csv",
-];
 
 /// Calls `op` of `tenant` with the request `body` (a JSON object).
 pub(super) async fn call(

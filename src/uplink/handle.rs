@@ -11,9 +11,10 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use time::OffsetDateTime;
 
 use super::validate::{Refusal, check_up};
-use crate::bus::payload::{Event, UpMessage, event_type, new_id};
+use crate::bus::payload::{Event, UpFile, UpMessage, event_type, new_id};
 use crate::cec::outcome::SendOutcome;
 use crate::cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, SendResponse};
+use crate::cec::wire_ops::{UploadRequest, UploadResponse};
 use crate::cec::{CecClient, CecError};
 use crate::outbox::{event_record, now};
 use crate::relay::{Relay, Tenant};
@@ -137,7 +138,7 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
     match m.control_type() {
         "CONNECT" => ctx.connect(t, &m, req).await,
         "DISCONNECT" => ctx.disconnect(t, req).await,
-        _ => ctx.other(t, req).await,
+        _ => ctx.other(t, req, m.file.as_ref()).await,
     }
 }
 
@@ -148,7 +149,7 @@ fn build_request(t: &Tenant, user: &str, message_id: &str, m: &UpMessage) -> Sen
         content: m.content.clone().unwrap_or_default(),
         control_type: m.control_type().to_owned(),
         from: user.to_owned(),
-        media_type: m.media_type().to_owned(),
+        media_type: super::validate::effective_media_type(m),
         sender_nickname: m.sender_nickname.clone(),
         source_type: SOURCE_CUSTOMER.to_owned(),
         timestamp: Some((OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).to_string()),
@@ -197,7 +198,7 @@ impl<'a> UpCtx<'a> {
             message_code: None,
             source_type: Some(SOURCE_CUSTOMER.to_owned()),
             control_type: m.map(|m| m.control_type().to_owned()),
-            media_type: m.map(|m| m.media_type().to_owned()),
+            media_type: m.map(super::validate::effective_media_type),
             content: m.and_then(|m| m.content.clone()),
             body,
             status: MessageStatus::Pending,
@@ -452,6 +453,32 @@ impl<'a> UpCtx<'a> {
             .push(event_record(kind::CEC, subject, session_id, &result));
     }
 
+    /// Uploads a file carried by an UpMessage; returns its fileId and size, or the refusal.
+    async fn upload(
+        &self,
+        t: &Tenant,
+        f: &UpFile,
+    ) -> Result<Result<(String, usize), UploadResponse>, CallFailed> {
+        use base64::Engine as _;
+        // Checked by validation; an empty file if it somehow is not base64.
+        let size = base64::engine::general_purpose::STANDARD
+            .decode(f.data.as_bytes())
+            .map(|b| b.len())
+            .unwrap_or(0);
+        let req = UploadRequest {
+            file_type: f.file_type.to_ascii_lowercase(),
+            file_stream: f.data.clone(),
+            channel: CHANNEL_WEB.to_owned(),
+        };
+        let rsp = self
+            .call("uploadFileStream", || t.client.upload(self.user, &req))
+            .await?;
+        Ok(match rsp.object_key.clone() {
+            Some(key) if rsp.result_code == "0" && !key.is_empty() => Ok((key, size)),
+            _ => Err(rsp),
+        })
+    }
+
     async fn open_session(&self) -> Result<Option<Session>, Disposition> {
         self.relay
             .store
@@ -653,11 +680,49 @@ impl<'a> UpCtx<'a> {
         d
     }
 
-    async fn other(&self, t: &Tenant, req: SendRequest) -> Disposition {
+    async fn other(&self, t: &Tenant, mut req: SendRequest, file: Option<&UpFile>) -> Disposition {
         let existing = match self.open_session().await {
             Ok(s) => s,
             Err(d) => return d,
         };
+        if let Some(f) = file {
+            match self.upload(t, f).await {
+                Ok(Ok((file_id, size))) => {
+                    let ty = f.file_type.to_ascii_lowercase();
+                    req.content = super::validate::file_content(
+                        &req.media_type,
+                        &f.name,
+                        size,
+                        &file_id,
+                        &ty,
+                    );
+                }
+                Ok(Err(rsp)) => {
+                    // The upload was refused: the message fails with the upstream's code.
+                    let result = self
+                        .event(event_type::UP_RESULT, false)
+                        .result(rsp.result_code.clone(), rsp.result_desc.clone())
+                        .with("messageId", self.message_id)
+                        .with("stage", "uploadFileStream");
+                    let sid = existing.as_ref().map(|s| s.id.as_str());
+                    let commit = Commit {
+                        up: Some(self.outcome(
+                            MessageStatus::Failed,
+                            sid,
+                            Some(rsp.result_code.clone()),
+                            rsp.result_desc.clone(),
+                        )),
+                        events: vec![event_record(kind::CEC, self.event_subject(), sid, &result)],
+                        ..Default::default()
+                    };
+                    return self.finish(commit).await;
+                }
+                Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),
+                Err(CallFailed::Final(e)) => {
+                    return self.commit_failure(e, existing.as_ref()).await;
+                }
+            }
+        }
         let rsp = match self.send(&t.client, &req).await {
             Ok(r) => r,
             Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),

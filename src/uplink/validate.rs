@@ -58,6 +58,94 @@ pub fn check_message_id(id: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The media type a message is sent as: the given one, else for a message carrying a file the
+/// one its file type implies (jpg/png/bmp → IMAGE, mp3/aac → AUDIO, mp4 → VIDEO, txt/csv → FILE),
+/// else TEXT.
+pub fn effective_media_type(m: &UpMessage) -> String {
+    if let Some(t) = &m.media_type {
+        return t.clone();
+    }
+    match m.file.as_ref().map(|f| f.file_type.to_ascii_lowercase()) {
+        Some(t) => match t.as_str() {
+            "jpg" | "png" | "bmp" | "bpm" => "IMAGE",
+            "mp3" | "aac" => "AUDIO",
+            "mp4" => "VIDEO",
+            _ => "FILE",
+        }
+        .to_owned(),
+        None => "TEXT".to_owned(),
+    }
+}
+
+/// Media types a file can be sent as.
+const FILE_MEDIA_TYPES: &[&str] = &[
+    "IMAGE",
+    "AUDIO",
+    "VIDEO",
+    "FILE",
+    "FILE_IMAGE",
+    "FILE_VIDEO",
+];
+
+fn check_file(m: &UpMessage, f: &crate::bus::payload::UpFile) -> Result<(), Refusal> {
+    use base64::Engine as _;
+    if m.control_type() != "CHAT" {
+        return Err(refuse("file", "only a CHAT message can carry a file"));
+    }
+    let ty = f.file_type.to_ascii_lowercase();
+    if !crate::cec::wire::FILE_TYPES.contains(&ty.as_str()) {
+        return Err(refuse(
+            "file.type",
+            format!(
+                "{:?} is not one of jpg, png, bmp, mp3, aac, mp4, txt, csv",
+                f.file_type
+            ),
+        ));
+    }
+    let mt = effective_media_type(m);
+    if !FILE_MEDIA_TYPES.contains(&mt.as_str()) {
+        return Err(refuse(
+            "mediaType",
+            format!(
+                "{mt:?} cannot carry a file; use one of {}",
+                FILE_MEDIA_TYPES.join(", ")
+            ),
+        ));
+    }
+    if m.content.as_deref().is_some_and(|c| !c.is_empty()) {
+        return Err(refuse(
+            "content",
+            "must be empty with a file: the relay builds it from the upload",
+        ));
+    }
+    if f.name.trim().is_empty() || f.name.contains(',') {
+        return Err(refuse(
+            "file.name",
+            "must be non-empty and contain no comma (CEC's FILE content is comma-separated)",
+        ));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(f.data.as_bytes())
+        .map_err(|e| refuse("file.data", format!("is not base64: {e}")))?;
+    Ok(())
+}
+
+/// The `content` CEC expects for an uploaded file (send doc, 1.2): the fileId for IMAGE, AUDIO
+/// and VIDEO; "name,size,fileId,type" for FILE; "fileId,type" for FILE_IMAGE and FILE_VIDEO.
+pub fn file_content(
+    media_type: &str,
+    name: &str,
+    size: usize,
+    file_id: &str,
+    file_type: &str,
+) -> String {
+    match media_type {
+        "FILE" => format!("{name},{size},{file_id},{file_type}"),
+        "FILE_IMAGE" | "FILE_VIDEO" => format!("{file_id},{file_type}"),
+        _ => file_id.to_owned(),
+    }
+}
+
 /// Everything that can be checked without the upstream.
 pub fn check_up(user: &str, m: &UpMessage) -> Result<(), Refusal> {
     check_user_id(user)?;
@@ -68,7 +156,8 @@ pub fn check_up(user: &str, m: &UpMessage) -> Result<(), Refusal> {
             format!("{ct:?} is not one of {}", CONTROL_TYPES.join(", ")),
         ));
     }
-    let mt = m.media_type();
+    let mt = effective_media_type(m);
+    let mt = mt.as_str();
     if !MEDIA_TYPES.contains(&mt) {
         return Err(refuse(
             "mediaType",
@@ -114,11 +203,8 @@ pub fn check_up(user: &str, m: &UpMessage) -> Result<(), Refusal> {
     {
         return Err(refuse("channelConfigId", "must not be empty"));
     }
-    if m.file.is_some() {
-        return Err(refuse(
-            "file",
-            "uploading files is not supported by this version; upload with uploadFileStream and send its fileId as content",
-        ));
+    if let Some(f) = &m.file {
+        check_file(m, f)?;
     }
     Ok(())
 }
@@ -184,5 +270,55 @@ mod tests {
             ..Default::default()
         };
         assert!(check_up("u", &m).is_ok());
+    }
+
+    #[test]
+    fn files_get_the_documented_content_and_media_type() {
+        use crate::bus::payload::UpFile;
+        let with = |ty: &str, mt: Option<&str>| UpMessage {
+            media_type: mt.map(str::to_owned),
+            file: Some(UpFile {
+                name: "a.b".into(),
+                file_type: ty.into(),
+                data: "AAE=".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(effective_media_type(&with("png", None)), "IMAGE");
+        assert_eq!(effective_media_type(&with("aac", None)), "AUDIO");
+        assert_eq!(effective_media_type(&with("mp4", None)), "VIDEO");
+        assert_eq!(effective_media_type(&with("csv", None)), "FILE");
+        assert_eq!(
+            effective_media_type(&with("png", Some("FILE_IMAGE"))),
+            "FILE_IMAGE"
+        );
+        assert!(check_up("u", &with("png", None)).is_ok());
+        assert_eq!(
+            file_content("FILE", "t.txt", 6, "k", "txt"),
+            "t.txt,6,k,txt"
+        );
+        assert_eq!(file_content("FILE_IMAGE", "x", 1, "k", "png"), "k,png");
+        assert_eq!(file_content("IMAGE", "x", 1, "k", "png"), "k");
+
+        assert_eq!(
+            check_up("u", &with("exe", None)).unwrap_err().field,
+            "file.type"
+        );
+        assert_eq!(
+            check_up("u", &with("png", Some("TEXT"))).unwrap_err().field,
+            "mediaType"
+        );
+        let mut m = with("png", None);
+        m.content = Some("x".into());
+        assert_eq!(check_up("u", &m).unwrap_err().field, "content");
+        let mut m = with("txt", None);
+        m.file.as_mut().unwrap().name = "a,b.txt".into();
+        assert_eq!(check_up("u", &m).unwrap_err().field, "file.name");
+        let mut m = with("txt", None);
+        m.file.as_mut().unwrap().data = "!!".into();
+        assert_eq!(check_up("u", &m).unwrap_err().field, "file.data");
+        let mut m = with("png", None);
+        m.control_type = Some("CONNECT".into());
+        assert_eq!(check_up("u", &m).unwrap_err().field, "file");
     }
 }

@@ -399,3 +399,60 @@ async fn an_offline_answer_is_stored_once_and_announced() {
     assert_eq!(rows[0].message_id.as_deref(), Some("f1"));
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_a_file_is_uploaded_then_sent_in_the_documented_form() {
+    use base64::Engine as _;
+    let mut t = spawn_app().await;
+    let user = "fay";
+    let mut w = t.watch(TENANT, user).await;
+    t.up(user, json!({"controlType": "CONNECT", "messageId": "p0"}))
+        .await;
+    w.until(10, "connected", is_result_for("p0")).await;
+    let png: Vec<u8> = (0..=255u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    t.up(user, json!({"messageId": "p1", "file": {"name": "a.png", "type": "png", "data": b64.encode(&png)}})).await;
+    let r = w.until(10, "image result", is_result_for("p1")).await;
+    assert_eq!(r["ok"], true, "{r}");
+    t.up(user, json!({"messageId": "p2", "mediaType": "FILE", "file": {"name": "notes.txt", "type": "txt", "data": b64.encode(b"hello!")}})).await;
+    let r = w.until(10, "file result", is_result_for("p2")).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let received = t.sim.received(user);
+    let image = &received
+        .iter()
+        .find(|r| r.request.message_id.as_deref() == Some("p1"))
+        .unwrap()
+        .request;
+    assert_eq!(image.media_type, "IMAGE", "inferred from the file type");
+    assert_eq!(
+        t.sim.uploaded(&image.content).as_deref(),
+        Some(&png[..]),
+        "content is the fileId"
+    );
+    let file = &received
+        .iter()
+        .find(|r| r.request.message_id.as_deref() == Some("p2"))
+        .unwrap()
+        .request;
+    let parts: Vec<&str> = file.content.split(',').collect();
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("notes.txt", "6", "txt"),
+        "{}",
+        file.content
+    );
+    assert_eq!(t.sim.uploaded(parts[2]).as_deref(), Some(&b"hello!"[..]));
+    // Refused before any upload: a type CEC does not take.
+    t.up(
+        user,
+        json!({"messageId": "p3", "file": {"name": "x.exe", "type": "exe", "data": "AA=="}}),
+    )
+    .await;
+    let e = w
+        .until(10, "refusal", |s, v| {
+            s.contains(".event.") && v["type"] == "error" && v["messageId"] == "p3"
+        })
+        .await;
+    assert_eq!(e["field"], "file.type", "{e}");
+    t.stop().await;
+}
