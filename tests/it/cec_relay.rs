@@ -456,3 +456,71 @@ async fn a_message_with_a_file_is_uploaded_then_sent_in_the_documented_form() {
     assert_eq!(e["field"], "file.type", "{e}");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_send_result_codes_reach_the_caller_unchanged() {
+    use ccrelay::sim::Endpoint;
+    let mut t = spawn_app().await;
+    let user = "rick";
+    let mut w = t.watch(TENANT, user).await;
+    t.up(user, json!({"controlType": "CONNECT", "messageId": "r0"}))
+        .await;
+    w.until(10, "connected", is_result_for("r0")).await;
+    let cases: [(&str, &str, bool); 5] = [
+        ("2", "Param is null", false),
+        ("3", "the content Json String must contains title", false),
+        (
+            "12",
+            "The current time is not within the working time of the service agents",
+            false,
+        ),
+        ("13", "sendUserMessage failed.", false),
+        ("11", "Queuing...", true),
+    ];
+    for (i, (code, desc, ok)) in cases.iter().enumerate() {
+        t.sim.force_result(Endpoint::Send, code, desc, 1);
+        let id: &'static str = Box::leak(format!("r{}", i + 1).into_boxed_str());
+        t.up(user, json!({"content": "hi", "messageId": id})).await;
+        let r = w.until(10, "result", is_result_for(id)).await;
+        assert_eq!(r["resultCode"], *code, "{r}");
+        assert_eq!(r["resultDesc"], *desc, "{r}");
+        assert_eq!(r["ok"], *ok, "{r}");
+    }
+    // "send too quick" is retried, and the message gets through.
+    t.sim.force_result(
+        Endpoint::Send,
+        "13",
+        "chat failed, send too quick or session keep touch failed.",
+        2,
+    );
+    t.up(
+        user,
+        json!({"content": "after a slow-down", "messageId": "r9"}),
+    )
+    .await;
+    let r = w
+        .until(20, "result after retries", is_result_for("r9"))
+        .await;
+    assert_eq!(
+        (r["ok"].clone(), r["resultCode"].clone()),
+        (json!(true), json!("0")),
+        "{r}"
+    );
+    // The stored rows say the same.
+    let rows = t
+        .app()
+        .relay()
+        .store
+        .transcript("cec", TENANT, user)
+        .await
+        .unwrap();
+    let r3 = rows
+        .iter()
+        .find(|r| r.message_id.as_deref() == Some("r3"))
+        .unwrap();
+    assert_eq!(
+        (r3.status, r3.result_code.as_deref()),
+        (ccrelay::store::MessageStatus::Failed, Some("12"))
+    );
+    t.stop().await;
+}
