@@ -4,12 +4,15 @@
 //! answer plus `"ok"`, or `{"ok": false, "error": {"code", "message"}}` for a request the relay
 //! refuses (`invalid_request`, `unknown_tenant`, `upstream`, `unavailable`, `timeout`).
 //!
+//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health` ([`relay_wide`]).
+//!
 //! Ops served here: `queueInfo`, `phrases`, `upload`, `download`, `clickToCall.support`,
 //! `clickToCall.create`, `clickToCall.events`, `clickToCall.drop`, `mobileAgentCall`, and — stored,
 //! with their events — `satisfaction`, `robotFeedback`, `leaveMessage` ([`stored`]). Requests are
 //! handled concurrently (a queue group, so several relays share the load); they are not stored.
 
 mod ops;
+mod relay_wide;
 mod stored;
 
 use std::sync::Arc;
@@ -76,11 +79,18 @@ impl From<CecError> for RpcError {
 /// Serves `P.cec.*.rpc.>` until the relay is cancelled.
 pub async fn run(relay: Arc<Relay>, nats: async_nats::Client) {
     let subject = format!("{}.cec.*.rpc.>", relay.subjects.prefix());
+    let wide = format!("{}.rpc.>", relay.subjects.prefix());
     let mut sub = loop {
-        match nats
-            .queue_subscribe(subject.clone(), QUEUE_GROUP.to_owned())
-            .await
-        {
+        let both = async {
+            let a = nats
+                .queue_subscribe(subject.clone(), QUEUE_GROUP.to_owned())
+                .await?;
+            let b = nats
+                .queue_subscribe(wide.clone(), QUEUE_GROUP.to_owned())
+                .await?;
+            Ok::<_, async_nats::SubscribeError>(futures::stream::select(a, b))
+        };
+        match both.await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot subscribe to RPC requests; retrying");
@@ -129,6 +139,9 @@ pub async fn handle(relay: &Relay, subject: &str, payload: &[u8]) -> Value {
 }
 
 async fn dispatch(relay: &Relay, subject: &str, payload: &[u8]) -> Result<Value, RpcError> {
+    if let Some(op) = subject.strip_prefix(&format!("{}.rpc.", relay.subjects.prefix())) {
+        return relay_wide::call(relay, op, &ops::Body::parse(payload)?).await;
+    }
     let prefix = format!("{}.cec.", relay.subjects.prefix());
     let rest = subject.strip_prefix(&prefix).ok_or_else(|| {
         RpcError::Invalid(format!(
@@ -143,16 +156,5 @@ async fn dispatch(relay: &Relay, subject: &str, payload: &[u8]) -> Result<Value,
     let tenant = relay
         .tenant(tenant_name)
         .ok_or_else(|| RpcError::UnknownTenant(tenant_name.to_owned()))?;
-    let body: Value = if payload.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(payload)
-            .map_err(|e| RpcError::Invalid(format!("the request is not JSON: {e}")))?
-    };
-    if !body.is_object() {
-        return Err(RpcError::Invalid(
-            "the request must be a JSON object".into(),
-        ));
-    }
-    ops::call(relay, tenant, op, body).await
+    ops::call(relay, tenant, op, ops::Body::parse(payload)?).await
 }

@@ -19,9 +19,8 @@ pub(super) async fn call(
     relay: &crate::relay::Relay,
     tenant: &Tenant,
     op: &str,
-    body: Value,
+    b: Body,
 ) -> Result<Value, RpcError> {
-    let b = Body(body);
     let c = &tenant.client;
     match op {
         "queueInfo" => {
@@ -142,6 +141,22 @@ pub(super) fn reply<T: Serialize>(rsp: &T, ok: Option<bool>) -> Result<Value, Rp
 pub(super) struct Body(Value);
 
 impl Body {
+    /// A request body: a JSON object (an empty payload is `{}`).
+    pub(super) fn parse(payload: &[u8]) -> Result<Body, RpcError> {
+        let body: Value = if payload.is_empty() {
+            Value::Object(Map::new())
+        } else {
+            serde_json::from_slice(payload)
+                .map_err(|e| RpcError::Invalid(format!("the request is not JSON: {e}")))?
+        };
+        if !body.is_object() {
+            return Err(RpcError::Invalid(
+                "the request must be a JSON object".into(),
+            ));
+        }
+        Ok(Body(body))
+    }
+
     pub(super) fn map(&self) -> &Map<String, Value> {
         // `dispatch` checked that the body is an object.
         self.0.as_object().unwrap_or_else(|| unreachable!())

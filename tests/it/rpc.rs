@@ -345,3 +345,72 @@ async fn satisfaction_feedback_and_leave_messages_are_stored_and_announced() {
     assert_eq!(t.sim.leave_messages().len(), 1);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_wide_rpcs_list_sessions_and_transcripts_without_tokens() {
+    let mut t = spawn_app().await;
+    let mut w = t.watch(TENANT, "wide").await;
+    t.up("wide", json!({"controlType": "CONNECT", "messageId": "w1"}))
+        .await;
+    w.until(10, "connected", is_result_for("w1")).await;
+    t.up("wide", json!({"content": "hello", "messageId": "w2"}))
+        .await;
+    w.until(10, "robot answer", is_down_containing("hello"))
+        .await;
+
+    let req = |op: &'static str, body: Value| {
+        let c = t.client.clone();
+        async move {
+            let m = c
+                .request(
+                    format!("{PREFIX}.rpc.{op}"),
+                    serde_json::to_vec(&body).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&m.payload).unwrap()
+        }
+    };
+    let r = req(
+        "sessions.list",
+        json!({"tenant": TENANT, "state": "active"}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let s = &r["sessions"][0];
+    assert_eq!(
+        (s["userId"].clone(), s["state"].clone()),
+        (json!("wide"), json!("active"))
+    );
+    assert!(
+        s.get("token").is_none(),
+        "tokens never leave the store: {s}"
+    );
+    let r = req("sessions.list", json!({"state": "sleeping"})).await;
+    assert_eq!(r["error"]["code"], "invalid_request");
+
+    let r = req(
+        "transcript.get",
+        json!({"tenant": TENANT, "userId": "wide"}),
+    )
+    .await;
+    let msgs = r["messages"].as_array().unwrap();
+    assert!(
+        msgs.iter()
+            .any(|m| m["direction"] == "up" && m["content"] == "hello"),
+        "{r}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m["direction"] == "down" && m["body"]["sourceType"] == "ROBOT"),
+        "{r}"
+    );
+
+    let r = req("health", json!({})).await;
+    assert_eq!(
+        (r["ok"].clone(), r["database"].clone()),
+        (json!(true), json!("up")),
+        "{r}"
+    );
+    t.stop().await;
+}
