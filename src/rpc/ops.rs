@@ -120,11 +120,80 @@ pub(super) async fn call(
             }
             reply(&c.mobile_agent_call(&req).await?, None)
         }
+        "send" => send(relay, tenant, b).await,
         "satisfaction" => super::stored::satisfaction(relay, tenant, &b).await,
         "robotFeedback" => super::stored::robot_feedback(relay, tenant, &b).await,
         "leaveMessage" => super::stored::leave_message(relay, tenant, &b).await,
         other => Err(RpcError::UnknownOp(other.to_owned())),
     }
+}
+
+/// `send`: an UpMessage plus `userId`, handled exactly as one from `P.cec.<t>.up.<u>` (validated,
+/// idempotent by `messageId`, retried, committed with its events), answered with its outcome.
+/// It does not queue behind the user's messages on the stream: don't mix both ways for one user
+/// when order matters.
+async fn send(relay: &crate::relay::Relay, tenant: &Tenant, b: Body) -> Result<Value, RpcError> {
+    use crate::uplink::handle::{Delivery, Disposition, handle};
+    let user = b.user()?;
+    let mut up = b.0;
+    if let Some(m) = up.as_object_mut() {
+        m.remove("userId");
+    }
+    let message_id = match up.get("messageId") {
+        Some(Value::String(id)) => id.clone(),
+        Some(_) => return Err(RpcError::Invalid("messageId: must be a string".into())),
+        None => {
+            // A fresh key, recorded with the message: a retry with it is answered, not resent.
+            let id = format!("rpc-{}", &uuid::Uuid::now_v7().simple().to_string()[4..]);
+            if let Some(m) = up.as_object_mut() {
+                m.insert("messageId".into(), Value::String(id.clone()));
+            }
+            id
+        }
+    };
+    let payload = serde_json::to_vec(&up).map_err(|e| RpcError::Invalid(e.to_string()))?;
+    let subject = relay.subjects.cec_up(&tenant.name, &user);
+    let d = handle(
+        relay,
+        Delivery {
+            subject: &subject,
+            payload: &payload,
+            derived_id: message_id.clone(),
+            stream_seq: 0,
+        },
+    )
+    .await;
+    if d != Disposition::Ack {
+        return Err(RpcError::Unavailable(
+            "the message could not be completed now (shutting down or the database is down); retry with the same messageId".into(),
+        ));
+    }
+    let rows = relay
+        .store
+        .transcript(crate::store::kind::CEC, &tenant.name, &user)
+        .await
+        .map_err(|e| RpcError::Unavailable(e.to_string()))?;
+    let row = rows
+        .iter()
+        .rev()
+        .find(|r| {
+            r.direction == crate::store::Direction::Up
+                && r.message_id.as_deref() == Some(message_id.as_str())
+        })
+        .ok_or_else(|| RpcError::Unavailable("the outcome was not found".into()))?;
+    if row.result_code.as_deref() == Some("invalid_request") {
+        // Refused by the relay's own checks: the same error as any refused request.
+        return Err(RpcError::Invalid(
+            row.result_desc.clone().unwrap_or_default(),
+        ));
+    }
+    Ok(serde_json::json!({
+        "ok": row.status == crate::store::MessageStatus::Sent,
+        "messageId": message_id,
+        "status": row.status.as_str(),
+        "resultCode": row.result_code,
+        "resultDesc": row.result_desc,
+    }))
 }
 
 /// The endpoint's answer as a JSON object plus `ok` (by default: `resultCode` is "0").

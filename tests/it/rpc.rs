@@ -414,3 +414,53 @@ async fn relay_wide_rpcs_list_sessions_and_transcripts_without_tokens() {
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_answers_inline_and_is_idempotent_by_message_id() {
+    let mut t = spawn_app().await;
+    let mut w = t.watch(TENANT, "sid").await;
+    let r = rpc(
+        &t,
+        TENANT,
+        "send",
+        br#"{"userId":"sid","controlType":"CONNECT","messageId":"i1"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r["ok"].clone(), r["resultCode"].clone()),
+        (json!(true), json!("0")),
+        "{r}"
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "send",
+        br#"{"userId":"sid","content":"inline","messageId":"i2"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    w.until(10, "robot answer", is_down_containing("inline"))
+        .await;
+    // The same messageId again: the recorded answer, nothing sent twice.
+    let again = rpc(
+        &t,
+        TENANT,
+        "send",
+        br#"{"userId":"sid","content":"inline","messageId":"i2"}"#,
+    )
+    .await;
+    assert_eq!(again, r);
+    assert_eq!(t.sim.received("sid").len(), 2);
+    // Without a messageId, one is made up and returned.
+    let r = rpc(&t, TENANT, "send", br#"{"userId":"sid","content":"no id"}"#).await;
+    assert!(r["messageId"].as_str().unwrap().starts_with("rpc-"), "{r}");
+    // Refused by validation: a coded error, and the event stream says so too.
+    let big = json!({"userId": "sid", "content": "x".repeat(1025), "messageId": "i3"});
+    let r = rpc(&t, TENANT, "send", &serde_json::to_vec(&big).unwrap()).await;
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("1024"),
+        "{r}"
+    );
+    t.stop().await;
+}
