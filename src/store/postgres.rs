@@ -225,6 +225,7 @@ const INSERT_OFFLINE: &str = "INSERT INTO offline_messages (relay_id, kind, tena
      ORDER BY ord \
      ON CONFLICT (kind, tenant, user_id, message_id) WHERE message_id IS NOT NULL DO NOTHING";
 
+const EVENT_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, event_type, ok, body::text AS body, subject, created_at";
 const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, score, \
      comment, inter_idx, result_code, result_desc, created_at";
 
@@ -566,6 +567,34 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
     Ok(done)
 }
 
+impl PgStore {
+    /// One user's rows of `table` (one of the store's own tables), oldest first.
+    async fn user_rows<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        map: fn(&PgRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let sql = format!(
+            "SELECT {columns} FROM {table} \
+             WHERE kind = $1 AND tenant = $2 AND user_id = $3 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(map)
+            .collect()
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
@@ -766,37 +795,27 @@ impl Store for PgStore {
     }
 
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE kind = $1 AND tenant = $2 AND user_id = $3 ORDER BY created_at, id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(kind)
-            .bind(tenant)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(message_from_row)
-            .collect()
+        self.user_rows(
+            MESSAGE_COLUMNS,
+            "messages",
+            kind,
+            tenant,
+            user_id,
+            message_from_row,
+        )
+        .await
     }
 
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {
-        sqlx::query(
-            "SELECT relay_id, kind, tenant, user_id, session_id, event_type, ok, \
-             body::text AS body, subject, created_at FROM events \
-             WHERE kind = $1 AND tenant = $2 AND user_id = $3 ORDER BY created_at, id",
+        self.user_rows(
+            EVENT_COLUMNS,
+            "events",
+            kind,
+            tenant,
+            user_id,
+            event_from_row,
         )
-        .bind(kind)
-        .bind(tenant)
-        .bind(user_id)
-        .fetch_all(&self.pool)
         .await
-        .map_err(classify)?
-        .iter()
-        .map(event_from_row)
-        .collect()
     }
 
     async fn satisfactions(
@@ -805,20 +824,15 @@ impl Store for PgStore {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<SatisfactionRow>> {
-        let sql = format!(
-            "SELECT {SATISFACTION_COLUMNS} FROM satisfactions \
-             WHERE tenant = $2 AND user_id = $3 AND kind = $1 ORDER BY created_at, id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(kind)
-            .bind(tenant)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(satisfaction_from_row)
-            .collect()
+        self.user_rows(
+            SATISFACTION_COLUMNS,
+            "satisfactions",
+            kind,
+            tenant,
+            user_id,
+            satisfaction_from_row,
+        )
+        .await
     }
 
     async fn offline_messages(
@@ -827,20 +841,15 @@ impl Store for PgStore {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<OfflineRow>> {
-        let sql = format!(
-            "SELECT {OFFLINE_COLUMNS} FROM offline_messages \
-             WHERE tenant = $2 AND user_id = $3 AND kind = $1 ORDER BY created_at, id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(kind)
-            .bind(tenant)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(offline_from_row)
-            .collect()
+        self.user_rows(
+            OFFLINE_COLUMNS,
+            "offline_messages",
+            kind,
+            tenant,
+            user_id,
+            offline_from_row,
+        )
+        .await
     }
 
     async fn close(&self) {

@@ -184,6 +184,8 @@ static INSERT_OFFLINE: LazyLock<MultiRow> = LazyLock::new(|| {
     )
 });
 
+const EVENT_COLUMNS: &str =
+    "relay_id, kind, tenant, user_id, session_id, event_type, ok, body, subject, created_at";
 const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, score, \
      comment, inter_idx, result_code, result_desc, created_at";
 
@@ -536,6 +538,34 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
     Ok(done)
 }
 
+impl SqliteStore {
+    /// One user's rows of `table` (one of the store's own tables), oldest first.
+    async fn user_rows<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        map: fn(&SqliteRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let sql = format!(
+            "SELECT {columns} FROM {table} \
+             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(map)
+            .collect()
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
@@ -725,37 +755,27 @@ impl Store for SqliteStore {
     }
 
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 ORDER BY created_at, id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(kind.to_owned())
-            .bind(tenant.to_owned())
-            .bind(user_id.to_owned())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(message_from_row)
-            .collect()
+        self.user_rows(
+            MESSAGE_COLUMNS,
+            "messages",
+            kind,
+            tenant,
+            user_id,
+            message_from_row,
+        )
+        .await
     }
 
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {
-        sqlx::query(
-            "SELECT relay_id, kind, tenant, user_id, session_id, event_type, ok, body, subject, \
-             created_at FROM events \
-             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 ORDER BY created_at, id",
+        self.user_rows(
+            EVENT_COLUMNS,
+            "events",
+            kind,
+            tenant,
+            user_id,
+            event_from_row,
         )
-        .bind(kind.to_owned())
-        .bind(tenant.to_owned())
-        .bind(user_id.to_owned())
-        .fetch_all(&self.pool)
         .await
-        .map_err(classify)?
-        .iter()
-        .map(event_from_row)
-        .collect()
     }
 
     async fn satisfactions(
@@ -764,20 +784,15 @@ impl Store for SqliteStore {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<SatisfactionRow>> {
-        let sql = format!(
-            "SELECT {SATISFACTION_COLUMNS} FROM satisfactions \
-             WHERE tenant = ?2 AND user_id = ?3 AND kind = ?1 ORDER BY created_at, id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(kind.to_owned())
-            .bind(tenant.to_owned())
-            .bind(user_id.to_owned())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(satisfaction_from_row)
-            .collect()
+        self.user_rows(
+            SATISFACTION_COLUMNS,
+            "satisfactions",
+            kind,
+            tenant,
+            user_id,
+            satisfaction_from_row,
+        )
+        .await
     }
 
     async fn offline_messages(
@@ -786,20 +801,15 @@ impl Store for SqliteStore {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<OfflineRow>> {
-        let sql = format!(
-            "SELECT {OFFLINE_COLUMNS} FROM offline_messages \
-             WHERE tenant = ?2 AND user_id = ?3 AND kind = ?1 ORDER BY created_at, id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(kind.to_owned())
-            .bind(tenant.to_owned())
-            .bind(user_id.to_owned())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(offline_from_row)
-            .collect()
+        self.user_rows(
+            OFFLINE_COLUMNS,
+            "offline_messages",
+            kind,
+            tenant,
+            user_id,
+            offline_from_row,
+        )
+        .await
     }
 
     async fn close(&self) {
