@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::relay::Relay;
-use crate::store::Session;
+use crate::store::{Session, SessionState};
 
 /// Commands to the scheduler.
 enum Cmd {
@@ -89,6 +89,11 @@ struct Entry {
     key: Option<delay_queue::Key>,
     in_flight: bool,
     removed: bool,
+    /// What `add` changed while a poll was in flight: the poll returns its own (older) copy of
+    /// the session, so these are applied again on top of it.
+    changed_state: Option<SessionState>,
+    /// The latest activity `touch` reported while a poll was in flight (same reason).
+    touched: Option<OffsetDateTime>,
 }
 
 /// Runs the scheduler until the relay is cancelled. Polls run on `tracker`, so shutdown waits for
@@ -108,7 +113,13 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 let Some(entry) = sessions.get_mut(&id) else { continue };
                 entry.in_flight = false;
                 match next {
-                    Next::Again(p) if !entry.removed => {
+                    Next::Again(mut p) if !entry.removed => {
+                        if let Some(state) = entry.changed_state.take() {
+                            p.session.state = state;
+                        }
+                        if let Some(at) = entry.touched.take() {
+                            p.session.last_activity_at = p.session.last_activity_at.max(at);
+                        }
                         let delay = next_delay(&relay, &p);
                         entry.key = Some(queue.insert(id.clone(), delay));
                         entry.polled = Some(*p);
@@ -125,6 +136,10 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                     match sessions.get_mut(&id) {
                         Some(e) => {
                             e.removed = false;
+                            if e.in_flight {
+                                e.changed_state = Some(s.state);
+                                e.touched = e.touched.max(Some(s.last_activity_at));
+                            }
                             if let Some(p) = e.polled.as_mut() {
                                 p.session = *s;
                             }
@@ -142,6 +157,8 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                                 key: Some(key),
                                 in_flight: false,
                                 removed: false,
+                                changed_state: None,
+                                touched: None,
                             });
                         }
                     }
@@ -159,10 +176,16 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                     }
                 }
                 Cmd::Touch(id, at) => {
-                    if let Some(p) = sessions.get_mut(&id).and_then(|e| e.polled.as_mut())
-                        && at > p.session.last_activity_at {
+                    if let Some(e) = sessions.get_mut(&id) {
+                        if e.in_flight {
+                            e.touched = e.touched.max(Some(at));
+                        }
+                        if let Some(p) = e.polled.as_mut()
+                            && at > p.session.last_activity_at
+                        {
                             p.session.last_activity_at = at;
                         }
+                    }
                 }
             },
             Some(expired) = queue.next(), if !queue.is_empty() => {
