@@ -283,10 +283,31 @@ pub struct TimApp {
     pub secret_key_file: Option<PathBuf>,
     #[serde(default = "default_admin")]
     pub admin_identifier: String,
+    /// Checks the `Sign` of inbound callbacks (`sha256(token + RequestTime)`); without it,
+    /// callbacks are accepted unsigned.
     #[serde(default)]
     pub callback_token: Option<SecretString>,
+    #[serde(default)]
+    pub callback_token_file: Option<PathBuf>,
+    /// REST calls per second for this app, shared by all its sends and streams.
     #[serde(default = "default_rate_limit")]
     pub rate_limit: u32,
+    /// Per upstream HTTP call.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Lifetime of the admin UserSig the relay signs (`TLS.expire`); renewed well before it ends.
+    #[serde(default = "default_sig_expire", with = "humantime_serde")]
+    pub sig_expire: Duration,
+    /// A stream that receives no chunk for this long is finished by the relay (`Finish: 1`).
+    #[serde(default = "default_stream_idle", with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+}
+
+fn default_sig_expire() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_stream_idle() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_tim_url() -> url::Url {
@@ -361,6 +382,12 @@ impl Config {
         for (i, a) in self.tim.iter_mut().enumerate() {
             let key = format!("tim[{i}] ({}).secret_key", a.name);
             a.secret_key = resolve_secret(&key, a.secret_key.take(), a.secret_key_file.as_deref())?;
+            let key = format!("tim[{i}] ({}).callback_token", a.name);
+            a.callback_token = resolve_secret(
+                &key,
+                a.callback_token.take(),
+                a.callback_token_file.as_deref(),
+            )?;
         }
         Ok(())
     }
@@ -483,6 +510,36 @@ impl Config {
             }
             if a.rate_limit == 0 {
                 return Err(invalid(k("rate_limit"), "must be at least 1"));
+            }
+            if a.sdkappid == 0 || a.sdkappid > u64::from(u32::MAX) {
+                return Err(invalid(k("sdkappid"), "must be a 32-bit SDKAppID, not 0"));
+            }
+            if a.admin_identifier.trim().is_empty() {
+                return Err(invalid(k("admin_identifier"), "must not be empty"));
+            }
+            for (f, d, min) in [
+                (
+                    "request_timeout",
+                    a.request_timeout,
+                    Duration::from_millis(100),
+                ),
+                ("sig_expire", a.sig_expire, Duration::from_secs(300)),
+                (
+                    "stream_idle_timeout",
+                    a.stream_idle_timeout,
+                    Duration::from_millis(100),
+                ),
+            ] {
+                if d < min {
+                    return Err(invalid(
+                        k(f),
+                        format!(
+                            "{} is too short: at least {}",
+                            fmt_duration(d),
+                            fmt_duration(min)
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

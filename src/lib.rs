@@ -10,6 +10,7 @@
 //! bus.
 //! - [`cec`]: the Huawei CEC web-channel client: wire types exactly as documented, token caches,
 //!   typed errors with `is_retryable()`. Knows nothing of NATS.
+//! - [`tim`]: the Tencent Cloud IM client (Desk `send_msg`, robot `send_stream_msg`, UserSig).
 //! - [`uplink`]: turns an UpMessage from NATS into CEC calls and records the outcome.
 //! - [`poller`]: schedules and runs the polls of every active session; commits what comes back.
 //! - [`store`]: the store trait and its SQLite and PostgreSQL implementations; every step commits
@@ -40,4 +41,5 @@ pub mod rpc;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod tim;
 pub mod uplink;

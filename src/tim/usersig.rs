@@ -1,0 +1,1 @@
+//! TLSSigAPIv2 UserSigs: signing (the relay's admin sig) and verifying (the simulator).
