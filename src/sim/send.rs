@@ -180,7 +180,7 @@ fn check_chat_content(req: &SendRequest) -> Result<(), SendResponse> {
         };
     }
     if req.media_type == "WEBCARD" {
-        crate::cec::wire::check_webcard(&req.content).or_else(|desc| bad(desc))?;
+        crate::cec::wire::check_webcard(&req.content).or_else(bad)?;
     }
     Ok(())
 }
