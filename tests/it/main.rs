@@ -4,5 +4,6 @@ mod cec_relay;
 mod cli;
 mod crash;
 mod harness_smoke;
+mod result_codes;
 mod rpc;
 mod support;

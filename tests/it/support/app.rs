@@ -113,6 +113,28 @@ impl TestApp {
     }
 
     /// Watches everything the relay published for one user on `_OUT`, from the start.
+    /// A request-reply on `P.cec.<tenant>.rpc.<op>`, retrying "no responders" briefly while the
+    /// relay subscribes after start-up.
+    pub async fn rpc(&self, tenant: &str, op: &str, body: &Value) -> Value {
+        let subject = format!("{PREFIX}.cec.{tenant}.rpc.{op}");
+        let body = serde_json::to_vec(body).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .client
+                .request(subject.clone(), body.clone().into())
+                .await
+            {
+                Ok(m) => return serde_json::from_slice(&m.payload).unwrap(),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{op}: {e}"),
+            }
+        }
+    }
+
     pub async fn watch(&self, tenant: &str, user: &str) -> Watcher {
         Watcher::new(&self.js, &format!("{PREFIX}.cec.{tenant}.*.{user}")).await
     }
