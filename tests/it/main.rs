@@ -4,6 +4,7 @@ mod cec_relay;
 mod cli;
 mod crash;
 mod harness_smoke;
+mod outage;
 mod result_codes;
 mod rpc;
 mod support;

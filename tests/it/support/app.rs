@@ -112,7 +112,6 @@ impl TestApp {
             .await;
     }
 
-    /// Watches everything the relay published for one user on `_OUT`, from the start.
     /// A request-reply on `P.cec.<tenant>.rpc.<op>`, retrying "no responders" briefly while the
     /// relay subscribes after start-up.
     pub async fn rpc(&self, tenant: &str, op: &str, body: &Value) -> Value {
@@ -135,6 +134,7 @@ impl TestApp {
         }
     }
 
+    /// Watches everything the relay published for one user on `_OUT`, from the start.
     pub async fn watch(&self, tenant: &str, user: &str) -> Watcher {
         Watcher::new(&self.js, &format!("{PREFIX}.cec.{tenant}.*.{user}")).await
     }
