@@ -54,12 +54,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(sim_cfg: SimConfig) -> TestApp {
+    spawn_app_on(sim_cfg, None).await
+}
+
+/// [`spawn_app_with`] on the database at `db_url` (default: a fresh SQLite file).
+pub async fn spawn_app_on(sim_cfg: SimConfig, db_url: Option<String>) -> TestApp {
     super::init_tracing();
     let nats_server = super::nats().await;
     let sim = ccrelay::sim::spawn(sim_cfg).await.expect("simulator");
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("relay.db");
-    let db_url = format!("sqlite://{}", db_path.display());
+    let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
     let config = test_config(&nats_server.url(), &db_url, &sim);
     let app = App::start(config).await.expect("relay starts");
     let client = async_nats::connect(nats_server.url()).await.unwrap();
@@ -81,6 +86,14 @@ pub async fn spawn_app_with(sim_cfg: SimConfig) -> TestApp {
 impl TestApp {
     pub fn app(&self) -> &App {
         self.app.as_ref().expect("relay running")
+    }
+
+    /// `GET /readyz`: its status and body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let url = format!("http://{}/readyz", self.app().http_addr());
+        let rsp = reqwest::get(url).await.unwrap();
+        let status = rsp.status().as_u16();
+        (status, rsp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn wait_ready(&self) {

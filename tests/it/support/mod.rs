@@ -12,6 +12,7 @@
 pub mod app;
 mod nats;
 mod postgres;
+pub mod private_pg;
 
 use std::path::PathBuf;
 use std::sync::Once;
