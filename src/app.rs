@@ -115,6 +115,7 @@ impl App {
             poller: poller_handle,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
+            store_health: Default::default(),
         });
 
         let http_cancel = CancellationToken::new();

@@ -124,14 +124,20 @@ async fn database_down_while_sessions_are_active_loses_nothing() {
             .is_some_and(|d| d.starts_with("down")),
         "/readyz names the database: {body}"
     );
-    const N: usize = 200;
-    for n in 0..N {
-        t.sim.agent_say(&users[n % users.len()], &format!("n-{n}"));
-        if n % 20 == 19 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+    // The first message polled cannot be committed…
+    t.sim.agent_say(&users[0], "n-first");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // …and from then on polling pauses, for every session: nothing more is taken from the
+    // upstream that could not be stored.
+    let polls = || t.sim.stats().calls(ccrelay::sim::Endpoint::Poll);
+    let paused_at = polls();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(polls(), paused_at, "no poll while the database is down");
+    const N: usize = 200;
+    for n in 0..N - 1 {
+        t.sim
+            .agent_say(&users[(n + 1) % users.len()], &format!("n-{n}"));
+    }
     pg.restart().await;
 
     let mut downs = Watcher::new(&t.js, &format!("{PREFIX}.cec.{TENANT}.down.*")).await;
