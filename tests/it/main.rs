@@ -8,3 +8,4 @@ mod outage;
 mod result_codes;
 mod rpc;
 mod support;
+mod upstream_faults;

@@ -59,13 +59,23 @@ pub async fn spawn_app_with(sim_cfg: SimConfig) -> TestApp {
 
 /// [`spawn_app_with`] on the database at `db_url` (default: a fresh SQLite file).
 pub async fn spawn_app_on(sim_cfg: SimConfig, db_url: Option<String>) -> TestApp {
+    spawn_app_configured(sim_cfg, db_url, |_| {}).await
+}
+
+/// [`spawn_app_on`] with the test configuration changed by `configure` before the relay starts.
+pub async fn spawn_app_configured(
+    sim_cfg: SimConfig,
+    db_url: Option<String>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     super::init_tracing();
     let nats_server = super::nats().await;
     let sim = ccrelay::sim::spawn(sim_cfg).await.expect("simulator");
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("relay.db");
     let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
-    let config = test_config(&nats_server.url(), &db_url, &sim);
+    let mut config = test_config(&nats_server.url(), &db_url, &sim);
+    configure(&mut config);
     let app = App::start(config).await.expect("relay starts");
     let client = async_nats::connect(nats_server.url()).await.unwrap();
     let js = jetstream::new(client.clone());
