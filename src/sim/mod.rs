@@ -233,15 +233,19 @@ impl Simulator {
 
     /// Queues an AGENT CHAT message saying `content` for the user (whatever the session's state:
     /// this is a test tool).
-    pub fn agent_say(&self, user_id: &str, content: &str) {
+    ///
+    /// Returns the message's `messageCode` (as in [`Simulator::poll_log`]).
+    pub fn agent_say(&self, user_id: &str, content: &str) -> String {
         let script = self.script();
         self.inner.users.with(user_id, |u| {
             let now = Instant::now();
             u.advance(now, user_id, &script);
             let call_id = u.call_id(&script);
             let msg = script.message(user_id, &call_id, Sender::Agent, "CHAT", content, now);
+            let code = msg.message_code.clone().unwrap_or_default();
             u.outbox.push_back(msg);
-        });
+            code
+        })
     }
 
     /// Ends the user's session from the contact center's side: queues a message with controlType
