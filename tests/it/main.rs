@@ -4,6 +4,7 @@ mod cec_relay;
 mod chaos;
 mod cli;
 mod crash;
+mod fuzz_nats;
 mod harness_smoke;
 mod outage;
 mod result_codes;
