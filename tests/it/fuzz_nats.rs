@@ -43,7 +43,7 @@ impl Gen {
             1 => Value::Bool(self.below(2) == 0),
             2 => json!(self.next() as i64 % 100),
             3 | 4 if !enums.is_empty() => Value::String(self.pick(enums).to_owned()),
-            3 | 4 | 5 => Value::String(self.text()),
+            3..=5 => Value::String(self.text()),
             6 => Value::Array(
                 (0..self.below(3))
                     .map(|_| self.value(depth + 1, enums))
