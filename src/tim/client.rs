@@ -91,7 +91,8 @@ impl TimClient {
     pub async fn send_msg(&self, req: &SendMsgRequest) -> Result<TimAnswer, TimError> {
         let ep = TimEndpoint::DeskSendMsg;
         let has = |f: &Option<String>| f.as_deref().is_some_and(|s| !s.is_empty());
-        if !has(&req.session_id) && !(has(&req.from_account) && has(&req.to_account)) {
+        let addressed = has(&req.session_id) || (has(&req.from_account) && has(&req.to_account));
+        if !addressed {
             return Err(invalid(
                 ep,
                 "neither SessionId nor FromAccount + ToAccount is set".into(),
