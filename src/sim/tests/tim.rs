@@ -613,3 +613,18 @@ async fn the_relay_s_client_is_accepted_by_the_simulator() {
     assert!(!e.is_retryable());
     assert_eq!(sim.tim().stats().sig_rejected, 1);
 }
+
+#[test]
+fn the_tim_settings_read_with_defaults_and_stay_secret() {
+    let cfg: SimConfig =
+        serde_json::from_value(json!({ "tim": { "rate_limit": 5 } })).expect("config");
+    assert_eq!(cfg.tim.rate_limit, 5);
+    assert_eq!(cfg.tim.sdkappid, 1400000000);
+    assert_eq!(cfg.tim.secret_key, "sim-tim-secret-key");
+    assert_eq!(cfg.tim.admin_identifier, "administrator");
+    assert_eq!(cfg.tim.callback_token, "sim-callback-token");
+    assert_eq!(SimConfig::default().tim.rate_limit, 200);
+    assert!(serde_json::from_value::<SimConfig>(json!({ "tim": { "ratelimit": 5 } })).is_err());
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("sim-tim-secret-key") && !shown.contains("sim-callback-token"));
+}
