@@ -628,3 +628,48 @@ fn the_tim_settings_read_with_defaults_and_stay_secret() {
     let shown = format!("{cfg:?}");
     assert!(!shown.contains("sim-tim-secret-key") && !shown.contains("sim-callback-token"));
 }
+
+#[tokio::test]
+async fn the_client_sees_the_simulator_s_rate_limit_as_a_rate_limit() {
+    let sim = crate::sim::spawn(SimConfig {
+        tim: TimSimConfig {
+            rate_limit: 1,
+            ..TimSimConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let app = TimApp {
+        name: "shop".into(),
+        base_url: url::Url::parse(&sim.base_url()).unwrap(),
+        sdkappid: APPID,
+        secret_key: Some(SecretString::from(KEY)),
+        secret_key_file: None,
+        admin_identifier: ADMIN.into(),
+        callback_token: None,
+        callback_token_file: None,
+        rate_limit: 1,
+        request_timeout: Duration::from_secs(5),
+        sig_expire: Duration::from_secs(86400),
+        stream_idle_timeout: Duration::from_secs(30),
+    };
+    let c = TimClient::new(reqwest::Client::new(), app);
+    let req = StreamMsgRequest {
+        from_account: "@RBT#my_bot".into(),
+        to_account: "user01".into(),
+        chunk: "x".into(),
+        msg_key: None,
+        finish: Some(1),
+    };
+    // Three calls span at most two wall-clock seconds: at least one is refused.
+    let mut limited = 0;
+    for _ in 0..3 {
+        if let Err(e) = c.send_stream_msg(&req).await {
+            assert!(e.is_rate_limited() && e.is_retryable(), "{e:?}");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 1);
+    assert_eq!(sim.tim().stats().rate_limited, limited);
+}
