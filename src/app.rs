@@ -152,6 +152,7 @@ impl App {
 
         tracing::info!(http = %http_addr, nats = %relay.config.nats.url, prefix = %relay.subjects.prefix(),
             store = %store::redact_url(&relay.config.store.url), tenants = relay.tenants.len(), "ccrelay started");
+        http_tracker.spawn(notify_systemd(relay.clone(), http_cancel.clone()));
         Ok(App {
             relay,
             intake,
@@ -207,6 +208,7 @@ impl App {
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.relay.config.relay.shutdown_timeout;
         tracing::info!("Shutting down: stopping intake");
+        crate::systemd::notify_or_log("STOPPING=1");
         self.relay.cancel.cancel();
         self.intake.close();
         if tokio::time::timeout_at(deadline, self.intake.wait())
@@ -237,6 +239,31 @@ impl App {
             n.stop().await;
         }
         tracing::info!("Shutdown complete");
+    }
+}
+
+/// Tells systemd (`Type=notify`) `READY=1` once the streams and the consumers are set up (the
+/// store was migrated before), then `WATCHDOG=1` every half `WatchdogSec` until `stop`.
+async fn notify_systemd(relay: Arc<Relay>, stop: CancellationToken) {
+    while !relay.streams_ready.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    match crate::systemd::notify("READY=1\nSTATUS=Relaying") {
+        Ok(true) => tracing::info!("Told systemd the relay is ready"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "Cannot notify systemd"),
+    }
+    let Some(every) = crate::systemd::watchdog_interval() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => crate::systemd::notify_or_log("WATCHDOG=1"),
+        }
     }
 }
 

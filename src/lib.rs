@@ -20,6 +20,7 @@
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
 //! - [`http`]: `/healthz`, `/readyz`.
 //! - [`natsd`]: finding, installing and running a local nats-server (embedded defaults, tests).
+//! - [`systemd`]: `sd_notify` readiness, stopping and watchdog notifications.
 //! - [`relay`]: the state every task shares.
 //! - [`sim`]: the simulator of the upstream contact centers (`ccrelay simulate`).
 //! - [`config`], [`cli`], [`telemetry`], [`app`]: configuration, command line, logs, and the wiring of
@@ -40,6 +41,7 @@ pub mod relay;
 pub mod rpc;
 pub mod sim;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod tim;
 pub mod uplink;

@@ -241,3 +241,61 @@ async fn simulate_serves_the_cec_api_and_its_control_api() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_it_notifies_ready_watchdog_and_stopping() {
+    let nats = crate::support::nats().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = ccrelay()
+        .arg("run")
+        .env("CCRELAY_NATS__URL", nats.url())
+        .env("CCRELAY_NATS__EMBEDDED", "false")
+        .env("CCRELAY_HTTP__LISTEN", "127.0.0.1:0")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        // READY first, then watchdog pings.
+        while seen.iter().filter(|s: &&String| *s == "WATCHDOG=1").count() < 2 {
+            let n = socket.recv(&mut buf).expect("a notification within 30 s");
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        (socket, seen)
+    })
+    .await
+    .unwrap();
+    let (socket, mut seen) = seen;
+    assert!(seen[0].starts_with("READY=1"), "{seen:?}");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopping = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = socket.recv(&mut buf).expect("STOPPING=1 within 30 s");
+            let s = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if s == "STOPPING=1" {
+                return s;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    seen.push(stopping);
+    assert!(child.wait().unwrap().success(), "{seen:?}");
+}
