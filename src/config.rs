@@ -167,7 +167,8 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
-    /// At most this many polls in flight at once, over all tenants.
+    /// At most this many polls in flight at once, per tenant: a tenant whose upstream hangs cannot
+    /// delay the polls of the others.
     pub max_concurrent_polls: usize,
     /// At most this many uplink messages being sent upstream at once, per tenant: a tenant whose
     /// upstream fails (its messages held by retries) cannot slow the others down.

@@ -3,7 +3,8 @@
 //! One scheduler task owns all sessions: a [`DelayQueue`] holds each session's next due time, so
 //! tens of thousands of sessions cost one timer wheel and a map entry each — no task, thread or
 //! sleep per session. When a session is due, its poll runs as a task (at most
-//! `relay.max_concurrent_polls` at once); when the poll ends, the session is scheduled again
+//! `relay.max_concurrent_polls` at once per tenant, so a tenant whose upstream hangs — its polls
+//! waiting out their timeouts — cannot delay the polls of the others); when the poll ends, the session is scheduled again
 //! `poll_interval` later (± 10 % jitter, so sessions opened together do not poll together). One
 //! session never has two polls in flight, so its messages are committed — and published — in the
 //! order the upstream returned them.
@@ -101,7 +102,8 @@ struct Entry {
 pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker) {
     let mut queue: DelayQueue<String> = DelayQueue::new();
     let mut sessions: HashMap<String, Entry> = HashMap::new();
-    let permits = Arc::new(Semaphore::new(relay.config.relay.max_concurrent_polls));
+    // Poll permits per tenant, made on first use.
+    let mut permits: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Next)>();
     let cancel = relay.cancel.clone();
 
@@ -194,8 +196,11 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 entry.key = None;
                 let Some(polled) = entry.polled.clone() else { continue };
                 entry.in_flight = true;
+                let permits = permits
+                    .entry(polled.session.tenant.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(relay.config.relay.max_concurrent_polls)))
+                    .clone();
                 let relay = relay.clone();
-                let permits = permits.clone();
                 let done = done_tx.clone();
                 tracker.spawn(async move {
                     let next = match permits.acquire_owned().await {

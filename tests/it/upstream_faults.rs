@@ -119,3 +119,53 @@ async fn one_tenant_s_failing_upstream_does_not_slow_the_others() {
     a.until(30, "acme's CONNECT", is_event("up.result")).await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_s_hanging_polls_do_not_delay_the_others() {
+    let healthy = ccrelay::sim::spawn(SimConfig::default()).await.unwrap();
+    let sc = SimConfig::default();
+    let mut beta = CecTenant::simulated(
+        "beta",
+        url::Url::parse(&healthy.base_url()).unwrap(),
+        &sc.app_key,
+        &sc.app_secret,
+        &sc.channel_config_id,
+    );
+    beta.poll_interval = Duration::from_millis(100);
+    let mut t = spawn_app_configured(SimConfig::default(), None, move |c| {
+        c.relay.max_concurrent_polls = 2;
+        c.cec.push(beta);
+    })
+    .await;
+    let mut events = Watcher::new(&t.js, &format!("{PREFIX}.cec.*.event.*")).await;
+    for (i, u) in ["a1", "a2", "a3", "a4"].iter().enumerate() {
+        let id: &'static str = Box::leak(format!("a{i}").into_boxed_str());
+        t.up(u, json!({"controlType": "CONNECT", "messageId": id}))
+            .await;
+        events.until(10, "acme CONNECT", is_result_for(id)).await;
+    }
+    t.publish_raw(
+        "beta",
+        "b1",
+        &serde_json::to_vec(&json!({"controlType": "CONNECT", "messageId": "bc"})).unwrap(),
+    )
+    .await;
+    events.until(10, "beta CONNECT", is_result_for("bc")).await;
+
+    // acme's polls now hang until they time out (3 s), holding acme's poll permits.
+    t.sim
+        .inject_fault(Fault::delay(Endpoint::Poll, Duration::from_secs(20)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut w = t.watch("beta", "b1").await;
+    let said = tokio::time::Instant::now();
+    healthy.agent_say("b1", "still served");
+    w.until(
+        2,
+        "beta's agent message",
+        is_down_containing("still served"),
+    )
+    .await;
+    assert!(said.elapsed() < Duration::from_secs(2));
+    t.sim.clear_faults();
+    t.stop().await;
+}
