@@ -55,6 +55,11 @@ pub fn check_message_id(id: &str) -> Result<(), Refusal> {
     if id.contains(',') {
         return Err(refuse("messageId", "must not contain a comma"));
     }
+    // Not a documented limit, but an id is a key in the database (PostgreSQL's text cannot hold
+    // NUL) and in logs: control characters are refused rather than mangled.
+    if id.chars().any(char::is_control) {
+        return Err(refuse("messageId", "must not contain control characters"));
+    }
     Ok(())
 }
 
@@ -262,6 +267,8 @@ mod tests {
         assert_eq!(check_up("u", &m).unwrap_err().field, "messageId");
         m.message_id = Some("x".repeat(33));
         assert!(check_up("u", &m).unwrap_err().reason.contains("32"));
+        m.message_id = Some("a\u{0}b".into());
+        assert!(check_up("u", &m).unwrap_err().reason.contains("control"));
 
         let mut m = chat("hi");
         m.control_type = Some("SHOUT".into());
