@@ -37,6 +37,7 @@
 //! caller: it fails, non-retryably, and nothing of it is kept. `SetState` and `Close` on a
 //! closed session change nothing.
 
+mod pg_text;
 pub mod postgres;
 pub mod sqlite;
 

@@ -616,6 +616,7 @@ impl Store for PgStore {
         if commit.is_empty() {
             return Ok(Committed::default());
         }
+        let commit = super::pg_text::commit(commit);
         let mut tx = self.pool.begin().await.map_err(classify)?;
         // On error `tx` is dropped, which rolls everything back.
         let done = apply(&mut tx, &commit).await?;
@@ -627,6 +628,7 @@ impl Store for PgStore {
         if row.direction != Direction::Up {
             return Err(invalid("begin_up takes an up row"));
         }
+        let row = &super::pg_text::row(row.clone());
         let Some(message_id) = &row.message_id else {
             return Err(invalid("begin_up needs the up row's message_id"));
         };

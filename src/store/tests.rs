@@ -186,6 +186,7 @@ contract_tests!(
     offline_messages_round_trip_per_user_in_order,
     a_failing_commit_keeps_no_satisfaction_or_offline_message,
     offline_messages_are_deduplicated_by_message_id,
+    text_with_nul_characters_is_stored,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1851,4 +1852,37 @@ async fn bench_downlink_sqlite() {
 #[ignore = "benchmark"]
 async fn bench_downlink_postgres() {
     on_postgres(downlink_throughput).await;
+}
+
+/// A NUL in what the upstream or a customer sent must not fail the commit for good (PostgreSQL's
+/// text and jsonb refuse it; it is stored there as U+FFFD). The outbox payload is kept exactly.
+async fn text_with_nul_characters_is_stored(db: Db) {
+    let store = &db.store;
+    let s = session("nul", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let d = down("nul", Some("c-nul"), "a\u{0}b", at(1));
+    let payload = d.publish.payload.clone();
+    let mut ev = event("nul", "up.result", at(2));
+    ev.body = json!({"type": "up.result", "resultDesc": "x\u{0}"}).to_string();
+    let commit = Commit {
+        down: vec![d],
+        events: vec![ev],
+        ..Default::default()
+    };
+    store.commit(commit).await.unwrap();
+    let mut up = up_row("nul", "m-nul", at(3));
+    up.content = Some("c\u{0}".into());
+    up.body = json!({"content": "c\u{0}"}).to_string();
+    assert_eq!(store.begin_up(&up).await.unwrap(), UpBegin::New);
+
+    let rows = transcript(store, "nul").await;
+    assert_eq!(rows.len(), 2);
+    let content = rows[0].content.as_deref().unwrap();
+    assert!(
+        content == "a\u{0}b" || content == "a\u{FFFD}b",
+        "{content:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&rows[0].body).unwrap();
+    assert!(body["content"] == "a\u{0}b" || body["content"] == "a\u{FFFD}b");
+    assert_eq!(store.outbox_pending(10).await.unwrap()[0].payload, payload);
 }

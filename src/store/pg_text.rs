@@ -1,0 +1,164 @@
+//! PostgreSQL's `text` cannot hold NUL (U+0000), and `jsonb` refuses the `\u0000` escape; SQLite
+//! takes both. A message with a NUL in it — an upstream's or a customer's — must still be stored,
+//! not fail its commit for good, so before PostgreSQL sees them NULs become U+FFFD (the
+//! replacement character) in text columns and in the strings of JSON bodies. Outbox payloads are
+//! `bytea` and untouched: what is published is exactly what was built.
+//!
+//! The common case — no NUL anywhere — costs one scan per field and no allocation.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::{Commit, MessageRow};
+
+/// `s` with NUL replaced.
+pub(crate) fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn fix(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{FFFD}");
+    }
+}
+
+fn fix_opt(s: &mut Option<String>) {
+    if let Some(s) = s {
+        fix(s);
+    }
+}
+
+/// A JSON document whose strings (keys included) may contain `\u0000`.
+fn fix_json(body: &mut String) {
+    if !body.contains("\\u0000") {
+        return;
+    }
+    let Ok(mut v) = serde_json::from_str::<Value>(body) else {
+        return;
+    };
+    walk(&mut v);
+    if let Ok(s) = serde_json::to_string(&v) {
+        *body = s;
+    }
+}
+
+fn walk(v: &mut Value) {
+    match v {
+        Value::String(s) => fix(s),
+        Value::Array(a) => a.iter_mut().for_each(walk),
+        Value::Object(m) => {
+            let fixed: serde_json::Map<String, Value> = std::mem::take(m)
+                .into_iter()
+                .map(|(mut k, mut v)| {
+                    fix(&mut k);
+                    walk(&mut v);
+                    (k, v)
+                })
+                .collect();
+            *m = fixed;
+        }
+        _ => {}
+    }
+}
+
+/// A transcript row PostgreSQL can store.
+pub(crate) fn row(mut r: MessageRow) -> MessageRow {
+    for f in [
+        &mut r.message_id,
+        &mut r.message_code,
+        &mut r.source_type,
+        &mut r.control_type,
+        &mut r.media_type,
+        &mut r.content,
+        &mut r.result_code,
+        &mut r.result_desc,
+    ] {
+        fix_opt(f);
+    }
+    fix_json(&mut r.body);
+    r
+}
+
+/// A commit PostgreSQL can store.
+pub(crate) fn commit(mut c: Commit) -> Commit {
+    for d in &mut c.down {
+        d.row = row(std::mem::replace(&mut d.row, empty_row()));
+    }
+    for e in &mut c.events {
+        fix_json(&mut e.body);
+    }
+    if let Some(up) = &mut c.up {
+        fix_opt(&mut up.result_code);
+        fix_opt(&mut up.result_desc);
+    }
+    for s in &mut c.satisfactions {
+        fix(&mut s.score);
+        fix_opt(&mut s.comment);
+        fix_opt(&mut s.inter_idx);
+        fix(&mut s.result_code);
+        fix_opt(&mut s.result_desc);
+    }
+    for o in &mut c.offline {
+        fix_opt(&mut o.caller);
+        fix(&mut o.content);
+        fix_opt(&mut o.tip_text);
+        fix(&mut o.result_code);
+        fix_opt(&mut o.result_desc);
+    }
+    c
+}
+
+fn empty_row() -> MessageRow {
+    MessageRow {
+        relay_id: String::new(),
+        kind: String::new(),
+        tenant: String::new(),
+        user_id: String::new(),
+        session_id: None,
+        direction: super::Direction::Down,
+        message_id: None,
+        message_code: None,
+        source_type: None,
+        control_type: None,
+        media_type: None,
+        content: None,
+        body: String::new(),
+        status: super::MessageStatus::Received,
+        result_code: None,
+        result_desc: None,
+        stream_seq: None,
+        created_at: time::OffsetDateTime::UNIX_EPOCH,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_becomes_the_replacement_character_in_text_and_json() {
+        assert_eq!(text("a\0b"), "a\u{FFFD}b");
+        assert!(matches!(text("plain"), Cow::Borrowed(_)));
+        let mut body =
+            serde_json::json!({"content": "x\u{0}y", "k\u{0}": ["\u{0}"], "n": 1}).to_string();
+        assert!(body.contains("\\u0000"));
+        fix_json(&mut body);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["content"], "x\u{FFFD}y");
+        assert_eq!(v["k\u{FFFD}"][0], "\u{FFFD}");
+        assert!(!body.contains("\\u0000"));
+        // An escaped backslash followed by "u0000" is not a NUL and stays.
+        let mut literal = serde_json::json!({"c": "\\u0000"}).to_string();
+        let before = literal.clone();
+        fix_json(&mut literal);
+        assert_eq!(
+            serde_json::from_str::<Value>(&literal).unwrap(),
+            serde_json::from_str::<Value>(&before).unwrap()
+        );
+    }
+}
