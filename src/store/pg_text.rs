@@ -6,20 +6,9 @@
 //!
 //! The common case — no NUL anywhere — costs one scan per field and no allocation.
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 
 use super::{Commit, MessageRow};
-
-/// `s` with NUL replaced.
-pub(crate) fn text(s: &str) -> Cow<'_, str> {
-    if s.contains('\0') {
-        Cow::Owned(s.replace('\0', "\u{FFFD}"))
-    } else {
-        Cow::Borrowed(s)
-    }
-}
 
 fn fix(s: &mut String) {
     if s.contains('\0') {
@@ -139,6 +128,16 @@ fn empty_row() -> MessageRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
+
+    /// `s` with NUL replaced.
+    fn text(s: &str) -> Cow<'_, str> {
+        if s.contains('\0') {
+            Cow::Owned(s.replace('\0', "\u{FFFD}"))
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
 
     #[test]
     fn nul_becomes_the_replacement_character_in_text_and_json() {
