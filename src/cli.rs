@@ -47,6 +47,59 @@ pub enum Command {
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// List stored sessions, newest first.
+    Sessions {
+        /// Only this tenant's (or app's).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only sessions in this state: active, queued or closed.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Print a customer's stored conversation, both directions, oldest first.
+    Transcript {
+        tenant: String,
+        user: String,
+        /// One JSON object per message, every stored field.
+        #[arg(long)]
+        json: bool,
+        /// `cec` (Huawei CEC) or `tim` (Tencent IM).
+        #[arg(long, default_value = "cec")]
+        kind: String,
+    },
+    /// Write every stored message of a time range, oldest first, in constant memory.
+    Export {
+        /// From this time on (RFC 3339, or a date: midnight UTC).
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        since: time::OffsetDateTime,
+        /// Up to (not including) this time; default: now.
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        until: Option<time::OffsetDateTime>,
+        /// Only this tenant's (or app's).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::admin::ExportFormat::Jsonl)]
+        format: crate::admin::ExportFormat,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Publish the stored messages of a time range again, under another subject prefix
+    /// (`<prefix>.<kind>.<tenant>.<up|down>.<user>`), for an analytics backfill.
+    Replay {
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        since: time::OffsetDateTime,
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        until: Option<time::OffsetDateTime>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The subject prefix to publish under; never the relay's own.
+        #[arg(long)]
+        prefix: String,
+    },
     /// Load and validate the configuration, print it with secrets redacted, then exit.
     CheckConfig,
 }

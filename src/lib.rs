@@ -23,10 +23,12 @@
 //! - [`systemd`]: `sd_notify` readiness, stopping and watchdog notifications.
 //! - [`relay`]: the state every task shares.
 //! - [`sim`]: the simulator of the upstream contact centers (`ccrelay simulate`).
+//! - [`admin`]: the operator's commands over the store: sessions, transcript, export, replay.
 //! - [`config`], [`cli`], [`telemetry`], [`app`]: configuration, command line, logs, and the wiring of
 //!   all tasks under one cancellation token and task tracker.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod bus;
 pub mod cec;

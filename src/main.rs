@@ -69,6 +69,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrated {}", ccrelay::store::redact_url(&config.store.url));
             Ok(())
         }
+        Command::Sessions {
+            tenant,
+            state,
+            limit,
+        } => {
+            let store = open_store(&load()?).await?;
+            let mut out = std::io::stdout().lock();
+            ccrelay::admin::sessions(&store, tenant.as_deref(), state.as_deref(), limit, &mut out)
+                .await
+        }
+        Command::Transcript {
+            tenant,
+            user,
+            json,
+            kind,
+        } => {
+            let store = open_store(&load()?).await?;
+            let mut out = std::io::stdout().lock();
+            ccrelay::admin::transcript(&store, &kind, &tenant, &user, json, &mut out).await
+        }
+        Command::Export {
+            since,
+            until,
+            tenant,
+            format,
+            out,
+        } => {
+            let store = open_store(&load()?).await?;
+            let range = ccrelay::admin::Range {
+                since,
+                until: until.unwrap_or_else(time::OffsetDateTime::now_utc),
+                tenant,
+            };
+            let n = match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    ccrelay::admin::export(&store, &range, format, &mut w).await?
+                }
+                None => {
+                    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                    ccrelay::admin::export(&store, &range, format, &mut w).await?
+                }
+            };
+            tracing::info!(rows = n, "Export done");
+            Ok(())
+        }
+        Command::Replay {
+            since,
+            until,
+            tenant,
+            prefix,
+        } => {
+            let config = load()?;
+            let store = open_store(&config).await?;
+            let nats = ccrelay::bus::connect::connect(&config.nats, "ccrelay-replay")
+                .await
+                .context("connecting to NATS")?;
+            let range = ccrelay::admin::Range {
+                since,
+                until: until.unwrap_or_else(time::OffsetDateTime::now_utc),
+                tenant,
+            };
+            let n =
+                ccrelay::admin::replay(&store, &nats, &range, &prefix, &config.nats.prefix).await?;
+            println!("replayed {n} messages under {prefix}.>");
+            Ok(())
+        }
         Command::CheckConfig => {
             let config = load()?;
             println!("{config:#?}");
@@ -76,4 +145,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configured database, for the commands that only read it.
+async fn open_store(config: &Config) -> anyhow::Result<ccrelay::store::DynStore> {
+    ccrelay::store::connect(&config.store.url)
+        .await
+        .with_context(|| format!("opening {}", ccrelay::store::redact_url(&config.store.url)))
 }

@@ -533,6 +533,42 @@ pub struct OutboxStats {
     pub oldest: Option<OffsetDateTime>,
 }
 
+/// One page of an export: transcript rows with `since <= created_at < until` (of one tenant, or
+/// all), in `(created_at, relay_id)` order, after the row `after` names. Reading page after page
+/// keeps memory constant over any number of rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagePage {
+    pub since: OffsetDateTime,
+    pub until: OffsetDateTime,
+    pub tenant: Option<String>,
+    /// `(created_at, relay_id)` of the last row of the previous page; `(since, "")` at first.
+    pub after: (OffsetDateTime, String),
+    pub limit: i64,
+}
+
+impl MessagePage {
+    /// The first page.
+    pub fn first(
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        tenant: Option<String>,
+        limit: i64,
+    ) -> Self {
+        MessagePage {
+            since,
+            until,
+            tenant,
+            after: (since, String::new()),
+            limit,
+        }
+    }
+
+    /// The page after the one that ended with `last`.
+    pub fn next(&mut self, last: &MessageRow) {
+        self.after = (last.created_at, last.relay_id.clone());
+    }
+}
+
 /// The store interface. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -574,6 +610,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// A user's transcript, both directions, oldest first.
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>>;
+    /// A page of transcript rows by time, for exports and replays ([`MessagePage`]).
+    async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>>;
     /// Events of a user, oldest first.
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>>;
     /// Satisfaction results of a user, oldest first.

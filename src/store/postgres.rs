@@ -19,7 +19,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OfflineRow,
+    Commit, Committed, Direction, EventRecord, MessagePage, MessageRow, MessageStatus, OfflineRow,
     OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
     SessionChange, SessionState, Store, StoreError, UpBegin, classify, from_unix_micros, invalid,
     unix_micros,
@@ -806,6 +806,28 @@ impl Store for PgStore {
             message_from_row,
         )
         .await
+    }
+
+    async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR tenant = $3) \
+               AND (created_at > $4 OR (created_at = $4 AND relay_id > $5)) \
+             ORDER BY created_at, relay_id LIMIT $6"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(Ts::of(page.since))
+            .bind(Ts::of(page.until))
+            .bind(page.tenant.clone())
+            .bind(Ts::of(page.after.0))
+            .bind(page.after.1.clone())
+            .bind(page.limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(message_from_row)
+            .collect()
     }
 
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {

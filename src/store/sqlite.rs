@@ -21,7 +21,7 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OfflineRow,
+    Commit, Committed, Direction, EventRecord, MessagePage, MessageRow, MessageStatus, OfflineRow,
     OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
     SessionChange, SessionState, Store, StoreError, UpBegin, classify, from_unix_micros, invalid,
     unix_micros,
@@ -764,6 +764,28 @@ impl Store for SqliteStore {
             message_from_row,
         )
         .await
+    }
+
+    async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE created_at >= ?1 AND created_at < ?2 AND (?3 IS NULL OR tenant = ?3) \
+               AND (created_at > ?4 OR (created_at = ?4 AND relay_id > ?5)) \
+             ORDER BY created_at, relay_id LIMIT ?6"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(unix_micros(page.since))
+            .bind(unix_micros(page.until))
+            .bind(page.tenant.clone())
+            .bind(unix_micros(page.after.0))
+            .bind(page.after.1.clone())
+            .bind(page.limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(message_from_row)
+            .collect()
     }
 
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per surface, shared helpers in `support`.
 
+mod admin;
 mod cec_relay;
 mod chaos;
 mod cli;
