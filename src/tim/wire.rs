@@ -118,6 +118,14 @@ fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     }
 }
 
+/// `MsgRandom` derived from a message id: the first 4 bytes of sha256(id), big-endian, so a retry
+/// or a redelivery of the same id is de-duplicated by Tencent.
+pub fn msg_random(id: &str) -> u32 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
