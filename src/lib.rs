@@ -42,4 +42,5 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod tim;
+pub mod timlink;
 pub mod uplink;

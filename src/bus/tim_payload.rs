@@ -134,7 +134,12 @@ fn element(i: usize, v: &Value) -> Result<MsgElement, TimPayloadError> {
         .ok_or_else(|| refuse(&field, "must be an object with MsgType and MsgContent"))?;
     match obj.get("MsgType") {
         Some(Value::String(t)) if !t.is_empty() => {}
-        _ => return Err(refuse(&format!("{field}.MsgType"), "missing or not a string")),
+        _ => {
+            return Err(refuse(
+                &format!("{field}.MsgType"),
+                "missing or not a string",
+            ));
+        }
     }
     if !obj.get("MsgContent").is_some_and(Value::is_object) {
         return Err(refuse(
@@ -229,8 +234,8 @@ pub fn inbound(
     command: &str,
     received_at: OffsetDateTime,
 ) -> Result<Inbound, TimPayloadError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| refuse("body", format!("not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| refuse("body", format!("not JSON: {e}")))?;
     let Value::Object(mut obj) = v else {
         return Err(refuse("body", "not a JSON object"));
     };
@@ -277,8 +282,8 @@ mod tests {
         assert_eq!(e.field, "text");
         let e = parse_send(br#"{"sessionId":"s","txt":"a"}"#).unwrap_err();
         assert!(e.reason.contains("txt"), "{e}");
-        let e = parse_send(br#"{"from":"@cs","msgBody":[{"MsgType":"TIMCustomElem"}]}"#)
-            .unwrap_err();
+        let e =
+            parse_send(br#"{"from":"@cs","msgBody":[{"MsgType":"TIMCustomElem"}]}"#).unwrap_err();
         assert_eq!(e.field, "msgBody[0].MsgContent");
         let e = parse_send(br#"{"sessionId":"s","text":"a","excludeFromUserRespTimeout":2}"#)
             .unwrap_err();
@@ -318,15 +323,23 @@ mod tests {
 
     #[test]
     fn chunks_need_a_stream_id() {
-        assert_eq!(parse_chunk(br#"{"chunk":"a"}"#).unwrap_err().field, "payload");
         assert_eq!(
-            parse_chunk(br#"{"streamId":"","chunk":"a"}"#).unwrap_err().field,
+            parse_chunk(br#"{"chunk":"a"}"#).unwrap_err().field,
+            "payload"
+        );
+        assert_eq!(
+            parse_chunk(br#"{"streamId":"","chunk":"a"}"#)
+                .unwrap_err()
+                .field,
             "streamId"
         );
-        let c = parse_chunk(br#"{"streamId":"s","from":"@RBT#b","chunk":"a","finish":true}"#)
-            .unwrap();
+        let c =
+            parse_chunk(br#"{"streamId":"s","from":"@RBT#b","chunk":"a","finish":true}"#).unwrap();
         assert!(c.finish);
-        let big = format!(r#"{{"streamId":"s","chunk":"{}"}}"#, "y".repeat(MAX_BODY_BYTES + 1));
+        let big = format!(
+            r#"{{"streamId":"s","chunk":"{}"}}"#,
+            "y".repeat(MAX_BODY_BYTES + 1)
+        );
         assert_eq!(parse_chunk(big.as_bytes()).unwrap_err().field, "chunk");
     }
 
@@ -357,7 +370,10 @@ mod tests {
         .unwrap();
         assert!(r.from_robot);
         assert_eq!(r.user.as_deref(), Some("u7"));
-        assert_eq!(inbound(b"[1]", "i", "a", "c", at).unwrap_err().field, "body");
+        assert_eq!(
+            inbound(b"[1]", "i", "a", "c", at).unwrap_err().field,
+            "body"
+        );
     }
 
     proptest! {

@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 use super::{
     Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OfflineRow,
     OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
-    SessionChange, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, classify, from_unix_micros, invalid,
-    unix_micros,
+    SessionChange, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin,
+    classify, from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -884,7 +884,9 @@ impl Store for PgStore {
     }
 
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
-        let sql = format!("SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = $1 AND stream_id = $2");
+        let sql = format!(
+            "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = $1 AND stream_id = $2"
+        );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(app.to_owned())
             .bind(stream_id.to_owned())

@@ -23,8 +23,8 @@ use time::OffsetDateTime;
 use super::{
     Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, OfflineRow,
     OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
-    SessionChange, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, classify, from_unix_micros, invalid,
-    unix_micros,
+    SessionChange, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin,
+    classify, from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -817,7 +817,11 @@ impl Store for SqliteStore {
     }
 
     async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
         sqlx::query(TIM_STREAM_UPSERT)
             .bind(row.app.clone())
             .bind(row.user_id.clone())
@@ -844,7 +848,9 @@ impl Store for SqliteStore {
     }
 
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
-        let sql = format!("SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = ?1 AND stream_id = ?2");
+        let sql = format!(
+            "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = ?1 AND stream_id = ?2"
+        );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(app.to_owned())
             .bind(stream_id.to_owned())
@@ -873,7 +879,11 @@ impl Store for SqliteStore {
     }
 
     async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
         sqlx::query(TIM_CALLBACK_INSERT)
             .bind(row.relay_id.clone())
             .bind(row.app.clone())
@@ -921,8 +931,7 @@ const TIM_STREAM_UPSERT: &str = "INSERT INTO tim_streams (app, user_id, stream_i
      finished = excluded.finished, status = excluded.status, error_code = excluded.error_code, \
      error_info = excluded.error_info, updated_at = excluded.updated_at";
 
-const TIM_CALLBACK_COLUMNS: &str =
-    "relay_id, app, user_id, command, body, published, created_at";
+const TIM_CALLBACK_COLUMNS: &str = "relay_id, app, user_id, command, body, published, created_at";
 
 const TIM_CALLBACK_INSERT: &str = "INSERT INTO tim_callbacks (relay_id, app, user_id, command, \
      body, published, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";

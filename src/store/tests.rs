@@ -1897,7 +1897,10 @@ mod tim {
         let s = &db.store;
         let mut row = stream("st1", "u1", at(1));
         s.tim_stream_save(&row, Commit::default()).await.unwrap();
-        assert_eq!(s.tim_stream("shop", "st1").await.unwrap(), Some(row.clone()));
+        assert_eq!(
+            s.tim_stream("shop", "st1").await.unwrap(),
+            Some(row.clone())
+        );
         row.msg_key = Some("key-1".into());
         row.text = "hello, world".into();
         row.chunks = 3;
@@ -1918,7 +1921,10 @@ mod tim {
             .await
             .unwrap();
         assert_eq!(done.outboxed, 1);
-        assert_eq!(s.tim_stream("shop", "st1").await.unwrap(), Some(row.clone()));
+        assert_eq!(
+            s.tim_stream("shop", "st1").await.unwrap(),
+            Some(row.clone())
+        );
         assert_eq!(s.tim_stream("shop", "nope").await.unwrap(), None);
         s.tim_stream_save(&stream("st2", "u1", at(2)), Commit::default())
             .await
@@ -1951,7 +1957,9 @@ mod tim {
             published: false,
             created_at: at(1),
         };
-        s.tim_callback_save(&robot, Commit::default()).await.unwrap();
+        s.tim_callback_save(&robot, Commit::default())
+            .await
+            .unwrap();
         let mut down = down("u1", None, "hi", at(2));
         down.row.kind = kind::TIM.into();
         down.row.tenant = "shop".into();
