@@ -73,14 +73,17 @@ pub struct StreamHandle {
 }
 
 impl StreamHandle {
-    /// Queues a chunk; gives it back if the scheduler has stopped.
-    pub fn push(&self, c: ChunkIn) -> Result<(), ChunkIn> {
-        self.tx.send(Msg::Chunk(c)).map_err(|e| match e.0 {
-            Msg::Chunk(c) => c,
-            _ => unreachable!("sent a chunk"),
-        })
+    /// Queues a chunk. When the scheduler has stopped the chunk is dropped, its `done` unanswered
+    /// (so JetStream delivers it again).
+    pub fn push(&self, c: ChunkIn) -> Result<(), SchedulerStopped> {
+        self.tx.send(Msg::Chunk(c)).map_err(|_| SchedulerStopped)
     }
 }
+
+/// The app's stream scheduler is not running (the relay is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the stream scheduler has stopped")]
+pub struct SchedulerStopped;
 
 /// Starts the scheduler on `tracker`; it stops when the sink's token is cancelled.
 pub fn spawn(ctx: StreamCtx, tracker: &TaskTracker) -> StreamHandle {

@@ -156,7 +156,10 @@ async fn five_hundred_streams_at_20_chunks_per_second_stay_under_200_calls_per_s
     let (rate_limited, max, calls, bad) = r
         .fake
         .with(|s| (s.rate_limited, s.max_in_one_second, s.calls, s.bad_keys));
-    eprintln!("{calls} calls, at most {max} in one second, for {} chunks", STREAMS * CHUNKS);
+    eprintln!(
+        "{calls} calls, at most {max} in one second, for {} chunks",
+        STREAMS * CHUNKS
+    );
     assert_eq!(rate_limited, 0, "no call may be over the limit");
     assert!(max <= 200, "{max} calls in one second");
     assert_eq!(bad, 0);
