@@ -6,3 +6,4 @@ mod crash;
 mod harness_smoke;
 mod rpc;
 mod support;
+mod tim;

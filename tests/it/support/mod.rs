@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod tim;
 mod nats;
 mod postgres;
 
