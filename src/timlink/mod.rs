@@ -147,6 +147,7 @@ impl Sink {
         let e = Event::new(event_type::ERROR, false)
             .for_user(app, user)
             .result(code, Some(format!("{field}: {reason}")))
+            .with("app", app)
             .with("field", field)
             .with(
                 "error",

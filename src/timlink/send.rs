@@ -197,6 +197,7 @@ impl Ctx<'_> {
         Event::new(event_type::SEND_RESULT, ok)
             .for_user(self.app, self.user)
             .with("messageId", self.id)
+            .with("app", self.app)
     }
 
     async fn refused(&self, code: &str, e: &TimPayloadError) -> Disposition {

@@ -729,6 +729,7 @@ async fn fail(
 fn result_commit(ctx: &StreamCtx, row: &TimStreamRow, e: Option<&TimError>) -> Commit {
     let mut ev = Event::new(event_type::STREAM_RESULT, e.is_none())
         .for_user(&ctx.app, &row.user_id)
+        .with("app", &*ctx.app)
         .with("streamId", row.stream_id.as_str())
         .with("MsgKey", row.msg_key.clone().unwrap_or_default())
         .with("chunks", row.chunks)
