@@ -194,7 +194,8 @@ async fn callback(
         app: app.clone(),
         user_id: inb.user.clone(),
         command: command.clone(),
-        body: body_json.map(|v| v.to_string()).unwrap_or_default(),
+        // As received (it parsed as a JSON object above).
+        body: String::from_utf8_lossy(&body).into_owned(),
         published: publish,
         created_at: received_at,
     };

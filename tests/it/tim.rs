@@ -14,8 +14,6 @@ use serde_json::{Value, json};
 
 use crate::support::tim::{APP, SIM_CALLBACK_TOKEN, SIM_SDKAPPID, spawn_tim_app};
 
-const NEEDS_SIM: &str = "needs the Tencent simulator";
-
 fn now_secs() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -73,7 +71,10 @@ async fn a_signed_callback_is_answered_ok_stored_and_published() {
     .await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
+    assert_eq!(
+        body,
+        json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""})
+    );
     let m = w
         .until(10, "the TimInbound", |s, _| s.contains(".in."))
         .await;
@@ -91,6 +92,22 @@ async fn a_signed_callback_is_answered_ok_stored_and_published() {
     let transcript = store.transcript(kind::TIM, APP, "u1").await.unwrap();
     assert_eq!(transcript.len(), 1);
     assert_eq!(transcript[0].content.as_deref(), Some("hello"));
+    // Readable like a CEC transcript.
+    let rsp = t
+        .client
+        .request(
+            "ccrelay.rpc.transcript.get",
+            serde_json::to_vec(&json!({"tenant": APP, "userId": "u1", "kind": "tim"}))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let r: Value = serde_json::from_slice(&rsp.payload).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["messages"][0]["content"], "hello");
+    assert_eq!(r["messages"][0]["direction"], "down");
+    assert_eq!(r["streams"], json!([]));
     t.stop().await;
 }
 
@@ -112,7 +129,10 @@ async fn callbacks_with_a_bad_or_stale_signature_or_an_unknown_app_are_refused()
     )
     .await;
     assert_eq!(stale, 403);
-    assert!(b["ErrorInfo"].as_str().unwrap().contains("RequestTime"), "{b}");
+    assert!(
+        b["ErrorInfo"].as_str().unwrap().contains("RequestTime"),
+        "{b}"
+    );
     let unsigned = reqwest::Client::new()
         .post(&url)
         .json(&body)
@@ -176,11 +196,14 @@ async fn the_robot_s_own_messages_are_stored_but_not_echoed() {
 #[tokio::test]
 #[ignore = "needs the Tencent simulator"]
 async fn desk_sends_reach_the_simulator_by_session_and_by_account() {
-    let _ = NEEDS_SIM;
     let mut t = spawn_tim_app().await;
     let mut w = t.watch_tim("u4").await;
-    t.tim("send", "u4", json!({"id": "m1", "sessionId": "sess-1", "text": "by session"}))
-        .await;
+    t.tim(
+        "send",
+        "u4",
+        json!({"id": "m1", "sessionId": "sess-1", "text": "by session"}),
+    )
+    .await;
     t.tim(
         "send",
         "u4",
@@ -221,8 +244,12 @@ async fn a_final_tencent_error_becomes_a_failed_send_result() {
     )
     .await;
     let mut w = t.watch_tim("u5").await;
-    t.tim("send", "u5", json!({"id": "m3", "sessionId": "gone", "text": "x"}))
-        .await;
+    t.tim(
+        "send",
+        "u5",
+        json!({"id": "m3", "sessionId": "gone", "text": "x"}),
+    )
+    .await;
     let e = w
         .until(15, "send.result", |s, v| {
             s.contains(".event.") && v["type"] == "send.result"
@@ -255,7 +282,8 @@ async fn a_stream_arrives_whole_in_order_and_finished() {
     assert_eq!(e["ok"], true, "{e}");
     let streams = t
         .sim_until("/sim/tim/streams", 10, |v| {
-            v.as_array().is_some_and(|a| a.iter().any(|s| s["finished"] == true))
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|s| s["finished"] == true))
         })
         .await;
     let s = &streams.as_array().unwrap()[0];
@@ -285,7 +313,8 @@ async fn an_idle_stream_is_finished_by_the_relay() {
     // stream_idle_timeout is 2 s in the test config.
     let streams = t
         .sim_until("/sim/tim/streams", 15, |v| {
-            v.as_array().is_some_and(|a| a.iter().any(|s| s["finished"] == true))
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|s| s["finished"] == true))
         })
         .await;
     assert_eq!(streams[0]["text"], "partial");
@@ -308,7 +337,9 @@ async fn simulator_callbacks_good_bad_and_stale() {
             .await;
         assert_eq!(r["status"], want, "{sign}: {r}");
     }
-    let m = w.until(10, "the TimInbound", |s, _| s.contains(".in.")).await;
+    let m = w
+        .until(10, "the TimInbound", |s, _| s.contains(".in."))
+        .await;
     assert_eq!(m["MsgBody"][0]["MsgContent"]["Text"], "good");
     w.drain(1).await;
     assert_eq!(w.seen.iter().filter(|(s, _)| s.contains(".in.")).count(), 1);

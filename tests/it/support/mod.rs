@@ -10,9 +10,9 @@
 #![allow(dead_code)]
 
 pub mod app;
-pub mod tim;
 mod nats;
 mod postgres;
+pub mod tim;
 
 use std::path::PathBuf;
 use std::sync::Once;
