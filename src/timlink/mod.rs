@@ -301,13 +301,12 @@ impl Workers {
                 // The consumer's filter and the `_IN` subjects make this impossible.
                 tracing::error!(subject = %msg.subject, "Tencent message on an unexpected subject; refused");
                 let sink = self.link.sink();
-                let commit = sink.refusal(
-                    "-",
-                    "-",
-                    "invalid_request",
-                    "subject",
-                    "not P.tim.<a>.send.<u> or P.tim.<a>.stream.<u>",
+                // No routable app and user: the event goes to `P.error`.
+                let reason = format!(
+                    "{} is not P.tim.<a>.send.<u> or P.tim.<a>.stream.<u>",
+                    msg.subject
                 );
+                let commit = sink.refusal("", "", "invalid_request", "subject", &reason);
                 self.tracker.spawn(async move {
                     let d = match sink.commit(commit).await {
                         Ok(_) => Disposition::Ack,
