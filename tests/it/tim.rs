@@ -1,10 +1,8 @@
 //! Tencent IM through the relay, black-box: NATS in, the simulator's Tencent side (or a direct
 //! HTTP call for callbacks) upstream, NATS and the database out.
 //!
-//! The tests marked `#[ignore = "needs the Tencent simulator…"]` drive the simulator's Tencent
-//! endpoints and control API (`/sim/tim/…`, issue 4's T-core half); run them with
-//! `cargo test --test it tim -- --include-ignored` once it is merged. The callback tests call
-//! the relay directly and run everywhere.
+//! The callback tests call the relay directly; the others drive the simulator's Tencent side
+//! (`/v4/…`) and read what it received through its control API (`/sim/tim/…`).
 
 use std::time::Duration;
 
@@ -194,7 +192,6 @@ async fn the_robot_s_own_messages_are_stored_but_not_echoed() {
 // Through the simulator's Tencent side.
 
 #[tokio::test]
-#[ignore = "needs the Tencent simulator"]
 async fn desk_sends_reach_the_simulator_by_session_and_by_account() {
     let mut t = spawn_tim_app().await;
     let mut w = t.watch_tim("u4").await;
@@ -235,7 +232,6 @@ async fn desk_sends_reach_the_simulator_by_session_and_by_account() {
 }
 
 #[tokio::test]
-#[ignore = "needs the Tencent simulator"]
 async fn a_final_tencent_error_becomes_a_failed_send_result() {
     let mut t = spawn_tim_app().await;
     t.sim_post(
@@ -262,7 +258,6 @@ async fn a_final_tencent_error_becomes_a_failed_send_result() {
 }
 
 #[tokio::test]
-#[ignore = "needs the Tencent simulator"]
 async fn a_stream_arrives_whole_in_order_and_finished() {
     let mut t = spawn_tim_app().await;
     let mut w = t.watch_tim("u6").await;
@@ -301,7 +296,6 @@ async fn a_stream_arrives_whole_in_order_and_finished() {
 }
 
 #[tokio::test]
-#[ignore = "needs the Tencent simulator"]
 async fn an_idle_stream_is_finished_by_the_relay() {
     let mut t = spawn_tim_app().await;
     t.tim(
@@ -322,7 +316,6 @@ async fn an_idle_stream_is_finished_by_the_relay() {
 }
 
 #[tokio::test]
-#[ignore = "needs the Tencent simulator"]
 async fn simulator_callbacks_good_bad_and_stale() {
     let mut t = spawn_tim_app().await;
     let mut w = t.watch_tim("u8").await;
@@ -343,5 +336,64 @@ async fn simulator_callbacks_good_bad_and_stale() {
     assert_eq!(m["MsgBody"][0]["MsgContent"]["Text"], "good");
     w.drain(1).await;
     assert_eq!(w.seen.iter().filter(|(s, _)| s.contains(".in.")).count(), 1);
+    t.stop().await;
+}
+
+/// The issue's load test, black-box: 500 concurrent streams at 20 chunks per second each through
+/// NATS, against the simulator's 200 calls per second.
+#[tokio::test]
+async fn five_hundred_streams_at_20_chunks_per_second_through_nats_stay_under_the_limit() {
+    const STREAMS: usize = 500;
+    const CHUNKS: usize = 20; // one second at 20/s
+    let mut t = spawn_tim_app().await;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for i in 0..CHUNKS {
+        tick.tick().await;
+        let mut acks = Vec::with_capacity(STREAMS);
+        for n in 0..STREAMS {
+            let payload = json!({"streamId": format!("load-{n}"), "from": "@RBT#bot",
+                                 "chunk": format!("{n}:{i};"), "finish": i + 1 == CHUNKS});
+            acks.push(
+                t.js.publish(
+                    format!("ccrelay.tim.{APP}.stream.lu{n}"),
+                    serde_json::to_vec(&payload).unwrap().into(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for a in
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await
+        {
+            a.unwrap();
+        }
+    }
+    let streams = t
+        .sim_until("/sim/tim/streams", 120, |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().filter(|s| s["finished"] == true).count() == STREAMS)
+        })
+        .await;
+    for s in streams.as_array().unwrap() {
+        let n: usize = s["to"].as_str().unwrap()[2..].parse().unwrap();
+        let want: String = (0..CHUNKS).map(|i| format!("{n}:{i};")).collect();
+        assert_eq!(s["text"], want.as_str(), "stream to {}", s["to"]);
+    }
+    let stats = t.sim_get("/sim/tim/stats").await;
+    eprintln!("simulator stats after the load: {stats}");
+    assert_eq!(stats["rateLimited"], 0, "{stats}");
+    assert!(
+        stats["maxCallsInOneSecond"].as_u64().unwrap() <= 200,
+        "{stats}"
+    );
+    assert!(
+        stats["calls"].as_u64().unwrap() < (STREAMS * CHUNKS) as u64,
+        "chunks are merged: {stats}"
+    );
+    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let row = store.tim_stream(APP, "load-250").await.unwrap().unwrap();
+    assert!(row.finished);
+    assert_eq!(row.chunks, CHUNKS as i64);
     t.stop().await;
 }

@@ -12,6 +12,8 @@
 pub mod app;
 mod nats;
 mod postgres;
+pub mod private_pg;
+pub mod relay_proc;
 pub mod tim;
 
 use std::path::PathBuf;
