@@ -261,7 +261,7 @@ impl Scheduler {
             done: c.done.take(),
         };
         let Some(s) = self.streams.get_mut(&key) else {
-            let mut s = StreamState {
+            let s = StreamState {
                 user: c.user,
                 from: c.chunk.from,
                 msg_key: None,
@@ -278,7 +278,6 @@ impl Scheduler {
                 backoff: None,
                 closed_at: None,
             };
-            s.last_chunk = Instant::now();
             self.streams.insert(key.clone(), s);
             let store = self.ctx.sink.store.clone();
             let app = self.ctx.app.clone();
@@ -363,6 +362,16 @@ impl Scheduler {
             Ok(None) => {
                 s.phase = Phase::Queued;
                 self.ready.push_back(key);
+            }
+            Ok(Some(r)) if r.user_id != s.user => {
+                // The streamId is taken by another user's stream.
+                let reason = format!("streamId: belongs to another user ({:?})", r.user_id);
+                let user = s.user.clone();
+                let mut rest: Vec<Pending> = s.pending.drain(..).collect();
+                self.streams.remove(&key);
+                for p in &mut rest {
+                    self.refuse(&user, &key, p, reason.clone());
+                }
             }
             Ok(Some(r)) => {
                 s.msg_key = r.msg_key;

@@ -325,3 +325,21 @@ async fn a_stream_without_a_robot_account_fails_before_any_call() {
     assert!(row.error_info.unwrap().contains("from"));
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_id_of_another_user_is_refused() {
+    let r = rig(100, 100, Duration::from_secs(30)).await;
+    all_acked(vec![r.push("u1", "st1", "mine", false, 1)]).await;
+    all_acked(vec![r.push("u2", "st1", "theirs", false, 2)]).await;
+    let events = r.store.events(kind::TIM, "shop", "u2").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "error");
+    assert!(
+        events[0].body.contains("another user"),
+        "{}",
+        events[0].body
+    );
+    let st = r.fake.with(|s| s.streams.values().next().cloned()).unwrap();
+    assert_eq!(st.text, "mine");
+    r.stop().await;
+}
