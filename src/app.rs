@@ -27,7 +27,7 @@ use crate::config::{CecTenant, Config, DEMO_TENANT};
 use crate::outbox::OutboxSignal;
 use crate::relay::{Relay, Tenant};
 use crate::store::DynStore;
-use crate::{bus, http, natsd, outbox, poller, sim, store, uplink};
+use crate::{bus, http, natsd, outbox, poller, sim, store, timlink, uplink};
 
 /// A running relay.
 pub struct App {
@@ -118,13 +118,23 @@ impl App {
             store_health: Default::default(),
         });
 
+        let intake = TaskTracker::new();
+        // Tencent IM: one client per [[tim]] app on the shared HTTP client; its stream
+        // schedulers run with the intake tasks.
+        let tim = Arc::new(timlink::TimLink::new(
+            relay.clone(),
+            http_client.clone(),
+            &intake,
+        ));
+
         let http_cancel = CancellationToken::new();
         let http_tracker = TaskTracker::new();
         let router = http::router(http::Health {
             store: store.clone(),
             nats: nats.clone(),
             streams_ready,
-        });
+        })
+        .merge(timlink::callback::router(tim.clone()));
         {
             let c = http_cancel.clone();
             http_tracker.spawn(async move {
@@ -144,8 +154,8 @@ impl App {
             outbox_cancel.clone(),
         ));
 
-        let intake = TaskTracker::new();
         intake.spawn(poller::run(relay.clone(), poller_inbox, intake.clone()));
+        intake.spawn(timlink::run(tim, js.clone(), intake.clone()));
         intake.spawn(uplink::run(relay.clone(), js, intake.clone()));
         intake.spawn(crate::rpc::run(relay.clone(), nats.clone()));
         resume_sessions(&relay, &store).await?;

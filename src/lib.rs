@@ -12,13 +12,15 @@
 //!   typed errors with `is_retryable()`. Knows nothing of NATS.
 //! - [`tim`]: the Tencent Cloud IM client (Desk `send_msg`, robot `send_stream_msg`, UserSig).
 //! - [`uplink`]: turns an UpMessage from NATS into CEC calls and records the outcome.
+//! - [`timlink`]: NATS ↔ Tencent IM: Desk sends, the robot stream scheduler under the app's rate
+//!   limit, and the inbound callback endpoint.
 //! - [`poller`]: schedules and runs the polls of every active session; commits what comes back.
 //! - [`store`]: the store trait and its SQLite and PostgreSQL implementations; every step commits
 //!   in one transaction, outbox rows included.
 //! - [`rpc`]: request-reply over core NATS for the CEC endpoints that are not messages.
 //! - [`outbox`]: publishes committed outbox rows to JetStream and deletes them on PubAck.
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
-//! - [`http`]: `/healthz`, `/readyz`.
+//! - [`http`]: `/healthz`, `/readyz` (and the Tencent callbacks of [`timlink`]).
 //! - [`natsd`]: finding, installing and running a local nats-server (embedded defaults, tests).
 //! - [`systemd`]: `sd_notify` readiness, stopping and watchdog notifications.
 //! - [`relay`]: the state every task shares.
@@ -46,4 +48,5 @@ pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod tim;
+pub mod timlink;
 pub mod uplink;

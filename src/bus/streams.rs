@@ -10,6 +10,9 @@ use crate::config::NatsConfig;
 /// Durable name of the consumer that feeds CEC uplink.
 pub const CEC_UP_CONSUMER: &str = "ccrelay-cec-up";
 
+/// Durable name of the consumer that feeds Tencent IM sends and streams.
+pub const TIM_CONSUMER: &str = "ccrelay-tim";
+
 /// A failed stream or consumer operation.
 #[derive(Debug, thiserror::Error)]
 #[error("nats: {what}: {reason}")]
@@ -164,6 +167,35 @@ pub async fn ensure_cec_up_consumer(
         .create_consumer(want)
         .await
         .map_err(|e| err(format!("consumer {CEC_UP_CONSUMER}"), e))
+}
+
+/// The durable pull consumer of Tencent IM sends and chunks (`P.tim.>` on `_IN`), created or
+/// updated. Apart from the CEC one, so a slow contact center never holds up the other.
+pub async fn ensure_tim_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cfg: &NatsConfig,
+) -> Result<consumer::Consumer<consumer::pull::Config>, SetupError> {
+    let want = consumer::pull::Config {
+        durable_name: Some(TIM_CONSUMER.to_owned()),
+        description: Some("ccrelay: messages and stream chunks to Tencent IM".to_owned()),
+        filter_subject: subjects.tim_filter(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: cfg.max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    let stream_name = subjects.in_stream();
+    let stream = js
+        .get_stream_no_info(&stream_name)
+        .await
+        .map_err(|e| err(format!("get stream {stream_name}"), e))?;
+    stream
+        .create_consumer(want)
+        .await
+        .map_err(|e| err(format!("consumer {TIM_CONSUMER}"), e))
 }
 
 /// Retries `f` with capped exponential backoff until it succeeds or `cancel` fires.

@@ -128,6 +128,45 @@ impl Subjects {
         }
     }
 
+    /// Filter of the durable consumer that feeds Tencent IM (`send` and `stream`; `_IN` holds
+    /// no other `tim` subjects).
+    pub fn tim_filter(&self) -> String {
+        format!("{}.tim.>", self.prefix)
+    }
+    pub fn tim_send(&self, app: &str, user: &str) -> String {
+        format!("{}.tim.{app}.send.{user}", self.prefix)
+    }
+    pub fn tim_stream(&self, app: &str, user: &str) -> String {
+        format!("{}.tim.{app}.stream.{user}", self.prefix)
+    }
+    pub fn tim_event(&self, app: &str, user: &str) -> String {
+        format!("{}.tim.{app}.event.{user}", self.prefix)
+    }
+    pub fn tim_in(&self, app: &str, user: &str) -> String {
+        format!("{}.tim.{app}.in.{user}", self.prefix)
+    }
+    /// The per-user Tencent event subject when both tokens are routable, else [`Self::error`].
+    pub fn tim_event_or_error(&self, app: &str, user: &str) -> String {
+        if check_token(app).is_ok() && check_token(user).is_ok() {
+            self.tim_event(app, user)
+        } else {
+            self.error()
+        }
+    }
+    /// Splits `P.tim.<a>.<kind>.<u>` into `(app, kind, user)`.
+    pub fn parse_tim<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?;
+        let rest = rest.strip_prefix(".tim.")?;
+        let mut it = rest.splitn(3, '.');
+        let app = it.next()?;
+        let kind = it.next()?;
+        let user = it.next()?;
+        if app.is_empty() || kind.is_empty() || user.is_empty() || user.contains('.') {
+            return None;
+        }
+        Some((app, kind, user))
+    }
+
     /// Splits `P.cec.<t>.<kind>.<u>` into `(tenant, kind, user)`.
     pub fn parse_cec<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
         let rest = subject.strip_prefix(self.prefix.as_str())?;
@@ -160,6 +199,23 @@ mod tests {
         assert_eq!(s.parse_cec("ccrelay.cec.acme.up"), None);
         assert_eq!(s.parse_cec("other.cec.acme.up.u1"), None);
         assert_eq!(s.parse_cec("ccrelay.cec.acme.up.u1.x"), None);
+    }
+
+    #[test]
+    fn builds_and_parses_tim_subjects() {
+        let s = Subjects::new("ccrelay");
+        assert_eq!(s.tim_send("shop", "u1"), "ccrelay.tim.shop.send.u1");
+        assert_eq!(s.tim_stream("shop", "u1"), "ccrelay.tim.shop.stream.u1");
+        assert_eq!(s.tim_event("shop", "u1"), "ccrelay.tim.shop.event.u1");
+        assert_eq!(s.tim_in("shop", "u1"), "ccrelay.tim.shop.in.u1");
+        assert_eq!(s.tim_filter(), "ccrelay.tim.>");
+        assert_eq!(
+            s.parse_tim("ccrelay.tim.shop.stream.u1"),
+            Some(("shop", "stream", "u1"))
+        );
+        assert_eq!(s.parse_tim("ccrelay.cec.shop.send.u1"), None);
+        assert_eq!(s.parse_tim("ccrelay.tim.shop.send"), None);
+        assert_eq!(s.tim_event_or_error("shop", "a b"), "ccrelay.error");
     }
 
     #[test]

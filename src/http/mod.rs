@@ -1,5 +1,6 @@
 //! The relay's small HTTP surface: `/healthz` (the process answers) and `/readyz` (the database
-//! and NATS are reachable and the streams are set up). Metrics and Tencent callbacks come later.
+//! and NATS are reachable and the streams are set up). Tencent callbacks (`/tim/<a>/callback`) are
+//! merged in from [`crate::timlink::callback`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

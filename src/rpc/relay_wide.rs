@@ -45,7 +45,18 @@ pub(super) async fn call(relay: &Relay, op: &str, b: &Body) -> Result<Value, Rpc
                 .transcript(&k, &tenant, &user)
                 .await
                 .map_err(unavailable)?;
-            Ok(json!({"ok": true, "messages": rows.iter().map(message_json).collect::<Vec<_>>()}))
+            let mut reply =
+                json!({"ok": true, "messages": rows.iter().map(message_json).collect::<Vec<_>>()});
+            if k == kind::TIM {
+                // Tencent robot streams: one entry each, with the assembled text.
+                let streams = relay
+                    .store
+                    .tim_streams(&tenant, &user)
+                    .await
+                    .map_err(unavailable)?;
+                reply["streams"] = streams.iter().map(tim_stream_json).collect();
+            }
+            Ok(reply)
         }
         "health" => {
             let db = relay
@@ -80,6 +91,15 @@ fn session_json(s: &Session) -> Value {
         "channelConfigId": s.channel_config_id, "state": s.state.as_str(),
         "openedAt": ts(&s.opened_at), "closedAt": s.closed_at.as_ref().map(ts),
         "closeReason": s.close_reason, "lastActivityAt": ts(&s.last_activity_at),
+    })
+}
+
+fn tim_stream_json(r: &crate::store::TimStreamRow) -> Value {
+    json!({
+        "streamId": r.stream_id, "from": r.from_account, "MsgKey": r.msg_key, "text": r.text,
+        "chunks": r.chunks, "calls": r.calls, "finished": r.finished, "status": r.status.as_str(),
+        "errorCode": r.error_code, "errorInfo": r.error_info,
+        "createdAt": ts(&r.created_at), "updatedAt": ts(&r.updated_at),
     })
 }
 

@@ -632,6 +632,61 @@ pub trait Store: Send + Sync + 'static {
     /// Closes the connections, after waiting for those in use to be returned. Every later call
     /// fails with a retryable [`StoreError::Unavailable`].
     async fn close(&self);
+
+    // --- Tencent IM (issue 4, T-relay): streams and callbacks -----------------------------
+
+    /// Inserts or updates the stream `row` (keyed by (app, stream_id)) and applies `commit`
+    /// (its events) in the same transaction.
+    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed>;
+    /// One stream, by app and `streamId`.
+    async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>>;
+    /// A user's streams, oldest first.
+    async fn tim_streams(&self, app: &str, user_id: &str) -> Result<Vec<TimStreamRow>>;
+    /// Stores a callback and applies `commit` (its transcript row and outbox message, when it
+    /// is published) in the same transaction.
+    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed>;
+    /// The callbacks of an app, oldest first, at most `limit`.
+    async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>>;
+}
+
+/// A Tencent robot stream as stored (table `tim_streams`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimStreamRow {
+    pub app: String,
+    pub user_id: String,
+    pub stream_id: String,
+    /// The robot account (`@RBT#…`).
+    pub from_account: Option<String>,
+    /// From the first answer; carried on every later call.
+    pub msg_key: Option<String>,
+    /// What Tencent accepted so far, in order.
+    pub text: String,
+    pub chunks: i64,
+    pub calls: i64,
+    /// JetStream sequence of the last chunk delivered.
+    pub last_seq: i64,
+    pub finished: bool,
+    /// Pending (open), Sent (finished) or Failed.
+    pub status: MessageStatus,
+    pub error_code: Option<String>,
+    pub error_info: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A Tencent callback as received (table `tim_callbacks`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimCallbackRow {
+    pub relay_id: String,
+    pub app: String,
+    pub user_id: Option<String>,
+    /// `CallbackCommand`.
+    pub command: String,
+    /// The body as Tencent sent it (JSON).
+    pub body: String,
+    /// Published on `P.tim.<a>.in.<u>`.
+    pub published: bool,
+    pub created_at: OffsetDateTime,
 }
 
 /// A shared handle to whichever store the configuration names.

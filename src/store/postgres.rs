@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 use super::{
     Commit, Committed, Direction, EventRecord, MessagePage, MessageRow, MessageStatus, OfflineRow,
     OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
-    SessionChange, SessionState, Store, StoreError, UpBegin, classify, from_unix_micros, invalid,
-    unix_micros,
+    SessionChange, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin,
+    classify, from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -879,4 +879,148 @@ impl Store for PgStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query(TIM_STREAM_UPSERT)
+            .bind(row.app.clone())
+            .bind(row.user_id.clone())
+            .bind(row.stream_id.clone())
+            .bind(row.from_account.clone())
+            .bind(row.msg_key.clone())
+            .bind(row.text.clone())
+            .bind(row.chunks)
+            .bind(row.calls)
+            .bind(row.last_seq)
+            .bind(row.finished)
+            .bind(row.status.as_str())
+            .bind(row.error_code.clone())
+            .bind(row.error_info.clone())
+            .bind(Ts::of(row.created_at))
+            .bind(Ts::of(row.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        // On error `tx` is dropped, which rolls everything back.
+        let done = apply(&mut tx, &commit).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(done)
+    }
+
+    async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
+        let sql = format!(
+            "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = $1 AND stream_id = $2"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app.to_owned())
+            .bind(stream_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(tim_stream_from_row)
+            .transpose()
+    }
+
+    async fn tim_streams(&self, app: &str, user_id: &str) -> Result<Vec<TimStreamRow>> {
+        let sql = format!(
+            "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams \
+             WHERE app = $1 AND user_id = $2 ORDER BY created_at, id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(tim_stream_from_row)
+            .collect()
+    }
+
+    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query(TIM_CALLBACK_INSERT)
+            .bind(row.relay_id.clone())
+            .bind(row.app.clone())
+            .bind(row.user_id.clone())
+            .bind(row.command.clone())
+            .bind(row.body.clone())
+            .bind(row.published)
+            .bind(Ts::of(row.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let done = apply(&mut tx, &commit).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(done)
+    }
+
+    async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>> {
+        let sql = format!(
+            "SELECT {TIM_CALLBACK_COLUMNS} FROM tim_callbacks \
+             WHERE app = $1 ORDER BY created_at, id LIMIT $2"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app.to_owned())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(tim_callback_from_row)
+            .collect()
+    }
+}
+
+// --- Tencent IM (issue 4, T-relay) ----------------------------------------------------------
+
+const TIM_STREAM_COLUMNS: &str = "app, user_id, stream_id, from_account, msg_key, text, chunks, \
+     calls, last_seq, finished, status, error_code, error_info, created_at, updated_at";
+
+const TIM_STREAM_UPSERT: &str = "INSERT INTO tim_streams (app, user_id, stream_id, from_account, \
+     msg_key, text, chunks, calls, last_seq, finished, status, error_code, error_info, created_at, \
+     updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+     ON CONFLICT (app, stream_id) DO UPDATE SET user_id = excluded.user_id, \
+     from_account = excluded.from_account, msg_key = excluded.msg_key, text = excluded.text, \
+     chunks = excluded.chunks, calls = excluded.calls, last_seq = excluded.last_seq, \
+     finished = excluded.finished, status = excluded.status, error_code = excluded.error_code, \
+     error_info = excluded.error_info, updated_at = excluded.updated_at";
+
+const TIM_CALLBACK_COLUMNS: &str =
+    "relay_id, app, user_id, command, body::text AS body, published, created_at";
+
+const TIM_CALLBACK_INSERT: &str = "INSERT INTO tim_callbacks (relay_id, app, user_id, command, \
+     body, published, created_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)";
+
+fn tim_stream_from_row(row: &PgRow) -> Result<TimStreamRow> {
+    Ok(TimStreamRow {
+        app: get(row, "app")?,
+        user_id: get(row, "user_id")?,
+        stream_id: get(row, "stream_id")?,
+        from_account: get(row, "from_account")?,
+        msg_key: get(row, "msg_key")?,
+        text: get(row, "text")?,
+        chunks: get(row, "chunks")?,
+        calls: get(row, "calls")?,
+        last_seq: get(row, "last_seq")?,
+        finished: get::<bool>(row, "finished")?,
+        status: MessageStatus::parse(&get::<String>(row, "status")?)?,
+        error_code: get(row, "error_code")?,
+        error_info: get(row, "error_info")?,
+        created_at: ts(row, "created_at")?,
+        updated_at: ts(row, "updated_at")?,
+    })
+}
+
+fn tim_callback_from_row(row: &PgRow) -> Result<TimCallbackRow> {
+    Ok(TimCallbackRow {
+        relay_id: get(row, "relay_id")?,
+        app: get(row, "app")?,
+        user_id: get(row, "user_id")?,
+        command: get(row, "command")?,
+        body: get(row, "body")?,
+        published: get::<bool>(row, "published")?,
+        created_at: ts(row, "created_at")?,
+    })
 }

@@ -1930,3 +1930,176 @@ async fn messages_pages_cover_a_range_once_in_order(db: Db) {
         .unwrap();
     assert_eq!(all.len(), 253);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tencent IM (issue 4, T-relay): streams and callbacks.
+
+mod tim {
+    use super::*;
+
+    contract_tests!(
+        tim_streams_are_upserted_with_their_events,
+        tim_callbacks_are_stored_with_their_transcript_row,
+        a_failing_tim_save_keeps_nothing,
+    );
+
+    fn stream(stream_id: &str, user: &str, created: OffsetDateTime) -> TimStreamRow {
+        TimStreamRow {
+            app: "shop".into(),
+            user_id: user.into(),
+            stream_id: stream_id.into(),
+            from_account: Some("@RBT#bot".into()),
+            msg_key: None,
+            text: String::new(),
+            chunks: 0,
+            calls: 0,
+            last_seq: 0,
+            finished: false,
+            status: MessageStatus::Pending,
+            error_code: None,
+            error_info: None,
+            created_at: created,
+            updated_at: created,
+        }
+    }
+
+    fn tim_event(user: &str) -> EventRecord {
+        let mut e = event(user, "stream.result", at(5));
+        e.kind = kind::TIM.into();
+        e.tenant = Some("shop".into());
+        e.subject = format!("ccrelay.tim.shop.event.{user}");
+        e
+    }
+
+    async fn tim_streams_are_upserted_with_their_events(db: Db) {
+        let s = &db.store;
+        let mut row = stream("st1", "u1", at(1));
+        s.tim_stream_save(&row, Commit::default()).await.unwrap();
+        assert_eq!(
+            s.tim_stream("shop", "st1").await.unwrap(),
+            Some(row.clone())
+        );
+        row.msg_key = Some("key-1".into());
+        row.text = "hello, world".into();
+        row.chunks = 3;
+        row.calls = 2;
+        row.last_seq = 42;
+        row.finished = true;
+        row.status = MessageStatus::Sent;
+        row.updated_at = at(4);
+        let ev = tim_event("u1");
+        let done = s
+            .tim_stream_save(
+                &row,
+                Commit {
+                    events: vec![ev.clone()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.outboxed, 1);
+        assert_eq!(
+            s.tim_stream("shop", "st1").await.unwrap(),
+            Some(row.clone())
+        );
+        assert_eq!(s.tim_stream("shop", "nope").await.unwrap(), None);
+        s.tim_stream_save(&stream("st2", "u1", at(2)), Commit::default())
+            .await
+            .unwrap();
+        s.tim_stream_save(&stream("st3", "u2", at(3)), Commit::default())
+            .await
+            .unwrap();
+        let ids: Vec<_> = s
+            .tim_streams("shop", "u1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.stream_id)
+            .collect();
+        assert_eq!(ids, ["st1", "st2"]);
+        let events = s.events(kind::TIM, "shop", "u1").await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].relay_id, ev.relay_id);
+        assert_eq!(events[0].subject, ev.subject);
+    }
+
+    async fn tim_callbacks_are_stored_with_their_transcript_row(db: Db) {
+        let s = &db.store;
+        let robot = TimCallbackRow {
+            relay_id: id(),
+            app: "shop".into(),
+            user_id: Some("u1".into()),
+            command: "C2C.CallbackAfterSendMsg".into(),
+            body: json!({"From_Account": "@RBT#bot", "To_Account": "u1"}).to_string(),
+            published: false,
+            created_at: at(1),
+        };
+        s.tim_callback_save(&robot, Commit::default())
+            .await
+            .unwrap();
+        let mut down = down("u1", None, "hi", at(2));
+        down.row.kind = kind::TIM.into();
+        down.row.tenant = "shop".into();
+        down.row.session_id = None;
+        down.publish.subject = "ccrelay.tim.shop.in.u1".into();
+        let user = TimCallbackRow {
+            relay_id: down.row.relay_id.clone(),
+            app: "shop".into(),
+            user_id: Some("u1".into()),
+            command: "Bot.OnC2CMessage".into(),
+            body: json!({"From_Account": "u1", "MsgBody": []}).to_string(),
+            published: true,
+            created_at: at(2),
+        };
+        let done = s
+            .tim_callback_save(
+                &user,
+                Commit {
+                    down: vec![down.clone()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.outboxed, 1);
+        let got = s.tim_callbacks("shop", 10).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].relay_id, robot.relay_id);
+        assert!(!got[0].published);
+        assert_eq!(got[1].command, "Bot.OnC2CMessage");
+        let body: serde_json::Value = serde_json::from_str(&got[1].body).unwrap();
+        assert_eq!(body["From_Account"], "u1");
+        let transcript = s.transcript(kind::TIM, "shop", "u1").await.unwrap();
+        assert_eq!(transcript.len(), 1);
+        assert_eq!(transcript[0].relay_id, down.row.relay_id);
+        assert_eq!(s.tim_callbacks("shop", 1).await.unwrap().len(), 1);
+        assert!(s.tim_callbacks("other", 10).await.unwrap().is_empty());
+    }
+
+    async fn a_failing_tim_save_keeps_nothing(db: Db) {
+        let s = &db.store;
+        // A commit naming a session that does not exist fails: the stream row goes with it.
+        let bad = Commit {
+            touch: vec![("no-such-session".into(), at(1))],
+            ..Default::default()
+        };
+        assert!(
+            s.tim_stream_save(&stream("st9", "u9", at(1)), bad.clone())
+                .await
+                .is_err()
+        );
+        assert_eq!(s.tim_stream("shop", "st9").await.unwrap(), None);
+        let cb = TimCallbackRow {
+            relay_id: id(),
+            app: "shop".into(),
+            user_id: None,
+            command: "X".into(),
+            body: "{}".into(),
+            published: false,
+            created_at: at(1),
+        };
+        assert!(s.tim_callback_save(&cb, bad).await.is_err());
+        assert!(s.tim_callbacks("shop", 10).await.unwrap().is_empty());
+    }
+}

@@ -11,4 +11,5 @@ mod outage;
 mod result_codes;
 mod rpc;
 mod support;
+mod tim;
 mod upstream_faults;

@@ -23,7 +23,7 @@ pub struct TestApp {
     pub js: jetstream::Context,
     pub db_url: String,
     pub db_path: PathBuf,
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 /// The relay's configuration for a test: its simulator as tenant `acme`, polled every 100 ms.

@@ -14,6 +14,7 @@ mod nats;
 mod postgres;
 pub mod private_pg;
 pub mod relay_proc;
+pub mod tim;
 
 use std::path::PathBuf;
 use std::sync::Once;

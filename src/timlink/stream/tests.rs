@@ -1,0 +1,345 @@
+//! The scheduler against the in-process fake ([`crate::timlink::fake`]), in real time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::*;
+use crate::bus::Subjects;
+use crate::outbox::OutboxSignal;
+use crate::store::DynStore;
+use crate::timlink::fake::FakeTim;
+
+struct Rig {
+    fake: Arc<FakeTim>,
+    handle: StreamHandle,
+    store: DynStore,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn rig(fake_limit: usize, limiter: u32, idle: Duration) -> Rig {
+    let store = crate::store::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    rig_on(store, fake_limit, limiter, idle).await
+}
+
+async fn rig_on(store: DynStore, fake_limit: usize, limiter: u32, idle: Duration) -> Rig {
+    let fake = Arc::new(FakeTim::new(fake_limit, Duration::from_millis(3)));
+    rig_with(store, fake, limiter, idle)
+}
+
+fn rig_with(store: DynStore, fake: Arc<FakeTim>, limiter: u32, idle: Duration) -> Rig {
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let handle = spawn(
+        StreamCtx {
+            app: "shop".into(),
+            upstream: fake.clone(),
+            limiter: Arc::new(RateLimiter::for_limit(limiter)),
+            sink: Sink {
+                store: store.clone(),
+                outbox: OutboxSignal::default(),
+                subjects: Subjects::new("ccrelay"),
+                cancel: cancel.clone(),
+            },
+            idle_timeout: idle,
+        },
+        &tracker,
+    );
+    Rig {
+        fake,
+        handle,
+        store,
+        cancel,
+        tracker,
+    }
+}
+
+impl Rig {
+    fn push(
+        &self,
+        user: &str,
+        stream: &str,
+        text: &str,
+        finish: bool,
+        seq: u64,
+    ) -> oneshot::Receiver<Disposition> {
+        let (tx, rx) = oneshot::channel();
+        let pushed = self.handle.push(ChunkIn {
+            user: user.into(),
+            chunk: TimChunk {
+                stream_id: stream.into(),
+                from: Some("@RBT#bot".into()),
+                chunk: text.into(),
+                finish,
+            },
+            seq,
+            done: Some(tx),
+        });
+        assert!(pushed.is_ok());
+        rx
+    }
+
+    /// Waits until `n` fake streams are finished.
+    async fn finished(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let done = self
+                .fake
+                .with(|s| s.streams.values().filter(|s| s.finished).count());
+            if done >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {n} streams finished in {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn all_acked(rxs: Vec<oneshot::Receiver<Disposition>>) {
+    for rx in rxs {
+        let d = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the chunk is answered")
+            .expect("the scheduler answered");
+        assert_eq!(d, Disposition::Ack);
+    }
+}
+
+/// The load test: 500 concurrent streams at 20 chunks per second against a limit of 200
+/// calls per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_streams_at_20_chunks_per_second_stay_under_200_calls_per_second() {
+    const STREAMS: usize = 500;
+    const CHUNKS: usize = 40; // two seconds at 20/s
+    let r = Arc::new(rig(200, 200, Duration::from_secs(30)).await);
+    let mut producers = Vec::new();
+    for n in 0..STREAMS {
+        let r = r.clone();
+        producers.push(tokio::spawn(async move {
+            let mut rxs = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for i in 0..CHUNKS {
+                tick.tick().await;
+                let seq = (n * CHUNKS + i + 1) as u64;
+                rxs.push(r.push(
+                    &format!("u{n}"),
+                    &format!("st{n}"),
+                    &format!("{n}:{i};"),
+                    i + 1 == CHUNKS,
+                    seq,
+                ));
+            }
+            rxs
+        }));
+    }
+    let mut rxs = Vec::new();
+    for p in producers {
+        rxs.extend(p.await.unwrap());
+    }
+    r.finished(STREAMS, Duration::from_secs(60)).await;
+    all_acked(rxs).await;
+
+    let (rate_limited, max, calls, bad) = r
+        .fake
+        .with(|s| (s.rate_limited, s.max_in_one_second, s.calls, s.bad_keys));
+    eprintln!(
+        "{calls} calls, at most {max} in one second, for {} chunks",
+        STREAMS * CHUNKS
+    );
+    assert_eq!(rate_limited, 0, "no call may be over the limit");
+    assert!(max <= 200, "{max} calls in one second");
+    assert_eq!(bad, 0);
+    assert!(
+        calls < (STREAMS * CHUNKS) as u64,
+        "{calls} calls for {} chunks: waiting chunks are merged",
+        STREAMS * CHUNKS
+    );
+    let streams = r.fake.with(|s| s.streams.clone());
+    assert_eq!(streams.len(), STREAMS);
+    for st in streams.values() {
+        let n: usize = st.to[1..].parse().unwrap();
+        let want: String = (0..CHUNKS).map(|i| format!("{n}:{i};")).collect();
+        assert_eq!(st.text, want, "stream of {}", st.to);
+        assert!(st.finished);
+    }
+    // Stored too, with a stream.result each.
+    for n in [0, 137, 499] {
+        let row = r
+            .store
+            .tim_stream("shop", &format!("st{n}"))
+            .await
+            .unwrap()
+            .unwrap();
+        let want: String = (0..CHUNKS).map(|i| format!("{n}:{i};")).collect();
+        assert_eq!(row.text, want);
+        assert!(row.finished);
+        assert_eq!(row.status, MessageStatus::Sent);
+        assert_eq!(row.chunks, CHUNKS as i64);
+        assert!(row.msg_key.is_some());
+        let events = r
+            .store
+            .events(kind::TIM, "shop", &format!("u{n}"))
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, "stream.result");
+        assert!(events[0].ok);
+        let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+        assert_eq!(body["MsgKey"], row.msg_key.clone().unwrap().as_str());
+        assert_eq!(body["streamId"], format!("st{n}"));
+    }
+    Arc::try_unwrap(r).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_answer_backs_off_and_retries_without_losing_text() {
+    // The relay thinks it may make 100 calls per second; Tencent allows 10.
+    let r = rig(10, 100, Duration::from_secs(30)).await;
+    let mut rxs = Vec::new();
+    for i in 0..10u64 {
+        for n in 0..20 {
+            rxs.push(r.push(
+                &format!("u{n}"),
+                &format!("st{n}"),
+                &format!("{i},"),
+                i == 9,
+                i * 20 + n + 1,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.finished(20, Duration::from_secs(30)).await;
+    all_acked(rxs).await;
+    assert!(
+        r.fake.with(|s| s.rate_limited) > 0,
+        "the fake should have refused some"
+    );
+    for st in r.fake.with(|s| s.streams.clone()).values() {
+        assert_eq!(st.text, "0,1,2,3,4,5,6,7,8,9,");
+    }
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_stream_is_finished_by_the_relay() {
+    let r = rig(100, 100, Duration::from_millis(200)).await;
+    let rxs = vec![
+        r.push("u1", "st1", "hello, ", false, 1),
+        r.push("u1", "st1", "world", false, 2),
+    ];
+    all_acked(rxs).await;
+    r.finished(1, Duration::from_secs(5)).await;
+    let st = r.fake.with(|s| s.streams.values().next().cloned()).unwrap();
+    assert_eq!(st.text, "hello, world");
+    let row = r.store.tim_stream("shop", "st1").await.unwrap().unwrap();
+    assert!(row.finished);
+    assert_eq!(row.text, "hello, world");
+    // A chunk after the end is refused with an error event, and acknowledged.
+    all_acked(vec![r.push("u1", "st1", "late", false, 3)]).await;
+    let events = r.store.events(kind::TIM, "shop", "u1").await.unwrap();
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["stream.result", "error"]);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_final_error_fails_the_stream_with_its_code() {
+    let r = rig(100, 100, Duration::from_secs(30)).await;
+    r.fake.with(|s| s.stream_faults.push_back(10004));
+    all_acked(vec![r.push("u1", "st1", "x", true, 1)]).await;
+    let row = r.store.tim_stream("shop", "st1").await.unwrap().unwrap();
+    assert_eq!(row.status, MessageStatus::Failed);
+    assert_eq!(row.error_code.as_deref(), Some("10004"));
+    let events = r.store.events(kind::TIM, "shop", "u1").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(!events[0].ok);
+    let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+    assert_eq!(body["errorCode"], 10004);
+    assert_eq!(body["type"], "stream.result");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn redelivered_chunks_are_skipped_and_a_restart_keeps_the_msg_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = crate::store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let fake = Arc::new(FakeTim::new(100, Duration::from_millis(3)));
+    let r = rig_with(store.clone(), fake.clone(), 100, Duration::from_secs(30));
+    all_acked(vec![r.push("u1", "st1", "a", false, 1)]).await;
+    all_acked(vec![r.push("u1", "st1", "a", false, 1)]).await; // redelivered
+    r.stop().await;
+    // A restart: a new scheduler on the same database, talking to the same Tencent.
+    let r = rig_with(store, fake.clone(), 100, Duration::from_secs(30));
+    all_acked(vec![
+        r.push("u1", "st1", "a", false, 1), // still a redelivery after the restart
+        r.push("u1", "st1", "b", true, 2),
+    ])
+    .await;
+    r.finished(1, Duration::from_secs(5)).await;
+    assert_eq!(fake.with(|s| s.bad_keys), 0);
+    assert_eq!(
+        fake.with(|s| s.streams.len()),
+        1,
+        "the MsgKey was carried over"
+    );
+    let st = fake.with(|s| s.streams.values().next().cloned()).unwrap();
+    assert_eq!(st.text, "ab");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_without_a_robot_account_fails_before_any_call() {
+    let r = rig(100, 100, Duration::from_secs(30)).await;
+    let (tx, rx) = oneshot::channel();
+    let _ = r.handle.push(ChunkIn {
+        user: "u1".into(),
+        chunk: TimChunk {
+            stream_id: "st1".into(),
+            from: None,
+            chunk: "x".into(),
+            finish: true,
+        },
+        seq: 1,
+        done: Some(tx),
+    });
+    all_acked(vec![rx]).await;
+    assert_eq!(r.fake.with(|s| s.calls), 0);
+    let row = r.store.tim_stream("shop", "st1").await.unwrap().unwrap();
+    assert_eq!(row.status, MessageStatus::Failed);
+    assert!(row.error_info.unwrap().contains("from"));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_id_of_another_user_is_refused() {
+    let r = rig(100, 100, Duration::from_secs(30)).await;
+    all_acked(vec![r.push("u1", "st1", "mine", false, 1)]).await;
+    all_acked(vec![r.push("u2", "st1", "theirs", false, 2)]).await;
+    let events = r.store.events(kind::TIM, "shop", "u2").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "error");
+    assert!(
+        events[0].body.contains("another user"),
+        "{}",
+        events[0].body
+    );
+    let st = r.fake.with(|s| s.streams.values().next().cloned()).unwrap();
+    assert_eq!(st.text, "mine");
+    r.stop().await;
+}
