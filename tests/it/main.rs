@@ -4,5 +4,6 @@ mod cec_relay;
 mod cli;
 mod crash;
 mod harness_smoke;
+mod media;
 mod rpc;
 mod support;

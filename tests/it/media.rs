@@ -1,0 +1,220 @@
+//! Media coming down: files agents send are downloaded (downloadFileStream) into the NATS object
+//! store, and their DownMessages carry `file` — or `fileError`, after retries, never held back.
+
+use std::time::Duration;
+
+use ccrelay::sim::{Endpoint, Fault};
+use ccrelay::store::{FileRow, FileStatus, kind};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use crate::support::app::*;
+
+const BUCKET: &str = "CCRELAY_FILES";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Connects `user` and waits for the session to be open.
+async fn connect(t: &TestApp, w: &mut Watcher, user: &str) {
+    t.up(user, json!({"controlType": "CONNECT", "messageId": "m0"}))
+        .await;
+    w.until(10, "session.opened", is_event("session.opened"))
+        .await;
+}
+
+/// The agent sends `bytes` as a file; returns the fileId the user polls.
+fn agent_file(t: &TestApp, user: &str, media_type: &str, file_type: &str, bytes: &[u8]) -> String {
+    t.sim
+        .agent_send_file(user, media_type, file_type, bytes.to_vec())
+}
+
+fn is_down_with_content(content: String) -> impl Fn(&str, &Value) -> bool {
+    move |s, v| s.contains(".down.") && v["content"] == content.as_str()
+}
+
+async fn object_bytes(t: &TestApp, object: &str) -> Vec<u8> {
+    let store = t.js.get_object_store(BUCKET).await.expect("files bucket");
+    let mut obj = store.get(object).await.expect("object");
+    let mut bytes = Vec::new();
+    obj.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+async fn files_of(t: &TestApp, user: &str) -> Vec<FileRow> {
+    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let files = store.files(kind::CEC, TENANT, user).await.unwrap();
+    store.close().await;
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_each_media_type_reaches_the_object_store_and_its_down_message() {
+    let mut t = spawn_app().await;
+    let user = "fiona";
+    let mut w = t.watch(TENANT, user).await;
+    connect(&t, &mut w, user).await;
+
+    let sent = [
+        ("IMAGE", "png", b"\x89PNG\r\n\x1a\n an image".to_vec()),
+        ("AUDIO", "mp3", b"ID3 some audio".to_vec()),
+        ("VIDEO", "mp4", (0..=255u8).cycle().take(300_000).collect()),
+    ];
+    let mut ids = Vec::new();
+    for (media_type, file_type, bytes) in &sent {
+        ids.push(agent_file(&t, user, media_type, file_type, bytes));
+    }
+    let files = files_of_when_done(&t, user, sent.len()).await;
+    for ((media_type, _, bytes), file_id) in sent.iter().zip(&ids) {
+        let down = w
+            .until(
+                20,
+                "the file's DownMessage",
+                is_down_with_content(file_id.clone()),
+            )
+            .await;
+        assert_eq!(down["mediaType"], *media_type);
+        assert!(down.get("fileError").is_none(), "{down}");
+        let file = &down["file"];
+        let object = format!("{TENANT}/{user}/{}", down["id"].as_str().unwrap());
+        assert_eq!(
+            file,
+            &json!({"bucket": BUCKET, "object": object, "size": bytes.len(),
+                "sha256": sha256_hex(bytes)}),
+        );
+        let stored = object_bytes(&t, &object).await;
+        assert_eq!(sha256_hex(&stored), sha256_hex(bytes));
+        assert!(
+            stored == *bytes,
+            "the object store holds the simulator's bytes"
+        );
+
+        let row = files
+            .iter()
+            .find(|f| f.file_id == *file_id)
+            .expect("a files row");
+        assert_eq!(row.relay_id, down["id"].as_str().unwrap());
+        assert_eq!(row.status, FileStatus::Stored);
+        assert_eq!(row.media_type, *media_type);
+        assert_eq!(row.size, Some(bytes.len() as i64));
+        assert_eq!(row.sha256.as_deref(), Some(sha256_hex(bytes).as_str()));
+        assert_eq!(row.bucket.as_deref(), Some(BUCKET));
+        assert_eq!(row.object.as_deref(), Some(object.as_str()));
+        assert_eq!(row.attempts, 1);
+        assert_eq!(row.error_code, None);
+    }
+    // The upstream request: downloadFileStream with the fileId and a documented fileType.
+    assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 3);
+    t.stop().await;
+}
+
+/// Waits until `n` files of `user` are no longer pending.
+async fn files_of_when_done(t: &TestApp, user: &str, n: usize) -> Vec<FileRow> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let files = files_of(t, user).await;
+        if files.len() == n && files.iter().all(|f| f.status != FileStatus::Pending) {
+            return files;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "files not done in 30s: {files:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_fails_a_few_times_is_retried_then_stored() {
+    let mut t = spawn_app().await;
+    let user = "gus";
+    let mut w = t.watch(TENANT, user).await;
+    connect(&t, &mut w, user).await;
+
+    let mut fault = Fault::status(Endpoint::DownloadFileStream, 503);
+    fault.times = Some(2);
+    t.sim.inject_fault(fault);
+    let bytes = b"retried image bytes".to_vec();
+    let file_id = agent_file(&t, user, "IMAGE", "jpg", &bytes);
+    let down = w
+        .until(
+            20,
+            "the file's DownMessage",
+            is_down_with_content(file_id.clone()),
+        )
+        .await;
+    assert_eq!(down["file"]["sha256"], sha256_hex(&bytes), "{down}");
+    assert!(down.get("fileError").is_none(), "{down}");
+    let object = down["file"]["object"].as_str().unwrap().to_owned();
+    assert_eq!(object_bytes(&t, &object).await, bytes);
+    let files = files_of_when_done(&t, user, 1).await;
+    assert_eq!(files[0].status, FileStatus::Stored);
+    assert_eq!(files[0].attempts, 3, "two failures, then success");
+    assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 3);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_keeps_failing_is_published_with_the_failure_and_order_is_kept() {
+    let mut t = spawn_app().await;
+    let user = "hana";
+    let mut w = t.watch(TENANT, user).await;
+    connect(&t, &mut w, user).await;
+
+    // Until cleared: every attempt fails.
+    t.sim
+        .inject_fault(Fault::status(Endpoint::DownloadFileStream, 503));
+    let file_id = agent_file(&t, user, "VIDEO", "mp4", b"never downloaded");
+    t.sim.agent_say(user, "sent after the video");
+    t.sim.agent_say(user, "and another one");
+    let down = w
+        .until(
+            30,
+            "the file's DownMessage",
+            is_down_with_content(file_id.clone()),
+        )
+        .await;
+    assert!(down.get("file").is_none(), "{down}");
+    assert_eq!(down["fileError"]["code"], "503", "{down}");
+    assert!(
+        down["fileError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{down}"
+    );
+    w.until(
+        10,
+        "the later message",
+        is_down_containing("and another one"),
+    )
+    .await;
+    let contents: Vec<&str> = w
+        .downs()
+        .iter()
+        .filter_map(|v| v["content"].as_str())
+        .collect();
+    let at = |c: &str| contents.iter().position(|x| *x == c).unwrap();
+    assert!(at(&file_id) < at("sent after the video"), "{contents:?}");
+    assert!(
+        at("sent after the video") < at("and another one"),
+        "{contents:?}"
+    );
+
+    let files = files_of_when_done(&t, user, 1).await;
+    let f = &files[0];
+    assert_eq!(f.status, FileStatus::Failed);
+    assert_eq!(f.attempts, 5, "relay.media_attempts");
+    assert_eq!(f.error_code.as_deref(), Some("503"));
+    assert_eq!(
+        (f.size, f.sha256.as_deref(), f.object.as_deref()),
+        (None, None, None)
+    );
+    assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 5);
+    t.stop().await;
+}
