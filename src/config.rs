@@ -819,6 +819,34 @@ mod tests {
     }
 
     #[test]
+    fn media_keys_are_read_and_checked() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.relay.media_attempts, 5);
+        assert_eq!(c.relay.media_deadline, Duration::from_secs(600));
+        assert_eq!(c.nats.files_bucket, None);
+        let c = load(
+            &format!(
+                "[relay]\nmedia_attempts = 2\nmedia_deadline = \"30s\"\n\
+                 [nats]\nfiles_bucket = \"MY_FILES\"\n{MINIMAL}"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.relay.media_attempts, 2);
+        assert_eq!(c.relay.media_deadline, Duration::from_secs(30));
+        assert_eq!(c.nats.files_bucket.as_deref(), Some("MY_FILES"));
+        for (text, key) in [
+            ("[relay]\nmedia_attempts = 0", "relay.media_attempts"),
+            ("[relay]\nmedia_deadline = \"0s\"", "relay.media_deadline"),
+            ("[relay]\nmedia_concurrency = 0", "relay.media_concurrency"),
+            ("[nats]\nfiles_bucket = \"a.b\"", "nats.files_bucket"),
+        ] {
+            let e = load(&format!("{text}\n{MINIMAL}"), &[]).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_duration_is_named() {
         let e = load(
             &MINIMAL.replace("[[cec]]", "[[cec]]\npoll_interval = \"soon\""),

@@ -218,3 +218,69 @@ async fn a_download_that_keeps_failing_is_published_with_the_failure_and_order_i
     assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 5);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_download_is_resumed_after_a_restart() {
+    let mut t = spawn_app().await;
+    let user = "ivan";
+    let mut w = t.watch(TENANT, user).await;
+    connect(&t, &mut w, user).await;
+
+    t.sim
+        .inject_fault(Fault::status(Endpoint::DownloadFileStream, 503));
+    let bytes = b"downloaded by the next run".to_vec();
+    let file_id = agent_file(&t, user, "AUDIO", "aac", &bytes);
+    t.sim.agent_say(user, "after the audio");
+    // Stop while the file is still pending (one failed attempt recorded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let files = files_of(&t, user).await;
+        if files.first().is_some_and(|f| f.attempts >= 1) {
+            assert_eq!(files[0].status, FileStatus::Pending);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{files:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.stop().await;
+    w.drain(1).await;
+    assert!(
+        !w.downs()
+            .iter()
+            .any(|v| v["content"] == file_id.as_str() || v["content"] == "after the audio"),
+        "held while pending: {:?}",
+        w.downs()
+    );
+
+    t.sim.clear_faults();
+    let config = test_config(&t.nats_server.url(), &t.db_url, &t.sim);
+    t.app = Some(ccrelay::app::App::start(config).await.expect("restart"));
+    let down = w
+        .until(
+            20,
+            "the file's DownMessage",
+            is_down_with_content(file_id.clone()),
+        )
+        .await;
+    assert_eq!(down["file"]["sha256"], sha256_hex(&bytes), "{down}");
+    assert_eq!(down["file"]["size"], bytes.len());
+    let object = down["file"]["object"].as_str().unwrap().to_owned();
+    assert_eq!(object_bytes(&t, &object).await, bytes);
+    w.until(
+        10,
+        "the later message",
+        is_down_containing("after the audio"),
+    )
+    .await;
+    w.drain(1).await;
+    let copies = w
+        .downs()
+        .iter()
+        .filter(|v| v["content"] == file_id.as_str())
+        .count();
+    assert_eq!(copies, 1, "published once");
+    let f = &files_of_when_done(&t, user, 1).await[0];
+    assert_eq!(f.status, FileStatus::Stored);
+    assert!(f.attempts >= 2, "{f:?}");
+    t.stop().await;
+}
