@@ -16,6 +16,16 @@
 /// The documented `fileType`s of downloadFileStream (table 9-1 writes "bpm", surely bmp).
 pub const FILE_TYPES: &[&str] = &["jpg", "png", "bmp", "mp3", "aac", "mp4", "txt", "csv"];
 
+/// The media types whose messages carry a file.
+const MEDIA_TYPES: &[&str] = &[
+    "IMAGE",
+    "AUDIO",
+    "VIDEO",
+    "FILE",
+    "FILE_IMAGE",
+    "FILE_VIDEO",
+];
+
 /// A file to download.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaRef {
@@ -54,9 +64,11 @@ pub fn media_ref(media_type: &str, content: &str) -> Option<MediaRef> {
     if id.is_empty() {
         return None;
     }
+    // "fileId,mediaType" may also be read literally ("key,IMAGE"): a media type names no file
+    // type, so the media type's usual one is asked for.
     let file_type = ty
         .map(|t| t.trim_start_matches('.').to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && !MEDIA_TYPES.contains(&t.to_ascii_uppercase().as_str()))
         .unwrap_or_else(|| default_type.to_owned());
     // "bpm" is how the document spells bmp.
     let file_type = if file_type == "bpm" {
@@ -99,6 +111,8 @@ mod tests {
         assert_eq!(media_ref("FILE", "key,csv"), r("key", "csv"));
         assert_eq!(media_ref("FILE_IMAGE", "key,png"), r("key", "png"));
         assert_eq!(media_ref("FILE_VIDEO", "key"), r("key", "mp4"));
+        assert_eq!(media_ref("IMAGE", "key,IMAGE"), r("key", "jpg"));
+        assert_eq!(media_ref("VIDEO", "key,video"), r("key", "mp4"));
     }
 
     #[test]
