@@ -107,6 +107,14 @@ async fn a_file_of_each_media_type_reaches_the_object_store_and_its_down_message
         assert_eq!(row.object.as_deref(), Some(object.as_str()));
         assert_eq!(row.attempts, 1);
         assert_eq!(row.error_code, None);
+
+        // The transcript keeps the DownMessage as published, `file` included.
+        let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+        let rows = store.transcript(kind::CEC, TENANT, user).await.unwrap();
+        store.close().await;
+        let kept = rows.iter().find(|m| m.relay_id == row.relay_id).unwrap();
+        let kept: Value = serde_json::from_str(&kept.body).unwrap();
+        assert_eq!(kept, down);
     }
     // The upstream request: downloadFileStream with the fileId and a documented fileType.
     assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 3);
@@ -282,5 +290,60 @@ async fn a_pending_download_is_resumed_after_a_restart() {
     let f = &files_of_when_done(&t, user, 1).await[0];
     assert_eq!(f.status, FileStatus::Stored);
     assert!(f.attempts >= 2, "{f:?}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_refusal_is_published_at_once_and_a_passing_one_is_retried() {
+    let mut t = spawn_app().await;
+    let user = "jo";
+    let mut w = t.watch(TENANT, user).await;
+    connect(&t, &mut w, user).await;
+
+    // resultCode 2 (a parameter is missing): final, no second attempt.
+    t.sim.force_result(
+        Endpoint::DownloadFileStream,
+        "2",
+        "param channelId or userId or tenantId is null",
+        1,
+    );
+    let refused = agent_file(&t, user, "IMAGE", "jpg", b"refused");
+    let down = w
+        .until(
+            20,
+            "the refused file",
+            is_down_with_content(refused.clone()),
+        )
+        .await;
+    assert_eq!(down["fileError"]["code"], "2", "{down}");
+    assert!(
+        down["fileError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("param channelId or userId or tenantId is null"),
+        "{down}"
+    );
+    assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 1);
+    let f = &files_of_when_done(&t, user, 1).await[0];
+    assert_eq!((f.status, f.attempts), (FileStatus::Failed, 1));
+
+    // resultCode 13 "downloadFileStream IOException": the file server's trouble, retried.
+    t.sim.force_result(
+        Endpoint::DownloadFileStream,
+        "13",
+        "downloadFileStream IOException",
+        1,
+    );
+    let bytes = b"second time lucky".to_vec();
+    let passing = agent_file(&t, user, "IMAGE", "bmp", &bytes);
+    let down = w
+        .until(
+            20,
+            "the retried file",
+            is_down_with_content(passing.clone()),
+        )
+        .await;
+    assert_eq!(down["file"]["sha256"], sha256_hex(&bytes), "{down}");
+    assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 3);
     t.stop().await;
 }
