@@ -115,6 +115,7 @@ impl App {
             poller: poller_handle,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
+            store_health: Default::default(),
         });
 
         let http_cancel = CancellationToken::new();
@@ -188,10 +189,19 @@ impl App {
         self.relay.streams_ready.load(Ordering::Relaxed)
     }
 
-    /// Runs until `shutdown` completes, then shuts down in stages (see the module docs).
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Runs until `shutdown` completes, then shuts down in stages (see the module docs). A second
+    /// SIGTERM or Ctrl-C during the shutdown abandons it: [`Stopped::Forced`], and the caller
+    /// exits at once. Nothing is lost that way either — what was not committed is redelivered or
+    /// polled again, what was committed is published at the next start — it is only redone.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> Stopped {
         shutdown.await;
-        self.shutdown().await;
+        tokio::select! {
+            _ = self.shutdown() => Stopped::Clean,
+            _ = shutdown_signal() => {
+                tracing::warn!("Second signal: exiting now; unfinished work is redone at the next start");
+                Stopped::Forced
+            }
+        }
     }
 
     /// Stops everything within `relay.shutdown_timeout`.
@@ -229,6 +239,16 @@ impl App {
         }
         tracing::info!("Shutdown complete");
     }
+}
+
+/// How [`App::run_until`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Stopped {
+    /// Everything stopped within the deadline (or was left for the next start after it).
+    Clean,
+    /// A second signal cut the shutdown short: exit at once.
+    Forced,
 }
 
 /// Where the embedded nats-server keeps its JetStream store, relative to the working directory.

@@ -36,7 +36,7 @@ pub enum Command {
         #[arg(long)]
         keep_running: bool,
     },
-    /// Serve the CEC simulator (for development and tests).
+    /// Serve the simulator of CEC and Tencent IM (for development and tests).
     Simulate {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8400")]

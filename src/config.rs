@@ -172,7 +172,8 @@ impl Default for HttpConfig {
 pub struct RelayConfig {
     /// At most this many polls in flight at once, over all tenants.
     pub max_concurrent_polls: usize,
-    /// At most this many uplink messages being sent upstream at once.
+    /// At most this many uplink messages being sent upstream at once, per tenant: a tenant whose
+    /// upstream fails (its messages held by retries) cannot slow the others down.
     pub max_concurrent_sends: usize,
     /// How long SIGTERM may take to drain in-flight work before the relay exits anyway.
     #[serde(with = "humantime_serde")]

@@ -32,7 +32,9 @@ pub async fn run(config: Config, keep_running: bool) -> anyhow::Result<()> {
         println!("  nats pub {p}.cec.{DEMO_TENANT}.up.alice '{{\"content\":\"hello\"}}'");
         println!("  nats sub '{p}.cec.{DEMO_TENANT}.*.alice'");
         println!("Health: http://{}/readyz", app.http_addr());
-        app.run_until(shutdown_signal()).await;
+        if app.run_until(shutdown_signal()).await == crate::app::Stopped::Forced {
+            std::process::exit(130);
+        }
     } else {
         app.shutdown().await;
     }

@@ -28,7 +28,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             let app = ccrelay::app::App::start(load()?).await?;
-            app.run_until(ccrelay::app::shutdown_signal()).await;
+            if app.run_until(ccrelay::app::shutdown_signal()).await == ccrelay::app::Stopped::Forced
+            {
+                // Exit without waiting for anything, as a second Ctrl-C asks.
+                std::process::exit(130);
+            }
             Ok(())
         }
         Command::Demo { keep_running } => ccrelay::demo::run(load()?, keep_running).await,

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +39,59 @@ pub struct Relay {
     pub cancel: CancellationToken,
     /// Set once the streams and the uplink consumer are set up (for `/readyz`).
     pub streams_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the database took the last commit; polling waits while it did not.
+    pub store_health: StoreHealth,
+}
+
+/// Whether the database is taking commits. While it is not, polling pauses ([`Self::wait_up`]),
+/// so no answer is taken from the upstream — which forgets what it returned — only to sit in
+/// memory until the database is back.
+#[derive(Default)]
+pub struct StoreHealth {
+    down: AtomicBool,
+    /// One probe at a time, however many polls wait.
+    probe: tokio::sync::Mutex<()>,
+}
+
+/// How often a paused poller asks the database whether it is back.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+impl StoreHealth {
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    fn set_down(&self) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!("Database unavailable: polling paused until it is back");
+        }
+    }
+
+    fn set_up(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("Database reachable again: polling resumes");
+        }
+    }
+
+    /// Returns at once while the database is up; otherwise waits until a probe (or a commit)
+    /// finds it back. `false` if `cancel` fired first.
+    pub async fn wait_up(&self, store: &DynStore, cancel: &CancellationToken) -> bool {
+        while self.is_down() {
+            if let Ok(_probe) = self.probe.try_lock()
+                && tokio::time::timeout(PROBE_EVERY, store.ping())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            {
+                self.set_up();
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(PROBE_EVERY) => {}
+            }
+        }
+        true
+    }
 }
 
 impl Relay {
@@ -51,12 +106,14 @@ impl Relay {
         loop {
             match self.store.commit(commit.clone()).await {
                 Ok(c) => {
+                    self.store_health.set_up();
                     if c.outboxed > 0 {
                         self.outbox.notify();
                     }
                     return Ok(c);
                 }
                 Err(e) if e.is_retryable() && !self.cancel.is_cancelled() => {
+                    self.store_health.set_down();
                     tracing::warn!(error = %e, retry_in = ?delay, "Database unavailable; retrying the commit");
                     tokio::select! {
                         _ = self.cancel.cancelled() => {}

@@ -185,10 +185,18 @@ pub struct ErrorReply {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// invalid_request | unknown_tenant | upstream | unavailable | timeout
     pub code: String,
     pub message: String,
+    /// For upstream failures: the HTTP status or CEC resultCode, unchanged (`"500"`, `"401"`),
+    /// or `timeout` / `connect` / `decode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_code: Option<String>,
+    /// For upstream failures: whether the same request may succeed if sent again later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
 }
 
 #[cfg(test)]

@@ -61,6 +61,39 @@ pub const FILE_TYPES: &[&str] = &[
     "jpg", "png", "bmp", "bpm", "mp3", "aac", "mp4", "txt", "csv",
 ];
 
+/// `mediaFileType`s a WEBCARD may name: "当前仅支持固定值img,img/png,img/jpg,不填类型默认按jpg".
+pub const WEBCARD_MEDIA_FILE_TYPES: &[&str] = &["img", "img/png", "img/jpg"];
+
+/// Checks a WEBCARD `content` as the send document describes it (1.2): a JSON object with
+/// `title`, and `mediaFileId` or `redirectUrl` (one of the two is required), `mediaFileType` empty
+/// or one of [`WEBCARD_MEDIA_FILE_TYPES`]. The error is the `resultDesc` CEC answers with
+/// resultCode 3, word for word, so the relay's refusal and the upstream's read the same.
+pub fn check_webcard(content: &str) -> Result<(), &'static str> {
+    let Ok(serde_json::Value::Object(card)) = serde_json::from_str(content) else {
+        return Err("Incorrect JSON format");
+    };
+    let present = |k: &str| {
+        card.get(k)
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    if !present("mediaFileId") && !present("redirectUrl") {
+        return Err("the content Json String must contains mediaFileId or redirectUrl");
+    }
+    if !present("title") {
+        return Err("the content Json String must contains title");
+    }
+    if let Some(t) = card
+        .get("mediaFileType")
+        .and_then(serde_json::Value::as_str)
+        && !t.is_empty()
+        && !WEBCARD_MEDIA_FILE_TYPES.contains(&t)
+    {
+        return Err("Incorrect mediaFileType");
+    }
+    Ok(())
+}
+
 /// `resultCode` values the documents list for `send` and friends.
 pub mod result_code {
     pub const OK: &str = "0";

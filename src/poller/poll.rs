@@ -24,6 +24,14 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
             "Session of a tenant that is no longer configured; not polled");
         return Next::Closed;
     };
+    // Take nothing from the upstream that could not be stored now.
+    if !relay
+        .store_health
+        .wait_up(&relay.store, &relay.cancel)
+        .await
+    {
+        return Next::Again(Box::new(p));
+    }
     let s = &p.session;
     let client = &tenant.client;
     if client.user_token(&s.user_id).is_none()

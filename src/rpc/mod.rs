@@ -60,11 +60,17 @@ impl RpcError {
                 e.to_string(),
             ),
         };
+        let upstream = match self {
+            RpcError::Upstream(e) => Some(e),
+            _ => None,
+        };
         ErrorReply {
             ok: false,
             error: ErrorBody {
                 code: code.to_owned(),
                 message,
+                upstream_code: upstream.map(|e| e.code()),
+                retryable: upstream.map(|e| e.is_retryable()),
             },
         }
     }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::tim::TimSimConfig;
+
 /// How the simulated CEC tenant behaves. Every field has a default, so `{}` (or
 /// `SimConfig::default()`) is a working tenant with a robot in front of available agents.
 #[derive(Clone, Deserialize)]
@@ -68,6 +70,9 @@ pub struct SimConfig {
     pub sip_service_address: String,
     /// The access code of click-to-call and mobile-agent calls.
     pub access_code: String,
+    /// The simulated Tencent IM app (`[tim]`).
+    #[serde(default)]
+    pub tim: TimSimConfig,
 }
 
 impl Default for SimConfig {
@@ -106,6 +111,7 @@ impl Default for SimConfig {
             mobile_agent: true,
             sip_service_address: "127.0.0.1:5063".into(),
             access_code: "179080000537636".into(),
+            tim: TimSimConfig::default(),
         }
     }
 }
@@ -127,6 +133,7 @@ impl std::fmt::Debug for SimConfig {
             .field("max_file_bytes", &self.max_file_bytes)
             .field("click_to_call", &self.click_to_call)
             .field("mobile_agent", &self.mobile_agent)
+            .field("tim", &self.tim)
             .finish_non_exhaustive()
     }
 }

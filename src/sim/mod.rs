@@ -82,6 +82,7 @@
 //!   phrases; `calls`, click-to-call and the mobile agent's call; `forced`, forced result codes.
 //! - `state`, users, sessions, tokens; `script`, what the robot, agent and system say.
 //! - [`faults`], [`stats`], `control`, for fault injection, counters and poll log, the `/sim/` API.
+//! - [`tim`], the Tencent IM side (`/v4/…` and `/sim/tim/…`), configured by [`SimConfig::tim`].
 
 mod auth;
 mod calls;
@@ -97,6 +98,7 @@ mod script;
 mod send;
 mod state;
 pub mod stats;
+pub mod tim;
 
 #[cfg(test)]
 mod tests;
@@ -118,6 +120,7 @@ pub use feedback::{LeaveMessage, RobotFeedback, Satisfaction};
 pub use requests::LoggedRequest;
 pub use state::ReceivedSend;
 pub use stats::{EndpointStats, PollAnswer, SimStats};
+pub use tim::{TimFault, TimMessage, TimSim, TimSimConfig, TimSimEndpoint, TimStats, TimStream};
 
 use faults::{Faults, lock};
 use feedback::Records;
@@ -160,6 +163,8 @@ pub(crate) struct Inner {
     records: Records,
     /// The CEC API requests received.
     requests: requests::RequestLog,
+    /// The Tencent IM side ([`tim`]), from [`SimConfig::tim`].
+    tim: TimSim,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -174,6 +179,7 @@ impl Simulator {
     /// A simulator with no users, tokens or faults.
     pub fn new(cfg: SimConfig) -> Self {
         let counters = Counters::new(cfg.poll_log_capacity);
+        let tim = TimSim::new(cfg.tim.clone());
         Simulator {
             inner: Arc::new(Inner {
                 cfg,
@@ -187,6 +193,7 @@ impl Simulator {
                 forced: ForcedResults::default(),
                 records: Records::default(),
                 requests: requests::RequestLog::default(),
+                tim,
             }),
         }
     }
@@ -201,7 +208,7 @@ impl Simulator {
         &self.inner.cfg
     }
 
-    /// The CEC API and the `/sim/` control API.
+    /// The CEC API, the Tencent IM API ([`tim`]) and the `/sim/` control API.
     pub fn router(&self) -> Router {
         cec::routes()
             .merge(feedback::routes())
@@ -213,6 +220,12 @@ impl Simulator {
                 requests::record,
             ))
             .with_state(self.clone())
+            .merge(self.inner.tim.router())
+    }
+
+    /// The Tencent IM side, for in-process control.
+    pub fn tim(&self) -> &TimSim {
+        &self.inner.tim
     }
 
     /// Serves [`Simulator::router`] on `listener` until `shutdown` is cancelled, then finishes the
@@ -247,15 +260,19 @@ impl Simulator {
 
     /// Queues an AGENT CHAT message saying `content` for the user (whatever the session's state:
     /// this is a test tool).
-    pub fn agent_say(&self, user_id: &str, content: &str) {
+    ///
+    /// Returns the message's `messageCode` (as in [`Simulator::poll_log`]).
+    pub fn agent_say(&self, user_id: &str, content: &str) -> String {
         let script = self.script();
         self.inner.users.with(user_id, |u| {
             let now = Instant::now();
             u.advance(now, user_id, &script);
             let call_id = u.call_id(&script);
             let msg = script.message(user_id, &call_id, Sender::Agent, "CHAT", content, now);
+            let code = msg.message_code.clone().unwrap_or_default();
             u.outbox.push_back(msg);
-        });
+            code
+        })
     }
 
     /// Ends the user's session from the contact center's side: queues a message with controlType

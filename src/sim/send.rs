@@ -179,28 +179,8 @@ fn check_chat_content(req: &SendRequest) -> Result<(), SendResponse> {
             bad("content can not be empty")
         };
     }
-    if req.media_type != "WEBCARD" {
-        return Ok(());
-    }
-    let Ok(Value::Object(card)) = serde_json::from_str::<Value>(&req.content) else {
-        return bad("Incorrect JSON format");
-    };
-    let present = |k: &str| {
-        card.get(k)
-            .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty())
-    };
-    if !present("mediaFileId") && !present("redirectUrl") {
-        return bad("the content Json String must contains mediaFileId or redirectUrl");
-    }
-    if !present("title") {
-        return bad("the content Json String must contains title");
-    }
-    if let Some(t) = card.get("mediaFileType").and_then(Value::as_str)
-        && !t.is_empty()
-        && !["img", "img/png", "img/jpg"].contains(&t)
-    {
-        return bad("Incorrect mediaFileType");
+    if req.media_type == "WEBCARD" {
+        crate::cec::wire::check_webcard(&req.content).or_else(bad)?;
     }
     Ok(())
 }

@@ -63,6 +63,20 @@ pub mod code {
     pub const SIG_EXPIRED: i64 = 70001;
     /// UserSig verification failed (wrong key or identifier): final.
     pub const SIG_INVALID: i64 = 70009;
+    /// UserSig cannot be parsed (Tencent's account error list): final.
+    pub const SIG_PARSE: i64 = 70003;
+    /// The request's identifier is not the one the UserSig was signed for: final.
+    pub const SIG_IDENTIFIER: i64 = 70013;
+    /// The request's SDKAppID is not the one the UserSig was signed for: final.
+    pub const SIG_SDKAPPID: i64 = 70014;
+    /// REST common code: the service timed out (or the HTTP request was malformed); retry.
+    pub const REST_TIMEOUT: i64 = 60008;
+    /// The app is not a Desk (智能客服) app: final.
+    pub const NOT_DESK_APP: i64 = 141000;
+    /// The frequency-limit code the simulator answers: 60007, "REST 接口调用频率超过限制,请降低请求
+    /// 频率" in Tencent's REST common error list (60011 is per SDKAppID, 60018/60019 "请求过于
+    /// 频繁"); every code of [`RATE_LIMITS`] is treated alike.
+    pub const SIM_RATE_LIMIT: i64 = 60007;
 }
 
 /// A failed Tencent IM call. Never carries the secret key or a UserSig.
@@ -118,7 +132,10 @@ impl TimError {
             TimError::Api { code: c, .. } => {
                 matches!(
                     *c,
-                    code::DESK_INTERNAL | code::ROBOT_INTERNAL | code::SIG_EXPIRED
+                    code::DESK_INTERNAL
+                        | code::ROBOT_INTERNAL
+                        | code::SIG_EXPIRED
+                        | code::REST_TIMEOUT
                 ) || code::RATE_LIMITS.contains(c)
             }
         }
@@ -190,11 +207,12 @@ mod tests {
 
     #[test]
     fn the_issue_s_retryable_and_final_codes() {
-        for c in [141002, 10002, 60007, 60011, 60018, 60019, 70001] {
+        for c in [141002, 10002, 60007, 60011, 60018, 60019, 70001, 60008] {
             assert!(api(c).is_retryable(), "{c} should be retryable");
         }
         for c in [
-            90001, 90005, 90007, 90009, 93000, 141004, 141005, 10004, 70009,
+            90001, 90005, 90007, 90009, 93000, 141004, 141005, 10004, 70009, 70003, 70013, 70014,
+            141000,
         ] {
             assert!(!api(c).is_retryable(), "{c} should be final");
         }

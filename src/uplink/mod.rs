@@ -3,7 +3,9 @@
 //! The durable pull consumer delivers messages in stream order. Each goes to the worker of its
 //! (tenant, user): one worker per user with work, so one user's messages are sent upstream in the
 //! order they were published while different users proceed in parallel (at most
-//! `relay.max_concurrent_sends` at once). A worker exits when its queue is empty.
+//! `relay.max_concurrent_sends` at once *per tenant*, so that a tenant whose upstream is failing —
+//! its messages held by retries — cannot take the permits of the others). A worker exits when its
+//! queue is empty.
 //!
 //! A message is acknowledged only after its outcome is committed ([`handle`]); while it is being
 //! worked on (retries included) the worker tells JetStream it is in progress, so it is not
@@ -44,7 +46,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
         relay: relay.clone(),
         stamp: Arc::from(stamp.as_str()),
         queues: Arc::new(Mutex::new(HashMap::new())),
-        permits: Arc::new(Semaphore::new(relay.config.relay.max_concurrent_sends)),
+        permits: Arc::new(Mutex::new(HashMap::new())),
         tracker: tracker.clone(),
         heartbeat: cfg.ack_wait / 3,
     };
@@ -96,7 +98,8 @@ struct Workers {
     relay: Arc<Relay>,
     stamp: Arc<str>,
     queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<jetstream::Message>>>>,
-    permits: Arc<Semaphore>,
+    /// Send permits per tenant (by subject token), made on first use.
+    permits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     tracker: TaskTracker,
     heartbeat: Duration,
 }
@@ -141,11 +144,27 @@ impl Workers {
                     .await;
                 continue;
             }
-            let Ok(_permit) = self.permits.acquire().await else {
+            let Ok(_permit) = self.permits_for(&key).acquire_owned().await else {
                 return;
             };
             self.process(&msg).await;
         }
+    }
+
+    /// The send permits of the tenant `subject` names.
+    fn permits_for(&self, subject: &str) -> Arc<Semaphore> {
+        let tenant = self
+            .relay
+            .subjects
+            .parse_cec(subject)
+            .map_or("", |(t, _, _)| t);
+        let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        permits
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(self.relay.config.relay.max_concurrent_sends))
+            })
+            .clone()
     }
 
     async fn process(&self, msg: &jetstream::Message) {

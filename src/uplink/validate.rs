@@ -171,6 +171,25 @@ pub fn check_up(user: &str, m: &UpMessage) -> Result<(), Refusal> {
     if mt == "TEXT" && ct == "CHAT" && content.trim().is_empty() && m.file.is_none() {
         return Err(refuse("content", "is required for a TEXT CHAT message"));
     }
+    if ct == "CHAT" && mt != "TEXT" && m.file.is_none() {
+        if content.trim().is_empty() {
+            return Err(refuse(
+                "content",
+                format!("is required for a {mt} CHAT message (or send a `file`)"),
+            ));
+        }
+        if mt == "WEBCARD" {
+            crate::cec::wire::check_webcard(content).map_err(|desc| {
+                refuse(
+                    "content",
+                    format!(
+                        "{desc}: a WEBCARD is a JSON object with title, mediaFileId or redirectUrl, \
+                         and mediaFileType empty or one of img, img/png, img/jpg"
+                    ),
+                )
+            })?;
+        }
+    }
     if mt == "TEXT" && content.len() > limits::TEXT_MAX_BYTES {
         return Err(refuse(
             "content",
@@ -261,6 +280,52 @@ mod tests {
         let mut m = chat("hi");
         m.trans_data = Some("{not json".into());
         assert_eq!(check_up("u", &m).unwrap_err().field, "transData");
+    }
+
+    #[test]
+    fn webcards_are_checked_as_the_send_document_describes() {
+        let card = |c: serde_json::Value| UpMessage {
+            media_type: Some("WEBCARD".into()),
+            content: Some(c.to_string()),
+            ..Default::default()
+        };
+        use serde_json::json;
+        assert!(
+            check_up(
+                "u",
+                &card(json!({"title": "t", "redirectUrl": "https://x"}))
+            )
+            .is_ok()
+        );
+        assert!(
+            check_up(
+                "u",
+                &card(json!({"title": "t", "mediaFileId": "f", "mediaFileType": "img/png"}))
+            )
+            .is_ok()
+        );
+        for (bad, why) in [
+            (json!({"redirectUrl": "https://x"}), "title"),
+            (json!({"title": "t"}), "mediaFileId or redirectUrl"),
+            (
+                json!({"title": "t", "mediaFileId": "f", "mediaFileType": "gif"}),
+                "mediaFileType",
+            ),
+            (json!(["not", "an", "object"]), "Incorrect JSON format"),
+        ] {
+            let e = check_up("u", &card(bad)).unwrap_err();
+            assert_eq!(e.field, "content");
+            assert!(e.reason.contains(why), "{e}");
+        }
+        let mut m = card(json!({}));
+        m.content = Some("{not json".into());
+        assert!(check_up("u", &m).unwrap_err().reason.contains("JSON"));
+        // Other media types without a file need their content (the fileId) too.
+        let image = UpMessage {
+            media_type: Some("IMAGE".into()),
+            ..Default::default()
+        };
+        assert_eq!(check_up("u", &image).unwrap_err().field, "content");
     }
 
     #[test]

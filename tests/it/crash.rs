@@ -1,46 +1,25 @@
 //! The real binary killed with SIGKILL mid-conversation and started again.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::support::app::*;
+use crate::support::relay_proc::{RelayConfig, RelayProcess, write_config};
 
-struct Relay {
-    config: std::path::PathBuf,
-    log: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Relay {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ccrelay"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ccrelay");
-        self.child = Some(child);
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.kill();
+fn config<'a>(
+    nats_url: &'a str,
+    sim: &'a ccrelay::sim::SimHandle,
+    relay_section: &'a str,
+    request_timeout: &'a str,
+) -> RelayConfig<'a> {
+    RelayConfig {
+        store_url: None,
+        nats_url,
+        sim,
+        relay_section,
+        request_timeout,
+        ack_wait: "3s",
     }
 }
 
@@ -52,43 +31,9 @@ async fn killed_relay_resumes_without_losing_or_duplicating() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let sc = ccrelay::sim::SimConfig::default();
-    let config = dir.path().join("ccrelay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[store]
-url = "sqlite://{db}"
-[nats]
-url = "{nats}"
-embedded = false
-ack_wait = "3s"
-[http]
-listen = "127.0.0.1:0"
-[[cec]]
-name = "{TENANT}"
-base_url = "{sim}"
-app_key = "{ak}"
-app_secret = "{secret}"
-channel_config_id = "{ch}"
-poll_interval = "100ms"
-request_timeout = "2s"
-"#,
-            db = dir.path().join("relay.db").display(),
-            nats = nats.url(),
-            sim = sim.base_url(),
-            ak = sc.app_key,
-            secret = sc.app_secret,
-            ch = sc.channel_config_id,
-        ),
-    )
-    .unwrap();
-    let mut relay = Relay {
-        config,
-        log: dir.path().join("relay.log"),
-        child: None,
-    };
+    let nats_url = nats.url();
+    let config = write_config(dir.path(), &config(&nats_url, &sim, "", "2s"));
+    let mut relay = RelayProcess::new(config, dir.path().join("relay.log"));
     relay.start();
 
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -106,16 +51,7 @@ request_timeout = "2s"
             .unwrap();
         }
     };
-    // The relay creates the streams; publishing waits for them.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while js.get_stream("CCRELAY_OUT").await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "streams never appeared: {}",
-            std::fs::read_to_string(&relay.log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relay.wait_for_streams(&js).await;
     let mut w = Watcher::new(&js, &format!("{PREFIX}.cec.{TENANT}.*.erin")).await;
     up(json!({"controlType": "CONNECT", "messageId": "x0"})).await;
     w.until(20, "connected", is_result_for("x0")).await;
@@ -171,5 +107,86 @@ request_timeout = "2s"
     // The upstream processed each uplink message once, whatever the kills: a message resent after
     // a kill carries the same messageId and is de-duplicated (counted, not processed again).
     assert_eq!(sim.received("erin").len(), 4, "{:?}", sim.received("erin"));
+    relay.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_and_loses_nothing() {
+    crate::support::init_tracing();
+    let nats = crate::support::nats().await;
+    let sim = ccrelay::sim::spawn(ccrelay::sim::SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let nats_url = nats.url();
+    let config = write_config(
+        dir.path(),
+        &config(&nats_url, &sim, r#"shutdown_timeout = "60s""#, "30s"),
+    );
+    let mut relay = RelayProcess::new(config, dir.path().join("relay.log"));
+    relay.start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    relay.wait_for_streams(&js).await;
+    let mut w = Watcher::new(&js, &format!("{PREFIX}.cec.{TENANT}.*.sam")).await;
+
+    // A send the upstream takes 20 s to answer keeps the first shutdown waiting.
+    sim.inject_fault(
+        ccrelay::sim::Fault::delay(ccrelay::sim::Endpoint::Send, Duration::from_secs(20)).times(1),
+    );
+    js.publish(
+        format!("{PREFIX}.cec.{TENANT}.up.sam"),
+        serde_json::to_vec(&json!({"controlType": "CONNECT", "messageId": "q1"}))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sim.faults().iter().any(|f| f.times == Some(1)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the send never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let child = relay.child.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first SIGTERM waits for the send"
+    );
+    relay.signal("-TERM");
+    let child = relay.child.as_mut().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no exit within 3 s of the second SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    relay.child = None;
+    let log = relay.log_text();
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("Second signal"), "{log}");
+
+    // Started again, the relay finishes the abandoned message, once.
+    relay.start();
+    w.until(30, "the abandoned CONNECT's result", is_result_for("q1"))
+        .await;
+    w.drain(2).await;
+    let results = w
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "up.result" && e["messageId"] == "q1")
+        .count();
+    assert_eq!(results, 1);
     relay.kill();
 }

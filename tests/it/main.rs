@@ -1,9 +1,14 @@
 //! The integration tests: one binary, one module per surface, shared helpers in `support`.
 
 mod cec_relay;
+mod chaos;
 mod cli;
 mod crash;
+mod fuzz_nats;
 mod harness_smoke;
 mod media;
+mod outage;
+mod result_codes;
 mod rpc;
 mod support;
+mod upstream_faults;

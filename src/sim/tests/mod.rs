@@ -8,6 +8,7 @@ mod faults;
 mod feedback;
 mod forced;
 mod media;
+mod tim;
 mod tokens;
 
 use axum::Router;

@@ -54,13 +54,28 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(sim_cfg: SimConfig) -> TestApp {
+    spawn_app_on(sim_cfg, None).await
+}
+
+/// [`spawn_app_with`] on the database at `db_url` (default: a fresh SQLite file).
+pub async fn spawn_app_on(sim_cfg: SimConfig, db_url: Option<String>) -> TestApp {
+    spawn_app_configured(sim_cfg, db_url, |_| {}).await
+}
+
+/// [`spawn_app_on`] with the test configuration changed by `configure` before the relay starts.
+pub async fn spawn_app_configured(
+    sim_cfg: SimConfig,
+    db_url: Option<String>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     super::init_tracing();
     let nats_server = super::nats().await;
     let sim = ccrelay::sim::spawn(sim_cfg).await.expect("simulator");
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("relay.db");
-    let db_url = format!("sqlite://{}", db_path.display());
-    let config = test_config(&nats_server.url(), &db_url, &sim);
+    let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
+    let mut config = test_config(&nats_server.url(), &db_url, &sim);
+    configure(&mut config);
     let app = App::start(config).await.expect("relay starts");
     let client = async_nats::connect(nats_server.url()).await.unwrap();
     let js = jetstream::new(client.clone());
@@ -81,6 +96,14 @@ pub async fn spawn_app_with(sim_cfg: SimConfig) -> TestApp {
 impl TestApp {
     pub fn app(&self) -> &App {
         self.app.as_ref().expect("relay running")
+    }
+
+    /// `GET /readyz`: its status and body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let url = format!("http://{}/readyz", self.app().http_addr());
+        let rsp = reqwest::get(url).await.unwrap();
+        let status = rsp.status().as_u16();
+        (status, rsp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn wait_ready(&self) {
@@ -110,6 +133,28 @@ impl TestApp {
     pub async fn up(&self, user: &str, msg: Value) {
         self.publish_raw(TENANT, user, &serde_json::to_vec(&msg).unwrap())
             .await;
+    }
+
+    /// A request-reply on `P.cec.<tenant>.rpc.<op>`, retrying "no responders" briefly while the
+    /// relay subscribes after start-up.
+    pub async fn rpc(&self, tenant: &str, op: &str, body: &Value) -> Value {
+        let subject = format!("{PREFIX}.cec.{tenant}.rpc.{op}");
+        let body = serde_json::to_vec(body).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .client
+                .request(subject.clone(), body.clone().into())
+                .await
+            {
+                Ok(m) => return serde_json::from_slice(&m.payload).unwrap(),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{op}: {e}"),
+            }
+        }
     }
 
     /// Watches everything the relay published for one user on `_OUT`, from the start.

@@ -12,6 +12,8 @@
 pub mod app;
 mod nats;
 mod postgres;
+pub mod private_pg;
+pub mod relay_proc;
 
 use std::path::PathBuf;
 use std::sync::Once;
