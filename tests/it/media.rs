@@ -39,7 +39,11 @@ fn is_down_with_content(content: String) -> impl Fn(&str, &Value) -> bool {
 }
 
 async fn object_bytes(t: &TestApp, object: &str) -> Vec<u8> {
-    let store = t.js.get_object_store(BUCKET).await.expect("files bucket");
+    object_bytes_in(t, BUCKET, object).await
+}
+
+async fn object_bytes_in(t: &TestApp, bucket: &str, object: &str) -> Vec<u8> {
+    let store = t.js.get_object_store(bucket).await.expect("files bucket");
     let mut obj = store.get(object).await.expect("object");
     let mut bytes = Vec::new();
     obj.read_to_end(&mut bytes).await.unwrap();
@@ -345,5 +349,66 @@ async fn a_final_refusal_is_published_at_once_and_a_passing_one_is_retried() {
         .await;
     assert_eq!(down["file"]["sha256"], sha256_hex(&bytes), "{down}");
     assert_eq!(t.sim.stats().calls(Endpoint::DownloadFileStream), 3);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_with_its_own_bucket_and_attempts_files_are_stored_or_given_up_in_order() {
+    let pg = crate::support::fresh_pg_database().await;
+    let mut t = spawn_app_configured(
+        ccrelay::sim::SimConfig::default(),
+        Some(pg.url.clone()),
+        |c| {
+            c.relay.media_attempts = 2;
+            c.nats.files_bucket = Some("MEDIA_IT".to_owned());
+        },
+    )
+    .await;
+    let user = "kim";
+    let mut w = t.watch(TENANT, user).await;
+    connect(&t, &mut w, user).await;
+
+    t.sim
+        .inject_fault(Fault::status(Endpoint::DownloadFileStream, 500));
+    let lost = agent_file(&t, user, "IMAGE", "png", b"given up after two");
+    let given_up = w
+        .until(20, "the given-up file", is_down_with_content(lost.clone()))
+        .await;
+    assert_eq!(given_up["fileError"]["code"], "500", "{given_up}");
+    assert_eq!(
+        t.sim.stats().calls(Endpoint::DownloadFileStream),
+        2,
+        "relay.media_attempts = 2"
+    );
+    t.sim.clear_faults();
+    let bytes = b"stored on the second file".to_vec();
+    let kept = agent_file(&t, user, "AUDIO", "mp3", &bytes);
+    t.sim.agent_say(user, "after both files");
+    w.until(
+        20,
+        "the later message",
+        is_down_containing("after both files"),
+    )
+    .await;
+    let downs = w.downs();
+    let at = |c: &str| downs.iter().position(|v| v["content"] == c).unwrap();
+    assert!(at(&lost) < at(&kept) && at(&kept) < at("after both files"));
+    let stored = downs[at(&kept)];
+    assert_eq!(stored["file"]["bucket"], "MEDIA_IT", "{stored}");
+    let object = stored["file"]["object"].as_str().unwrap();
+    assert_eq!(object_bytes_in(&t, "MEDIA_IT", object).await, bytes);
+
+    let files = files_of_when_done(&t, user, 2).await;
+    let by_id = |id: &str| files.iter().find(|f| f.file_id == id).unwrap();
+    assert_eq!(
+        (by_id(&lost).status, by_id(&lost).attempts),
+        (FileStatus::Failed, 2)
+    );
+    assert_eq!(by_id(&kept).status, FileStatus::Stored);
+    assert_eq!(
+        by_id(&kept).sha256.as_deref(),
+        Some(sha256_hex(&bytes).as_str())
+    );
+    assert_eq!(by_id(&kept).file_type, "mp3");
     t.stop().await;
 }
