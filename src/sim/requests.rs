@@ -20,8 +20,8 @@ const CAPACITY: usize = 2_000;
 /// Largest body kept in the log.
 const MAX_BODY: usize = 64 * 1024;
 
-/// One request as received.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One request as received. `Debug` leaves out the values of the credential headers.
+#[derive(Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoggedRequest {
     pub method: String,
@@ -32,6 +32,34 @@ pub struct LoggedRequest {
     /// The body as JSON, when it is JSON of at most [`MAX_BODY`] bytes.
     pub body: Option<serde_json::Value>,
     pub body_len: usize,
+}
+
+/// Headers whose values `Debug` does not show.
+const CREDENTIALS: &[&str] = &["authorization", "ccmessaging-token", "x-app-secret"];
+
+impl std::fmt::Debug for LoggedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let shown = if CREDENTIALS.contains(&k.as_str()) {
+                    "[redacted]"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("LoggedRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("headers", &headers)
+            .field("body", &self.body)
+            .field("body_len", &self.body_len)
+            .finish()
+    }
 }
 
 impl LoggedRequest {
@@ -90,4 +118,35 @@ pub(crate) async fn record(State(sim): State<Simulator>, req: Request, next: Nex
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_out_credentials() {
+        let r = LoggedRequest {
+            method: "POST".into(),
+            path: "/apiaccess/ccmessaging/send".into(),
+            query: None,
+            headers: [
+                ("authorization", "Bearer s3cr3t-access"),
+                ("ccmessaging-token", "s3cr3t-cc"),
+                ("x-app-key", "ak"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            body: None,
+            body_len: 0,
+        };
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("x-app-key") && shown.contains("ak"),
+            "{shown}"
+        );
+        assert_eq!(r.header("Authorization"), Some("Bearer s3cr3t-access"));
+    }
 }

@@ -32,8 +32,9 @@
 //! normalised by `jsonb` (same JSON value, whitespace and key order may differ) from PostgreSQL.
 //!
 //! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
-//! records, the events, the satisfactions, the offline messages, the touches; its outbox rows
-//! follow the inserted downs, then the events. Transcripts, events, satisfactions and offline
+//! records, the events, the satisfactions, the offline messages, the files, the touches; its
+//! outbox rows follow the inserted downs (held when the commit has a file for them), then the
+//! events. Transcripts, events, satisfactions and offline
 //! messages read back ordered by `created_at`, ties in insertion order.
 //!
 //! Bodies must be JSON (both stores refuse anything else; PostgreSQL's `jsonb` also refuses the

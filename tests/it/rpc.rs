@@ -492,8 +492,7 @@ fn upstream(
     assert_eq!(
         r.header("ccmessaging-token").is_some_and(|t| !t.is_empty()),
         user_token,
-        "{path}: {:?}",
-        r.headers
+        "{path}: {r:?}"
     );
     if method == "POST" {
         assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
