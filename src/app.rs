@@ -156,6 +156,7 @@ impl App {
 
         intake.spawn(poller::run(relay.clone(), poller_inbox, intake.clone()));
         intake.spawn(timlink::run(tim, js.clone(), intake.clone()));
+        intake.spawn(crate::media::run(relay.clone(), js.clone(), intake.clone()));
         intake.spawn(uplink::run(relay.clone(), js, intake.clone()));
         intake.spawn(crate::rpc::run(relay.clone(), nats.clone()));
         resume_sessions(&relay, &store).await?;

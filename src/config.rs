@@ -120,6 +120,8 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// Consumer: how many uplink messages may be in flight at once.
     pub max_ack_pending: i64,
+    /// Object store bucket for the files agents send (default `<PREFIX>_FILES`).
+    pub files_bucket: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -143,6 +145,7 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(10 * 60),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
+            files_bucket: None,
         }
     }
 }
@@ -178,6 +181,15 @@ pub struct RelayConfig {
     pub shutdown_timeout: Duration,
     /// Outbox rows published per batch.
     pub outbox_batch: usize,
+    /// Download attempts of a file an agent sent before its DownMessage is published with
+    /// `fileError`.
+    pub media_attempts: u32,
+    /// How long after it was received a file's download is given up (its DownMessage is then
+    /// published with `fileError`), whatever the attempts left.
+    #[serde(with = "humantime_serde")]
+    pub media_deadline: Duration,
+    /// At most this many file downloads at once.
+    pub media_concurrency: usize,
 }
 
 impl Default for RelayConfig {
@@ -187,6 +199,9 @@ impl Default for RelayConfig {
             max_concurrent_sends: 256,
             shutdown_timeout: Duration::from_secs(15),
             outbox_batch: 512,
+            media_attempts: 5,
+            media_deadline: Duration::from_secs(10 * 60),
+            media_concurrency: 8,
         }
     }
 }
@@ -444,6 +459,26 @@ impl Config {
         }
         if self.relay.outbox_batch == 0 {
             return Err(invalid("relay.outbox_batch", "must be at least 1"));
+        }
+        if self.relay.media_attempts == 0 {
+            return Err(invalid("relay.media_attempts", "must be at least 1"));
+        }
+        if self.relay.media_deadline.is_zero() {
+            return Err(invalid("relay.media_deadline", "must be more than 0s"));
+        }
+        if self.relay.media_concurrency == 0 {
+            return Err(invalid("relay.media_concurrency", "must be at least 1"));
+        }
+        if let Some(b) = &self.nats.files_bucket
+            && (b.is_empty()
+                || !b
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            return Err(invalid(
+                "nats.files_bucket",
+                format!("{b:?}: must be 1 or more of A-Z a-z 0-9 _ -"),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.cec.iter().enumerate() {
@@ -783,6 +818,34 @@ mod tests {
     fn unknown_key_is_named() {
         let e = load(&format!("{MINIMAL}\npoll_intervall = \"1s\"\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("poll_intervall"), "{e}");
+    }
+
+    #[test]
+    fn media_keys_are_read_and_checked() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.relay.media_attempts, 5);
+        assert_eq!(c.relay.media_deadline, Duration::from_secs(600));
+        assert_eq!(c.nats.files_bucket, None);
+        let c = load(
+            &format!(
+                "[relay]\nmedia_attempts = 2\nmedia_deadline = \"30s\"\n\
+                 [nats]\nfiles_bucket = \"MY_FILES\"\n{MINIMAL}"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.relay.media_attempts, 2);
+        assert_eq!(c.relay.media_deadline, Duration::from_secs(30));
+        assert_eq!(c.nats.files_bucket.as_deref(), Some("MY_FILES"));
+        for (text, key) in [
+            ("[relay]\nmedia_attempts = 0", "relay.media_attempts"),
+            ("[relay]\nmedia_deadline = \"0s\"", "relay.media_deadline"),
+            ("[relay]\nmedia_concurrency = 0", "relay.media_concurrency"),
+            ("[nats]\nfiles_bucket = \"a.b\"", "nats.files_bucket"),
+        ] {
+            let e = load(&format!("{text}\n{MINIMAL}"), &[]).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

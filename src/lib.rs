@@ -17,6 +17,8 @@
 //! - [`poller`]: schedules and runs the polls of every active session; commits what comes back.
 //! - [`store`]: the store trait and its SQLite and PostgreSQL implementations; every step commits
 //!   in one transaction, outbox rows included.
+//! - [`media`]: downloads the files agents send into the NATS object store, then releases their
+//!   held DownMessages.
 //! - [`rpc`]: request-reply over core NATS for the CEC endpoints that are not messages.
 //! - [`outbox`]: publishes committed outbox rows to JetStream and deletes them on PubAck.
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
@@ -38,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod media;
 pub mod natsd;
 pub mod outbox;
 pub mod poller;

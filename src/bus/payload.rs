@@ -74,6 +74,15 @@ pub struct FileRef {
     pub sha256: String,
 }
 
+/// Why a DownMessage's media could not be downloaded (after retries, or at once when final).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileError {
+    /// The HTTP status, the upstream result code, or a word (`timeout`, `connect`,
+    /// `object_store`, `attempts`, `deadline`…).
+    pub code: String,
+    pub message: String,
+}
+
 /// What the relay publishes on `P.cec.<t>.down.<u>`: the upstream message, fields unchanged, plus
 /// the relay's own.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,8 +95,12 @@ pub struct DownMessage {
     pub channel_config_id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    /// Present when the relay downloaded the media and stored it in the object store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileRef>,
+    /// Present when the relay gave up downloading the media: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_error: Option<FileError>,
     #[serde(flatten)]
     pub message: DownlinkMessage,
 }
@@ -212,6 +225,7 @@ mod tests {
             channel_config_id: "c".into(),
             received_at: OffsetDateTime::UNIX_EPOCH,
             file: None,
+            file_error: None,
             message: msg,
         };
         let v = serde_json::to_value(&down).unwrap();

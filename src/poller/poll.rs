@@ -85,8 +85,13 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
                 channel_config_id: s.channel_config_id.clone(),
                 received_at,
                 file: None,
+                file_error: None,
                 message: m,
             };
+            // A file message is committed held, its download left to the media task.
+            if let Some(f) = crate::media::pending_file(kind::CEC, &s.id, &down) {
+                commit.files.push(f);
+            }
             commit
                 .down
                 .push(down_record(kind::CEC, down_subject.clone(), &s.id, &down));

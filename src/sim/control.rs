@@ -31,6 +31,7 @@ pub(crate) fn routes() -> Router<Simulator> {
         .route("/sim/cec/received", get(received))
         .route("/sim/stats", get(stats))
         .route("/sim/cec/poll-log", get(poll_log))
+        .route("/sim/cec/requests", get(requests))
         .route("/sim/cec/agent/file", post(agent_file))
         .route("/sim/cec/force-result", post(force_result))
 }
@@ -143,4 +144,8 @@ async fn stats(State(sim): State<Simulator>) -> Response {
 
 async fn poll_log(State(sim): State<Simulator>) -> Response {
     json(StatusCode::OK, &sim.poll_log())
+}
+
+async fn requests(State(sim): State<Simulator>) -> Response {
+    json(StatusCode::OK, &sim.requests())
 }

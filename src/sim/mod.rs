@@ -93,6 +93,7 @@ pub mod faults;
 mod feedback;
 mod forced;
 mod media;
+pub mod requests;
 mod script;
 mod send;
 mod state;
@@ -116,6 +117,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::SimConfig;
 pub use faults::{Endpoint, Fault, FaultBody};
 pub use feedback::{LeaveMessage, RobotFeedback, Satisfaction};
+pub use requests::LoggedRequest;
 pub use state::ReceivedSend;
 pub use stats::{EndpointStats, PollAnswer, SimStats};
 pub use tim::{TimFault, TimMessage, TimSim, TimSimConfig, TimSimEndpoint, TimStats, TimStream};
@@ -159,6 +161,8 @@ pub(crate) struct Inner {
     forced: ForcedResults,
     /// Satisfactions, leave-messages and robot feedbacks accepted.
     records: Records,
+    /// The CEC API requests received.
+    requests: requests::RequestLog,
     /// The Tencent IM side ([`tim`]), from [`SimConfig::tim`].
     tim: TimSim,
 }
@@ -188,9 +192,15 @@ impl Simulator {
                 files: Sharded::new(SHARDS),
                 forced: ForcedResults::default(),
                 records: Records::default(),
+                requests: requests::RequestLog::default(),
                 tim,
             }),
         }
+    }
+
+    /// The CEC API requests received (method, path, headers, JSON body), oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.inner.requests.snapshot()
     }
 
     /// The configuration it runs with.
@@ -205,6 +215,10 @@ impl Simulator {
             .merge(media::routes(&self.inner.cfg))
             .merge(calls::routes())
             .merge(control::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                requests::record,
+            ))
             .with_state(self.clone())
             .merge(self.inner.tim.router())
     }

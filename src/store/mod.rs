@@ -18,8 +18,13 @@
 //! - `offline_messages`: what the contact center kept for later: a send it answered in offline
 //!   mode (keyed, like up rows, by (kind, tenant, user, message_id): a redelivered one is stored
 //!   once) and leave-messages (`doLeaveMessage`), with the upstream's answer.
+//! - `files`: media the contact center sent down, downloaded into the NATS object store: one
+//!   row per DownMessage, pending until downloaded (or given up), with its size, sha256, bucket,
+//!   object and the last error.
 //! - `outbox`: what is still to be published, in commit order. A row is deleted once JetStream
 //!   acknowledged it; so a transcript row is published exactly when no outbox row holds its id.
+//!   A *held* row (a DownMessage whose file is being downloaded) is not published, nor is any
+//!   later row of the same subject, until [`Store::finish_file`] releases it.
 //!
 //! Timestamps are kept at microsecond precision (PostgreSQL `timestamptz`; in SQLite an INTEGER of
 //! microseconds since the Unix epoch) and read back in UTC: finer digits are dropped, rounding
@@ -27,8 +32,9 @@
 //! normalised by `jsonb` (same JSON value, whitespace and key order may differ) from PostgreSQL.
 //!
 //! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
-//! records, the events, the satisfactions, the offline messages, the touches; its outbox rows
-//! follow the inserted downs, then the events. Transcripts, events, satisfactions and offline
+//! records, the events, the satisfactions, the offline messages, the files, the touches; its
+//! outbox rows follow the inserted downs (held when the commit has a file for them), then the
+//! events. Transcripts, events, satisfactions and offline
 //! messages read back ordered by `created_at`, ties in insertion order.
 //!
 //! Bodies must be JSON (both stores refuse anything else; PostgreSQL's `jsonb` also refuses the
@@ -462,6 +468,91 @@ pub struct OfflineRow {
     pub created_at: OffsetDateTime,
 }
 
+/// Where a downloaded file stands (table `files`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Not downloaded yet: its DownMessage's outbox row is held.
+    Pending,
+    /// In the object store; its DownMessage was released carrying `file`.
+    Stored,
+    /// Given up; its DownMessage was released carrying `fileError`.
+    Failed,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Pending => "pending",
+            FileStatus::Stored => "stored",
+            FileStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(FileStatus::Pending),
+            "stored" => Ok(FileStatus::Stored),
+            "failed" => Ok(FileStatus::Failed),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown file status {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A file the contact center sent down, as stored (table `files`): one per DownMessage whose
+/// media the relay downloads, keyed by the DownMessage's relay id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRow {
+    /// The DownMessage's relay id (= its outbox `msg_id`).
+    pub relay_id: String,
+    pub kind: String,
+    pub tenant: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub media_type: String,
+    /// The upstream's `fileId`.
+    pub file_id: String,
+    /// The `fileType` asked of `downloadFileStream`.
+    pub file_type: String,
+    pub status: FileStatus,
+    pub size: Option<i64>,
+    /// SHA-256 of the bytes, lower-case hex.
+    pub sha256: Option<String>,
+    pub bucket: Option<String>,
+    pub object: Option<String>,
+    /// Download attempts made so far.
+    pub attempts: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A pending file with the payload of its held outbox row (the DownMessage as committed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingFile {
+    pub file: FileRow,
+    pub payload: Vec<u8>,
+}
+
+/// The end of a file's download, applied by [`Store::finish_file`] in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileDone {
+    pub relay_id: String,
+    /// [`FileStatus::Stored`] or [`FileStatus::Failed`].
+    pub status: FileStatus,
+    pub size: Option<i64>,
+    pub sha256: Option<String>,
+    pub bucket: Option<String>,
+    pub object: Option<String>,
+    pub attempts: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// The DownMessage to publish (and keep as the transcript body), with `file` or `fileError`.
+    pub payload: String,
+    pub at: OffsetDateTime,
+}
+
 /// Everything one step of work writes, applied in one transaction.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Commit {
@@ -478,6 +569,11 @@ pub struct Commit {
     pub offline: Vec<OfflineRow>,
     /// Sessions whose `last_activity_at` moves to the given time.
     pub touch: Vec<(String, OffsetDateTime)>,
+    /// Pending files (status Pending) of down records in this commit, by the down's relay id:
+    /// the down's outbox row is committed held, and released by [`Store::finish_file`]. A file
+    /// whose down was skipped as a duplicate is skipped too; one whose down is not in the
+    /// commit is refused.
+    pub files: Vec<FileRow>,
 }
 
 impl Commit {
@@ -489,6 +585,7 @@ impl Commit {
             && self.satisfactions.is_empty()
             && self.offline.is_empty()
             && self.touch.is_empty()
+            && self.files.is_empty()
     }
 }
 
@@ -647,6 +744,25 @@ pub trait Store: Send + Sync + 'static {
     async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed>;
     /// The callbacks of an app, oldest first, at most `limit`.
     async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>>;
+
+    // Media coming down (issue 3): the `files` table and held outbox rows.
+
+    /// The oldest `limit` pending files, with their held outbox payloads.
+    async fn pending_files(&self, limit: i64) -> Result<Vec<PendingFile>>;
+    /// Records a failed download attempt of a pending file (it stays pending).
+    async fn file_attempt_failed(
+        &self,
+        relay_id: &str,
+        attempts: i64,
+        error_code: &str,
+        error_message: &str,
+    ) -> Result<()>;
+    /// In one transaction: fills the pending file's row, rewrites its DownMessage (outbox payload
+    /// and transcript body) to `done.payload`, and releases the held outbox row. Returns false
+    /// (changing nothing) when the file is not pending.
+    async fn finish_file(&self, done: &FileDone) -> Result<bool>;
+    /// Files of a user, oldest first.
+    async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>>;
 }
 
 /// A Tencent robot stream as stored (table `tim_streams`).

@@ -55,6 +55,25 @@ fn walk(v: &mut Value) {
     }
 }
 
+/// A text column's value PostgreSQL can store.
+pub(crate) fn owned(s: &str) -> String {
+    let mut s = s.to_owned();
+    fix(&mut s);
+    s
+}
+
+/// An optional text column's value PostgreSQL can store.
+pub(crate) fn owned_opt(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(owned)
+}
+
+/// A JSON document PostgreSQL's `jsonb` takes.
+pub(crate) fn json(body: &str) -> String {
+    let mut body = body.to_owned();
+    fix_json(&mut body);
+    body
+}
+
 /// A transcript row PostgreSQL can store.
 pub(crate) fn row(mut r: MessageRow) -> MessageRow {
     for f in [

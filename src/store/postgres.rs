@@ -19,10 +19,11 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, MessagePage, MessageRow, MessageStatus, OfflineRow,
-    OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
-    SessionChange, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin,
-    classify, from_unix_micros, invalid, unix_micros,
+    Commit, Committed, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
+    MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
+    Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState, Store,
+    StoreError, TimCallbackRow, TimStreamRow, UpBegin, classify, from_unix_micros, invalid,
+    unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -161,10 +162,12 @@ const INSERT_DOWNS: &str = "WITH input AS ( \
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
            $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int8[], \
-           $18::timestamptz[], $19::text[], $20::text[], $21::bytea[]) WITH ORDINALITY \
+           $18::timestamptz[], $19::text[], $20::text[], $21::bytea[], $22::bool[]) \
+           WITH ORDINALITY \
          AS t(relay_id, kind, tenant, user_id, session_id, direction, message_id, \
            message_code, source_type, control_type, media_type, content, body, status, \
-           result_code, result_desc, stream_seq, created_at, msg_id, subject, payload, ord) \
+           result_code, result_desc, stream_seq, created_at, msg_id, subject, payload, held, \
+           ord) \
      ), ins AS ( \
        INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, direction, \
            message_id, message_code, source_type, control_type, media_type, content, body, \
@@ -177,8 +180,8 @@ const INSERT_DOWNS: &str = "WITH input AS ( \
        DO NOTHING \
        RETURNING relay_id \
      ), outboxed AS ( \
-       INSERT INTO outbox (msg_id, subject, payload, created_at) \
-       SELECT msg_id, subject, payload, $22 FROM input \
+       INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
+       SELECT msg_id, subject, payload, $23, held FROM input \
        WHERE relay_id IN (SELECT relay_id FROM ins) ORDER BY ord \
      ) \
      SELECT relay_id FROM ins";
@@ -224,6 +227,26 @@ const INSERT_OFFLINE: &str = "INSERT INTO offline_messages (relay_id, kind, tena
        caller, content, tip_text, result_code, result_desc, created_at, ord) \
      ORDER BY ord \
      ON CONFLICT (kind, tenant, user_id, message_id) WHERE message_id IS NOT NULL DO NOTHING";
+
+const FILE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, media_type, file_id, \
+     file_type, status, size, sha256, bucket, object, attempts::int8 AS attempts, error_code, \
+     error_message, created_at, updated_at";
+
+const INSERT_FILES: &str = "INSERT INTO files (relay_id, kind, tenant, user_id, session_id, \
+     media_type, file_id, file_type, status, size, sha256, bucket, object, attempts, error_code, \
+     error_message, created_at, updated_at) \
+     SELECT relay_id, kind, tenant, user_id, session_id, media_type, file_id, file_type, status, \
+       size, sha256, bucket, object, attempts, error_code, error_message, created_at, updated_at \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+       $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::text[], \
+       $13::text[], $14::int4[], $15::text[], $16::text[], $17::timestamptz[], \
+       $18::timestamptz[]) WITH ORDINALITY AS t(relay_id, kind, tenant, user_id, session_id, \
+       media_type, file_id, file_type, status, size, sha256, bucket, object, attempts, \
+       error_code, error_message, created_at, updated_at, ord) ORDER BY ord";
+
+const FINISH_FILE: &str = "UPDATE files SET status = $2, size = $3, sha256 = $4, bucket = $5, \
+     object = $6, attempts = $7, error_code = $8, error_message = $9, updated_at = $10 \
+     WHERE relay_id = $1 AND status = 'pending'";
 
 const EVENT_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, event_type, ok, body::text AS body, subject, created_at";
 const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, score, \
@@ -293,6 +316,29 @@ fn message_from_row(row: &PgRow) -> Result<MessageRow> {
         result_desc: get(row, "result_desc")?,
         stream_seq: get(row, "stream_seq")?,
         created_at: ts(row, "created_at")?,
+    })
+}
+
+fn file_from_row(row: &PgRow) -> Result<FileRow> {
+    Ok(FileRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        media_type: get(row, "media_type")?,
+        file_id: get(row, "file_id")?,
+        file_type: get(row, "file_type")?,
+        status: FileStatus::parse(get(row, "status")?)?,
+        size: get(row, "size")?,
+        sha256: get(row, "sha256")?,
+        bucket: get(row, "bucket")?,
+        object: get(row, "object")?,
+        attempts: get(row, "attempts")?,
+        error_code: get(row, "error_code")?,
+        error_message: get(row, "error_message")?,
+        created_at: ts(row, "created_at")?,
+        updated_at: ts(row, "updated_at")?,
     })
 }
 
@@ -443,6 +489,18 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
         }
     }
 
+    let held: std::collections::HashSet<&str> =
+        commit.files.iter().map(|f| f.relay_id.as_str()).collect();
+    if let Some(f) = commit
+        .files
+        .iter()
+        .find(|f| !commit.down.iter().any(|d| d.row.relay_id == f.relay_id))
+    {
+        return Err(invalid(format!(
+            "file of down message {:?}, which is not in the commit",
+            f.relay_id
+        )));
+    }
     if !commit.down.is_empty() {
         let rows = || commit.down.iter().map(|d| &d.row);
         let inserted: Vec<String> = sqlx::query_scalar(INSERT_DOWNS)
@@ -472,6 +530,12 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             ))
             .bind(column(
                 commit.down.iter().map(|d| d.publish.payload.as_slice()),
+            ))
+            .bind(column(
+                commit
+                    .down
+                    .iter()
+                    .map(|d| held.contains(d.row.relay_id.as_str())),
             ))
             .bind(now)
             .fetch_all(&mut *conn)
@@ -545,6 +609,37 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             .bind(column(rows().map(|r| r.result_code.as_str())))
             .bind(column(rows().map(|r| r.result_desc.as_deref())))
             .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    }
+
+    let files: Vec<&FileRow> = commit
+        .files
+        .iter()
+        .filter(|f| done.inserted_down.contains(&f.relay_id))
+        .collect();
+    if !files.is_empty() {
+        let rows = || files.iter();
+        sqlx::query(INSERT_FILES)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.media_type.as_str())))
+            .bind(column(rows().map(|r| r.file_id.as_str())))
+            .bind(column(rows().map(|r| r.file_type.as_str())))
+            .bind(column(rows().map(|r| r.status.as_str())))
+            .bind(column(rows().map(|r| r.size)))
+            .bind(column(rows().map(|r| r.sha256.as_deref())))
+            .bind(column(rows().map(|r| r.bucket.as_deref())))
+            .bind(column(rows().map(|r| r.object.as_deref())))
+            .bind(column(rows().map(|r| r.attempts as i32)))
+            .bind(column(rows().map(|r| r.error_code.as_deref())))
+            .bind(column(rows().map(|r| r.error_message.as_deref())))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .bind(column(rows().map(|r| Ts::of(r.updated_at))))
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
@@ -751,7 +846,10 @@ impl Store for PgStore {
 
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         sqlx::query(
-            "SELECT seq, msg_id, subject, payload, created_at FROM outbox ORDER BY seq LIMIT $1",
+            "SELECT seq, msg_id, subject, payload, created_at FROM outbox o \
+             WHERE NOT held AND NOT EXISTS (SELECT 1 FROM outbox h \
+               WHERE h.held AND h.subject = o.subject AND h.seq < o.seq) \
+             ORDER BY seq LIMIT $1",
         )
         .bind(limit.max(0))
         .fetch_all(&self.pool)
@@ -881,6 +979,7 @@ impl Store for PgStore {
     }
 
     async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
+        let commit = super::pg_text::commit(commit);
         let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query(TIM_STREAM_UPSERT)
             .bind(row.app.clone())
@@ -888,14 +987,14 @@ impl Store for PgStore {
             .bind(row.stream_id.clone())
             .bind(row.from_account.clone())
             .bind(row.msg_key.clone())
-            .bind(row.text.clone())
+            .bind(super::pg_text::owned(&row.text))
             .bind(row.chunks)
             .bind(row.calls)
             .bind(row.last_seq)
             .bind(row.finished)
             .bind(row.status.as_str())
             .bind(row.error_code.clone())
-            .bind(row.error_info.clone())
+            .bind(super::pg_text::owned_opt(&row.error_info))
             .bind(Ts::of(row.created_at))
             .bind(Ts::of(row.updated_at))
             .execute(&mut *tx)
@@ -939,13 +1038,14 @@ impl Store for PgStore {
     }
 
     async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
+        let commit = super::pg_text::commit(commit);
         let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query(TIM_CALLBACK_INSERT)
             .bind(row.relay_id.clone())
             .bind(row.app.clone())
             .bind(row.user_id.clone())
             .bind(row.command.clone())
-            .bind(row.body.clone())
+            .bind(super::pg_text::json(&row.body))
             .bind(row.published)
             .bind(Ts::of(row.created_at))
             .execute(&mut *tx)
@@ -970,6 +1070,97 @@ impl Store for PgStore {
             .iter()
             .map(tim_callback_from_row)
             .collect()
+    }
+
+    async fn pending_files(&self, limit: i64) -> Result<Vec<PendingFile>> {
+        let sql = format!(
+            "SELECT {cols}, o.payload AS payload FROM files f \
+             JOIN outbox o ON o.held AND o.msg_id = f.relay_id \
+             WHERE f.status = 'pending' ORDER BY f.created_at, f.id LIMIT $1",
+            cols = FILE_COLUMNS
+                .split(", ")
+                .map(|c| format!("f.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| {
+                Ok(PendingFile {
+                    file: file_from_row(row)?,
+                    payload: get(row, "payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn file_attempt_failed(
+        &self,
+        relay_id: &str,
+        attempts: i64,
+        error_code: &str,
+        error_message: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE files SET attempts = $2, error_code = $3, error_message = $4, \
+             updated_at = $5 WHERE relay_id = $1 AND status = 'pending'",
+        )
+        .bind(relay_id)
+        .bind(attempts as i32)
+        .bind(error_code)
+        .bind(error_message)
+        .bind(Ts::of(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn finish_file(&self, done: &FileDone) -> Result<bool> {
+        if done.status == FileStatus::Pending {
+            return Err(invalid("finish_file needs status stored or failed"));
+        }
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let r = sqlx::query(FINISH_FILE)
+            .bind(&done.relay_id)
+            .bind(done.status.as_str())
+            .bind(done.size)
+            .bind(&done.sha256)
+            .bind(&done.bucket)
+            .bind(&done.object)
+            .bind(done.attempts as i32)
+            .bind(&done.error_code)
+            .bind(super::pg_text::owned_opt(&done.error_message))
+            .bind(Ts::of(done.at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE messages SET body = $2::jsonb WHERE relay_id = $1")
+            .bind(&done.relay_id)
+            .bind(super::pg_text::json(&done.payload))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        sqlx::query("UPDATE outbox SET payload = $2, held = false WHERE held AND msg_id = $1")
+            .bind(&done.relay_id)
+            .bind(done.payload.as_bytes())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>> {
+        self.user_rows(FILE_COLUMNS, "files", kind, tenant, user_id, file_from_row)
+            .await
     }
 }
 

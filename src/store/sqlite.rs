@@ -21,10 +21,11 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, MessagePage, MessageRow, MessageStatus, OfflineRow,
-    OfflineSource, OutboxRow, OutboxStats, Result, SatisfactionRow, SatisfactionSource, Session,
-    SessionChange, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin,
-    classify, from_unix_micros, invalid, unix_micros,
+    Commit, Committed, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
+    MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
+    Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState, Store,
+    StoreError, TimCallbackRow, TimStreamRow, UpBegin, classify, from_unix_micros, invalid,
+    unix_micros,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -184,6 +185,19 @@ static INSERT_OFFLINE: LazyLock<MultiRow> = LazyLock::new(|| {
     )
 });
 
+const FILE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, media_type, file_id, \
+     file_type, status, size, sha256, bucket, object, attempts, error_code, error_message, \
+     created_at, updated_at";
+
+const INSERT_FILE: &str = "INSERT INTO files (relay_id, kind, tenant, user_id, session_id, \
+     media_type, file_id, file_type, status, size, sha256, bucket, object, attempts, error_code, \
+     error_message, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+const FINISH_FILE: &str = "UPDATE files SET status = ?2, size = ?3, sha256 = ?4, bucket = ?5, \
+     object = ?6, attempts = ?7, error_code = ?8, error_message = ?9, updated_at = ?10 \
+     WHERE relay_id = ?1 AND status = 'pending'";
+
 const EVENT_COLUMNS: &str =
     "relay_id, kind, tenant, user_id, session_id, event_type, ok, body, subject, created_at";
 const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, score, \
@@ -195,8 +209,8 @@ const OFFLINE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, sour
 /// Outbox rows; SQLite numbers the rows of one INSERT in the order of its VALUES.
 static INSERT_OUTBOX: LazyLock<MultiRow> = LazyLock::new(|| {
     MultiRow::new(
-        "INSERT INTO outbox (msg_id, subject, payload, created_at)",
-        4,
+        "INSERT INTO outbox (msg_id, subject, payload, created_at, held)",
+        5,
         "",
     )
 });
@@ -280,6 +294,52 @@ fn message_from_row(row: &SqliteRow) -> Result<MessageRow> {
         result_desc: get(row, "result_desc")?,
         stream_seq: get(row, "stream_seq")?,
         created_at: ts(row, "created_at")?,
+    })
+}
+
+/// Binds the 18 columns of [`FILE_COLUMNS`], in order.
+fn bind_file<'q>(query: Query<'q>, f: &FileRow) -> Query<'q> {
+    query
+        .bind(f.relay_id.clone())
+        .bind(f.kind.clone())
+        .bind(f.tenant.clone())
+        .bind(f.user_id.clone())
+        .bind(f.session_id.clone())
+        .bind(f.media_type.clone())
+        .bind(f.file_id.clone())
+        .bind(f.file_type.clone())
+        .bind(f.status.as_str())
+        .bind(f.size)
+        .bind(f.sha256.clone())
+        .bind(f.bucket.clone())
+        .bind(f.object.clone())
+        .bind(f.attempts)
+        .bind(f.error_code.clone())
+        .bind(f.error_message.clone())
+        .bind(unix_micros(f.created_at))
+        .bind(unix_micros(f.updated_at))
+}
+
+fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
+    Ok(FileRow {
+        relay_id: get(row, "relay_id")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        session_id: get(row, "session_id")?,
+        media_type: get(row, "media_type")?,
+        file_id: get(row, "file_id")?,
+        file_type: get(row, "file_type")?,
+        status: FileStatus::parse(get(row, "status")?)?,
+        size: get(row, "size")?,
+        sha256: get(row, "sha256")?,
+        bucket: get(row, "bucket")?,
+        object: get(row, "object")?,
+        attempts: get(row, "attempts")?,
+        error_code: get(row, "error_code")?,
+        error_message: get(row, "error_message")?,
+        created_at: ts(row, "created_at")?,
+        updated_at: ts(row, "updated_at")?,
     })
 }
 
@@ -425,6 +485,17 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         }
     }
 
+    let held: HashSet<&str> = commit.files.iter().map(|f| f.relay_id.as_str()).collect();
+    if let Some(f) = commit
+        .files
+        .iter()
+        .find(|f| !commit.down.iter().any(|d| d.row.relay_id == f.relay_id))
+    {
+        return Err(invalid(format!(
+            "file of down message {:?}, which is not in the commit",
+            f.relay_id
+        )));
+    }
     let mut inserted = HashSet::new();
     for chunk in commit.down.chunks(CHUNK) {
         let mut query = sqlx::query(INSERT_DOWNS.sql(chunk.len()));
@@ -436,7 +507,7 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         }
     }
     // What to publish, in commit order: the downs inserted, then the events.
-    let mut outbox: Vec<(&str, &str, &[u8])> = Vec::new();
+    let mut outbox: Vec<(&str, &str, &[u8], bool)> = Vec::new();
     for down in &commit.down {
         if inserted.contains(&down.row.relay_id) {
             done.inserted_down.push(down.row.relay_id.clone());
@@ -444,6 +515,7 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
                 &down.publish.msg_id,
                 &down.publish.subject,
                 &down.publish.payload,
+                held.contains(down.row.relay_id.as_str()),
             ));
         } else {
             done.duplicate_down += 1;
@@ -468,7 +540,12 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         query.execute(&mut *conn).await.map_err(classify)?;
     }
     for event in &commit.events {
-        outbox.push((&event.relay_id, &event.subject, event.body.as_bytes()));
+        outbox.push((
+            &event.relay_id,
+            &event.subject,
+            event.body.as_bytes(),
+            false,
+        ));
     }
 
     for chunk in commit.satisfactions.chunks(CHUNK) {
@@ -514,12 +591,28 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
 
     for chunk in outbox.chunks(CHUNK) {
         let mut query = sqlx::query(INSERT_OUTBOX.sql(chunk.len()));
-        for (msg_id, subject, payload) in chunk {
-            query = query.bind(*msg_id).bind(*subject).bind(*payload).bind(now);
+        for (msg_id, subject, payload, held) in chunk {
+            query = query
+                .bind(*msg_id)
+                .bind(*subject)
+                .bind(*payload)
+                .bind(now)
+                .bind(*held);
         }
         query.execute(&mut *conn).await.map_err(classify)?;
     }
     done.outboxed = outbox.len();
+
+    for f in commit
+        .files
+        .iter()
+        .filter(|f| inserted.contains(&f.relay_id))
+    {
+        bind_file(sqlx::query(INSERT_FILE), f)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    }
 
     for (id, at) in &commit.touch {
         let r = sqlx::query(TOUCH_SESSION)
@@ -707,7 +800,10 @@ impl Store for SqliteStore {
 
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         sqlx::query(
-            "SELECT seq, msg_id, subject, payload, created_at FROM outbox ORDER BY seq LIMIT ?1",
+            "SELECT seq, msg_id, subject, payload, created_at FROM outbox o \
+             WHERE held = 0 AND NOT EXISTS (SELECT 1 FROM outbox h \
+               WHERE h.held = 1 AND h.subject = o.subject AND h.seq < o.seq) \
+             ORDER BY seq LIMIT ?1",
         )
         .bind(limit.max(0))
         .fetch_all(&self.pool)
@@ -936,6 +1032,101 @@ impl Store for SqliteStore {
             .iter()
             .map(tim_callback_from_row)
             .collect()
+    }
+
+    async fn pending_files(&self, limit: i64) -> Result<Vec<PendingFile>> {
+        let sql = format!(
+            "SELECT {cols}, o.payload AS payload FROM files f \
+             JOIN outbox o ON o.held = 1 AND o.msg_id = f.relay_id \
+             WHERE f.status = 'pending' ORDER BY f.created_at, f.id LIMIT ?1",
+            cols = FILE_COLUMNS
+                .split(", ")
+                .map(|c| format!("f.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| {
+                Ok(PendingFile {
+                    file: file_from_row(row)?,
+                    payload: get(row, "payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn file_attempt_failed(
+        &self,
+        relay_id: &str,
+        attempts: i64,
+        error_code: &str,
+        error_message: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE files SET attempts = ?2, error_code = ?3, error_message = ?4, \
+             updated_at = ?5 WHERE relay_id = ?1 AND status = 'pending'",
+        )
+        .bind(relay_id.to_owned())
+        .bind(attempts)
+        .bind(error_code.to_owned())
+        .bind(error_message.to_owned())
+        .bind(unix_micros(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn finish_file(&self, done: &FileDone) -> Result<bool> {
+        if done.status == FileStatus::Pending {
+            return Err(invalid("finish_file needs status stored or failed"));
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        let r = sqlx::query(FINISH_FILE)
+            .bind(done.relay_id.clone())
+            .bind(done.status.as_str())
+            .bind(done.size)
+            .bind(done.sha256.clone())
+            .bind(done.bucket.clone())
+            .bind(done.object.clone())
+            .bind(done.attempts)
+            .bind(done.error_code.clone())
+            .bind(done.error_message.clone())
+            .bind(unix_micros(done.at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE messages SET body = ?2 WHERE relay_id = ?1")
+            .bind(done.relay_id.clone())
+            .bind(done.payload.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        sqlx::query("UPDATE outbox SET payload = ?2, held = 0 WHERE held = 1 AND msg_id = ?1")
+            .bind(done.relay_id.clone())
+            .bind(done.payload.as_bytes().to_vec())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>> {
+        self.user_rows(FILE_COLUMNS, "files", kind, tenant, user_id, file_from_row)
+            .await
     }
 }
 

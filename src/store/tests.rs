@@ -188,6 +188,9 @@ contract_tests!(
     offline_messages_are_deduplicated_by_message_id,
     text_with_nul_characters_is_stored,
     messages_pages_cover_a_range_once_in_order,
+    a_held_down_holds_back_its_subject_until_its_file_is_finished,
+    a_failed_file_releases_its_down_and_records_the_error,
+    files_follow_their_downs_and_are_refused_without_one,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1798,6 +1801,259 @@ async fn a_sqlite_commit_waits_for_another_writer_instead_of_failing() {
     assert_eq!(store.outbox_stats().await.unwrap().pending, 2);
     other.close().await;
     store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Media coming down: files and held outbox rows
+
+fn pending_file_of(d: &DownRecord, session_id: &str, file_id: &str) -> FileRow {
+    FileRow {
+        relay_id: d.row.relay_id.clone(),
+        kind: kind::CEC.to_owned(),
+        tenant: TENANT.to_owned(),
+        user_id: d.row.user_id.clone(),
+        session_id: Some(session_id.to_owned()),
+        media_type: "IMAGE".to_owned(),
+        file_id: file_id.to_owned(),
+        file_type: "jpg".to_owned(),
+        status: FileStatus::Pending,
+        size: None,
+        sha256: None,
+        bucket: None,
+        object: None,
+        attempts: 0,
+        error_code: None,
+        error_message: None,
+        created_at: d.row.created_at,
+        updated_at: d.row.created_at,
+    }
+}
+
+fn in_session(mut d: DownRecord, s: &Session) -> DownRecord {
+    d.row.session_id = Some(s.id.clone());
+    d
+}
+
+async fn a_held_down_holds_back_its_subject_until_its_file_is_finished(db: Db) {
+    let store = &db.store;
+    let s1 = session("u1", SessionState::Active, at(0));
+    let s2 = session("u2", SessionState::Active, at(0));
+    store.commit(open(&s1)).await.unwrap();
+    store.commit(open(&s2)).await.unwrap();
+    let before = in_session(down("u1", None, "before", at(1)), &s1);
+    let image = in_session(down("u1", None, "file-1", at(2)), &s1);
+    let after = in_session(down("u1", None, "after", at(3)), &s1);
+    let other = in_session(down("u2", None, "other user", at(3)), &s2);
+    let ev = event("u1", "session.queued", at(3));
+    let file = pending_file_of(&image, &s1.id, "file-1");
+    store
+        .commit(Commit {
+            down: vec![before.clone(), image.clone(), after.clone(), other.clone()],
+            events: vec![ev.clone()],
+            files: vec![file.clone()],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let later = in_session(down("u1", None, "later", at(4)), &s1);
+    store.commit(downs(vec![later.clone()])).await.unwrap();
+
+    // The held row and every later row of its subject wait; other subjects do not.
+    assert_eq!(
+        outbox_ids(store).await,
+        vec![
+            before.row.relay_id.clone(),
+            other.row.relay_id.clone(),
+            ev.relay_id.clone()
+        ]
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 6);
+    let pending = store.pending_files(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].file, file);
+    assert_eq!(pending[0].payload, image.publish.payload);
+    assert_eq!(
+        store.files(kind::CEC, TENANT, "u1").await.unwrap(),
+        vec![file.clone()]
+    );
+
+    store
+        .file_attempt_failed(&image.row.relay_id, 1, "503", "busy")
+        .await
+        .unwrap();
+    let retried = store.pending_files(10).await.unwrap();
+    assert_eq!(retried[0].file.attempts, 1);
+    assert_eq!(retried[0].file.error_code.as_deref(), Some("503"));
+    assert_eq!(retried[0].file.error_message.as_deref(), Some("busy"));
+    assert!(retried[0].file.updated_at > file.updated_at);
+    assert_eq!(outbox_ids(store).await.len(), 3, "still held");
+
+    let body = json!({"id": image.row.relay_id, "content": "file-1",
+        "file": {"bucket": "B", "object": "acme/u1/x", "size": 3, "sha256": "abc"}})
+    .to_string();
+    let done = FileDone {
+        relay_id: image.row.relay_id.clone(),
+        status: FileStatus::Stored,
+        size: Some(3),
+        sha256: Some("abc".to_owned()),
+        bucket: Some("B".to_owned()),
+        object: Some("acme/u1/x".to_owned()),
+        attempts: 2,
+        error_code: None,
+        error_message: None,
+        payload: body.clone(),
+        at: at(10),
+    };
+    assert!(store.finish_file(&done).await.unwrap());
+    assert!(store.pending_files(10).await.unwrap().is_empty());
+    let rows = store.outbox_pending(10).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.msg_id.clone()).collect::<Vec<_>>(),
+        vec![
+            before.row.relay_id.clone(),
+            image.row.relay_id.clone(),
+            after.row.relay_id.clone(),
+            other.row.relay_id.clone(),
+            ev.relay_id.clone(),
+            later.row.relay_id.clone()
+        ],
+        "released, in commit order"
+    );
+    assert_eq!(rows[1].payload, body.as_bytes(), "published with `file`");
+    let t = transcript(store, "u1").await;
+    let row = t.iter().find(|m| m.relay_id == image.row.relay_id).unwrap();
+    assert!(
+        same_json(&row.body, &body),
+        "the transcript keeps the same body"
+    );
+    let stored = store.files(kind::CEC, TENANT, "u1").await.unwrap();
+    assert_eq!(stored.len(), 1);
+    let f = &stored[0];
+    assert_eq!(f.status, FileStatus::Stored);
+    assert_eq!(
+        (
+            f.size,
+            f.sha256.as_deref(),
+            f.bucket.as_deref(),
+            f.object.as_deref()
+        ),
+        (Some(3), Some("abc"), Some("B"), Some("acme/u1/x"))
+    );
+    assert_eq!((f.attempts, f.updated_at), (2, at(10)));
+    assert_eq!(
+        (f.file_id.as_str(), f.file_type.as_str()),
+        ("file-1", "jpg")
+    );
+
+    // Finishing twice changes nothing.
+    let mut again = done.clone();
+    again.payload = "{}".to_owned();
+    assert!(!store.finish_file(&again).await.unwrap());
+    assert_eq!(
+        store.outbox_pending(10).await.unwrap()[1].payload,
+        body.as_bytes()
+    );
+    let mut pending_again = done;
+    pending_again.status = FileStatus::Pending;
+    assert!(
+        !store
+            .finish_file(&pending_again)
+            .await
+            .unwrap_err()
+            .is_retryable()
+    );
+}
+
+async fn a_failed_file_releases_its_down_and_records_the_error(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let image = in_session(down("u1", None, "file-9", at(1)), &s);
+    let next = in_session(down("u1", None, "next", at(2)), &s);
+    store
+        .commit(Commit {
+            down: vec![image.clone(), next.clone()],
+            files: vec![pending_file_of(&image, &s.id, "file-9")],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert!(outbox_ids(store).await.is_empty());
+    let body = json!({"id": image.row.relay_id,
+        "fileError": {"code": "13", "message": "IOException"}})
+    .to_string();
+    let done = FileDone {
+        relay_id: image.row.relay_id.clone(),
+        status: FileStatus::Failed,
+        size: None,
+        sha256: None,
+        bucket: None,
+        object: None,
+        attempts: 5,
+        error_code: Some("13".to_owned()),
+        error_message: Some("IOException".to_owned()),
+        payload: body.clone(),
+        at: at(5),
+    };
+    assert!(store.finish_file(&done).await.unwrap());
+    assert_eq!(
+        outbox_ids(store).await,
+        vec![image.row.relay_id.clone(), next.row.relay_id.clone()]
+    );
+    let f = &store.files(kind::CEC, TENANT, "u1").await.unwrap()[0];
+    assert_eq!(f.status, FileStatus::Failed);
+    assert_eq!(f.attempts, 5);
+    assert_eq!(f.error_code.as_deref(), Some("13"));
+    assert_eq!(f.size, None);
+    assert!(store.pending_files(10).await.unwrap().is_empty());
+}
+
+async fn files_follow_their_downs_and_are_refused_without_one(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let first = in_session(down("u1", Some("code-1"), "file-1", at(1)), &s);
+    store.commit(downs(vec![first.clone()])).await.unwrap();
+    // The upstream returns the same message again: its file is skipped with it.
+    let dup = in_session(down("u1", Some("code-1"), "file-1", at(2)), &s);
+    let done = store
+        .commit(Commit {
+            down: vec![dup.clone()],
+            files: vec![pending_file_of(&dup, &s.id, "file-1")],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.duplicate_down, 1);
+    assert!(
+        store
+            .files(kind::CEC, TENANT, "u1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(outbox_ids(store).await, vec![first.row.relay_id.clone()]);
+
+    // A file whose down is not in the commit is a caller's bug: nothing of the commit is kept.
+    let lone = in_session(down("u1", None, "file-2", at(3)), &s);
+    let other = in_session(down("u1", None, "text", at(3)), &s);
+    let err = store
+        .commit(Commit {
+            down: vec![other.clone()],
+            files: vec![pending_file_of(&lone, &s.id, "file-2")],
+            ..Commit::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(transcript(store, "u1").await.len(), 1);
+    assert!(
+        store
+            .files(kind::CEC, TENANT, "u1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -464,3 +464,318 @@ async fn send_answers_inline_and_is_idempotent_by_message_id() {
     );
     t.stop().await;
 }
+
+/// The last request the simulator received on `path`, checked for its method and headers: the
+/// app key, the AccessToken (`Authorization: Bearer …`), and the customer's `ccmessaging-token`
+/// when the endpoint takes one.
+fn upstream(
+    t: &TestApp,
+    method: &str,
+    path: &str,
+    user_token: bool,
+) -> ccrelay::sim::LoggedRequest {
+    let reqs = t.sim.requests();
+    let r = reqs
+        .iter()
+        .rev()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("no request to {path}"))
+        .clone();
+    assert_eq!(r.method, method, "{path}");
+    let sc = ccrelay::sim::SimConfig::default();
+    assert_eq!(r.header("x-app-key"), Some(sc.app_key.as_str()), "{path}");
+    let auth = r.header("authorization").unwrap_or_default();
+    assert!(
+        auth.starts_with("Bearer ") && auth.len() > "Bearer ".len(),
+        "{path}: {auth:?}"
+    );
+    assert_eq!(
+        r.header("ccmessaging-token").is_some_and(|t| !t.is_empty()),
+        user_token,
+        "{path}: {r:?}"
+    );
+    if method == "POST" {
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+    } else {
+        assert_eq!(r.body_len, 0, "{path}: a GET has no body");
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_sends_the_documented_upstream_request() {
+    use base64::Engine as _;
+    let mut t = spawn_app().await;
+    let user = "req";
+    let sc = ccrelay::sim::SimConfig::default();
+    let cfg_id = sc.channel_config_id.clone();
+    let locale = t.app().relay().config.cec[0].locale.clone();
+    let store = t.app().relay().store.clone();
+
+    // send (CONNECT, then a message), through the synchronous RPC.
+    let r = rpc(
+        &t,
+        TENANT,
+        "send",
+        br#"{"userId":"req","controlType":"CONNECT","messageId":"e1"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = rpc(
+        &t,
+        TENANT,
+        "send",
+        br#"{"userId":"req","content":"hello there","messageId":"e2","senderNickname":"Req"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r["ok"].clone(), r["status"].clone()),
+        (json!(true), json!("sent")),
+        "{r}"
+    );
+    let apply = upstream(&t, "POST", "/apiaccess/ccmessaging/applyToken", false);
+    let body = apply.body.unwrap();
+    assert_eq!(body["userId"], user);
+    assert_eq!(body["channelId"], cfg_id.as_str());
+    let s = upstream(&t, "POST", "/apiaccess/ccmessaging/send", true);
+    let mut body = s.body.unwrap();
+    let ts = body["timestamp"].take();
+    assert!(
+        ts.as_str().is_some_and(|t| t.parse::<u64>().is_ok()),
+        "timestamp in ms: {ts}"
+    );
+    assert_eq!(
+        body,
+        json!({"channel": "WEB", "content": "hello there", "controlType": "CHAT", "from": user,
+            "mediaType": "TEXT", "senderNickname": "Req", "sourceType": "CUSTOMER",
+            "timestamp": null, "to": cfg_id, "messageId": "e2"})
+    );
+    let rows = store.transcript("cec", TENANT, user).await.unwrap();
+    let up = rows
+        .iter()
+        .find(|m| m.message_id.as_deref() == Some("e2"))
+        .expect("the up row");
+    assert_eq!(up.status, ccrelay::store::MessageStatus::Sent);
+    assert_eq!(up.result_code.as_deref(), Some("0"));
+    assert_eq!(up.content.as_deref(), Some("hello there"));
+    assert!(up.session_id.is_some(), "{up:?}");
+    let sent: Value = serde_json::from_str(&up.body).unwrap();
+    assert_eq!(
+        sent["messageId"], "e2",
+        "the row keeps the request sent: {sent}"
+    );
+
+    // poll: GET with the customer's token.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = upstream(&t, "GET", "/apiaccess/ccmessaging/poll", true);
+    assert!(
+        p.query.as_deref().unwrap_or_default().contains(user),
+        "{p:?}"
+    );
+
+    let r = rpc(&t, TENANT, "queueInfo", br#"{"userId":"req"}"#).await;
+    assert!(r.get("resultCode").is_some(), "{r}");
+    let q = upstream(&t, "POST", "/apiaccess/ccmessaging/queryQueueInfo", true);
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"userId": user, "channelConfigId": cfg_id, "channel": "WEB"})
+    );
+
+    let r = rpc(
+        &t,
+        TENANT,
+        "phrases",
+        br#"{"userId":"req","strContent":"open"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(
+        &t,
+        "POST",
+        "/apiaccess/ccmessaging/queryPhraseByKeyword",
+        true,
+    );
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"strContent": "open", "locale": locale, "channel": "WEB"})
+    );
+
+    let b64 = base64::engine::general_purpose::STANDARD.encode(b"abc");
+    let body = json!({"userId": user, "fileType": "png", "fileStream": b64});
+    let r = rpc(&t, TENANT, "upload", &serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let key = r["objectKey"].as_str().unwrap().to_owned();
+    let q = upstream(&t, "POST", "/apiaccess/ccmessaging/uploadFileStream", true);
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"fileType": "png", "fileStream": b64, "channel": "WEB"})
+    );
+    let body = json!({"userId": user, "fileType": "png", "fileId": key});
+    let r = rpc(&t, TENANT, "download", &serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(
+        &t,
+        "POST",
+        "/apiaccess/ccmessaging/downloadFileStream",
+        true,
+    );
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"fileId": key, "channel": "WEB", "fileType": "png"})
+    );
+
+    let r = rpc(&t, TENANT, "clickToCall.support", br#"{"userId":"req"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    upstream(
+        &t,
+        "GET",
+        "/apiaccess/ccmessaging/v1/checkClickToCallSupport",
+        true,
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "clickToCall.create",
+        br#"{"userId":"req","mediaAbility":"1"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(
+        &t,
+        "POST",
+        "/apiaccess/ccmessaging/v1/createClickToCall",
+        true,
+    );
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"channel": "WEB", "mediaAbility": "1"})
+    );
+    rpc(&t, TENANT, "clickToCall.events", br#"{"userId":"req"}"#).await;
+    upstream(
+        &t,
+        "GET",
+        "/apiaccess/ccmessaging/v1/getClickToCallEvents",
+        true,
+    );
+    let r = rpc(&t, TENANT, "clickToCall.drop", br#"{"userId":"req"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(
+        &t,
+        "POST",
+        "/apiaccess/ccmessaging/v1/dropClickToCall",
+        true,
+    );
+    assert_eq!(q.body.unwrap(), json!({"channel": "WEB"}));
+
+    let r = rpc(
+        &t,
+        TENANT,
+        "mobileAgentCall",
+        br#"{"called":"88884432","callData":"x=1","callerPresent":"95599"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(
+        &t,
+        "POST",
+        "/apiaccess/ccmessaging/v1/mobileagent/createcall",
+        false,
+    );
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"called": "88884432", "callData": "x=1", "callerPresent": "95599"})
+    );
+
+    // The ops that store: the request, then the rows.
+    let r = rpc(
+        &t,
+        TENANT,
+        "satisfaction",
+        br#"{"userId":"req","evaluation":4,"comment":"fine"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(&t, "POST", "/apiaccess/ccmessaging/saveSatisfaction", true);
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"channel": "WEB", "userId": user, "evaluation": "4", "comment": "fine",
+            "channelConfigId": cfg_id})
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "robotFeedback",
+        br#"{"from":"req","feedback":0,"feedbackContent":"wrong","interIdx":"3"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(
+        &t,
+        "POST",
+        "/apiaccess/ccmessaging/v1/robot/feedbacksatisfaction",
+        true,
+    );
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"feedback": 0, "feedbackContent": "wrong", "from": user, "interIdx": "3"})
+    );
+    let r = rpc(
+        &t,
+        TENANT,
+        "leaveMessage",
+        br#"{"userId":"req","caller":"13800000000","leaveMessage":"call me"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(&t, "POST", "/apiaccess/ccmessaging/doLeaveMessage", true);
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"callId": user, "caller": "13800000000", "leaveMessage": "call me",
+            "channel": "WEB"})
+    );
+    let sats = store.satisfactions("cec", TENANT, user).await.unwrap();
+    let session_id = up.session_id.clone();
+    assert_eq!(
+        sats.iter()
+            .map(|s| (
+                s.source,
+                s.score.as_str(),
+                s.comment.as_deref(),
+                s.inter_idx.as_deref(),
+                s.result_code.as_str(),
+                s.session_id.clone()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                ccrelay::store::SatisfactionSource::Customer,
+                "4",
+                Some("fine"),
+                None,
+                "0",
+                session_id.clone()
+            ),
+            (
+                ccrelay::store::SatisfactionSource::Robot,
+                "0",
+                Some("wrong"),
+                Some("3"),
+                "0",
+                session_id.clone()
+            ),
+        ]
+    );
+    let off = store.offline_messages("cec", TENANT, user).await.unwrap();
+    assert_eq!(off.len(), 1);
+    assert_eq!(off[0].source, ccrelay::store::OfflineSource::LeaveMessage);
+    assert_eq!(
+        (
+            off[0].caller.as_deref(),
+            off[0].content.as_str(),
+            off[0].result_code.as_str()
+        ),
+        (Some("13800000000"), "call me", "0")
+    );
+    assert_eq!(off[0].session_id, session_id);
+    t.stop().await;
+}
