@@ -156,3 +156,64 @@ async fn http_statuses_reach_the_caller_as_upstream_codes_with_their_retryabilit
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_the_upstream_s_size_limit_is_refused_clearly() {
+    use base64::Engine as _;
+    let mut t = spawn_app_with(ccrelay::sim::SimConfig {
+        max_file_bytes: 1_000,
+        ..Default::default()
+    })
+    .await;
+    let mut w = t.watch(TENANT, "big").await;
+    t.up("big", json!({"controlType": "CONNECT", "messageId": "g0"}))
+        .await;
+    w.until(10, "connected", is_result_for("g0")).await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let big = b64.encode(vec![7u8; 1_001]);
+    let r = t
+        .rpc(
+            TENANT,
+            "upload",
+            &json!({"userId": "big", "fileType": "png", "fileStream": big}),
+        )
+        .await;
+    assert_eq!(
+        (&r["ok"], &r["resultCode"], &r["resultDesc"]),
+        (
+            &json!(false),
+            &json!("3"),
+            &json!("Requested param validate failed.")
+        ),
+        "{r}"
+    );
+    // The same file in an UpMessage: its up.result says why, and nothing was sent.
+    t.up(
+        "big",
+        json!({"messageId": "g1", "file": {"name": "a.png", "type": "png", "data": big}}),
+    )
+    .await;
+    let e = w.until(10, "g1", is_result_for("g1")).await;
+    assert_eq!(
+        (&e["ok"], &e["resultCode"]),
+        (&json!(false), &json!("3")),
+        "{e}"
+    );
+    assert!(
+        t.sim
+            .received("big")
+            .iter()
+            .all(|r| r.request.message_id.as_deref() != Some("g1"))
+    );
+    // Just under the limit goes through.
+    let ok = b64.encode(vec![7u8; 1_000]);
+    let r = t
+        .rpc(
+            TENANT,
+            "upload",
+            &json!({"userId": "big", "fileType": "png", "fileStream": ok}),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    t.stop().await;
+}
