@@ -11,6 +11,9 @@
 //! - Up (`_IN` → CEC): the customers send `u-<n>` (messageId `u-<n>`) once JetStream took it;
 //!   each must reach the upstream once (the simulator honours `messageId` as CEC does) and get
 //!   exactly one `up.result` on `_OUT`.
+//! - Tencent (`_IN` → Desk `send_msg`): services send `t-<n>` (id `t-<n>`); each must be accepted
+//!   once by the simulator (which de-duplicates `MsgRandom`, derived from the id, as Tencent does)
+//!   and get exactly one `send.result`.
 //!
 //! The short form runs in `cargo test`. The long form (at least 20 kills, 10,000 messages each
 //! way) is documented in docs/RELIABILITY.md:
@@ -33,6 +36,9 @@ use crate::support::relay_proc::{RelayConfig, RelayProcess, write_config};
 /// taken by the kill rather than lost by the relay. The losses seen are about 10 ms after the
 /// answer (a debug build committing to PostgreSQL); this leaves room for a loaded machine.
 const EXCUSE_WINDOW: Duration = Duration::from_millis(500);
+
+/// The Tencent app of the harness, on the simulator's Tencent side.
+const TIM_APP: &str = "shop";
 
 struct Plan {
     users: usize,
@@ -57,6 +63,8 @@ struct Report {
     down: Tally,
     up_upstream: Tally,
     up_results: Tally,
+    tim_upstream: Tally,
+    tim_results: Tally,
     kills: usize,
 }
 
@@ -74,6 +82,8 @@ impl Report {
             ("down: CEC → _OUT", &self.down),
             ("up: _IN → CEC", &self.up_upstream),
             ("up: up.result on _OUT", &self.up_results),
+            ("tim: _IN → Tencent", &self.tim_upstream),
+            ("tim: send.result on _OUT", &self.tim_results),
         ] {
             println!(
                 "{:<28} {:>7} {:>10} {:>5} {:>14} {:>11}",
@@ -87,15 +97,21 @@ impl Report {
             ("down", &self.down),
             ("up (upstream)", &self.up_upstream),
             ("up (up.result)", &self.up_results),
+            ("tim (upstream)", &self.tim_upstream),
+            ("tim (send.result)", &self.tim_results),
         ] {
             assert_eq!(t.duplicated, 0, "{name}: duplicated {t:?}");
             assert_eq!(t.lost - t.lost_excused, 0, "{name}: lost {t:?}");
         }
-        assert_eq!(self.up_upstream.lost, 0, "nothing excuses an uplink loss");
-        assert_eq!(
-            self.up_results.lost, 0,
-            "nothing excuses a missing up.result"
-        );
+        // Only the CEC poll has a window the upstream imposes.
+        for t in [
+            &self.up_upstream,
+            &self.up_results,
+            &self.tim_upstream,
+            &self.tim_results,
+        ] {
+            assert_eq!(t.lost_excused, 0);
+        }
     }
 }
 
@@ -145,6 +161,19 @@ async fn run(plan: Plan) -> Report {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let nats_url = nats.url();
+    let tim_section = format!(
+        r#"
+[[tim]]
+name = "{TIM_APP}"
+base_url = "{sim}"
+sdkappid = 1400000000
+secret_key = "sim-tim-secret-key"
+admin_identifier = "administrator"
+rate_limit = 200
+request_timeout = "2s"
+"#,
+        sim = sim.base_url()
+    );
     let config = write_config(
         dir.path(),
         &RelayConfig {
@@ -154,6 +183,7 @@ async fn run(plan: Plan) -> Report {
             relay_section: r#"shutdown_timeout = "5s""#,
             request_timeout: "2s",
             ack_wait: "2s",
+            extra: &tim_section,
         },
     );
     let mut relay = RelayProcess::new(config, dir.path().join("relay.log"));
@@ -203,6 +233,24 @@ async fn run(plan: Plan) -> Report {
         })
     };
 
+    let tim = {
+        let (js, users) = (js.clone(), users.clone());
+        let n = plan.messages;
+        tokio::spawn(async move {
+            for i in 0..n {
+                let id = format!("t-{i}");
+                publish_to(
+                    &js,
+                    &format!("{PREFIX}.tim.{TIM_APP}.send.{}", users[i % users.len()]),
+                    json!({"id": id, "from": "@customer_service_account", "text": id}),
+                    &id,
+                )
+                .await;
+                tokio::time::sleep(pace).await;
+            }
+        })
+    };
+
     // Faults, spread over the producers' time.
     let mut kills: Vec<Instant> = Vec::new();
     let gap = plan.duration / (plan.kills as u32 + 1);
@@ -229,14 +277,17 @@ async fn run(plan: Plan) -> Report {
     }
     down.await.unwrap();
     up.await.unwrap();
+    tim.await.unwrap();
 
     // Quiet: wait until nothing more arrives for a while.
     let mut out = Watcher::new(&js, &format!("{PREFIX}.cec.{TENANT}.>")).await;
+    let mut tim_out = Watcher::new(&js, &format!("{PREFIX}.tim.{TIM_APP}.event.*")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut last = usize::MAX;
     loop {
         out.drain(3).await;
-        let now = out.seen.len();
+        tim_out.drain(1).await;
+        let now = out.seen.len() + tim_out.seen.len();
         if now == last || tokio::time::Instant::now() >= deadline {
             break;
         }
@@ -323,11 +374,50 @@ async fn run(plan: Plan) -> Report {
             }
         }
     }
+    // Tencent: each t-<n> accepted once by the simulator (repeats of its MsgRandom are answered
+    // but flagged), and one send.result each.
+    let mut tim_accepted: HashMap<String, usize> = HashMap::new();
+    for m in sim.tim().messages().into_iter().filter(|m| !m.duplicate) {
+        if let Some(text) = m.msg_body[0]["MsgContent"]["Text"].as_str() {
+            *tim_accepted.entry(text.to_owned()).or_default() += 1;
+        }
+    }
+    let mut tim_results: HashMap<String, usize> = HashMap::new();
+    for (_, v) in &tim_out.seen {
+        if v["type"] == "send.result"
+            && let Some(id) = v["messageId"].as_str()
+        {
+            *tim_results.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    let mut tim_upstream = Tally {
+        sent: plan.messages,
+        ..Tally::default()
+    };
+    let mut tim_result_tally = Tally {
+        sent: plan.messages,
+        ..Tally::default()
+    };
+    for i in 0..plan.messages {
+        let id = format!("t-{i}");
+        for (tally, n) in [
+            (&mut tim_upstream, tim_accepted.get(&id)),
+            (&mut tim_result_tally, tim_results.get(&id)),
+        ] {
+            match n.copied().unwrap_or(0) {
+                0 => tally.lost += 1,
+                1 => tally.delivered += 1,
+                _ => tally.duplicated += 1,
+            }
+        }
+    }
     relay.kill();
     Report {
         down: down_tally,
         up_upstream: upstream,
         up_results: result_tally,
+        tim_upstream,
+        tim_results: tim_result_tally,
         kills: kills.len(),
     }
 }
@@ -335,13 +425,21 @@ async fn run(plan: Plan) -> Report {
 /// Publishes an UpMessage until JetStream acknowledges it (nats-server may be restarting). A try
 /// that timed out may still have been stored: `Nats-Msg-Id` lets JetStream drop the repeat.
 async fn publish(js: &async_nats::jetstream::Context, user: &str, body: serde_json::Value) {
-    let subject = format!("{PREFIX}.cec.{TENANT}.up.{user}");
+    let id = body["messageId"].as_str().unwrap_or_default().to_owned();
+    publish_to(js, &format!("{PREFIX}.cec.{TENANT}.up.{user}"), body, &id).await
+}
+
+/// [`publish`] on any subject, with `msg_id` as `Nats-Msg-Id`.
+async fn publish_to(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    body: serde_json::Value,
+    msg_id: &str,
+) {
+    let subject = subject.to_owned();
     let payload = serde_json::to_vec(&body).unwrap();
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        "Nats-Msg-Id",
-        body["messageId"].as_str().unwrap_or_default(),
-    );
+    headers.insert("Nats-Msg-Id", msg_id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let acked = async {

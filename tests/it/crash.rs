@@ -20,6 +20,7 @@ fn config<'a>(
         relay_section,
         request_timeout,
         ack_wait: "3s",
+        extra: "",
     }
 }
 

@@ -99,6 +99,8 @@ pub struct RelayConfig<'a> {
     pub relay_section: &'a str,
     pub request_timeout: &'a str,
     pub ack_wait: &'a str,
+    /// Appended as is (more sections: `[[tim]]`, …).
+    pub extra: &'a str,
 }
 
 /// The relay's configuration file in `dir`: the simulator as tenant `acme`, polled every 100 ms.
@@ -131,11 +133,13 @@ app_secret = "{secret}"
 channel_config_id = "{ch}"
 poll_interval = "100ms"
 request_timeout = "{request_timeout}"
+{extra}
 "#,
             nats_url = c.nats_url,
             ack_wait = c.ack_wait,
             relay_section = c.relay_section,
             request_timeout = c.request_timeout,
+            extra = c.extra,
             sim = c.sim.base_url(),
             ak = sc.app_key,
             secret = sc.app_secret,
