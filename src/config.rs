@@ -782,6 +782,55 @@ mod tests {
         assert!(!c.cec.is_empty());
     }
 
+    /// The fields a section's struct takes, from serde's own refusal of an unknown one
+    /// ("unknown field `…`, expected one of `a`, `b`, …").
+    fn fields_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let e = serde_json::from_value::<T>(serde_json::json!({"__probe__": 0}))
+            .err()
+            .expect("an unknown field is refused")
+            .to_string();
+        let expected = e.split("expected").nth(1).expect("serde lists the fields");
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The README's configuration table and the example file name every key the structs take,
+    /// so neither falls behind the code.
+    #[test]
+    fn every_key_is_in_the_readme_table_and_the_example_file() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../config/ccrelay.example.toml");
+        let sections: [(&str, Vec<String>); 6] = [
+            ("[store]", fields_of::<StoreConfig>()),
+            ("[nats]", fields_of::<NatsConfig>()),
+            ("[http]", fields_of::<HttpConfig>()),
+            ("[relay]", fields_of::<RelayConfig>()),
+            ("[[cec]]", fields_of::<CecTenant>()),
+            ("[[tim]]", fields_of::<TimApp>()),
+        ];
+        for (section, fields) in sections {
+            assert!(fields.len() > 1 || section == "[store]" || section == "[http]");
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{section}` |")))
+                .unwrap_or_else(|| panic!("README has no row for {section}"));
+            for f in fields {
+                assert!(
+                    row.contains(&format!("`{f}`")),
+                    "README's {section} row lacks `{f}`"
+                );
+                assert!(
+                    example.contains(&format!("{f} =")),
+                    "config/ccrelay.example.toml lacks {section} {f}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn secrets_never_show_in_debug() {
         let c = load(MINIMAL, &[]).unwrap();
