@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod fuzz_nats;
 mod harness_smoke;
+mod logs;
 mod media;
 mod outage;
 mod result_codes;

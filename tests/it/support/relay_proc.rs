@@ -25,15 +25,21 @@ impl RelayProcess {
     }
 
     pub fn start(&mut self) {
+        self.start_with(&[("RUST_LOG", "info")], &[]);
+    }
+
+    /// [`start`](Self::start) with these environment variables and extra arguments.
+    pub fn start_with(&mut self, env: &[(&str, &str)], args: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ccrelay"))
+            .args(args)
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
