@@ -47,6 +47,8 @@ pub struct App {
 impl App {
     /// Starts everything; returns once the HTTP listener is bound and the tasks are spawned.
     pub async fn start(mut config: Config) -> anyhow::Result<App> {
+        // Before anything records a metric.
+        let _ = crate::instrument::handle();
         let simulator = if config.uses_simulator() {
             let sim_cfg = sim::SimConfig::default();
             let handle = sim::spawn(sim_cfg.clone())
@@ -164,6 +166,7 @@ impl App {
         tracing::info!(http = %http_addr, nats = %relay.config.nats.url, prefix = %relay.subjects.prefix(),
             store = %store::redact_url(&relay.config.store.url), tenants = relay.tenants.len(), "ccrelay started");
         http_tracker.spawn(notify_systemd(relay.clone(), http_cancel.clone()));
+        http_tracker.spawn(metrics_upkeep(http_cancel.clone()));
         Ok(App {
             relay,
             intake,
@@ -274,6 +277,16 @@ async fn notify_systemd(relay: Arc<Relay>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => crate::systemd::notify_or_log("WATCHDOG=1"),
+        }
+    }
+}
+
+/// Keeps the metrics' histograms bounded until `stop`.
+async fn metrics_upkeep(stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => crate::instrument::upkeep(),
         }
     }
 }

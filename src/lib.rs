@@ -22,6 +22,7 @@
 //! - [`rpc`]: request-reply over core NATS for the CEC endpoints that are not messages.
 //! - [`outbox`]: publishes committed outbox rows to JetStream and deletes them on PubAck.
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
+//! - [`instrument`]: the metrics, one named function each, served on `/metrics`.
 //! - [`http`]: `/healthz`, `/readyz` (and the Tencent callbacks of [`timlink`]).
 //! - [`natsd`]: finding, installing and running a local nats-server (embedded defaults, tests).
 //! - [`systemd`]: `sd_notify` readiness, stopping and watchdog notifications.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod instrument;
 pub mod media;
 pub mod natsd;
 pub mod outbox;

@@ -104,7 +104,13 @@ impl Relay {
     pub async fn commit(&self, commit: Commit) -> Result<Committed, crate::store::StoreError> {
         let mut delay = std::time::Duration::from_millis(50);
         loop {
-            match self.store.commit(commit.clone()).await {
+            let started = std::time::Instant::now();
+            let result = self.store.commit(commit.clone()).await;
+            crate::instrument::store_commit(
+                started.elapsed(),
+                result.as_ref().err().map(|e| e.is_retryable()),
+            );
+            match result {
                 Ok(c) => {
                     self.store_health.set_up();
                     if c.outboxed > 0 {

@@ -417,8 +417,30 @@ impl CecClient {
         }
     }
 
-    /// One call with the 401-renew-retry-once rule.
+    /// One call with the 401-renew-retry-once rule, counted in the metrics.
     async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        method: reqwest::Method,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+        auth: Auth<'_>,
+    ) -> Result<R, CecError> {
+        let started = std::time::Instant::now();
+        let r = self
+            .call_renewing(endpoint, method, query, body, auth)
+            .await;
+        crate::instrument::upstream_call(
+            "cec",
+            &self.inner.tenant.name,
+            endpoint.as_str(),
+            started.elapsed(),
+            r.as_ref().err().map(CecError::code),
+        );
+        r
+    }
+
+    async fn call_renewing<B: Serialize, R: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         method: reqwest::Method,

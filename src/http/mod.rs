@@ -1,5 +1,6 @@
-//! The relay's small HTTP surface: `/healthz` (the process answers) and `/readyz` (the database
-//! and NATS are reachable and the streams are set up). Tencent callbacks (`/tim/<a>/callback`) are
+//! The relay's small HTTP surface: `/healthz` (the process answers), `/readyz` (the database
+//! and NATS are reachable and the streams are set up) and `/metrics` (Prometheus text format, see
+//! [`crate::instrument`]). Tencent callbacks (`/tim/<a>/callback`) are
 //! merged in from [`crate::timlink::callback`].
 
 use std::sync::Arc;
@@ -28,7 +29,18 @@ pub fn router(health: Health) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(health)
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::instrument::render(),
+    )
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {

@@ -44,7 +44,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut measured = std::time::Instant::now() - SWEEP;
     loop {
+        if measured.elapsed() >= SWEEP {
+            measured = std::time::Instant::now();
+            measure(&store).await;
+        }
         match publish_once(&store, &js, batch).await {
             // Rows remain (or may): keep draining, even while shutting down.
             Ok(n) if n > 0 => backoff = Duration::from_millis(100),
@@ -70,6 +75,17 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// The outbox's size and age, for the metrics (at most once a [`SWEEP`]).
+async fn measure(store: &DynStore) {
+    if let Ok(stats) = store.outbox_stats().await {
+        let age = stats.oldest.map(|t| {
+            let d = time::OffsetDateTime::now_utc() - t;
+            Duration::try_from(d).unwrap_or_default()
+        });
+        crate::instrument::outbox(stats.pending, age);
     }
 }
 
@@ -104,7 +120,9 @@ pub async fn publish_once(
             payload: Bytes::copy_from_slice(&r.payload),
         })
         .collect();
+    let started = std::time::Instant::now();
     let results = publish_batch(js, outgoing).await;
+    let took = started.elapsed();
     let mut done = Vec::with_capacity(rows.len());
     let mut first_err = None;
     let mut failed = 0;
@@ -118,6 +136,7 @@ pub async fn publish_once(
         }
     }
     if !done.is_empty() {
+        crate::instrument::published(done.len(), took);
         store.outbox_done(&done).await?;
     }
     match first_err {

@@ -127,7 +127,7 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                         entry.polled = Some(*p);
                     }
                     _ => {
-                        sessions.remove(&id);
+                        forget(&mut sessions, &id);
                     }
                 }
             }
@@ -150,6 +150,7 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                             // Spread the first polls of many sessions over one interval.
                             let first = interval.mul_f64(rand::rng().random_range(0.0..1.0));
                             let key = queue.insert(id.clone(), first);
+                            crate::instrument::session_polled(&s.tenant);
                             sessions.insert(id, Entry {
                                 polled: Some(Polled {
                                     session: *s,
@@ -173,7 +174,7 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                             if let Some(k) = e.key.take() {
                                 queue.remove(&k);
                             }
-                            sessions.remove(&id);
+                            forget(&mut sessions, &id);
                         }
                     }
                 }
@@ -211,6 +212,13 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 });
             }
         }
+    }
+}
+
+/// Stops tracking a session.
+fn forget(sessions: &mut HashMap<String, Entry>, id: &str) {
+    if let Some(p) = sessions.remove(id).and_then(|e| e.polled) {
+        crate::instrument::session_unpolled(&p.session.tenant);
     }
 }
 

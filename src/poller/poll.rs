@@ -45,7 +45,10 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
             &s.channel_config_id,
         );
     }
-    let rsp = match client.poll(&s.user_id).await {
+    let poll_started = std::time::Instant::now();
+    let polled = client.poll(&s.user_id).await;
+    crate::instrument::poll(&s.tenant, poll_started.elapsed(), polled.is_ok());
+    let rsp = match polled {
         Ok(r) => r,
         Err(e) => {
             p.failures += 1;
@@ -107,6 +110,7 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
         }
         match relay.commit(commit).await {
             Ok(c) => {
+                crate::instrument::messages("cec", &s.tenant, "down", c.inserted_down.len());
                 if c.duplicate_down > 0 {
                     tracing::info!(tenant = %s.tenant, user = %s.user_id, duplicates = c.duplicate_down,
                         "Upstream returned messages it had returned before; published once");

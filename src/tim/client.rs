@@ -130,13 +130,22 @@ impl TimClient {
                 ),
             ));
         }
-        match self.send_once(ep, &body, false).await {
+        let started = std::time::Instant::now();
+        let r = match self.send_once(ep, &body, false).await {
             Err(e) if e.needs_new_sig() => {
                 tracing::info!(app = %self.name(), endpoint = %ep, "Tencent says the admin UserSig expired; signing a new one and retrying once.");
                 self.send_once(ep, &body, true).await
             }
             other => other,
-        }
+        };
+        crate::instrument::upstream_call(
+            "tim",
+            self.name(),
+            ep.as_str(),
+            started.elapsed(),
+            r.as_ref().err().map(TimError::code),
+        );
+        r
     }
 
     async fn send_once(

@@ -206,7 +206,10 @@ async fn callback(
     )
     .await;
     match saved {
-        Ok(Ok(_)) => answer(StatusCode::OK, 0, ""),
+        Ok(Ok(_)) => {
+            crate::instrument::messages("tim", &app, "in", 1);
+            answer(StatusCode::OK, 0, "")
+        }
         Ok(Err(e)) => {
             tracing::error!(app, command, error = %e, "Cannot store a Tencent callback");
             answer(

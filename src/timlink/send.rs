@@ -129,13 +129,19 @@ pub async fn handle_with(
         if sink.cancel.is_cancelled() {
             return Disposition::Retry(Duration::from_secs(1));
         }
+        let waiting = std::time::Instant::now();
         limiter.acquire().await;
+        let waited = waiting.elapsed();
+        if waited >= Duration::from_millis(1) {
+            crate::instrument::rate_limit_wait(app, waited);
+        }
         match upstream.send_msg(&req).await {
             Ok(_) => break Ok(()),
             Err(e) if e.is_retryable() && (e.is_rate_limited() || retries < MAX_RETRIES) => {
                 if !e.is_rate_limited() {
                     retries += 1;
                 }
+                crate::instrument::retry("tim", "send");
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(app, user, id, code = %e.code(), error = %e, retry_in = ?delay, "Tencent send_msg failed; retrying");
                 tokio::select! {
@@ -260,7 +266,10 @@ impl Ctx<'_> {
 
     async fn commit(&self, commit: Commit) -> Disposition {
         match self.sink.commit(commit).await {
-            Ok(_) => Disposition::Ack,
+            Ok(_) => {
+                crate::instrument::messages("tim", self.app, "up", 1);
+                Disposition::Ack
+            }
             Err(e) => {
                 tracing::warn!(app = self.app, user = self.user, id = self.id, error = %e,
                     "Cannot commit the outcome of a Tencent send; it will be redelivered");

@@ -271,7 +271,10 @@ impl<'a> UpCtx<'a> {
 
     async fn finish(&self, commit: Commit) -> Disposition {
         match self.relay.commit(commit).await {
-            Ok(_) => Disposition::Ack,
+            Ok(_) => {
+                crate::instrument::messages("cec", self.tenant_name, "up", 1);
+                Disposition::Ack
+            }
             Err(e) => {
                 tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id, error = %e,
                     "Cannot commit the outcome of an uplink message; it will be redelivered");
@@ -299,6 +302,7 @@ impl<'a> UpCtx<'a> {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
+                    crate::instrument::retry("cec", "call");
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
                         endpoint = %e.endpoint(), code = %e.code(), error = %e, retry_in = ?delay, "CEC {what} failed; retrying");
@@ -330,6 +334,7 @@ impl<'a> UpCtx<'a> {
                 return Ok(rsp);
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+            crate::instrument::retry("cec", "send_too_quick");
             tracing::info!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
                 code = %rsp.result_code, retry_in = ?delay, "CEC asked to slow down; retrying");
             tokio::select! {

@@ -171,10 +171,15 @@ impl Workers {
         // A JetStream message always has its metadata; should it not, a fresh random id keeps the
         // derived ids unique (losing only redelivery de-duplication for that message).
         let (derived_id, seq) = match msg.info() {
-            Ok(i) => (
-                format!("s{}-{}", self.stamp, i.stream_sequence),
-                i.stream_sequence,
-            ),
+            Ok(i) => {
+                if i.delivered > 1 {
+                    crate::instrument::redelivered(streams::CEC_UP_CONSUMER);
+                }
+                (
+                    format!("s{}-{}", self.stamp, i.stream_sequence),
+                    i.stream_sequence,
+                )
+            }
             Err(_) => (uuid::Uuid::now_v7().simple().to_string(), 0),
         };
         let delivery = Delivery {

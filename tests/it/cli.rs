@@ -299,3 +299,77 @@ async fn under_systemd_it_notifies_ready_watchdog_and_stopping() {
     seen.push(stopping);
     assert!(child.wait().unwrap().success(), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_relay_did() {
+    let mut t = spawn_app().await;
+    let mut w = t.watch(TENANT, "meter").await;
+    t.up(
+        "meter",
+        serde_json::json!({"controlType": "CONNECT", "messageId": "mt0"}),
+    )
+    .await;
+    w.until(10, "connected", is_result_for("mt0")).await;
+    t.sim
+        .inject_fault(ccrelay::sim::Fault::status(ccrelay::sim::Endpoint::Send, 503).times(1));
+    t.up(
+        "meter",
+        serde_json::json!({"content": "hi", "messageId": "mt1"}),
+    )
+    .await;
+    w.until(10, "sent", is_result_for("mt1")).await;
+    t.sim.agent_say("meter", "measured");
+    w.until(10, "down", is_down_containing("measured")).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let rsp = reqwest::get(format!("http://{}/metrics", t.app().http_addr()))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert!(
+        rsp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let body = rsp.text().await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for name in [
+        "ccrelay_polls_total",
+        "ccrelay_poll_seconds_bucket",
+        "ccrelay_upstream_call_seconds_bucket",
+        "ccrelay_published_total",
+        "ccrelay_publish_seconds_bucket",
+        "ccrelay_store_commit_seconds_bucket",
+        "ccrelay_outbox_backlog",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+    assert!(
+        value("ccrelay_sessions_active{tenant=\"acme\"}") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value("ccrelay_messages_total{kind=\"cec\",tenant=\"acme\",direction=\"up\"}") >= 2.0,
+        "{body}"
+    );
+    assert!(
+        value("ccrelay_messages_total{kind=\"cec\",tenant=\"acme\",direction=\"down\"}") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value(
+            "ccrelay_upstream_errors_total{kind=\"cec\",tenant=\"acme\",endpoint=\"send\",code=\"503\"}"
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value("ccrelay_retries_total{kind=\"cec\",what=\"call\"}") >= 1.0,
+        "{body}"
+    );
+    t.stop().await;
+}
