@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per surface, shared helpers in `support`.
 
 mod admin;
+mod asyncapi;
 mod cec_relay;
 mod chaos;
 mod cli;
