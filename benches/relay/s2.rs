@@ -137,7 +137,7 @@ async fn relay_side(backend: &str, m: usize, k: usize, interval: Duration) -> Re
 async fn baseline_side(backend: &str, m: usize, k: usize) -> Result<f64> {
     let db = Db::new(backend).await?;
     // The relay's own schema, by its own migrations.
-    drop(ccrelay::store::connect(db.url()).await?);
+    ccrelay::store::connect(db.url()).await?.migrate().await?;
     let nats = rig::start_nats().await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     js.create_stream(async_nats::jetstream::stream::Config {
