@@ -63,6 +63,9 @@ enum Scenario {
     },
     /// Uplink throughput: M UpMessages until the upstream has them; latency at 1,000 msg/s.
     S3 {
+        /// Stores: sqlite, postgres.
+        #[arg(long, value_delimiter = ',', default_values_t = ["sqlite".to_owned()])]
+        store: Vec<String>,
         /// Message counts, one run each.
         #[arg(long, value_delimiter = ',', default_values_t = [20000])]
         m: Vec<usize>,
@@ -118,7 +121,7 @@ async fn run(scenario: Scenario) -> Result<()> {
                 ms(100),
             )
             .await?;
-            s3::run(&[20000], 200, 5).await
+            s3::run(&["sqlite".into(), "postgres".into()], &[20000], 200, 5).await
         }
         Scenario::S1 {
             n,
@@ -137,9 +140,14 @@ async fn run(scenario: Scenario) -> Result<()> {
             header();
             s2::run(&store, &m, k, ms(interval_ms)).await
         }
-        Scenario::S3 { m, k, rate_s } => {
+        Scenario::S3 {
+            store,
+            m,
+            k,
+            rate_s,
+        } => {
             header();
-            s3::run(&m, k, rate_s).await
+            s3::run(&store, &m, k, rate_s).await
         }
         Scenario::BaselinePoll {
             sim,

@@ -9,6 +9,9 @@ use ccrelay::sim::Endpoint;
 
 use crate::rig::{self, Child2, CpuMeter, Relay, RelayOptions, Sim};
 
+/// Polls in flight at most in the baseline: the relay's default `relay.max_concurrent_polls`.
+const POLLS_IN_FLIGHT: usize = 512;
+
 /// What one side (relay or baseline) measured.
 struct Side {
     polls_per_s: f64,
@@ -123,7 +126,8 @@ pub async fn run(ns: &[usize], window: Duration, interval: Duration) -> Result<(
 }
 
 /// The baseline child: applies for a token per user `b<i>`, then polls each user every
-/// `interval` on a fixed schedule (users spread evenly over the interval), doing nothing else.
+/// `interval` on a fixed schedule (users spread evenly over the interval), at most
+/// [`POLLS_IN_FLIGHT`] at once, doing nothing else.
 pub async fn baseline(sim_url: &str, users: usize, interval: Duration) -> Result<()> {
     let cec = rig::cec_client(sim_url)?;
     let ch = cec.tenant().channel_config_id.clone();
@@ -142,8 +146,10 @@ pub async fn baseline(sim_url: &str, users: usize, interval: Duration) -> Result
     println!("ready");
     let start = tokio::time::Instant::now();
     let mut pollers = tokio::task::JoinSet::new();
+    // As many polls in flight as the relay allows itself (`relay.max_concurrent_polls`).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(POLLS_IN_FLIGHT));
     for i in 0..users {
-        let cec = cec.clone();
+        let (cec, in_flight) = (cec.clone(), in_flight.clone());
         let offset = interval.mul_f64(i as f64 / users as f64);
         pollers.spawn(async move {
             let user = format!("b{i}");
@@ -151,6 +157,9 @@ pub async fn baseline(sim_url: &str, users: usize, interval: Duration) -> Result
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                let Ok(_permit) = in_flight.acquire().await else {
+                    return;
+                };
                 // The answer is dropped: the baseline does nothing else.
                 let _ = cec.poll(&user).await;
             }

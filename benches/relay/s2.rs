@@ -18,7 +18,7 @@ mod pg_provision;
 const BATCH: usize = 512;
 
 /// A fresh database for one run: its URL, and how to drop it afterwards.
-enum Db {
+pub(crate) enum Db {
     /// The directory is kept for the file's lifetime.
     Sqlite {
         _dir: tempfile::TempDir,
@@ -32,7 +32,7 @@ enum Db {
 }
 
 impl Db {
-    async fn new(backend: &str) -> Result<Db> {
+    pub(crate) async fn new(backend: &str) -> Result<Db> {
         if backend == "sqlite" {
             let dir = tempfile::tempdir()?;
             let url = format!("sqlite://{}", dir.path().join("s2.db").display());
@@ -54,13 +54,13 @@ impl Db {
         Ok(Db::Pg { admin, name, url })
     }
 
-    fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         match self {
             Db::Sqlite { url, .. } | Db::Pg { url, .. } => url,
         }
     }
 
-    async fn drop_db(self) -> Result<()> {
+    pub(crate) async fn drop_db(self) -> Result<()> {
         if let Db::Pg { admin, name, .. } = self {
             let mut conn = sqlx::PgConnection::connect(&admin).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!(

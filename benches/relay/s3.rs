@@ -11,6 +11,7 @@ use ccrelay::sim::Endpoint;
 use futures::StreamExt;
 
 use crate::rig::{self, Child2, CpuMeter, Relay, RelayOptions, Sim};
+use crate::s2::Db;
 
 /// Sends in flight in the baseline: the relay's `max_concurrent_sends`.
 const BASE_SENDS: usize = 256;
@@ -118,22 +119,32 @@ fn base_subject(user: &str) -> String {
 }
 
 /// Runs S3 for every M; prints one row per side and a ratio.
-pub async fn run(ms: &[usize], k: usize, rate_secs: u64) -> Result<()> {
+pub async fn run(stores: &[String], ms: &[usize], k: usize, rate_secs: u64) -> Result<()> {
     println!(
         "\n## S3 uplink throughput (K = {k} sessions; latency over {rate_secs} s at 1,000 msg/s)\n\n\
-         | M | side | seconds | msg/s | CPU µs/msg | latency p50 ms | p99 ms | not received | CPU split (% of a core) |\n\
-         |---|---|---|---|---|---|---|---|---|"
+         | store | M | side | seconds | msg/s | CPU µs/msg | latency p50 ms | p99 ms | not received | CPU split (% of a core) |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
     );
-    for &m in ms {
+    for store in stores {
+        for &m in ms {
+            one(store, m, k, rate_secs).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One relay run and one baseline run of S3.
+async fn one(store: &str, m: usize, k: usize, rate_secs: u64) -> Result<()> {
+    {
         let nats = rig::start_nats().await?;
         let nats_pid = nats.pid().unwrap_or(0);
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         let sim = Sim::start().await?;
         let dir = tempfile::tempdir()?;
-        let store = format!("sqlite://{}", dir.path().join("relay.db").display());
+        let db = Db::new(store).await?;
         let mut relay = Relay::start(&RelayOptions {
             dir: dir.path(),
-            store_url: &store,
+            store_url: db.url(),
             nats_url: &nats.url(),
             sim_url: &sim.base_url,
             poll_interval: Duration::from_secs(1),
@@ -153,6 +164,7 @@ pub async fn run(ms: &[usize], k: usize, rate_secs: u64) -> Result<()> {
         .await
         .with_context(|| relay.log_tail())?;
         drop(relay);
+        db.drop_db().await?;
 
         let base = Child2::spawn(&[
             "baseline-up".into(),
@@ -178,12 +190,12 @@ pub async fn run(ms: &[usize], k: usize, rate_secs: u64) -> Result<()> {
         drop(base);
         for (side, f) in [("relay", &r), ("baseline", &b)] {
             println!(
-                "| {m} | {side} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                "| {store} | {m} | {side} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
                 f.secs, f.rate, f.cpu_us, f.p50_ms, f.p99_ms, f.missing, f.split
             );
         }
         println!(
-            "| {m} | **ratio relay/baseline** | | **{:.2}** | {:.2} | | {:.2} | | |",
+            "| {store} | {m} | **ratio relay/baseline** | | **{:.2}** | {:.2} | | {:.2} | | |",
             r.rate / b.rate,
             r.cpu_us / b.cpu_us,
             r.p99_ms / b.p99_ms
