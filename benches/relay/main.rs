@@ -52,7 +52,7 @@ enum Scenario {
         #[arg(long, value_delimiter = ',', default_values_t = ["sqlite".to_owned(), "postgres".to_owned()])]
         store: Vec<String>,
         /// Message counts, one run each.
-        #[arg(long, value_delimiter = ',', default_values_t = [20000])]
+        #[arg(long, value_delimiter = ',', default_values_t = [100_000])]
         m: Vec<usize>,
         /// Sessions the messages are spread over.
         #[arg(long, default_value_t = 200)]
@@ -116,7 +116,7 @@ async fn run(scenario: Scenario) -> Result<()> {
             s1::run(&[1000, 5000], Duration::from_secs(10), ms(1000)).await?;
             s2::run(
                 &["sqlite".into(), "postgres".into()],
-                &[20000],
+                &[100_000],
                 200,
                 ms(100),
             )

@@ -29,16 +29,25 @@ struct Figures {
 /// `subject(user)` for the side measured, e.g. `ccrelay.cec.bench.up.u3`.
 type Subject = fn(&str) -> String;
 
-async fn measure(
-    js: &async_nats::jetstream::Context,
-    sim: &Sim,
-    who: (&'static str, u32),
+/// What both sides of one S3 run share.
+struct Setup<'a> {
+    js: &'a async_nats::jetstream::Context,
+    sim: &'a Sim,
     nats_pid: u32,
-    subject: Subject,
     m: usize,
     k: usize,
     rate_secs: u64,
-) -> Result<Figures> {
+}
+
+async fn measure(s: &Setup<'_>, who: (&'static str, u32), subject: Subject) -> Result<Figures> {
+    let Setup {
+        js,
+        sim,
+        nats_pid,
+        m,
+        k,
+        rate_secs,
+    } = *s;
     let body = |id: &str, i: usize| format!(r#"{{"content":"hello {i}","messageId":"{id}"}}"#);
     // Throughput: everything at once.
     let sends0 = sim.calls(Endpoint::Send);
@@ -151,18 +160,17 @@ async fn one(store: &str, m: usize, k: usize, rate_secs: u64) -> Result<()> {
         })?;
         relay.wait_ready(&js).await?;
         rig::open_sessions(&js, &sim, "u", k).await?;
-        let r = measure(
-            &js,
-            &sim,
-            ("relay", relay.pid()),
+        let setup = Setup {
+            js: &js,
+            sim: &sim,
             nats_pid,
-            relay_subject,
             m,
             k,
             rate_secs,
-        )
-        .await
-        .with_context(|| relay.log_tail())?;
+        };
+        let r = measure(&setup, ("relay", relay.pid()), relay_subject)
+            .await
+            .with_context(|| relay.log_tail())?;
         drop(relay);
         db.drop_db().await?;
 
@@ -176,17 +184,7 @@ async fn one(store: &str, m: usize, k: usize, rate_secs: u64) -> Result<()> {
             k.to_string(),
         ])
         .await?;
-        let b = measure(
-            &js,
-            &sim,
-            ("baseline", base.pid()),
-            nats_pid,
-            base_subject,
-            m,
-            k,
-            rate_secs,
-        )
-        .await?;
+        let b = measure(&setup, ("baseline", base.pid()), base_subject).await?;
         drop(base);
         for (side, f) in [("relay", &r), ("baseline", &b)] {
             println!(
