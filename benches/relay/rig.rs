@@ -478,12 +478,12 @@ pub async fn out_settled(js: &async_nats::jetstream::Context, quiet: Duration) -
 
 /// A bench baseline running as a child process (this binary, a hidden subcommand), so that its
 /// CPU is measured apart from the simulator's. It prints `ready` once set up. Killed when dropped.
-pub struct Child2 {
+pub struct BaselineProcess {
     child: Child,
 }
 
-impl Child2 {
-    pub async fn spawn(args: &[String]) -> Result<Child2> {
+impl BaselineProcess {
+    pub async fn spawn(args: &[String]) -> Result<BaselineProcess> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args(args)
@@ -501,7 +501,7 @@ impl Child2 {
         if ready.trim() != "ready" {
             bail!("baseline {args:?} did not start (said {ready:?})");
         }
-        Ok(Child2 { child })
+        Ok(BaselineProcess { child })
     }
 
     pub fn pid(&self) -> u32 {
@@ -509,7 +509,7 @@ impl Child2 {
     }
 }
 
-impl Drop for Child2 {
+impl Drop for BaselineProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ccrelay::sim::Endpoint;
 
-use crate::rig::{self, Child2, CpuMeter, Relay, RelayOptions, Sim};
+use crate::rig::{self, BaselineProcess, CpuMeter, Relay, RelayOptions, Sim};
 
 /// Polls in flight at most in the baseline: the relay's default `relay.max_concurrent_polls`.
 const POLLS_IN_FLIGHT: usize = 512;
@@ -92,7 +92,7 @@ pub async fn run(ns: &[usize], window: Duration, interval: Duration) -> Result<(
         let per_session = rss1.saturating_sub(rss0) as f64 / n as f64;
         drop(relay);
 
-        let base = Child2::spawn(&[
+        let base = BaselineProcess::spawn(&[
             "baseline-poll".into(),
             "--sim".into(),
             sim.base_url.clone(),

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use ccrelay::sim::Endpoint;
 use futures::StreamExt;
 
-use crate::rig::{self, Child2, CpuMeter, Relay, RelayOptions, Sim};
+use crate::rig::{self, BaselineProcess, CpuMeter, Relay, RelayOptions, Sim};
 use crate::s2::Db;
 
 /// Sends in flight in the baseline: the relay's `max_concurrent_sends`.
@@ -174,7 +174,7 @@ async fn one(store: &str, m: usize, k: usize, rate_secs: u64) -> Result<()> {
         drop(relay);
         db.drop_db().await?;
 
-        let base = Child2::spawn(&[
+        let base = BaselineProcess::spawn(&[
             "baseline-up".into(),
             "--nats".into(),
             nats.url(),
