@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// S1, S2 and S3 with their defaults (or the options given to each below).
+    /// S1 (N = 1k, 5k), S2 (M = 100k) and S3 (M = 20k), S2 and S3 on SQLite and PostgreSQL.
     All,
     /// Poll fan-out: N sessions polled every interval.
     S1 {
