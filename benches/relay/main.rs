@@ -1,0 +1,178 @@
+//! `cargo bench --bench relay -- <scenario> [options]`: ccrelay's capacity and overhead, each
+//! figure beside a bare baseline measured in the same run (issue 6; see `benches/README.md` and
+//! `docs/BENCHMARKS.md`).
+//!
+//! # Layout
+//! - `rig`: nats-server, the simulator behind a timestamping tap, the release relay binary,
+//!   `/proc` CPU and RSS, percentiles.
+//! - `s1` poll fan-out, `s2` downlink throughput, `s3` uplink throughput; each also holds its
+//!   baseline (`baseline-poll` and `baseline-up` run as child processes of this binary).
+
+#![forbid(unsafe_code)]
+
+mod rig;
+mod s1;
+mod s2;
+mod s3;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay-bench",
+    about = "ccrelay benchmarks beside bare baselines (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// S1 (N = 1k, 5k), S2 (M = 100k) and S3 (M = 20k), S2 and S3 on SQLite and PostgreSQL.
+    All,
+    /// Poll fan-out: N sessions polled every interval.
+    S1 {
+        /// Session counts, one run each.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000])]
+        n: Vec<usize>,
+        /// Measurement window per side, seconds.
+        #[arg(long, default_value_t = 10)]
+        window_s: u64,
+        /// Poll interval, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+    /// Downlink throughput: M messages over K sessions until stored and acked on `_OUT`.
+    S2 {
+        /// Stores: sqlite, postgres.
+        #[arg(long, value_delimiter = ',', default_values_t = ["sqlite".to_owned(), "postgres".to_owned()])]
+        store: Vec<String>,
+        /// Message counts, one run each.
+        #[arg(long, value_delimiter = ',', default_values_t = [100_000])]
+        m: Vec<usize>,
+        /// Sessions the messages are spread over.
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// The relay's poll interval, milliseconds.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
+    /// Uplink throughput: M UpMessages until the upstream has them; latency at 1,000 msg/s.
+    S3 {
+        /// Stores: sqlite, postgres.
+        #[arg(long, value_delimiter = ',', default_values_t = ["sqlite".to_owned()])]
+        store: Vec<String>,
+        /// Message counts, one run each.
+        #[arg(long, value_delimiter = ',', default_values_t = [20000])]
+        m: Vec<usize>,
+        /// Sessions the messages are spread over.
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// How long to publish at 1,000 msg/s for the latency figures, seconds.
+        #[arg(long, default_value_t = 5)]
+        rate_s: u64,
+    },
+    /// (internal) S1's baseline poll loop.
+    #[command(hide = true)]
+    BaselinePoll {
+        #[arg(long)]
+        sim: String,
+        #[arg(long)]
+        users: usize,
+        #[arg(long)]
+        interval_ms: u64,
+    },
+    /// (internal) S3's baseline consumer.
+    #[command(hide = true)]
+    BaselineUp {
+        #[arg(long)]
+        nats: String,
+        #[arg(long)]
+        sim: String,
+        #[arg(long)]
+        users: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` appends `--bench`; it means nothing here.
+    let args = std::env::args().filter(|a| a != "--bench");
+    let cli = Cli::parse_from(args);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli.scenario))
+}
+
+async fn run(scenario: Scenario) -> Result<()> {
+    let ms = Duration::from_millis;
+    match scenario {
+        Scenario::All => {
+            header();
+            s1::run(&[1000, 5000], Duration::from_secs(10), ms(1000)).await?;
+            s2::run(
+                &["sqlite".into(), "postgres".into()],
+                &[100_000],
+                200,
+                ms(100),
+            )
+            .await?;
+            s3::run(&["sqlite".into(), "postgres".into()], &[20000], 200, 5).await
+        }
+        Scenario::S1 {
+            n,
+            window_s,
+            interval_ms,
+        } => {
+            header();
+            s1::run(&n, Duration::from_secs(window_s), ms(interval_ms)).await
+        }
+        Scenario::S2 {
+            store,
+            m,
+            k,
+            interval_ms,
+        } => {
+            header();
+            s2::run(&store, &m, k, ms(interval_ms)).await
+        }
+        Scenario::S3 {
+            store,
+            m,
+            k,
+            rate_s,
+        } => {
+            header();
+            s3::run(&store, &m, k, rate_s).await
+        }
+        Scenario::BaselinePoll {
+            sim,
+            users,
+            interval_ms,
+        } => s1::baseline(&sim, users, ms(interval_ms)).await,
+        Scenario::BaselineUp { nats, sim, users } => s3::baseline(&nats, &sim, users).await,
+    }
+}
+
+/// The machine, as `docs/BENCHMARKS.md` wants it beside the figures.
+fn header() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# ccrelay bench — {cores} cores, {cpu}; load average at start: {}",
+        load.trim()
+    );
+}
