@@ -358,7 +358,7 @@ async fn on_postgres_with_its_own_bucket_and_attempts_files_are_stored_or_given_
     let mut t = spawn_app_configured(
         ccrelay::sim::SimConfig::default(),
         Some(pg.url.clone()),
-        |c| {
+        |c, _| {
             c.relay.media_attempts = 2;
             c.nats.files_bucket = Some("MEDIA_IT".to_owned());
         },

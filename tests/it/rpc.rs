@@ -7,23 +7,7 @@ use serde_json::{Value, json};
 use crate::support::app::*;
 
 async fn rpc(t: &TestApp, tenant: &str, op: &str, body: &[u8]) -> Value {
-    let subject = format!("{PREFIX}.cec.{tenant}.rpc.{op}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        // The relay subscribes right after start-up: retry "no responders" briefly.
-        match t
-            .client
-            .request(subject.clone(), body.to_vec().into())
-            .await
-        {
-            Ok(m) => return serde_json::from_slice(&m.payload).unwrap(),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{op}: {e}"),
-        }
-    }
+    t.rpc_raw(tenant, op, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,7 +91,7 @@ async fn one_tenant_s_failing_upstream_does_not_slow_the_others() {
         &sc.app_secret,
         &sc.channel_config_id,
     );
-    let mut t = spawn_app_configured(SimConfig::default(), None, move |c| {
+    let mut t = spawn_app_configured(SimConfig::default(), None, move |c, _| {
         c.relay.max_concurrent_sends = 2;
         c.cec.push(beta);
     })
@@ -132,7 +132,7 @@ async fn one_tenant_s_hanging_polls_do_not_delay_the_others() {
         &sc.channel_config_id,
     );
     beta.poll_interval = Duration::from_millis(100);
-    let mut t = spawn_app_configured(SimConfig::default(), None, move |c| {
+    let mut t = spawn_app_configured(SimConfig::default(), None, move |c, _| {
         c.relay.max_concurrent_polls = 2;
         c.cec.push(beta);
     })

@@ -23,7 +23,7 @@ pub struct TestApp {
     pub js: jetstream::Context,
     pub db_url: String,
     pub db_path: PathBuf,
-    pub(crate) _dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 /// The relay's configuration for a test: its simulator as tenant `acme`, polled every 100 ms.
@@ -59,14 +59,15 @@ pub async fn spawn_app_with(sim_cfg: SimConfig) -> TestApp {
 
 /// [`spawn_app_with`] on the database at `db_url` (default: a fresh SQLite file).
 pub async fn spawn_app_on(sim_cfg: SimConfig, db_url: Option<String>) -> TestApp {
-    spawn_app_configured(sim_cfg, db_url, |_| {}).await
+    spawn_app_configured(sim_cfg, db_url, |_, _| {}).await
 }
 
-/// [`spawn_app_on`] with the test configuration changed by `configure` before the relay starts.
+/// [`spawn_app_on`] with the test configuration changed by `configure` (given the simulator)
+/// before the relay starts.
 pub async fn spawn_app_configured(
     sim_cfg: SimConfig,
     db_url: Option<String>,
-    configure: impl FnOnce(&mut Config),
+    configure: impl FnOnce(&mut Config, &SimHandle),
 ) -> TestApp {
     super::init_tracing();
     let nats_server = super::nats().await;
@@ -75,7 +76,7 @@ pub async fn spawn_app_configured(
     let db_path = dir.path().join("relay.db");
     let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
     let mut config = test_config(&nats_server.url(), &db_url, &sim);
-    configure(&mut config);
+    configure(&mut config, &sim);
     let app = App::start(config).await.expect("relay starts");
     let client = async_nats::connect(nats_server.url()).await.unwrap();
     let js = jetstream::new(client.clone());
@@ -138,8 +139,14 @@ impl TestApp {
     /// A request-reply on `P.cec.<tenant>.rpc.<op>`, retrying "no responders" briefly while the
     /// relay subscribes after start-up.
     pub async fn rpc(&self, tenant: &str, op: &str, body: &Value) -> Value {
+        self.rpc_raw(tenant, op, &serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    /// [`TestApp::rpc`] with a request of any bytes (not JSON, say).
+    pub async fn rpc_raw(&self, tenant: &str, op: &str, body: &[u8]) -> Value {
         let subject = format!("{PREFIX}.cec.{tenant}.rpc.{op}");
-        let body = serde_json::to_vec(body).unwrap();
+        let body = body.to_vec();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             match self

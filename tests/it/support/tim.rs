@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use ccrelay::app::App;
 use ccrelay::config::TimApp;
 use ccrelay::sim::SimConfig;
 use serde_json::{Value, json};
 
-use super::app::{PREFIX, TestApp, Watcher, test_config};
+use super::app::{PREFIX, TestApp, Watcher};
 
 pub const APP: &str = "shop";
 pub const SIM_SDKAPPID: u64 = 1_400_000_000;
@@ -34,31 +33,10 @@ pub fn sim_tim_app(base_url: &str) -> TimApp {
 
 /// A relay with the CEC tenant of [`super::app::spawn_app`] and the Tencent app `shop`.
 pub async fn spawn_tim_app() -> TestApp {
-    super::init_tracing();
-    let nats_server = super::nats().await;
-    let sim = ccrelay::sim::spawn(SimConfig::default())
-        .await
-        .expect("simulator");
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("relay.db");
-    let db_url = format!("sqlite://{}", db_path.display());
-    let mut config = test_config(&nats_server.url(), &db_url, &sim);
-    config.tim.push(sim_tim_app(&sim.base_url()));
-    let app = App::start(config).await.expect("relay starts");
-    let client = async_nats::connect(nats_server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let t = TestApp {
-        nats_server,
-        sim,
-        app: Some(app),
-        client,
-        js,
-        db_url,
-        db_path,
-        _dir: dir,
-    };
-    t.wait_ready().await;
-    t
+    super::app::spawn_app_configured(SimConfig::default(), None, |config, sim| {
+        config.tim.push(sim_tim_app(&sim.base_url()));
+    })
+    .await
 }
 
 impl TestApp {
