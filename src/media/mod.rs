@@ -159,13 +159,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
                     let (relay, os, bucket) = (relay.clone(), os.clone(), bucket.clone());
                     let (permits, in_flight) = (permits.clone(), in_flight.clone());
                     tracker.spawn(async move {
-                        let cancel = relay.cancel.clone();
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            permit = permits.acquire_owned() => if let Ok(_permit) = permit {
-                                fetch(&relay, &os, &bucket, pf).await;
-                            }
-                        }
+                        fetch(&relay, &os, &bucket, pf, &permits).await;
                         if let Ok(mut s) = in_flight.lock() {
                             s.remove(&id);
                         }
@@ -183,7 +177,15 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
 
 /// Downloads one file, retrying, then releases its DownMessage. Returns early (leaving the file
 /// pending, for the next start) when the relay is cancelled.
-async fn fetch(relay: &Relay, os: &object_store::ObjectStore, bucket: &str, pf: PendingFile) {
+/// Downloads and stores one file, retrying; a permit of `permits` is held during each attempt
+/// only, so files waiting out a backoff do not keep the others from being fetched.
+async fn fetch(
+    relay: &Relay,
+    os: &object_store::ObjectStore,
+    bucket: &str,
+    pf: PendingFile,
+    permits: &Semaphore,
+) {
     let f = &pf.file;
     let cfg = &relay.config.relay;
     let max_attempts = i64::from(cfg.media_attempts);
@@ -219,7 +221,10 @@ async fn fetch(relay: &Relay, os: &object_store::ObjectStore, bucket: &str, pf: 
         attempts += 1;
         let result = tokio::select! {
             _ = relay.cancel.cancelled() => return,
-            r = attempt(relay, os, bucket, f) => r,
+            r = async {
+                let _permit = permits.acquire().await;
+                attempt(relay, os, bucket, f).await
+            } => r,
         };
         match result {
             Ok(file) => break Ok(file),

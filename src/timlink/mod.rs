@@ -225,15 +225,17 @@ pub async fn run(link: Arc<TimLink>, js: jetstream::Context, tracker: TaskTracke
     let relay = link.relay.clone();
     let cancel = relay.cancel.clone();
     let cfg = relay.config.nats.clone();
-    if streams::until_ok("Setting up the NATS streams", &cancel, || {
+    let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || {
         streams::ensure_streams(&js, &relay.subjects, &cfg)
     })
     .await
-    .is_none()
-    {
+    else {
         return;
-    }
+    };
+    // Derived ids must not repeat when the stream is recreated and its sequence restarts.
+    let stamp = crate::uplink::base36(stream_info.created.unix_timestamp().max(0) as u64);
     let workers = Workers {
+        stamp: Arc::from(stamp.as_str()),
         link: link.clone(),
         queues: Arc::new(Mutex::new(HashMap::new())),
         tracker: tracker.clone(),
@@ -278,6 +280,8 @@ pub async fn run(link: Arc<TimLink>, js: jetstream::Context, tracker: TaskTracke
 /// order), chunks to their app's scheduler.
 #[derive(Clone)]
 struct Workers {
+    /// The `_IN` stream's creation time, in every derived id.
+    stamp: Arc<str>,
     link: Arc<TimLink>,
     queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<jetstream::Message>>>>,
     tracker: TaskTracker,
@@ -425,7 +429,7 @@ impl Workers {
                 send::Delivery {
                     subject: msg.subject.as_str(),
                     payload: &msg.payload,
-                    derived_id: format!("tim-s{seq}"),
+                    derived_id: format!("tim-s{}-{seq}", self.stamp),
                     stream_seq: seq,
                 },
             );

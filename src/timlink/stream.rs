@@ -282,11 +282,26 @@ impl Scheduler {
             let store = self.ctx.sink.store.clone();
             let app = self.ctx.app.clone();
             let tx = self.tx.clone();
+            let cancel = self.ctx.sink.cancel.clone();
             self.tracker.spawn(async move {
-                let row = store
-                    .tim_stream(&app, &key)
-                    .await
-                    .map_err(|e| e.to_string());
+                // Retried while the database is away: giving up would hand this chunk back to
+                // JetStream while a later one of the same stream could go ahead of it.
+                let mut delay = Duration::from_millis(50);
+                let row = loop {
+                    match store.tim_stream(&app, &key).await {
+                        Ok(r) => break Ok(r),
+                        Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                            tracing::warn!(app = %app, stream_id = key, error = %e, retry_in = ?delay,
+                                "Cannot read the stream's state; retrying");
+                            tokio::select! {
+                                _ = cancel.cancelled() => {}
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => break Err(e.to_string()),
+                    }
+                };
                 let _ = tx.send(Msg::Loaded { key, row });
             });
             return;
@@ -686,7 +701,13 @@ async fn call(
                 }
             }
         }
-        Err(e) if e.is_retryable() && !ctx.sink.cancel.is_cancelled() => {
+        Err(e) if e.is_retryable() => {
+            if ctx.sink.cancel.is_cancelled() {
+                // Shutting down: the chunks go back to JetStream unanswered (dropping their
+                // senders), to be sent after the restart; the stream has not failed.
+                drop(taken);
+                return CallOutcome::Unsaved;
+            }
             CallOutcome::Retry { taken, error: e }
         }
         Err(e) => {

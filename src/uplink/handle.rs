@@ -272,7 +272,12 @@ impl<'a> UpCtx<'a> {
     async fn finish(&self, commit: Commit) -> Disposition {
         match self.relay.commit(commit).await {
             Ok(_) => {
-                crate::instrument::messages("cec", self.tenant_name, "up", 1);
+                // Unknown tenants share one label, so made-up names cannot grow the metrics.
+                let label = match self.relay.tenant(self.tenant_name) {
+                    Some(_) => self.tenant_name,
+                    None => "unknown",
+                };
+                crate::instrument::messages("cec", label, "up", 1);
                 Disposition::Ack
             }
             Err(e) => {

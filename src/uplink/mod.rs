@@ -153,11 +153,15 @@ impl Workers {
 
     /// The send permits of the tenant `subject` names.
     fn permits_for(&self, subject: &str) -> Arc<Semaphore> {
+        // Configured tenants only: a subject naming an unknown one shares one pool (it is refused
+        // at once anyway), so made-up names cannot grow the map.
         let tenant = self
             .relay
             .subjects
             .parse_cec(subject)
-            .map_or("", |(t, _, _)| t);
+            .map(|(t, _, _)| t)
+            .filter(|t| self.relay.tenant(t).is_some())
+            .unwrap_or("");
         let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
         permits
             .entry(tenant.to_owned())
@@ -213,7 +217,8 @@ impl Workers {
     }
 }
 
-fn base36(mut n: u64) -> String {
+/// `n` in base 36, for compact derived ids.
+pub(crate) fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {
