@@ -739,6 +739,9 @@ pub trait Store: Send + Sync + 'static {
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>>;
     /// A user's streams, oldest first.
     async fn tim_streams(&self, app: &str, user_id: &str) -> Result<Vec<TimStreamRow>>;
+    /// An app's streams neither finished nor failed, oldest first, at most `limit` (to finish
+    /// them after a restart).
+    async fn tim_open_streams(&self, app: &str, limit: i64) -> Result<Vec<TimStreamRow>>;
     /// Stores a callback and applies `commit` (its transcript row and outbox message, when it
     /// is published) in the same transaction.
     async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed>;

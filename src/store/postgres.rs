@@ -1037,6 +1037,23 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn tim_open_streams(&self, app: &str, limit: i64) -> Result<Vec<TimStreamRow>> {
+        let sql = format!(
+            "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams \
+             WHERE app = $1 AND finished = $2 AND status = 'pending' ORDER BY created_at, id LIMIT $3"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app.to_owned())
+            .bind(false)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(tim_stream_from_row)
+            .collect()
+    }
+
     async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
         let commit = super::pg_text::commit(commit);
         let mut tx = self.pool.begin().await.map_err(classify)?;

@@ -2197,7 +2197,38 @@ mod tim {
         tim_streams_are_upserted_with_their_events,
         tim_callbacks_are_stored_with_their_transcript_row,
         a_failing_tim_save_keeps_nothing,
+        open_tim_streams_are_listed_until_finished_or_failed,
     );
+
+    async fn open_tim_streams_are_listed_until_finished_or_failed(db: Db) {
+        let s = &db.store;
+        for (id, t) in [("a", 1), ("b", 2), ("c", 3)] {
+            s.tim_stream_save(&stream(id, "u1", at(t)), Commit::default())
+                .await
+                .unwrap();
+        }
+        let mut other_app = stream("x", "u1", at(0));
+        other_app.app = "other".into();
+        s.tim_stream_save(&other_app, Commit::default())
+            .await
+            .unwrap();
+        let mut b = stream("b", "u1", at(2));
+        b.finished = true;
+        b.status = MessageStatus::Sent;
+        s.tim_stream_save(&b, Commit::default()).await.unwrap();
+        let mut c = stream("c", "u1", at(3));
+        c.status = MessageStatus::Failed;
+        s.tim_stream_save(&c, Commit::default()).await.unwrap();
+        let open: Vec<String> = s
+            .tim_open_streams("shop", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.stream_id)
+            .collect();
+        assert_eq!(open, ["a"]);
+        assert_eq!(s.tim_open_streams("shop", 0).await.unwrap().len(), 0);
+    }
 
     fn stream(stream_id: &str, user: &str, created: OffsetDateTime) -> TimStreamRow {
         TimStreamRow {

@@ -110,7 +110,12 @@ enum Msg {
         key: String,
         outcome: CallOutcome,
     },
+    /// Streams a previous run left unfinished.
+    Resume(Vec<TimStreamRow>),
 }
+
+/// How many unfinished streams a start picks up to finish.
+const RESUME_LIMIT: i64 = 100_000;
 
 enum CallOutcome {
     /// Accepted and saved (as `row`); the chunks were acknowledged.
@@ -187,6 +192,7 @@ fn answer(p: &mut Pending, d: Disposition) {
 impl Scheduler {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let cancel = self.ctx.sink.cancel.clone();
+        self.load_unfinished();
         let sweep_every =
             (self.ctx.idle_timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         let mut sweep = tokio::time::interval(sweep_every);
@@ -249,6 +255,7 @@ impl Scheduler {
             Msg::Chunk(c) => self.on_chunk(c),
             Msg::Loaded { key, row } => self.on_loaded(key, row),
             Msg::Done { key, outcome } => self.on_done(key, outcome),
+            Msg::Resume(rows) => self.on_resume(rows),
         }
     }
 
@@ -362,6 +369,69 @@ impl Scheduler {
                 let _ = tx.send(d);
             }
         });
+    }
+
+    /// Reads the streams a previous run left open (retrying while the database is away), so that
+    /// the idle sweep finishes those whose producer is gone: without this a stream whose last
+    /// chunk came before a restart would never get its `Finish: 1`.
+    fn load_unfinished(&self) {
+        let store = self.ctx.sink.store.clone();
+        let app = self.ctx.app.clone();
+        let tx = self.tx.clone();
+        let cancel = self.ctx.sink.cancel.clone();
+        self.tracker.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match store.tim_open_streams(&app, RESUME_LIMIT).await {
+                    Ok(rows) => {
+                        if !rows.is_empty() {
+                            tracing::info!(app = %app, streams = rows.len(), "Resuming unfinished robot streams");
+                            let _ = tx.send(Msg::Resume(rows));
+                        }
+                        return;
+                    }
+                    Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        tracing::error!(app = %app, error = %e, "Cannot read the unfinished robot streams; they will be finished when a chunk of theirs arrives");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Takes up the unfinished streams of a previous run as idle: the idle timeout counts from
+    /// now, so a producer that is still there can go on.
+    fn on_resume(&mut self, rows: Vec<TimStreamRow>) {
+        for r in rows {
+            if self.streams.contains_key(&r.stream_id) {
+                continue; // a chunk of it arrived first and loaded it
+            }
+            let s = StreamState {
+                user: r.user_id,
+                from: r.from_account,
+                msg_key: r.msg_key,
+                text: r.text,
+                chunks: r.chunks,
+                calls: r.calls,
+                last_seq: r.last_seq.max(0) as u64,
+                created_at: r.created_at,
+                pending: VecDeque::new(),
+                phase: Phase::Idle,
+                idle_finish: false,
+                last_chunk: Instant::now(),
+                retries: 0,
+                backoff: None,
+                closed_at: None,
+            };
+            self.streams.insert(r.stream_id, s);
+        }
     }
 
     fn on_loaded(&mut self, key: String, row: Result<Option<TimStreamRow>, String>) {

@@ -257,6 +257,42 @@ async fn an_idle_stream_is_finished_by_the_relay() {
 }
 
 #[tokio::test]
+async fn a_stream_left_open_by_a_restart_is_finished_after_it() {
+    // First run: two chunks, no finish, and the relay stops before the stream goes idle.
+    let first = rig(100, 100, Duration::from_secs(60)).await;
+    let (store, fake) = (first.store.clone(), first.fake.clone());
+    all_acked(vec![
+        first.push("u1", "st1", "hello, ", false, 1),
+        first.push("u1", "st1", "world", false, 2),
+    ])
+    .await;
+    first.stop().await;
+    assert!(
+        !store
+            .tim_stream("shop", "st1")
+            .await
+            .unwrap()
+            .unwrap()
+            .finished
+    );
+    assert_eq!(store.tim_open_streams("shop", 10).await.unwrap().len(), 1);
+
+    // Second run: no chunk of it ever arrives; the relay finishes it, with its MsgKey.
+    let second = rig_with(store.clone(), fake.clone(), 100, Duration::from_millis(200));
+    second.finished(1, Duration::from_secs(5)).await;
+    let st = fake.with(|s| s.streams.values().next().cloned()).unwrap();
+    assert_eq!(st.text, "hello, world");
+    assert_eq!(fake.with(|s| s.bad_keys), 0, "the same MsgKey was carried");
+    let row = store.tim_stream("shop", "st1").await.unwrap().unwrap();
+    assert!(row.finished);
+    assert!(store.tim_open_streams("shop", 10).await.unwrap().is_empty());
+    let events = store.events(kind::TIM, "shop", "u1").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "stream.result");
+    second.stop().await;
+}
+
+#[tokio::test]
 async fn a_final_error_fails_the_stream_with_its_code() {
     let r = rig(100, 100, Duration::from_secs(30)).await;
     r.fake.with(|s| s.stream_faults.push_back(10004));
