@@ -50,7 +50,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
-            tracing::info!(listen = %listener.local_addr()?, "CEC simulator listening");
+            tracing::info!(listen = %listener.local_addr()?, "Simulator of CEC and Tencent IM listening");
             let cancel = tokio_util::sync::CancellationToken::new();
             let c = cancel.clone();
             tokio::spawn(async move {
