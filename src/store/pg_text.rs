@@ -76,6 +76,11 @@ pub(crate) fn json(body: &str) -> String {
 
 /// A transcript row PostgreSQL can store.
 pub(crate) fn row(mut r: MessageRow) -> MessageRow {
+    fix_row(&mut r);
+    r
+}
+
+fn fix_row(r: &mut MessageRow) {
     for f in [
         &mut r.message_id,
         &mut r.message_code,
@@ -89,13 +94,12 @@ pub(crate) fn row(mut r: MessageRow) -> MessageRow {
         fix_opt(f);
     }
     fix_json(&mut r.body);
-    r
 }
 
 /// A commit PostgreSQL can store.
 pub(crate) fn commit(mut c: Commit) -> Commit {
     for d in &mut c.down {
-        d.row = row(std::mem::replace(&mut d.row, empty_row()));
+        fix_row(&mut d.row);
     }
     for e in &mut c.events {
         fix_json(&mut e.body);
@@ -119,29 +123,6 @@ pub(crate) fn commit(mut c: Commit) -> Commit {
         fix_opt(&mut o.result_desc);
     }
     c
-}
-
-fn empty_row() -> MessageRow {
-    MessageRow {
-        relay_id: String::new(),
-        kind: String::new(),
-        tenant: String::new(),
-        user_id: String::new(),
-        session_id: None,
-        direction: super::Direction::Down,
-        message_id: None,
-        message_code: None,
-        source_type: None,
-        control_type: None,
-        media_type: None,
-        content: None,
-        body: String::new(),
-        status: super::MessageStatus::Received,
-        result_code: None,
-        result_desc: None,
-        stream_seq: None,
-        created_at: time::OffsetDateTime::UNIX_EPOCH,
-    }
 }
 
 #[cfg(test)]
