@@ -21,6 +21,8 @@
 //! | `ccrelay_redeliveries_total` | counter | `consumer` |
 //! | `ccrelay_store_commit_seconds` | histogram | |
 //! | `ccrelay_store_errors_total` | counter | `retryable` |
+//! | `ccrelay_store_batches_total` | counter | (transactions of group commit) |
+//! | `ccrelay_store_writes_total` | counter | (writes in them; ÷ batches = mean batch size) |
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
@@ -150,4 +152,10 @@ pub fn store_commit(took: Duration, error: Option<bool>) {
         counter!("ccrelay_store_errors_total", "retryable" => if retryable { "true" } else { "false" })
             .increment(1);
     }
+}
+
+/// Group commit applied a batch of `writes` writes in one transaction.
+pub fn store_batch(writes: usize) {
+    counter!("ccrelay_store_batches_total").increment(1);
+    counter!("ccrelay_store_writes_total").increment(writes as u64);
 }

@@ -37,12 +37,21 @@
 //! events. Transcripts, events, satisfactions and offline
 //! messages read back ordered by `created_at`, ties in insertion order.
 //!
+//! **Group commit.** The writes ([`Write`]) of many tasks share transactions: [`connect`] wraps
+//! the backend in [`group::GroupCommit`], which queues each caller's write and applies what has
+//! queued up in order in one transaction ([`Store::write_batch`]), so a thousand callers cost a
+//! handful of commits (fsyncs) instead of a thousand, and SQLite's one write lock is never fought
+//! over. Each caller still gets its own result, and its write is still all or nothing: when a
+//! batch fails for a reason other than the database being away, its writes are applied again one
+//! by one, so a bad write fails alone.
+//!
 //! Bodies must be JSON (both stores refuse anything else; PostgreSQL's `jsonb` also refuses the
 //! escape `\u0000`). A commit that names a session which does not exist (`SetState`, `Close`, a
 //! touch, a row's `session_id`) or an up outcome whose row was never begun is a bug in the
 //! caller: it fails, non-retryably, and nothing of it is kept. `SetState` and `Close` on a
 //! closed session change nothing.
 
+pub mod group;
 mod pg_text;
 pub mod postgres;
 pub mod sqlite;
@@ -67,6 +76,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The transaction this write shared with others failed (see [`group`]); the error is the
+    /// batch's, so retrying is as sensible as it says.
+    #[error("{0}")]
+    Batch(Arc<StoreError>),
 }
 
 impl StoreError {
@@ -75,6 +88,7 @@ impl StoreError {
         match self {
             StoreError::Unavailable(_) => true,
             StoreError::Query(e) => is_transient(e),
+            StoreError::Batch(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -674,11 +688,27 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<()>;
 
+    /// Applies `writes`, in order, in one transaction — one commit, one fsync — and returns what
+    /// each did; or the error that rolled all of them back. A backend may rewrite a write in
+    /// place into what its database can store (PostgreSQL replaces NULs), which is why it takes
+    /// them mutably: after an error they can be applied again as they are.
+    async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>>;
+
     /// Applies everything in `commit` in one transaction.
-    async fn commit(&self, commit: Commit) -> Result<Committed>;
+    async fn commit(&self, commit: Commit) -> Result<Committed> {
+        match one(self, Write::Commit(commit)).await? {
+            Written::Committed(c) => Ok(c),
+            other => Err(mismatch("commit", &other)),
+        }
+    }
 
     /// Records an uplink message as Pending, unless its (kind, tenant, user, message_id) exists.
-    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin>;
+    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
+        match one(self, Write::BeginUp(row.clone())).await? {
+            Written::Begun(b) => Ok(b),
+            other => Err(mismatch("begin_up", &other)),
+        }
+    }
 
     /// The not-closed session of a user, if any.
     async fn open_session(
@@ -697,12 +727,23 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Session>>;
     /// Stores a user's new `ccmessaging-token` (or clears it).
-    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()>;
+    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
+        let w = Write::SessionToken {
+            session_id: session_id.to_owned(),
+            token: token.map(str::to_owned),
+        };
+        one(self, w).await.map(drop)
+    }
 
     /// The oldest `limit` outbox rows, in commit order.
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>>;
     /// Deletes published rows.
-    async fn outbox_done(&self, seqs: &[i64]) -> Result<()>;
+    async fn outbox_done(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        one(self, Write::OutboxDone(seqs.to_vec())).await.map(drop)
+    }
     async fn outbox_stats(&self) -> Result<OutboxStats>;
 
     /// A user's transcript, both directions, oldest first.
@@ -734,7 +775,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts or updates the stream `row` (keyed by (app, stream_id)) and applies `commit`
     /// (its events) in the same transaction.
-    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed>;
+    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
+        match one(self, Write::TimStream(row.clone(), commit)).await? {
+            Written::Committed(c) => Ok(c),
+            other => Err(mismatch("tim_stream_save", &other)),
+        }
+    }
     /// One stream, by app and `streamId`.
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>>;
     /// A user's streams, oldest first.
@@ -744,7 +790,12 @@ pub trait Store: Send + Sync + 'static {
     async fn tim_open_streams(&self, app: &str, limit: i64) -> Result<Vec<TimStreamRow>>;
     /// Stores a callback and applies `commit` (its transcript row and outbox message, when it
     /// is published) in the same transaction.
-    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed>;
+    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
+        match one(self, Write::TimCallback(row.clone(), commit)).await? {
+            Written::Committed(c) => Ok(c),
+            other => Err(mismatch("tim_callback_save", &other)),
+        }
+    }
     /// The callbacks of an app, oldest first, at most `limit`.
     async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>>;
 
@@ -766,6 +817,66 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_file(&self, done: &FileDone) -> Result<bool>;
     /// Files of a user, oldest first.
     async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>>;
+}
+
+/// One caller's write: what [`Store::write_batch`] applies, many to a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// [`Store::commit`].
+    Commit(Commit),
+    /// [`Store::begin_up`]: the up row to record as Pending.
+    BeginUp(MessageRow),
+    /// [`Store::set_session_token`].
+    SessionToken {
+        session_id: String,
+        token: Option<String>,
+    },
+    /// [`Store::outbox_done`]: the published rows' seqs.
+    OutboxDone(Vec<i64>),
+    /// [`Store::tim_stream_save`].
+    TimStream(TimStreamRow, Commit),
+    /// [`Store::tim_callback_save`].
+    TimCallback(TimCallbackRow, Commit),
+}
+
+impl Write {
+    /// The name of the [`Store`] method it stands for (metrics, logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Write::Commit(_) => "commit",
+            Write::BeginUp(_) => "begin_up",
+            Write::SessionToken { .. } => "set_session_token",
+            Write::OutboxDone(_) => "outbox_done",
+            Write::TimStream(..) => "tim_stream_save",
+            Write::TimCallback(..) => "tim_callback_save",
+        }
+    }
+}
+
+/// What one [`Write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// A commit (also of a stream or a callback save).
+    Committed(Committed),
+    /// What `begin_up` found.
+    Begun(UpBegin),
+    /// A token set or outbox rows deleted.
+    Done,
+}
+
+/// Applies one write as a batch of its own.
+async fn one<S: Store + ?Sized>(store: &S, w: Write) -> Result<Written> {
+    let mut writes = [w];
+    store
+        .write_batch(&mut writes)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("a batch of one write returned nothing".into()))
+}
+
+/// A backend answered a write with another write's kind of result: a bug.
+fn mismatch(what: &str, got: &Written) -> StoreError {
+    StoreError::Corrupt(format!("{what} was answered with {got:?}"))
 }
 
 /// A Tencent robot stream as stored (table `tim_streams`).
@@ -811,12 +922,15 @@ pub struct TimCallbackRow {
 /// A shared handle to whichever store the configuration names.
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store named by `url` (`sqlite:` or `postgres:`), without migrating.
+/// Opens the store named by `url` (`sqlite:` or `postgres:`), without migrating, behind group
+/// commit ([`group::GroupCommit`]; SQLite with one writer, PostgreSQL with [`group::PG_WRITERS`]).
 pub async fn connect(url: &str) -> Result<DynStore> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+        let inner = Arc::new(sqlite::SqliteStore::connect(url).await?);
+        Ok(Arc::new(group::GroupCommit::new(inner, 1)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+        let inner = Arc::new(postgres::PgStore::connect(url).await?);
+        Ok(Arc::new(group::GroupCommit::new(inner, group::PG_WRITERS)))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
     }

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use super::{Commit, MessageRow};
+use super::{Commit, MessageRow, Write};
 
 fn fix(s: &mut String) {
     if s.contains('\0') {
@@ -74,12 +74,6 @@ pub(crate) fn json(body: &str) -> String {
     body
 }
 
-/// A transcript row PostgreSQL can store.
-pub(crate) fn row(mut r: MessageRow) -> MessageRow {
-    fix_row(&mut r);
-    r
-}
-
 fn fix_row(r: &mut MessageRow) {
     for f in [
         &mut r.message_id,
@@ -96,8 +90,27 @@ fn fix_row(r: &mut MessageRow) {
     fix_json(&mut r.body);
 }
 
-/// A commit PostgreSQL can store.
-pub(crate) fn commit(mut c: Commit) -> Commit {
+/// Rewrites `w`, in place, into what PostgreSQL can store (twice changes nothing more).
+pub(crate) fn write(w: &mut Write) {
+    match w {
+        Write::Commit(c) => fix_commit(c),
+        Write::BeginUp(r) => fix_row(r),
+        Write::SessionToken { token, .. } => fix_opt(token),
+        Write::OutboxDone(_) => {}
+        Write::TimStream(row, c) => {
+            fix(&mut row.text);
+            fix_opt(&mut row.error_info);
+            fix_commit(c);
+        }
+        Write::TimCallback(row, c) => {
+            fix_json(&mut row.body);
+            fix_commit(c);
+        }
+    }
+}
+
+/// Makes a commit one PostgreSQL can store.
+fn fix_commit(c: &mut Commit) {
     for d in &mut c.down {
         fix_row(&mut d.row);
     }
@@ -122,7 +135,6 @@ pub(crate) fn commit(mut c: Commit) -> Commit {
         fix(&mut o.result_code);
         fix_opt(&mut o.result_desc);
     }
-    c
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use super::{
     Commit, Committed, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
     MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
     Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState, Store,
-    StoreError, TimCallbackRow, TimStreamRow, UpBegin, classify, from_unix_micros, invalid,
-    unix_micros,
+    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, classify, from_unix_micros,
+    invalid, unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -690,6 +690,145 @@ impl PgStore {
     }
 }
 
+/// One [`Write`] inside the transaction `conn` is in.
+async fn apply_write(conn: &mut PgConnection, w: &Write) -> Result<Written> {
+    Ok(match w {
+        Write::Commit(c) => Written::Committed(apply(conn, c).await?),
+        Write::BeginUp(row) => Written::Begun(begin_up_on(conn, row).await?),
+        Write::SessionToken { session_id, token } => {
+            set_token_on(conn, session_id, token.as_deref()).await?;
+            Written::Done
+        }
+        Write::OutboxDone(seqs) => {
+            outbox_done_on(conn, seqs).await?;
+            Written::Done
+        }
+        Write::TimStream(row, c) => Written::Committed(tim_stream_on(conn, row, c).await?),
+        Write::TimCallback(row, c) => Written::Committed(tim_callback_on(conn, row, c).await?),
+    })
+}
+
+async fn begin_up_on(conn: &mut PgConnection, row: &MessageRow) -> Result<UpBegin> {
+    if row.direction != Direction::Up {
+        return Err(invalid("begin_up takes an up row"));
+    }
+    let Some(message_id) = &row.message_id else {
+        return Err(invalid("begin_up needs the up row's message_id"));
+    };
+    let r = sqlx::query(INSERT_UP)
+        .bind(&row.relay_id)
+        .bind(&row.kind)
+        .bind(&row.tenant)
+        .bind(&row.user_id)
+        .bind(&row.session_id)
+        .bind(message_id)
+        .bind(&row.message_code)
+        .bind(&row.source_type)
+        .bind(&row.control_type)
+        .bind(&row.media_type)
+        .bind(&row.content)
+        .bind(&row.body)
+        .bind(&row.result_code)
+        .bind(&row.result_desc)
+        .bind(row.stream_seq)
+        .bind(Ts::of(row.created_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() == 1 {
+        return Ok(UpBegin::New);
+    }
+    let status: String = sqlx::query_scalar(UP_STATUS)
+        .bind(&row.kind)
+        .bind(&row.tenant)
+        .bind(&row.user_id)
+        .bind(message_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(match MessageStatus::parse(&status)? {
+        MessageStatus::Pending => UpBegin::Pending,
+        done => UpBegin::Done(done),
+    })
+}
+
+async fn set_token_on(
+    conn: &mut PgConnection,
+    session_id: &str,
+    token: Option<&str>,
+) -> Result<()> {
+    let r = sqlx::query("UPDATE sessions SET token = $2 WHERE id = $1")
+        .bind(session_id)
+        .bind(token)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "session {session_id:?} does not exist"
+        )));
+    }
+    Ok(())
+}
+
+async fn outbox_done_on(conn: &mut PgConnection, seqs: &[i64]) -> Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
+        .bind(seqs)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+async fn tim_stream_on(
+    conn: &mut PgConnection,
+    row: &TimStreamRow,
+    commit: &Commit,
+) -> Result<Committed> {
+    sqlx::query(TIM_STREAM_UPSERT)
+        .bind(row.app.clone())
+        .bind(row.user_id.clone())
+        .bind(row.stream_id.clone())
+        .bind(row.from_account.clone())
+        .bind(row.msg_key.clone())
+        .bind(&row.text)
+        .bind(row.chunks)
+        .bind(row.calls)
+        .bind(row.last_seq)
+        .bind(row.finished)
+        .bind(row.status.as_str())
+        .bind(row.error_code.clone())
+        .bind(&row.error_info)
+        .bind(Ts::of(row.created_at))
+        .bind(Ts::of(row.updated_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    apply(conn, commit).await
+}
+
+async fn tim_callback_on(
+    conn: &mut PgConnection,
+    row: &TimCallbackRow,
+    commit: &Commit,
+) -> Result<Committed> {
+    sqlx::query(TIM_CALLBACK_INSERT)
+        .bind(row.relay_id.clone())
+        .bind(row.app.clone())
+        .bind(row.user_id.clone())
+        .bind(row.command.clone())
+        .bind(&row.body)
+        .bind(row.published)
+        .bind(Ts::of(row.created_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    apply(conn, commit).await
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
@@ -707,61 +846,21 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn commit(&self, commit: Commit) -> Result<Committed> {
-        if commit.is_empty() {
-            return Ok(Committed::default());
+    async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
-        let commit = super::pg_text::commit(commit);
+        for w in writes.iter_mut() {
+            super::pg_text::write(w);
+        }
         let mut tx = self.pool.begin().await.map_err(classify)?;
         // On error `tx` is dropped, which rolls everything back.
-        let done = apply(&mut tx, &commit).await?;
+        let mut done = Vec::with_capacity(writes.len());
+        for w in writes.iter() {
+            done.push(apply_write(&mut tx, w).await?);
+        }
         tx.commit().await.map_err(classify)?;
         Ok(done)
-    }
-
-    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
-        if row.direction != Direction::Up {
-            return Err(invalid("begin_up takes an up row"));
-        }
-        let row = &super::pg_text::row(row.clone());
-        let Some(message_id) = &row.message_id else {
-            return Err(invalid("begin_up needs the up row's message_id"));
-        };
-        let r = sqlx::query(INSERT_UP)
-            .bind(&row.relay_id)
-            .bind(&row.kind)
-            .bind(&row.tenant)
-            .bind(&row.user_id)
-            .bind(&row.session_id)
-            .bind(message_id)
-            .bind(&row.message_code)
-            .bind(&row.source_type)
-            .bind(&row.control_type)
-            .bind(&row.media_type)
-            .bind(&row.content)
-            .bind(&row.body)
-            .bind(&row.result_code)
-            .bind(&row.result_desc)
-            .bind(row.stream_seq)
-            .bind(Ts::of(row.created_at))
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 1 {
-            return Ok(UpBegin::New);
-        }
-        let status: String = sqlx::query_scalar(UP_STATUS)
-            .bind(&row.kind)
-            .bind(&row.tenant)
-            .bind(&row.user_id)
-            .bind(message_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?;
-        Ok(match MessageStatus::parse(&status)? {
-            MessageStatus::Pending => UpBegin::Pending,
-            done => UpBegin::Done(done),
-        })
     }
 
     async fn open_session(
@@ -829,21 +928,6 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
-        let r = sqlx::query("UPDATE sessions SET token = $2 WHERE id = $1")
-            .bind(session_id)
-            .bind(token)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "session {session_id:?} does not exist"
-            )));
-        }
-        Ok(())
-    }
-
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         sqlx::query(
             "SELECT seq, msg_id, subject, payload, created_at FROM outbox o \
@@ -866,18 +950,6 @@ impl Store for PgStore {
             })
         })
         .collect()
-    }
-
-    async fn outbox_done(&self, seqs: &[i64]) -> Result<()> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
-            .bind(seqs)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        Ok(())
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
@@ -978,34 +1050,6 @@ impl Store for PgStore {
         self.pool.close().await;
     }
 
-    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
-        let commit = super::pg_text::commit(commit);
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query(TIM_STREAM_UPSERT)
-            .bind(row.app.clone())
-            .bind(row.user_id.clone())
-            .bind(row.stream_id.clone())
-            .bind(row.from_account.clone())
-            .bind(row.msg_key.clone())
-            .bind(super::pg_text::owned(&row.text))
-            .bind(row.chunks)
-            .bind(row.calls)
-            .bind(row.last_seq)
-            .bind(row.finished)
-            .bind(row.status.as_str())
-            .bind(row.error_code.clone())
-            .bind(super::pg_text::owned_opt(&row.error_info))
-            .bind(Ts::of(row.created_at))
-            .bind(Ts::of(row.updated_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        // On error `tx` is dropped, which rolls everything back.
-        let done = apply(&mut tx, &commit).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(done)
-    }
-
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
         let sql = format!(
             "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = $1 AND stream_id = $2"
@@ -1052,25 +1096,6 @@ impl Store for PgStore {
             .iter()
             .map(tim_stream_from_row)
             .collect()
-    }
-
-    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
-        let commit = super::pg_text::commit(commit);
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query(TIM_CALLBACK_INSERT)
-            .bind(row.relay_id.clone())
-            .bind(row.app.clone())
-            .bind(row.user_id.clone())
-            .bind(row.command.clone())
-            .bind(super::pg_text::json(&row.body))
-            .bind(row.published)
-            .bind(Ts::of(row.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let done = apply(&mut tx, &commit).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(done)
     }
 
     async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>> {

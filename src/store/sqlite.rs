@@ -24,8 +24,8 @@ use super::{
     Commit, Committed, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
     MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
     Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState, Store,
-    StoreError, TimCallbackRow, TimStreamRow, UpBegin, classify, from_unix_micros, invalid,
-    unix_micros,
+    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, classify, from_unix_micros,
+    invalid, unix_micros,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -659,6 +659,131 @@ impl SqliteStore {
     }
 }
 
+/// One [`Write`] inside the transaction `conn` is in.
+async fn apply_write(conn: &mut SqliteConnection, w: &Write) -> Result<Written> {
+    Ok(match w {
+        Write::Commit(c) => Written::Committed(apply(conn, c).await?),
+        Write::BeginUp(row) => Written::Begun(begin_up_on(conn, row).await?),
+        Write::SessionToken { session_id, token } => {
+            set_token_on(conn, session_id, token.as_deref()).await?;
+            Written::Done
+        }
+        Write::OutboxDone(seqs) => {
+            outbox_done_on(conn, seqs).await?;
+            Written::Done
+        }
+        Write::TimStream(row, c) => Written::Committed(tim_stream_on(conn, row, c).await?),
+        Write::TimCallback(row, c) => Written::Committed(tim_callback_on(conn, row, c).await?),
+    })
+}
+
+async fn begin_up_on(conn: &mut SqliteConnection, row: &MessageRow) -> Result<UpBegin> {
+    if row.direction != Direction::Up {
+        return Err(invalid("begin_up takes an up row"));
+    }
+    let Some(message_id) = &row.message_id else {
+        return Err(invalid("begin_up needs the up row's message_id"));
+    };
+    let r = bind_message(sqlx::query(INSERT_UP), row, MessageStatus::Pending)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() == 1 {
+        return Ok(UpBegin::New);
+    }
+    let status: String = sqlx::query_scalar(UP_STATUS)
+        .bind(row.kind.clone())
+        .bind(row.tenant.clone())
+        .bind(row.user_id.clone())
+        .bind(message_id.clone())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(match MessageStatus::parse(&status)? {
+        MessageStatus::Pending => UpBegin::Pending,
+        done => UpBegin::Done(done),
+    })
+}
+
+async fn set_token_on(
+    conn: &mut SqliteConnection,
+    session_id: &str,
+    token: Option<&str>,
+) -> Result<()> {
+    let r = sqlx::query("UPDATE sessions SET token = ?2 WHERE id = ?1")
+        .bind(session_id.to_owned())
+        .bind(token.map(str::to_owned))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "session {session_id:?} does not exist"
+        )));
+    }
+    Ok(())
+}
+
+async fn outbox_done_on(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    // One statement whatever the count: the seqs travel as one JSON array.
+    let list = serde_json::to_string(seqs).map_err(|e| invalid(e.to_string()))?;
+    sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))")
+        .bind(list)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+async fn tim_stream_on(
+    conn: &mut SqliteConnection,
+    row: &TimStreamRow,
+    commit: &Commit,
+) -> Result<Committed> {
+    sqlx::query(TIM_STREAM_UPSERT)
+        .bind(row.app.clone())
+        .bind(row.user_id.clone())
+        .bind(row.stream_id.clone())
+        .bind(row.from_account.clone())
+        .bind(row.msg_key.clone())
+        .bind(row.text.clone())
+        .bind(row.chunks)
+        .bind(row.calls)
+        .bind(row.last_seq)
+        .bind(i64::from(row.finished))
+        .bind(row.status.as_str())
+        .bind(row.error_code.clone())
+        .bind(row.error_info.clone())
+        .bind(unix_micros(row.created_at))
+        .bind(unix_micros(row.updated_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    apply(conn, commit).await
+}
+
+async fn tim_callback_on(
+    conn: &mut SqliteConnection,
+    row: &TimCallbackRow,
+    commit: &Commit,
+) -> Result<Committed> {
+    sqlx::query(TIM_CALLBACK_INSERT)
+        .bind(row.relay_id.clone())
+        .bind(row.app.clone())
+        .bind(row.user_id.clone())
+        .bind(row.command.clone())
+        .bind(row.body.clone())
+        .bind(i64::from(row.published))
+        .bind(unix_micros(row.created_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    apply(conn, commit).await
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
@@ -676,9 +801,9 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn commit(&self, commit: Commit) -> Result<Committed> {
-        if commit.is_empty() {
-            return Ok(Committed::default());
+    async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
         let mut tx = self
             .pool
@@ -686,37 +811,12 @@ impl Store for SqliteStore {
             .await
             .map_err(classify)?;
         // On error `tx` is dropped, which rolls everything back.
-        let done = apply(&mut tx, &commit).await?;
+        let mut done = Vec::with_capacity(writes.len());
+        for w in writes.iter() {
+            done.push(apply_write(&mut tx, w).await?);
+        }
         tx.commit().await.map_err(classify)?;
         Ok(done)
-    }
-
-    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
-        if row.direction != Direction::Up {
-            return Err(invalid("begin_up takes an up row"));
-        }
-        let Some(message_id) = &row.message_id else {
-            return Err(invalid("begin_up needs the up row's message_id"));
-        };
-        let r = bind_message(sqlx::query(INSERT_UP), row, MessageStatus::Pending)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 1 {
-            return Ok(UpBegin::New);
-        }
-        let status: String = sqlx::query_scalar(UP_STATUS)
-            .bind(row.kind.clone())
-            .bind(row.tenant.clone())
-            .bind(row.user_id.clone())
-            .bind(message_id.clone())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?;
-        Ok(match MessageStatus::parse(&status)? {
-            MessageStatus::Pending => UpBegin::Pending,
-            done => UpBegin::Done(done),
-        })
     }
 
     async fn open_session(
@@ -783,21 +883,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
-        let r = sqlx::query("UPDATE sessions SET token = ?2 WHERE id = ?1")
-            .bind(session_id.to_owned())
-            .bind(token.map(str::to_owned))
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "session {session_id:?} does not exist"
-            )));
-        }
-        Ok(())
-    }
-
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         sqlx::query(
             "SELECT seq, msg_id, subject, payload, created_at FROM outbox o \
@@ -820,20 +905,6 @@ impl Store for SqliteStore {
             })
         })
         .collect()
-    }
-
-    async fn outbox_done(&self, seqs: &[i64]) -> Result<()> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        // One statement whatever the count: the seqs travel as one JSON array.
-        let list = serde_json::to_string(seqs).map_err(|e| invalid(e.to_string()))?;
-        sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))")
-            .bind(list)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        Ok(())
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
@@ -934,37 +1005,6 @@ impl Store for SqliteStore {
         self.pool.close().await;
     }
 
-    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        sqlx::query(TIM_STREAM_UPSERT)
-            .bind(row.app.clone())
-            .bind(row.user_id.clone())
-            .bind(row.stream_id.clone())
-            .bind(row.from_account.clone())
-            .bind(row.msg_key.clone())
-            .bind(row.text.clone())
-            .bind(row.chunks)
-            .bind(row.calls)
-            .bind(row.last_seq)
-            .bind(i64::from(row.finished))
-            .bind(row.status.as_str())
-            .bind(row.error_code.clone())
-            .bind(row.error_info.clone())
-            .bind(unix_micros(row.created_at))
-            .bind(unix_micros(row.updated_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        // On error `tx` is dropped, which rolls everything back.
-        let done = apply(&mut tx, &commit).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(done)
-    }
-
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
         let sql = format!(
             "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = ?1 AND stream_id = ?2"
@@ -1011,28 +1051,6 @@ impl Store for SqliteStore {
             .iter()
             .map(tim_stream_from_row)
             .collect()
-    }
-
-    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        sqlx::query(TIM_CALLBACK_INSERT)
-            .bind(row.relay_id.clone())
-            .bind(row.app.clone())
-            .bind(row.user_id.clone())
-            .bind(row.command.clone())
-            .bind(row.body.clone())
-            .bind(i64::from(row.published))
-            .bind(unix_micros(row.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let done = apply(&mut tx, &commit).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(done)
     }
 
     async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>> {

@@ -191,6 +191,8 @@ contract_tests!(
     a_held_down_holds_back_its_subject_until_its_file_is_finished,
     a_failed_file_releases_its_down_and_records_the_error,
     files_follow_their_downs_and_are_refused_without_one,
+    many_writers_share_transactions_and_a_bad_write_fails_alone,
+    every_kind_of_write_goes_through_group_commit,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1599,6 +1601,131 @@ async fn concurrent_writers_all_commit(db: Db) {
             COMMITS
         );
     }
+}
+
+/// A group-commit store of its own on `db`'s database, to count its batches.
+async fn group_on(db: &Db) -> group::GroupCommit {
+    let inner: DynStore = if db.url.starts_with("sqlite:") {
+        Arc::new(
+            crate::store::sqlite::SqliteStore::connect(&db.url)
+                .await
+                .unwrap(),
+        )
+    } else {
+        Arc::new(
+            crate::store::postgres::PgStore::connect(&db.url)
+                .await
+                .unwrap(),
+        )
+    };
+    group::GroupCommit::new(inner, 2)
+}
+
+async fn many_writers_share_transactions_and_a_bad_write_fails_alone(db: Db) {
+    const WRITERS: usize = 300;
+    const BAD: usize = 137;
+    let group = Arc::new(group_on(&db).await);
+    let store: DynStore = group.clone();
+    let s = session("shared", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let mut handles = Vec::new();
+    for i in 0..WRITERS {
+        let (store, start, sid) = (store.clone(), start.clone(), s.id.clone());
+        handles.push(tokio::spawn(async move {
+            start.wait().await;
+            let user = format!("g{i}");
+            let mut d = down(&user, Some(&format!("c{i}")), "x", at(i as i64));
+            d.row.session_id = Some(sid.clone());
+            let mut commit = Commit {
+                down: vec![d],
+                events: vec![event(&user, "poll", at(i as i64))],
+                ..Commit::default()
+            };
+            if i == BAD {
+                // Names a session that does not exist: a bug in the caller, refused for good.
+                commit.sessions.push(SessionChange::SetState {
+                    id: "no-such-session".into(),
+                    state: SessionState::Active,
+                });
+            }
+            let begun = store
+                .begin_up(&up_row(&user, &format!("m{i}"), at(0)))
+                .await;
+            (store.commit(commit).await, begun)
+        }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let (committed, begun) = h.await.expect("writer task");
+        assert_eq!(begun.unwrap(), UpBegin::New, "writer {i}");
+        match committed {
+            Ok(c) => {
+                assert_ne!(i, BAD, "the bad write was taken");
+                assert_eq!(c.inserted_down.len(), 1, "writer {i}");
+            }
+            Err(e) => {
+                assert_eq!(i, BAD, "writer {i} failed: {e}");
+                assert!(!e.is_retryable(), "{e:?}");
+            }
+        }
+    }
+    for i in 0..WRITERS {
+        let rows = transcript(&store, &format!("g{i}")).await;
+        // The up row, and the down unless it was the bad write's (rolled back with it).
+        assert_eq!(rows.len(), if i == BAD { 1 } else { 2 }, "writer {i}");
+    }
+    assert_eq!(
+        store_outbox_len(&store).await,
+        ((WRITERS - 1) * 2) as i64,
+        "every good write's down and event, nothing of the bad one"
+    );
+    // 1 + 2 × 300 writes, queued all at once: they shared transactions (and the bad write's
+    // batch was applied again one by one, which the count leaves out).
+    assert!(
+        group.batches() < (WRITERS as u64) / 2,
+        "{} batches for {} writes",
+        group.batches(),
+        2 * WRITERS + 1
+    );
+}
+
+async fn every_kind_of_write_goes_through_group_commit(db: Db) {
+    let group = group_on(&db).await;
+    let s = session("kinds", SessionState::Active, at(0));
+    group.commit(open(&s)).await.unwrap();
+    group.set_session_token(&s.id, Some("tok")).await.unwrap();
+    assert!(
+        group
+            .set_session_token("no-such-session", Some("tok"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        group.begin_up(&up_row("kinds", "m1", at(1))).await.unwrap(),
+        UpBegin::New
+    );
+    group
+        .commit(downs(vec![down("kinds", None, "x", at(2))]))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = group
+        .outbox_pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs.len(), 1);
+    group.outbox_done(&seqs).await.unwrap();
+    assert_eq!(store_outbox_len(&db.store).await, 0);
+    // Each write above was alone in the queue: one batch each, the failed one included.
+    assert_eq!(group.batches(), 6);
+    let stored = db
+        .store
+        .open_session(kind::CEC, TENANT, "kinds")
+        .await
+        .unwrap();
+    assert_eq!(stored.and_then(|s| s.token).as_deref(), Some("tok"));
 }
 
 async fn store_outbox_len(store: &DynStore) -> i64 {

@@ -1,0 +1,345 @@
+//! Group commit: many callers' writes share one transaction.
+//!
+//! Every write of the relay is small (a poll answer's rows, an up row, an outcome, published
+//! outbox seqs) and must be durable before the caller goes on — which on SQLite at
+//! `synchronous = FULL` is an fsync, and on either database a round trip for `COMMIT`. Done one by
+//! one, thousands of them a second queue on the fsync (SQLite's single write lock makes the
+//! others sleep in its busy handler). [`GroupCommit`] queues each caller's [`Write`] instead; a
+//! writer task takes whatever has queued up (at most [`MAX_BATCH`]) and applies it in order in one
+//! transaction with [`Store::write_batch`], then answers every caller. While one batch commits,
+//! the next one fills, so the batch size follows the load: one write when idle (no added wait),
+//! hundreds under load.
+//!
+//! Each caller keeps the all-or-nothing of its own write: a batch that fails for a reason other
+//! than the database being away (a bad write, a constraint) is applied again one write at a time,
+//! so only the bad write fails. A batch that fails because the database is away fails every
+//! write in it with the same retryable error ([`StoreError::Batch`]), and the callers retry as
+//! they would have.
+//!
+//! Writes are applied in the order they were queued, so a caller that waits for its write before
+//! making the next one (as every caller does) sees them applied in its order. A write whose caller
+//! stopped waiting is still applied: the callers' writes are idempotent (keys, `ON CONFLICT`).
+//! Reads go straight to the backend.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{
+    Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, OfflineRow,
+    OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session, SessionState, Store,
+    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, mismatch,
+};
+
+/// Most writes in one transaction. Large enough that a full queue drains in a few commits, small
+/// enough that one transaction stays short (SQLite's readers see the WAL grow by its size).
+pub const MAX_BATCH: usize = 512;
+/// Writes waiting for a writer, at most; a caller beyond waits for room (back-pressure).
+const QUEUE: usize = 8 * MAX_BATCH;
+/// Writer tasks for PostgreSQL. One, like SQLite: two writers' batches update the same rows
+/// (sessions touched by polls and sends) in different orders and deadlock, which PostgreSQL
+/// only notices after `deadlock_timeout` (1 s) — measured, S3 fell from thousands of messages a
+/// second to 207. One writer with large batches is faster than two that wait for each other.
+pub const PG_WRITERS: usize = 1;
+
+/// One queued write and where its answer goes.
+struct Job {
+    write: Write,
+    reply: oneshot::Sender<Result<Written>>,
+}
+
+/// A [`Store`] whose writes go through group commit; see the module docs.
+pub struct GroupCommit {
+    inner: Arc<dyn Store>,
+    queue: mpsc::Sender<Job>,
+    closed: AtomicBool,
+    /// Transactions applied so far (tests, diagnostics).
+    batches: Arc<AtomicU64>,
+}
+
+impl GroupCommit {
+    /// Wraps `inner`, with `writers` writer tasks (at least one) on the current tokio runtime.
+    /// They end when the `GroupCommit` is dropped, after applying what was queued.
+    pub fn new(inner: Arc<dyn Store>, writers: usize) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let batches = Arc::new(AtomicU64::new(0));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(writer(inner.clone(), rx.clone(), batches.clone()));
+        }
+        GroupCommit {
+            inner,
+            queue,
+            closed: AtomicBool::new(false),
+            batches,
+        }
+    }
+
+    /// How many batches (transactions, retries of a failed batch's writes not counted) the
+    /// writers have applied.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Queues `write` and waits for its result.
+    async fn submit(&self, write: Write) -> Result<Written> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))?;
+        // The writer answers every job it takes; it only drops one when its task is torn down
+        // (the runtime stopping).
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
+    }
+}
+
+/// Takes what has queued up, applies it as one batch, answers; until the queue is closed.
+async fn writer(
+    store: Arc<dyn Store>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    batches: Arc<AtomicU64>,
+) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        batches.fetch_add(1, Ordering::Relaxed);
+        apply(store.as_ref(), &mut jobs).await;
+    }
+}
+
+/// Applies `jobs` (emptying it) and answers each.
+async fn apply(store: &dyn Store, jobs: &mut Vec<Job>) {
+    let (mut writes, replies): (Vec<Write>, Vec<_>) =
+        jobs.drain(..).map(|j| (j.write, j.reply)).unzip();
+    crate::instrument::store_batch(writes.len());
+    match store.write_batch(&mut writes).await {
+        Ok(done) if done.len() == writes.len() => {
+            for (reply, d) in replies.into_iter().zip(done) {
+                let _ = reply.send(Ok(d));
+            }
+        }
+        Ok(done) => {
+            let e = Arc::new(StoreError::Corrupt(format!(
+                "a batch of {} writes returned {} results",
+                writes.len(),
+                done.len()
+            )));
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Batch(e.clone())));
+            }
+        }
+        Err(e) if writes.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
+        Err(e) if e.is_retryable() => {
+            // The database is away (or busy): every write would fail alike.
+            tracing::debug!(writes = writes.len(), error = %e, "A batch of writes failed; the callers retry");
+            let e = Arc::new(e);
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Batch(e.clone())));
+            }
+        }
+        Err(e) => {
+            // One of them is bad: find it by applying each alone.
+            tracing::debug!(writes = writes.len(), error = %e, "A batch of writes failed; applying them one by one");
+            for (w, reply) in writes.into_iter().zip(replies) {
+                let mut one = [w];
+                let r = store.write_batch(&mut one).await.and_then(|mut d| {
+                    d.pop().ok_or_else(|| {
+                        StoreError::Corrupt("a batch of one write returned nothing".into())
+                    })
+                });
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for GroupCommit {
+    async fn migrate(&self) -> Result<()> {
+        self.inner.migrate().await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+
+    /// Queues each write separately (they may land in different transactions); callers that
+    /// need several writes in one transaction put them in one [`Commit`].
+    async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes.iter() {
+            out.push(self.submit(w.clone()).await?);
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed> {
+        if commit.is_empty() {
+            return Ok(Committed::default());
+        }
+        match self.submit(Write::Commit(commit)).await? {
+            Written::Committed(c) => Ok(c),
+            other => Err(mismatch("commit", &other)),
+        }
+    }
+
+    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
+        match self.submit(Write::BeginUp(row.clone())).await? {
+            Written::Begun(b) => Ok(b),
+            other => Err(mismatch("begin_up", &other)),
+        }
+    }
+
+    async fn open_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>> {
+        self.inner.open_session(kind, tenant, user_id).await
+    }
+
+    async fn open_sessions(&self) -> Result<Vec<Session>> {
+        self.inner.open_sessions().await
+    }
+
+    async fn list_sessions(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SessionState>,
+        limit: i64,
+    ) -> Result<Vec<Session>> {
+        self.inner.list_sessions(tenant, state, limit).await
+    }
+
+    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
+        let w = Write::SessionToken {
+            session_id: session_id.to_owned(),
+            token: token.map(str::to_owned),
+        };
+        self.submit(w).await.map(drop)
+    }
+
+    async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        self.inner.outbox_pending(limit).await
+    }
+
+    async fn outbox_done(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.submit(Write::OutboxDone(seqs.to_vec()))
+            .await
+            .map(drop)
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        self.inner.outbox_stats().await
+    }
+
+    async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {
+        self.inner.transcript(kind, tenant, user_id).await
+    }
+
+    async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>> {
+        self.inner.messages_page(page).await
+    }
+
+    async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {
+        self.inner.events(kind, tenant, user_id).await
+    }
+
+    async fn satisfactions(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<SatisfactionRow>> {
+        self.inner.satisfactions(kind, tenant, user_id).await
+    }
+
+    async fn offline_messages(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Vec<OfflineRow>> {
+        self.inner.offline_messages(kind, tenant, user_id).await
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.inner.close().await;
+    }
+
+    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
+        match self.submit(Write::TimStream(row.clone(), commit)).await? {
+            Written::Committed(c) => Ok(c),
+            other => Err(mismatch("tim_stream_save", &other)),
+        }
+    }
+
+    async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
+        self.inner.tim_stream(app, stream_id).await
+    }
+
+    async fn tim_streams(&self, app: &str, user_id: &str) -> Result<Vec<TimStreamRow>> {
+        self.inner.tim_streams(app, user_id).await
+    }
+
+    async fn tim_open_streams(&self, app: &str, limit: i64) -> Result<Vec<TimStreamRow>> {
+        self.inner.tim_open_streams(app, limit).await
+    }
+
+    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
+        match self.submit(Write::TimCallback(row.clone(), commit)).await? {
+            Written::Committed(c) => Ok(c),
+            other => Err(mismatch("tim_callback_save", &other)),
+        }
+    }
+
+    async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>> {
+        self.inner.tim_callbacks(app, limit).await
+    }
+
+    async fn pending_files(&self, limit: i64) -> Result<Vec<PendingFile>> {
+        self.inner.pending_files(limit).await
+    }
+
+    async fn file_attempt_failed(
+        &self,
+        relay_id: &str,
+        attempts: i64,
+        error_code: &str,
+        error_message: &str,
+    ) -> Result<()> {
+        self.inner
+            .file_attempt_failed(relay_id, attempts, error_code, error_message)
+            .await
+    }
+
+    async fn finish_file(&self, done: &FileDone) -> Result<bool> {
+        self.inner.finish_file(done).await
+    }
+
+    async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>> {
+        self.inner.files(kind, tenant, user_id).await
+    }
+}
