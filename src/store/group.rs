@@ -16,16 +16,18 @@
 //! write in it with the same retryable error ([`StoreError::Batch`]), and the callers retry as
 //! they would have.
 //!
-//! Writes are applied in the order they were queued, so a caller that waits for its write before
+//! Writes are applied in the order they were queued (per writer; a user's writes all go to one),
+//! so a caller that waits for its write before
 //! making the next one (as every caller does) sees them applied in its order. A write whose caller
 //! stopped waiting is still applied: the callers' writes are idempotent (keys, `ON CONFLICT`).
 //! Reads go straight to the backend.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, OfflineRow,
@@ -36,13 +38,15 @@ use super::{
 /// Most writes in one transaction. Large enough that a full queue drains in a few commits, small
 /// enough that one transaction stays short (SQLite's readers see the WAL grow by its size).
 pub const MAX_BATCH: usize = 512;
-/// Writes waiting for a writer, at most; a caller beyond waits for room (back-pressure).
+/// Writes waiting for a writer, at most (per writer); a caller beyond waits for room
+/// (back-pressure).
 const QUEUE: usize = 8 * MAX_BATCH;
-/// Writer tasks for PostgreSQL. One, like SQLite: two writers' batches update the same rows
-/// (sessions touched by polls and sends) in different orders and deadlock, which PostgreSQL
-/// only notices after `deadlock_timeout` (1 s) — measured, S3 fell from thousands of messages a
-/// second to 207. One writer with large batches is faster than two that wait for each other.
-pub const PG_WRITERS: usize = 1;
+/// Writer tasks for PostgreSQL, each with its own queue and transaction, so the database's
+/// round trips overlap. A write goes to the writer its user hashes to ([`Write::user`]): one
+/// user's writes stay in order, and two writers' transactions never update the same rows — with
+/// writes dealt out at random they did (sessions touched by polls and sends) in different orders,
+/// deadlocked and waited for `deadlock_timeout`. SQLite, with one write lock, gets one writer.
+pub const PG_WRITERS: usize = 4;
 
 /// One queued write and where its answer goes.
 struct Job {
@@ -53,7 +57,8 @@ struct Job {
 /// A [`Store`] whose writes go through group commit; see the module docs.
 pub struct GroupCommit {
     inner: Arc<dyn Store>,
-    queue: mpsc::Sender<Job>,
+    /// One queue per writer.
+    queues: Vec<mpsc::Sender<Job>>,
     closed: AtomicBool,
     /// Transactions applied so far (tests, diagnostics).
     batches: Arc<AtomicU64>,
@@ -63,15 +68,17 @@ impl GroupCommit {
     /// Wraps `inner`, with `writers` writer tasks (at least one) on the current tokio runtime.
     /// They end when the `GroupCommit` is dropped, after applying what was queued.
     pub fn new(inner: Arc<dyn Store>, writers: usize) -> Self {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
         let batches = Arc::new(AtomicU64::new(0));
-        for _ in 0..writers.max(1) {
-            tokio::spawn(writer(inner.clone(), rx.clone(), batches.clone()));
-        }
+        let queues = (0..writers.max(1))
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(writer(inner.clone(), rx, batches.clone()));
+                queue
+            })
+            .collect();
         GroupCommit {
             inner,
-            queue,
+            queues,
             closed: AtomicBool::new(false),
             batches,
         }
@@ -89,7 +96,15 @@ impl GroupCommit {
             return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
         }
         let (reply, answer) = oneshot::channel();
-        self.queue
+        let shard = match (write.user(), self.queues.len()) {
+            (_, 1) | (None, _) => 0,
+            (Some(user), n) => {
+                let mut h = std::hash::DefaultHasher::new();
+                user.hash(&mut h);
+                (h.finish() % n as u64) as usize
+            }
+        };
+        self.queues[shard]
             .send(Job { write, reply })
             .await
             .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))?;
@@ -102,18 +117,11 @@ impl GroupCommit {
 }
 
 /// Takes what has queued up, applies it as one batch, answers; until the queue is closed.
-async fn writer(
-    store: Arc<dyn Store>,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    batches: Arc<AtomicU64>,
-) {
+async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, batches: Arc<AtomicU64>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
-                return;
-            }
+        if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
         }
         batches.fetch_add(1, Ordering::Relaxed);
         apply(store.as_ref(), &mut jobs).await;

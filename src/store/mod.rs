@@ -591,6 +591,38 @@ pub struct Commit {
 }
 
 impl Commit {
+    /// The (tenant, user) of the first of its parts that names one.
+    pub fn user(&self) -> Option<(&str, &str)> {
+        let session = self.sessions.iter().find_map(|c| match c {
+            SessionChange::Open(s) => Some((s.tenant.as_str(), s.user_id.as_str())),
+            _ => None,
+        });
+        self.up
+            .as_ref()
+            .map(|u| (u.tenant.as_str(), u.user_id.as_str()))
+            .or_else(|| {
+                self.down
+                    .first()
+                    .map(|d| (d.row.tenant.as_str(), d.row.user_id.as_str()))
+            })
+            .or(session)
+            .or_else(|| {
+                self.events
+                    .iter()
+                    .find_map(|e| Some((e.tenant.as_deref()?, e.user_id.as_deref()?)))
+            })
+            .or_else(|| {
+                self.satisfactions
+                    .first()
+                    .map(|r| (r.tenant.as_str(), r.user_id.as_str()))
+            })
+            .or_else(|| {
+                self.offline
+                    .first()
+                    .map(|r| (r.tenant.as_str(), r.user_id.as_str()))
+            })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
             && self.up.is_none()
@@ -840,6 +872,22 @@ pub enum Write {
 }
 
 impl Write {
+    /// The (tenant or app, user) whose rows it writes, when it names one: group commit keeps one
+    /// user's writes on one writer ([`group`]).
+    pub fn user(&self) -> Option<(&str, &str)> {
+        match self {
+            Write::Commit(c) | Write::TimStream(_, c) | Write::TimCallback(_, c)
+                if c.user().is_some() =>
+            {
+                c.user()
+            }
+            Write::Commit(_) | Write::SessionToken { .. } | Write::OutboxDone(_) => None,
+            Write::BeginUp(row) => Some((&row.tenant, &row.user_id)),
+            Write::TimStream(row, _) => Some((&row.app, &row.user_id)),
+            Write::TimCallback(row, _) => row.user_id.as_deref().map(|u| (row.app.as_str(), u)),
+        }
+    }
+
     /// The name of the [`Store`] method it stands for (metrics, logs).
     pub fn name(&self) -> &'static str {
         match self {

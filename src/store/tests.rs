@@ -1779,6 +1779,36 @@ async fn a_closed_store_fails_with_retryable_errors(db: Db) {
 // Not about a particular database
 
 #[test]
+fn a_write_names_the_user_whose_rows_it_writes() {
+    let s = session("u7", SessionState::Active, at(0));
+    assert_eq!(Write::Commit(open(&s)).user(), Some((TENANT, "u7")));
+    assert_eq!(
+        Write::BeginUp(up_row("u8", "m", at(0))).user(),
+        Some((TENANT, "u8"))
+    );
+    let only_events = Commit {
+        events: vec![event("u9", "poll", at(0))],
+        ..Commit::default()
+    };
+    assert_eq!(Write::Commit(only_events).user(), Some((TENANT, "u9")));
+    // The up outcome comes first, whatever else the commit holds.
+    let mut mixed = downs(vec![down("u2", None, "x", at(0))]);
+    mixed.up = Some(UpOutcome {
+        kind: kind::CEC.into(),
+        tenant: TENANT.into(),
+        user_id: "u1".into(),
+        message_id: "m".into(),
+        status: MessageStatus::Sent,
+        session_id: None,
+        result_code: None,
+        result_desc: None,
+    });
+    assert_eq!(Write::Commit(mixed).user(), Some((TENANT, "u1")));
+    assert_eq!(Write::OutboxDone(vec![1]).user(), None);
+    assert_eq!(Write::Commit(Commit::default()).user(), None);
+}
+
+#[test]
 fn redacts_passwords() {
     assert_eq!(
         redact_url("postgres://u:secret@h/db"),
