@@ -7,6 +7,7 @@
 //! | `ccrelay_sessions_active` | gauge | `tenant` |
 //! | `ccrelay_polls_total` | counter | `tenant`, `outcome` (`ok`, `error`) |
 //! | `ccrelay_poll_seconds` | histogram | `tenant` |
+//! | `ccrelay_poll_lag_seconds` | histogram | `tenant` (how late a poll started after its due time) |
 //! | `ccrelay_messages_total` | counter | `kind` (`cec`, `tim`), `tenant` (tenant or app), `direction` (`up`, `down`, `in`) |
 //! | `ccrelay_upstream_calls_total` | counter | `kind`, `tenant`, `endpoint` |
 //! | `ccrelay_upstream_call_seconds` | histogram | `kind`, `endpoint` |
@@ -26,11 +27,15 @@
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
+//!
+//! Metrics recorded on every poll are not looked up by name and labels each time (that builds
+//! label strings and hashes them per call): [`PollMetrics`] and [`UpstreamCalls`] hold the
+//! registered handles of one tenant, made on first use (after the recorder is installed).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Histogram buckets, in seconds: from a millisecond to half a minute.
@@ -90,6 +95,99 @@ pub fn poll(tenant: &str, took: Duration, ok: bool) {
     histogram!("ccrelay_poll_seconds", "tenant" => tenant.to_owned()).record(secs(took));
 }
 
+/// The poll metrics of one tenant, registered once.
+pub struct PollMetrics {
+    ok: Counter,
+    error: Counter,
+    seconds: Histogram,
+    lag: Histogram,
+    sessions: Gauge,
+}
+
+impl PollMetrics {
+    /// Registers the handles for `tenant`; the same series [`poll`] and [`session_polled`] record.
+    pub fn new(tenant: &str) -> Self {
+        PollMetrics {
+            ok: counter!("ccrelay_polls_total", "tenant" => tenant.to_owned(), "outcome" => "ok"),
+            error: counter!("ccrelay_polls_total", "tenant" => tenant.to_owned(), "outcome" => "error"),
+            seconds: histogram!("ccrelay_poll_seconds", "tenant" => tenant.to_owned()),
+            lag: histogram!("ccrelay_poll_lag_seconds", "tenant" => tenant.to_owned()),
+            sessions: gauge!("ccrelay_sessions_active", "tenant" => tenant.to_owned()),
+        }
+    }
+
+    /// One poll, and how long the upstream took (as [`poll`]).
+    pub fn poll(&self, took: Duration, ok: bool) {
+        if ok { &self.ok } else { &self.error }.increment(1);
+        self.seconds.record(secs(took));
+    }
+
+    /// A poll started `late` after it was due.
+    pub fn lag(&self, late: Duration) {
+        self.lag.record(secs(late));
+    }
+
+    /// A session started being polled (as [`session_polled`]).
+    pub fn session_polled(&self) {
+        self.sessions.increment(1.0);
+    }
+
+    /// A session stopped being polled (as [`session_unpolled`]).
+    pub fn session_unpolled(&self) {
+        self.sessions.decrement(1.0);
+    }
+}
+
+/// The upstream-call metrics of one tenant, per endpoint, each registered on its first call.
+/// Error counters (labelled with the error's code) are still looked up per error.
+pub struct UpstreamCalls {
+    kind: &'static str,
+    tenant: String,
+    endpoints: Box<[OnceLock<(Counter, Histogram)>]>,
+}
+
+impl UpstreamCalls {
+    /// Handles for `endpoints` endpoints (indexed `0..endpoints`) of `tenant`.
+    pub fn new(kind: &'static str, tenant: &str, endpoints: usize) -> Self {
+        UpstreamCalls {
+            kind,
+            tenant: tenant.to_owned(),
+            endpoints: (0..endpoints).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// One call to the endpoint at `index` (named `endpoint`), as [`upstream_call`].
+    pub fn record(
+        &self,
+        index: usize,
+        endpoint: &'static str,
+        took: Duration,
+        error_code: Option<String>,
+    ) {
+        let Some(slot) = self.endpoints.get(index) else {
+            return upstream_call(self.kind, &self.tenant, endpoint, took, error_code);
+        };
+        let kind = self.kind;
+        let (calls, seconds) = slot.get_or_init(|| {
+            (
+                counter!("ccrelay_upstream_calls_total", "kind" => kind, "tenant" => self.tenant.clone(), "endpoint" => endpoint),
+                histogram!("ccrelay_upstream_call_seconds", "kind" => kind, "endpoint" => endpoint),
+            )
+        });
+        calls.increment(1);
+        seconds.record(secs(took));
+        if let Some(code) = error_code {
+            upstream_error(kind, &self.tenant, endpoint, code);
+        }
+    }
+}
+
+fn upstream_error(kind: &'static str, tenant: &str, endpoint: &'static str, code: String) {
+    counter!("ccrelay_upstream_errors_total", "kind" => kind, "tenant" => tenant.to_owned(),
+        "endpoint" => endpoint, "code" => code)
+    .increment(1);
+}
+
 /// `n` messages stored for `kind`/`tenant` in `direction` (`up`, `down`, `in`).
 pub fn messages(kind: &'static str, tenant: &str, direction: &'static str, n: usize) {
     if n > 0 {
@@ -111,9 +209,7 @@ pub fn upstream_call(
     histogram!("ccrelay_upstream_call_seconds", "kind" => kind, "endpoint" => endpoint)
         .record(secs(took));
     if let Some(code) = error_code {
-        counter!("ccrelay_upstream_errors_total", "kind" => kind, "tenant" => tenant.to_owned(),
-            "endpoint" => endpoint, "code" => code)
-        .increment(1);
+        upstream_error(kind, tenant, endpoint, code);
     }
 }
 

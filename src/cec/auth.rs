@@ -6,17 +6,32 @@
 //!   header carries a new one.
 //!
 //! Tokens are bearer credentials: they are never logged and have no `Debug` output.
+//!
+//! Both caches keep each token's header value ready-made (`Authorization: Bearer …`,
+//! `ccmessaging-token: …`), so a call clones a reference-counted value instead of formatting and
+//! copying the token again, and reading a user's token clones nothing but an `Arc`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use reqwest::header::HeaderValue;
+
 /// A cached AccessToken with its expiry.
 #[derive(Clone)]
 pub struct AccessToken {
     pub value: Arc<str>,
+    /// `Bearer <value>`, marked sensitive; `None` if the token is not a valid header value.
+    pub header: Option<HeaderValue>,
     /// When to stop using it: the upstream's lifetime less a safety margin.
     pub refresh_at: Instant,
+}
+
+/// `value` as a header value marked sensitive (never shown by `Debug`), if it is a valid one.
+fn sensitive(value: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 impl std::fmt::Debug for AccessToken {
@@ -48,6 +63,7 @@ impl AccessTokenCache {
     pub fn store(&self, value: String, lifetime: Duration) -> AccessToken {
         let margin = (lifetime / 5).min(Duration::from_secs(60));
         let token = AccessToken {
+            header: sensitive(&format!("Bearer {value}")),
             value: value.into(),
             refresh_at: Instant::now() + lifetime.saturating_sub(margin),
         };
@@ -73,10 +89,25 @@ pub struct UserToken {
     pub channel_id: String,
 }
 
+/// A user's token with its ready-made header value.
+struct Held {
+    t: UserToken,
+    header: Option<HeaderValue>,
+}
+
+impl Held {
+    fn new(t: UserToken) -> Self {
+        Held {
+            header: sensitive(&t.token),
+            t,
+        }
+    }
+}
+
 /// The users' `ccmessaging-token`s of one tenant.
 #[derive(Default)]
 pub struct UserTokens {
-    map: RwLock<HashMap<String, UserToken>>,
+    map: RwLock<HashMap<String, Held>>,
 }
 
 impl UserTokens {
@@ -85,18 +116,51 @@ impl UserTokens {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(user)
-            .cloned()
+            .map(|h| h.t.clone())
     }
 
+    /// The user's token (an `Arc` clone; nothing else is copied).
     pub fn token(&self, user: &str) -> Option<Arc<str>> {
-        self.get(user).map(|t| t.token)
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .map(|h| h.t.token.clone())
+    }
+
+    /// The user's token and its `ccmessaging-token` header value (`None` if not a valid one).
+    pub fn with_header(&self, user: &str) -> Option<(Arc<str>, Option<HeaderValue>)> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .map(|h| (h.t.token.clone(), h.header.clone()))
+    }
+
+    /// Whether a token is held for `user`.
+    pub fn contains(&self, user: &str) -> bool {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(user)
+    }
+
+    /// The user's token if one is held and it differs from `known` (compared in place).
+    pub fn changed(&self, user: &str, known: Option<&str>) -> Option<Arc<str>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let held = &map.get(user)?.t.token;
+        (Some(&**held) != known).then(|| held.clone())
     }
 
     pub fn insert(&self, user: &str, t: UserToken) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user.to_owned(), t);
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(user) {
+            // Keeps the key's allocation.
+            Some(h) => *h = Held::new(t),
+            None => {
+                map.insert(user.to_owned(), Held::new(t));
+            }
+        }
     }
 
     /// Replaces the token value of a known user (a response header carried a new one).
@@ -104,8 +168,9 @@ impl UserTokens {
     pub fn renew(&self, user: &str, token: &str) -> bool {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         match map.get_mut(user) {
-            Some(t) if &*t.token != token => {
-                t.token = token.into();
+            Some(h) if &*h.t.token != token => {
+                h.t.token = token.into();
+                h.header = sensitive(token);
                 true
             }
             _ => false,
@@ -116,8 +181,8 @@ impl UserTokens {
     pub fn invalidate(&self, user: &str, used: &str) -> Option<UserToken> {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         match map.get(user) {
-            Some(t) if &*t.token == used => map.remove(user),
-            Some(t) => Some(t.clone()),
+            Some(h) if &*h.t.token == used => map.remove(user).map(|h| h.t),
+            Some(h) => Some(h.t.clone()),
             None => None,
         }
     }
@@ -181,6 +246,41 @@ mod tests {
         assert_eq!(u.token("u1").as_deref(), Some("b"));
         assert!(u.invalidate("u1", "b").is_some());
         assert!(u.token("u1").is_none());
+    }
+
+    #[test]
+    fn headers_follow_the_token() {
+        let u = UserTokens::default();
+        u.insert(
+            "u1",
+            UserToken {
+                token: "a".into(),
+                user_name: "n".into(),
+                locale: "zh".into(),
+                channel_id: "c".into(),
+            },
+        );
+        let (t, h) = u.with_header("u1").unwrap();
+        assert_eq!((&*t, h.unwrap().to_str().unwrap()), ("a", "a"));
+        u.renew("u1", "b");
+        let (t, h) = u.with_header("u1").unwrap();
+        let h = h.unwrap();
+        assert_eq!((&*t, h.to_str().unwrap()), ("b", "b"));
+        assert!(h.is_sensitive());
+        assert!(u.contains("u1") && !u.contains("u2"));
+        assert_eq!(u.changed("u1", Some("a")).as_deref(), Some("b"));
+        assert_eq!(u.changed("u1", None).as_deref(), Some("b"));
+        assert!(u.changed("u1", Some("b")).is_none());
+        assert!(u.changed("u2", None).is_none());
+        // A token that cannot be a header value is kept, without a header.
+        u.renew("u1", "bad\nvalue");
+        assert!(u.with_header("u1").unwrap().1.is_none());
+
+        let c = AccessTokenCache::default();
+        let t = c.store("at".into(), Duration::from_secs(600));
+        let h = t.header.unwrap();
+        assert_eq!(h.to_str().unwrap(), "Bearer at");
+        assert!(h.is_sensitive());
     }
 
     #[test]

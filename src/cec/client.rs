@@ -10,6 +10,10 @@
 //!   once. A 401 from applyToken itself means the AccessToken was refused.
 //!
 //! Each call has a timeout. Retrying on failure is the caller's business ([`CecError::is_retryable`]).
+//!
+//! A call does as little as it can per request, since polls run tens of thousands of times a
+//! second: each endpoint's URL is parsed once (a call clones it and appends its query), the
+//! `x-app-key` and token header values are kept ready-made, and the call metrics are held handles.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,14 +63,30 @@ struct Inner {
     tenant: CecTenant,
     access: AccessTokenCache,
     users: UserTokens,
+    /// Each endpoint's URL (at `endpoint as usize`), parsed once; `None` if it does not parse.
+    urls: Vec<Option<url::Url>>,
+    /// `x-app-key`, if the key is a valid header value.
+    app_key: Option<HeaderValue>,
+    metrics: crate::instrument::UpstreamCalls,
 }
 
 impl CecClient {
     /// A client for `tenant` sharing the connection pool of `http`.
     pub fn new(http: reqwest::Client, tenant: CecTenant) -> Self {
+        let urls = Endpoint::ALL
+            .iter()
+            .map(|&e| url::Url::parse(&endpoint_url(&tenant.base_url, e)).ok())
+            .collect();
         CecClient {
             inner: Arc::new(Inner {
                 http,
+                app_key: HeaderValue::from_str(&tenant.app_key).ok(),
+                metrics: crate::instrument::UpstreamCalls::new(
+                    "cec",
+                    &tenant.name,
+                    Endpoint::ALL.len(),
+                ),
+                urls,
                 tenant,
                 access: AccessTokenCache::default(),
                 users: UserTokens::default(),
@@ -92,6 +112,16 @@ impl CecClient {
     /// The user's current token, if the client holds one.
     pub fn user_token(&self, user: &str) -> Option<Arc<str>> {
         self.inner.users.token(user)
+    }
+
+    /// Whether the client holds a token for the user.
+    pub fn has_user_token(&self, user: &str) -> bool {
+        self.inner.users.contains(user)
+    }
+
+    /// The user's current token if the client holds one other than `known`.
+    pub fn user_token_changed(&self, user: &str, known: Option<&str>) -> Option<Arc<str>> {
+        self.inner.users.changed(user, known)
     }
 
     /// Seeds a user's token (a resumed session's stored token).
@@ -394,14 +424,32 @@ impl CecClient {
         Ok(self.inner.access.store(parsed.access_token, lifetime))
     }
 
-    /// The user's token, applying for one (with what it was last applied with) if there is none.
-    async fn ensure_user_token(&self, user: &str) -> Result<Arc<str>, CecError> {
-        if let Some(t) = self.inner.users.token(user) {
-            return Ok(t);
+    /// The user's token and its header value, applying for one (with what it was last applied
+    /// with) if there is none.
+    async fn ensure_user_token(
+        &self,
+        user: &str,
+    ) -> Result<(Arc<str>, Option<HeaderValue>), CecError> {
+        if let Some(held) = self.inner.users.with_header(user) {
+            return Ok(held);
         }
         let t = &self.inner.tenant;
         // Boxed: apply_token → call → ensure_user_token would otherwise be an infinite type.
-        Box::pin(self.apply_token(user, user, &t.locale, &t.channel_config_id)).await
+        let token = Box::pin(self.apply_token(user, user, &t.locale, &t.channel_config_id)).await?;
+        let header = HeaderValue::from_str(&token).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        Ok((token, header))
+    }
+
+    /// The endpoint's URL with `query` appended, from the URL parsed once.
+    fn url(&self, endpoint: Endpoint, query: &[(&str, &str)]) -> Option<url::Url> {
+        let mut u = self.inner.urls.get(endpoint as usize)?.clone()?;
+        if !query.is_empty() {
+            u.query_pairs_mut().extend_pairs(query);
+        }
+        Some(u)
     }
 
     async fn reapply_user_token(&self, user: &str, refused: &str) -> Result<Arc<str>, CecError> {
@@ -430,9 +478,8 @@ impl CecClient {
         let r = self
             .call_renewing(endpoint, method, query, body, auth)
             .await;
-        crate::instrument::upstream_call(
-            "cec",
-            &self.inner.tenant.name,
+        self.inner.metrics.record(
+            endpoint as usize,
             endpoint.as_str(),
             started.elapsed(),
             r.as_ref().err().map(CecError::code),
@@ -451,20 +498,24 @@ impl CecClient {
         let mut retried = false;
         loop {
             let access = self.access_token().await?;
-            let user_token = match auth {
-                Auth::App => None,
-                Auth::User(u) => Some(self.ensure_user_token(u).await?),
+            let (user_token, user_header) = match auth {
+                Auth::App => (None, None),
+                Auth::User(u) => {
+                    let (t, h) = self.ensure_user_token(u).await?;
+                    (Some(t), h)
+                }
             };
             let t = &self.inner.tenant;
-            let mut req = self
-                .inner
-                .http
-                .request(
+            let req = match self.url(endpoint, query) {
+                Some(url) => self.inner.http.request(method.clone(), url),
+                None => self.inner.http.request(
                     method.clone(),
                     endpoint_url_with_query(&t.base_url, endpoint, query),
-                )
+                ),
+            };
+            let mut req = req
                 .timeout(t.request_timeout)
-                .headers(self.headers(&access, user_token.as_deref()));
+                .headers(self.headers(&access, user_header));
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -516,20 +567,17 @@ impl CecClient {
         }
     }
 
-    fn headers(&self, access: &AccessToken, user_token: Option<&str>) -> HeaderMap {
+    /// The call's headers, from the values kept ready-made (sensitive ones marked so).
+    fn headers(&self, access: &AccessToken, user_token: Option<HeaderValue>) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(4);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Ok(v) = HeaderValue::from_str(&self.inner.tenant.app_key) {
-            h.insert(APP_KEY_HEADER, v);
+        if let Some(v) = &self.inner.app_key {
+            h.insert(APP_KEY_HEADER, v.clone());
         }
-        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", access.value)) {
-            v.set_sensitive(true);
-            h.insert(AUTHORIZATION, v);
+        if let Some(v) = &access.header {
+            h.insert(AUTHORIZATION, v.clone());
         }
-        if let Some(t) = user_token
-            && let Ok(mut v) = HeaderValue::from_str(t)
-        {
-            v.set_sensitive(true);
+        if let Some(v) = user_token {
             h.insert(CC_TOKEN_HEADER, v);
         }
         h

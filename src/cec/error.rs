@@ -23,6 +23,26 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, each at the index `endpoint as usize`.
+    pub const ALL: [Endpoint; 16] = [
+        Endpoint::TokenByAkSk,
+        Endpoint::ApplyToken,
+        Endpoint::Send,
+        Endpoint::Poll,
+        Endpoint::QueryQueueInfo,
+        Endpoint::SaveSatisfaction,
+        Endpoint::UploadFileStream,
+        Endpoint::DownloadFileStream,
+        Endpoint::QueryPhraseByKeyword,
+        Endpoint::CreateClickToCall,
+        Endpoint::GetClickToCallEvents,
+        Endpoint::CheckClickToCallSupport,
+        Endpoint::DropClickToCall,
+        Endpoint::DoLeaveMessage,
+        Endpoint::MobileAgentCreateCall,
+        Endpoint::RobotFeedback,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::TokenByAkSk => "tokenByAkSk",

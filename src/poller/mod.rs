@@ -4,10 +4,22 @@
 //! tens of thousands of sessions cost one timer wheel and a map entry each — no task, thread or
 //! sleep per session. When a session is due, its poll runs as a task (at most
 //! `relay.max_concurrent_polls` at once per tenant, so a tenant whose upstream hangs — its polls
-//! waiting out their timeouts — cannot delay the polls of the others); when the poll ends, the session is scheduled again
-//! `poll_interval` later (± 10 % jitter, so sessions opened together do not poll together). One
-//! session never has two polls in flight, so its messages are committed — and published — in the
-//! order the upstream returned them.
+//! waiting out their timeouts — cannot delay the polls of the others). One session never has two
+//! polls in flight, so its messages are committed — and published — in the order the upstream
+//! returned them.
+//!
+//! Each session keeps a fixed cadence: its first poll comes at a random point of the first
+//! interval (so sessions opened together do not poll together), and after a successful poll the
+//! next is due `poll_interval` after the previous one was *due* — not after it ended — so a
+//! session is polled once per interval and the time a poll takes, or how late it started, does
+//! not add up. A poll that ends (almost) at its successor's due time is followed a tenth of an
+//! interval later, not at once. After a failure the next poll comes after a backoff (the interval
+//! doubled per consecutive failure up to 30 s, ± 10 % jitter). How late each poll started after its
+//! due time is the histogram `ccrelay_poll_lag_seconds`.
+//!
+//! Per poll the scheduler allocates nothing but the poll's task: the session moves into the task
+//! and back (no copy), ids are shared `Arc<str>`s, and each tenant's permits and metric handles
+//! are made once.
 //!
 //! What a poll returns is committed (transcript rows and outbox rows in one transaction) before
 //! anything else happens to it ([`poll`]).
@@ -22,8 +34,11 @@ use futures::StreamExt;
 use rand::Rng;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::{DelayQueue, delay_queue};
+
+use crate::instrument::PollMetrics;
 
 use crate::relay::Relay;
 use crate::store::{Session, SessionState};
@@ -85,10 +100,21 @@ pub(crate) enum Next {
     Closed,
 }
 
+/// What the scheduler keeps per tenant, made when its first session is added.
+struct TenantPolls {
+    /// At most `relay.max_concurrent_polls` polls of the tenant at once.
+    permits: Semaphore,
+    metrics: PollMetrics,
+    interval: Duration,
+}
+
 struct Entry {
-    polled: Option<Polled>,
+    /// The session; `None` while its poll is in flight (the poll owns it then).
+    polled: Option<Box<Polled>>,
+    tenant: Arc<TenantPolls>,
     key: Option<delay_queue::Key>,
-    in_flight: bool,
+    /// When the current (or next) poll is due.
+    due: Instant,
     removed: bool,
     /// What `add` changed while a poll was in flight: the poll returns its own (older) copy of
     /// the session, so these are applied again on top of it.
@@ -97,14 +123,19 @@ struct Entry {
     touched: Option<OffsetDateTime>,
 }
 
+impl Entry {
+    fn in_flight(&self) -> bool {
+        self.polled.is_none()
+    }
+}
+
 /// Runs the scheduler until the relay is cancelled. Polls run on `tracker`, so shutdown waits for
 /// those in flight to commit what they received.
 pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker) {
-    let mut queue: DelayQueue<String> = DelayQueue::new();
-    let mut sessions: HashMap<String, Entry> = HashMap::new();
-    // Poll permits per tenant, made on first use.
-    let mut permits: HashMap<String, Arc<Semaphore>> = HashMap::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Next)>();
+    let mut queue: DelayQueue<Arc<str>> = DelayQueue::new();
+    let mut sessions: HashMap<Arc<str>, Entry> = HashMap::new();
+    let mut tenants: HashMap<String, Arc<TenantPolls>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Arc<str>, Next)>();
     let cancel = relay.cancel.clone();
 
     loop {
@@ -113,7 +144,6 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
             _ = cancel.cancelled() => return,
             Some((id, next)) = done_rx.recv() => {
                 let Some(entry) = sessions.get_mut(&id) else { continue };
-                entry.in_flight = false;
                 match next {
                     Next::Again(mut p) if !entry.removed => {
                         if let Some(state) = entry.changed_state.take() {
@@ -122,9 +152,10 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                         if let Some(at) = entry.touched.take() {
                             p.session.last_activity_at = p.session.last_activity_at.max(at);
                         }
-                        let delay = next_delay(&relay, &p);
-                        entry.key = Some(queue.insert(id.clone(), delay));
-                        entry.polled = Some(*p);
+                        let due = next_due(entry.tenant.interval, entry.due, p.failures, Instant::now());
+                        entry.due = due;
+                        entry.key = Some(queue.insert_at(id, due));
+                        entry.polled = Some(p);
                     }
                     _ => {
                         forget(&mut sessions, &id);
@@ -132,43 +163,43 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 }
             }
             Some(cmd) = inbox.rx.recv() => match cmd {
-                Cmd::Add(s) => {
-                    let id = s.id.clone();
-                    let interval = poll_interval(&relay, &s.tenant);
-                    match sessions.get_mut(&id) {
-                        Some(e) => {
-                            e.removed = false;
-                            if e.in_flight {
+                Cmd::Add(s) => match sessions.get_mut(s.id.as_str()) {
+                    Some(e) => {
+                        e.removed = false;
+                        match e.polled.as_mut() {
+                            Some(p) => p.session = *s,
+                            None => {
                                 e.changed_state = Some(s.state);
                                 e.touched = e.touched.max(Some(s.last_activity_at));
                             }
-                            if let Some(p) = e.polled.as_mut() {
-                                p.session = *s;
-                            }
-                        }
-                        None => {
-                            // Spread the first polls of many sessions over one interval.
-                            let first = interval.mul_f64(rand::rng().random_range(0.0..1.0));
-                            let key = queue.insert(id.clone(), first);
-                            crate::instrument::session_polled(&s.tenant);
-                            sessions.insert(id, Entry {
-                                polled: Some(Polled {
-                                    session: *s,
-                                    failures: 0,
-                                    queue_position: None,
-                                }),
-                                key: Some(key),
-                                in_flight: false,
-                                removed: false,
-                                changed_state: None,
-                                touched: None,
-                            });
                         }
                     }
-                }
+                    None => {
+                        let tenant = tenant_polls(&relay, &mut tenants, &s.tenant);
+                        // Spread the first polls of many sessions over one interval.
+                        let first = tenant.interval.mul_f64(rand::rng().random_range(0.0..1.0));
+                        let due = Instant::now() + first;
+                        let id: Arc<str> = s.id.as_str().into();
+                        let key = queue.insert_at(id.clone(), due);
+                        tenant.metrics.session_polled();
+                        sessions.insert(id, Entry {
+                            polled: Some(Box::new(Polled {
+                                session: *s,
+                                failures: 0,
+                                queue_position: None,
+                            })),
+                            tenant,
+                            key: Some(key),
+                            due,
+                            removed: false,
+                            changed_state: None,
+                            touched: None,
+                        });
+                    }
+                },
                 Cmd::Remove(id) => {
-                    if let Some(e) = sessions.get_mut(&id) {
-                        if e.in_flight {
+                    if let Some(e) = sessions.get_mut(id.as_str()) {
+                        if e.in_flight() {
                             e.removed = true;
                         } else {
                             if let Some(k) = e.key.take() {
@@ -179,14 +210,14 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                     }
                 }
                 Cmd::Touch(id, at) => {
-                    if let Some(e) = sessions.get_mut(&id) {
-                        if e.in_flight {
-                            e.touched = e.touched.max(Some(at));
-                        }
-                        if let Some(p) = e.polled.as_mut()
-                            && at > p.session.last_activity_at
-                        {
-                            p.session.last_activity_at = at;
+                    if let Some(e) = sessions.get_mut(id.as_str()) {
+                        match e.polled.as_mut() {
+                            Some(p) => {
+                                if at > p.session.last_activity_at {
+                                    p.session.last_activity_at = at;
+                                }
+                            }
+                            None => e.touched = e.touched.max(Some(at)),
                         }
                     }
                 }
@@ -195,18 +226,17 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 let id = expired.into_inner();
                 let Some(entry) = sessions.get_mut(&id) else { continue };
                 entry.key = None;
-                let Some(polled) = entry.polled.clone() else { continue };
-                entry.in_flight = true;
-                let permits = permits
-                    .entry(polled.session.tenant.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(relay.config.relay.max_concurrent_polls)))
-                    .clone();
+                let Some(polled) = entry.polled.take() else { continue };
+                let (due, tenant) = (entry.due, entry.tenant.clone());
                 let relay = relay.clone();
                 let done = done_tx.clone();
                 tracker.spawn(async move {
-                    let next = match permits.acquire_owned().await {
-                        Ok(_permit) => poll::poll_session(&relay, polled).await,
-                        Err(_) => Next::Again(Box::new(polled)),
+                    let next = match tenant.permits.acquire().await {
+                        Ok(_permit) => {
+                            tenant.metrics.lag(Instant::now().saturating_duration_since(due));
+                            poll::poll_session(&relay, &tenant.metrics, polled).await
+                        }
+                        Err(_) => Next::Again(polled),
                     };
                     let _ = done.send((id, next));
                 });
@@ -215,10 +245,28 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
     }
 }
 
+/// The tenant's permits and metric handles, made on first use.
+fn tenant_polls(
+    relay: &Relay,
+    tenants: &mut HashMap<String, Arc<TenantPolls>>,
+    name: &str,
+) -> Arc<TenantPolls> {
+    if let Some(t) = tenants.get(name) {
+        return t.clone();
+    }
+    let t = Arc::new(TenantPolls {
+        permits: Semaphore::new(relay.config.relay.max_concurrent_polls),
+        metrics: PollMetrics::new(name),
+        interval: poll_interval(relay, name),
+    });
+    tenants.insert(name.to_owned(), t.clone());
+    t
+}
+
 /// Stops tracking a session.
-fn forget(sessions: &mut HashMap<String, Entry>, id: &str) {
-    if let Some(p) = sessions.remove(id).and_then(|e| e.polled) {
-        crate::instrument::session_unpolled(&p.session.tenant);
+fn forget(sessions: &mut HashMap<Arc<str>, Entry>, id: &str) {
+    if let Some(e) = sessions.remove(id) {
+        e.tenant.metrics.session_unpolled();
     }
 }
 
@@ -229,13 +277,58 @@ fn poll_interval(relay: &Relay, tenant: &str) -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
-/// The interval ± 10 %, doubled per consecutive failure up to 30 s.
-fn next_delay(relay: &Relay, p: &Polled) -> Duration {
-    let base = poll_interval(relay, &p.session.tenant);
-    let backoff = if p.failures == 0 {
-        base
-    } else {
-        (base * 2u32.saturating_pow(p.failures.min(8))).min(Duration::from_secs(30))
-    };
-    backoff.mul_f64(rand::rng().random_range(0.9..1.1))
+/// When the poll after one that was due at `due` and ended at `now` is due: one `interval` after
+/// `due` (but at least a tenth of an interval from now) after a success; after failures the
+/// interval doubled per consecutive failure up to 30 s, ± 10 %, from now.
+fn next_due(interval: Duration, due: Instant, failures: u32, now: Instant) -> Instant {
+    if failures == 0 {
+        return (due + interval).max(now + interval / 10);
+    }
+    let backoff = (interval * 2u32.saturating_pow(failures.min(8))).min(Duration::from_secs(30));
+    now + backoff.mul_f64(rand::rng().random_range(0.9..1.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_successful_poll_keeps_the_cadence() {
+        let due = Instant::now();
+        // Ended 30 ms after it was due: the next is due one interval after the last was due.
+        assert_eq!(
+            next_due(S, due, 0, due + Duration::from_millis(30)),
+            due + S
+        );
+        // Started late and ended 600 ms late: still one interval after the due time.
+        assert_eq!(
+            next_due(S, due, 0, due + Duration::from_millis(600)),
+            due + S
+        );
+    }
+
+    #[test]
+    fn a_poll_ending_past_its_successors_due_time_leaves_a_tenth_of_an_interval() {
+        let due = Instant::now();
+        let now = due + Duration::from_millis(1500);
+        assert_eq!(next_due(S, due, 0, now), now + S / 10);
+        let now = due + Duration::from_millis(950);
+        assert_eq!(next_due(S, due, 0, now), now + S / 10);
+    }
+
+    #[test]
+    fn failures_back_off_from_now_up_to_30s() {
+        let due = Instant::now();
+        let now = due + Duration::from_millis(200);
+        for (failures, base) in [(1, 2.0), (2, 4.0), (3, 8.0), (5, 30.0), (40, 30.0)] {
+            let d = next_due(S, due, failures, now) - now;
+            let secs = d.as_secs_f64();
+            assert!(
+                (base * 0.9 - 1e-9..=base * 1.1 + 1e-9).contains(&secs),
+                "{failures} failures: {secs} s"
+            );
+        }
+    }
 }

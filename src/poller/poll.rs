@@ -4,6 +4,10 @@
 //! committed. The answer is committed first — transcript rows, outbox rows, the session's close
 //! if the agent hung up — and everything else (publishing, idle checks, token bookkeeping) comes
 //! after.
+//!
+//! The common poll — nothing came back — is kept small and allocation-light: it copies no token
+//! or session, and the rarer paths (storing messages, closing, queue tracking, a paused
+//! database) are boxed futures, so the task every poll spawns holds only the poll's own state.
 
 use time::OffsetDateTime;
 
@@ -11,6 +15,7 @@ use super::{Next, Polled};
 use crate::bus::payload::{DownMessage, Event, event_type, new_id};
 use crate::cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, result_code};
 use crate::cec::wire_ops::QueueInfoRequest;
+use crate::instrument::PollMetrics;
 use crate::outbox::{down_record, event_record, now};
 use crate::relay::Relay;
 use crate::store::{Commit, SessionChange, SessionState, kind};
@@ -18,23 +23,21 @@ use crate::store::{Commit, SessionChange, SessionState, kind};
 /// Consecutive final (non-retryable) failures after which a session is closed with reason `error`.
 const MAX_FINAL_FAILURES: u32 = 5;
 
-pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
+pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Box<Polled>) -> Next {
     let Some(tenant) = relay.tenant(&p.session.tenant) else {
         tracing::warn!(tenant = %p.session.tenant, session = %p.session.id,
             "Session of a tenant that is no longer configured; not polled");
         return Next::Closed;
     };
     // Take nothing from the upstream that could not be stored now.
-    if !relay
-        .store_health
-        .wait_up(&relay.store, &relay.cancel)
-        .await
+    if relay.store_health.is_down()
+        && !Box::pin(relay.store_health.wait_up(&relay.store, &relay.cancel)).await
     {
-        return Next::Again(Box::new(p));
+        return Next::Again(p);
     }
     let s = &p.session;
     let client = &tenant.client;
-    if client.user_token(&s.user_id).is_none()
+    if !client.has_user_token(&s.user_id)
         && let Some(token) = &s.token
     {
         client.set_user_token(
@@ -47,7 +50,7 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
     }
     let poll_started = std::time::Instant::now();
     let polled = client.poll(&s.user_id).await;
-    crate::instrument::poll(&s.tenant, poll_started.elapsed(), polled.is_ok());
+    metrics.poll(poll_started.elapsed(), polled.is_ok());
     let rsp = match polled {
         Ok(r) => r,
         Err(e) => {
@@ -59,10 +62,10 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
                 tracing::error!(tenant = %s.tenant, user = %s.user_id, endpoint = %e.endpoint(), code = %e.code(),
                     error = %e, failures = p.failures, "Poll refused");
                 if p.failures >= MAX_FINAL_FAILURES {
-                    return close(relay, p, "error", Some(e.to_string())).await;
+                    return Box::pin(close(relay, p, "error", Some(e.to_string()))).await;
                 }
             }
-            return Next::Again(Box::new(p));
+            return Next::Again(p);
         }
     };
     let received_at = now();
@@ -70,10 +73,66 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
         p.failures += 1;
         tracing::warn!(tenant = %s.tenant, user = %s.user_id, code = %rsp.result_code,
             desc = rsp.result_desc.as_deref().unwrap_or(""), "Poll answered with a failure code");
-        return Next::Again(Box::new(p));
+        return Next::Again(p);
     }
     p.failures = 0;
     if !rsp.downlink_messages.is_empty() {
+        match Box::pin(store_messages(relay, tenant, &mut p, rsp, received_at)).await {
+            Stored::Kept => {}
+            Stored::Closed => return Next::Closed,
+            Stored::Lost => return Next::Again(p),
+        }
+    }
+    // Keep the stored token in step with the one the upstream last handed out.
+    if let Some(current) = client.user_token_changed(&p.session.user_id, p.session.token.as_deref())
+    {
+        Box::pin(store_token(relay, &mut p, &current)).await;
+    }
+    if p.session.state == SessionState::Queued {
+        Box::pin(track_queue(relay, tenant, &mut p)).await;
+    }
+    let idle = tenant.config().idle_timeout;
+    if OffsetDateTime::now_utc() - p.session.last_activity_at > idle {
+        return Box::pin(close_idle(relay, p)).await;
+    }
+    Next::Again(p)
+}
+
+/// Records the token the upstream handed out last with the session (best effort).
+async fn store_token(relay: &Relay, p: &mut Polled, current: &str) {
+    match relay
+        .store
+        .set_session_token(&p.session.id, Some(current))
+        .await
+    {
+        Ok(()) => p.session.token = Some(current.to_owned()),
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not store the renewed token; will try again")
+        }
+    }
+}
+
+/// What became of the messages a poll returned.
+enum Stored {
+    /// Committed; the session goes on.
+    Kept,
+    /// Committed with the session's close (the agent hung up).
+    Closed,
+    /// Could not be committed (a non-retryable database error, or shutdown).
+    Lost,
+}
+
+/// Commits the messages a poll returned (and the session's close, if the agent hung up).
+async fn store_messages(
+    relay: &Relay,
+    tenant: &crate::relay::Tenant,
+    p: &mut Polled,
+    rsp: crate::cec::wire::PollResponse,
+    received_at: OffsetDateTime,
+) -> Stored {
+    let client = &tenant.client;
+    let s = &p.session;
+    {
         let mut commit = Commit::default();
         let down_subject = relay.subjects.cec_down(&s.tenant, &s.user_id);
         let mut disconnected = false;
@@ -120,41 +179,20 @@ pub(crate) async fn poll_session(relay: &Relay, mut p: Polled) -> Next {
                 // Only a non-retryable database error (or shutdown) gets here.
                 tracing::error!(tenant = %s.tenant, user = %s.user_id, error = %e,
                     "Polled messages could not be stored and are lost");
-                return Next::Again(Box::new(p));
+                return Stored::Lost;
             }
         }
         if disconnected {
             tracing::info!(tenant = %s.tenant, user = %s.user_id, session = %s.id, reason = "agent", "Session closed");
             client.forget_user(&s.user_id);
-            return Next::Closed;
+            return Stored::Closed;
         }
         p.session.last_activity_at = received_at;
         if agent_spoke && p.session.state == SessionState::Queued {
             p.session.state = SessionState::Active;
         }
     }
-    // Keep the stored token in step with the one the upstream last handed out.
-    let current = client.user_token(&p.session.user_id).map(|t| t.to_string());
-    if current.is_some() && current != p.session.token {
-        match relay
-            .store
-            .set_session_token(&p.session.id, current.as_deref())
-            .await
-        {
-            Ok(()) => p.session.token = current,
-            Err(e) => {
-                tracing::debug!(error = %e, "Could not store the renewed token; will try again")
-            }
-        }
-    }
-    if p.session.state == SessionState::Queued {
-        track_queue(relay, tenant, &mut p).await;
-    }
-    let idle = tenant.config().idle_timeout;
-    if OffsetDateTime::now_utc() - p.session.last_activity_at > idle {
-        return close_idle(relay, p).await;
-    }
-    Next::Again(Box::new(p))
+    Stored::Kept
 }
 
 fn add_close(
@@ -185,7 +223,7 @@ fn add_close(
     ));
 }
 
-async fn close(relay: &Relay, p: Polled, reason: &str, detail: Option<String>) -> Next {
+async fn close(relay: &Relay, p: Box<Polled>, reason: &str, detail: Option<String>) -> Next {
     let s = &p.session;
     let mut commit = Commit::default();
     add_close(relay, &mut commit, s, reason, detail, now());
@@ -199,13 +237,13 @@ async fn close(relay: &Relay, p: Polled, reason: &str, detail: Option<String>) -
         }
         Err(e) => {
             tracing::warn!(error = %e, session = %s.id, "Could not close the session; will try again");
-            Next::Again(Box::new(p))
+            Next::Again(p)
         }
     }
 }
 
 /// Idle: tell the upstream the customer left (best effort), then close.
-async fn close_idle(relay: &Relay, p: Polled) -> Next {
+async fn close_idle(relay: &Relay, p: Box<Polled>) -> Next {
     let s = &p.session;
     if let Some(t) = relay.tenant(&s.tenant) {
         let req = SendRequest {
