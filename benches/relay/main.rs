@@ -5,8 +5,9 @@
 //! # Layout
 //! - `rig`: nats-server, the simulator behind a timestamping tap, the release relay binary,
 //!   `/proc` CPU and RSS, percentiles.
-//! - `s1` poll fan-out, `s2` downlink throughput, `s3` uplink throughput; each also holds its
-//!   baseline (`baseline-poll` and `baseline-up` run as child processes of this binary).
+//! - `s1` poll fan-out, `s2` downlink throughput, `s3` uplink throughput, `s4` Tencent robot
+//!   streaming; each also holds its baseline (`baseline-poll`, `baseline-up` and
+//!   `baseline-stream` run as child processes of this binary, as does S4's `s4-publish`).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ mod rig;
 mod s1;
 mod s2;
 mod s3;
+mod s4;
 
 use std::time::Duration;
 
@@ -32,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// S1 (N = 1k, 5k), S2 (M = 100k) and S3 (M = 20k), S2 and S3 on SQLite and PostgreSQL.
+    /// S1 (N = 1k, 5k), S2 (M = 100k), S3 (M = 20k), S2 and S3 on SQLite and PostgreSQL, and S4
+    /// (N = 1,000 streams).
     All,
     /// Poll fan-out: N sessions polled every interval.
     S1 {
@@ -76,6 +79,21 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         rate_s: u64,
     },
+    /// Tencent robot streaming: N streams at `rate` chunks/s each against a 200 calls/s limit.
+    S4 {
+        /// Stream counts, one run each.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000])]
+        n: Vec<usize>,
+        /// Chunks per second of each stream.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// How long every stream is fed, seconds (its last chunk finishes it).
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// `max_ack_pending` of the relay's and the baseline's consumers.
+        #[arg(long, default_value_t = s4::MAX_ACK_PENDING)]
+        max_ack_pending: i64,
+    },
     /// (internal) S1's baseline poll loop.
     #[command(hide = true)]
     BaselinePoll {
@@ -95,6 +113,32 @@ enum Scenario {
         sim: String,
         #[arg(long)]
         users: usize,
+    },
+    /// (internal) S4's baseline streamer.
+    #[command(hide = true)]
+    BaselineStream {
+        #[arg(long)]
+        nats: String,
+        #[arg(long)]
+        sim: String,
+        #[arg(long)]
+        max_ack_pending: i64,
+    },
+    /// (internal) S4's chunk publisher.
+    #[command(hide = true)]
+    S4Publish {
+        #[arg(long)]
+        nats: String,
+        #[arg(long)]
+        subject_prefix: String,
+        #[arg(long)]
+        stream_prefix: String,
+        #[arg(long)]
+        streams: usize,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        secs: u64,
     },
 }
 
@@ -121,7 +165,8 @@ async fn run(scenario: Scenario) -> Result<()> {
                 ms(100),
             )
             .await?;
-            s3::run(&["sqlite".into(), "postgres".into()], &[20000], 200, 5).await
+            s3::run(&["sqlite".into(), "postgres".into()], &[20000], 200, 5).await?;
+            s4::run(&[1000], 20, 10, s4::MAX_ACK_PENDING).await
         }
         Scenario::S1 {
             n,
@@ -149,6 +194,28 @@ async fn run(scenario: Scenario) -> Result<()> {
             header();
             s3::run(&store, &m, k, rate_s).await
         }
+        Scenario::S4 {
+            n,
+            rate,
+            secs,
+            max_ack_pending,
+        } => {
+            header();
+            s4::run(&n, rate, secs, max_ack_pending).await
+        }
+        Scenario::BaselineStream {
+            nats,
+            sim,
+            max_ack_pending,
+        } => s4::baseline(&nats, &sim, max_ack_pending).await,
+        Scenario::S4Publish {
+            nats,
+            subject_prefix,
+            stream_prefix,
+            streams,
+            rate,
+            secs,
+        } => s4::publish(&nats, &subject_prefix, &stream_prefix, streams, rate, secs).await,
         Scenario::BaselinePoll {
             sim,
             users,

@@ -24,7 +24,7 @@ pub const TENANT: &str = "bench";
 pub const PREFIX: &str = "ccrelay";
 
 /// Locks a mutex, ignoring poisoning (a panicked holder leaves plain counters behind).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -53,6 +53,50 @@ pub struct Taps {
     polls: Mutex<(HashMap<String, Instant>, Vec<Duration>)>,
     /// messageId → instant the simulator received its send.
     sends: Mutex<HashMap<String, Instant>>,
+    /// Robot stream chunks (S4) as `send_stream_msg` calls carried them.
+    pub chunks: Mutex<ChunkTap>,
+}
+
+/// What S4 reads off the `send_stream_msg` calls: each chunk's text is `<index>@<unix µs at
+/// publish>;`, so the delay from its publish to its receipt here needs no shared map.
+#[derive(Default)]
+pub struct ChunkTap {
+    /// Calls seen.
+    pub calls: u64,
+    /// (chunk index, publish → receipt) of every chunk carried.
+    pub delays: Vec<(u32, Duration)>,
+    /// `To_Account` → the last chunk index it received.
+    pub last: HashMap<String, u32>,
+    /// Chunks that arrived out of order or twice (must stay 0).
+    pub out_of_order: u64,
+}
+
+impl ChunkTap {
+    fn record(&mut self, to: &str, text: &str, now_us: u64) {
+        self.calls += 1;
+        for token in text.split(';').filter(|t| !t.is_empty()) {
+            let Some((idx, at)) = token.split_once('@') else {
+                continue;
+            };
+            let (Ok(idx), Ok(at)) = (idx.parse::<u32>(), at.parse::<u64>()) else {
+                continue;
+            };
+            let expected = self.last.get(to).map_or(0, |l| l + 1);
+            if idx != expected {
+                self.out_of_order += 1;
+            }
+            self.last.insert(to.to_owned(), idx);
+            self.delays
+                .push((idx, Duration::from_micros(now_us.saturating_sub(at))));
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch (the wall clock both sides of S4 share).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Taps {
@@ -62,6 +106,7 @@ impl Taps {
         polls.0.clear();
         polls.1.clear();
         lock(&self.sends).clear();
+        *lock(&self.chunks) = ChunkTap::default();
         self.recording.store(true, Ordering::SeqCst);
     }
 
@@ -112,6 +157,21 @@ async fn tap(State(taps): State<Arc<Taps>>, req: Request, next: Next) -> Respons
             && let Some(id) = v.get("messageId").and_then(|m| m.as_str())
         {
             lock(&taps.sends).entry(id.to_owned()).or_insert(now);
+        }
+        next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await
+    } else if path.ends_with("/send_stream_msg") {
+        let now_us = unix_us();
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
+            return next
+                .run(Request::from_parts(parts, axum::body::Body::empty()))
+                .await;
+        };
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            let to = v.get("To_Account").and_then(|m| m.as_str()).unwrap_or("");
+            let text = v.get("Chunk").and_then(|m| m.as_str()).unwrap_or("");
+            lock(&taps.chunks).record(to, text, now_us);
         }
         next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
             .await
@@ -189,6 +249,12 @@ pub struct RelayOptions<'a> {
 
 impl Relay {
     pub fn start(o: &RelayOptions<'_>) -> Result<Relay> {
+        Self::start_with(o, "", "")
+    }
+
+    /// [`Self::start`] with `nats_extra` appended to `[nats]` and `extra` (more sections, such
+    /// as a `[[tim]]` app) to the end of the configuration.
+    pub fn start_with(o: &RelayOptions<'_>, nats_extra: &str, extra: &str) -> Result<Relay> {
         let sc = SimConfig::default();
         let config = o.dir.join("ccrelay.toml");
         std::fs::write(
@@ -199,6 +265,7 @@ url = "{store}"
 [nats]
 url = "{nats}"
 embedded = false
+{nats_extra}
 [http]
 listen = "127.0.0.1:0"
 [[cec]]
@@ -209,6 +276,7 @@ app_secret = "{secret}"
 channel_config_id = "{ch}"
 poll_interval = "{poll}ms"
 idle_timeout = "1h"
+{extra}
 "#,
                 store = o.store_url,
                 nats = o.nats_url,
