@@ -36,6 +36,12 @@ impl OutboxSignal {
 const SWEEP: Duration = Duration::from_secs(1);
 
 /// Publishes outbox rows until `cancel` fires, then makes one last attempt to empty it.
+///
+/// Deleting a published batch's rows overlaps publishing the next: the delete is a write that
+/// waits for its turn in group commit, and awaiting it before reading the next batch made the
+/// outbox the downlink's bottleneck. The rows of a delete still in flight are skipped when the
+/// next batch is read, so nothing is published twice by this; should the delete fail, its rows
+/// are published again later and JetStream drops them as duplicates (`Nats-Msg-Id`).
 pub async fn run(
     store: DynStore,
     js: jetstream::Context,
@@ -45,14 +51,21 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut measured = std::time::Instant::now() - SWEEP;
+    let mut deleting = Deleting::default();
     loop {
         if measured.elapsed() >= SWEEP {
             measured = std::time::Instant::now();
             measure(&store).await;
         }
-        match publish_once(&store, &js, batch).await {
+        let round = publish_round(&store, &js, batch, &deleting.seqs).await;
+        // One delete in flight at a time: the previous one ends before the next starts.
+        deleting.finish().await;
+        match round {
             // Rows remain (or may): keep draining, even while shutting down.
-            Ok(n) if n > 0 => backoff = Duration::from_millis(100),
+            Ok(published) if !published.is_empty() => {
+                backoff = Duration::from_millis(100);
+                deleting.start(&store, published);
+            }
             Ok(_) => {
                 if cancel.is_cancelled() {
                     return;
@@ -63,7 +76,9 @@ pub async fn run(
                     _ = tokio::time::sleep(SWEEP) => {}
                 }
             }
-            Err(e) => {
+            Err((e, published)) => {
+                deleting.start(&store, published);
+                deleting.finish().await;
                 tracing::warn!(error = %e, retry_in = ?backoff, "Outbox publish failed; nothing is lost, will retry");
                 if cancel.is_cancelled() {
                     return;
@@ -75,6 +90,37 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// The delete of the last published batch's rows, while it runs.
+#[derive(Default)]
+struct Deleting {
+    seqs: Vec<i64>,
+    task: Option<tokio::task::JoinHandle<Result<(), crate::store::StoreError>>>,
+}
+
+impl Deleting {
+    fn start(&mut self, store: &DynStore, seqs: Vec<i64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let (store, done) = (store.clone(), seqs.clone());
+        self.seqs = seqs;
+        self.task = Some(tokio::spawn(async move { store.outbox_done(&done).await }));
+    }
+
+    /// Waits for the delete, if one runs. A failed one leaves its rows to be published again.
+    async fn finish(&mut self) {
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, rows = self.seqs.len(),
+                    "Cannot delete published outbox rows; they will be published again (and dropped by JetStream as duplicates)"),
+                Err(e) => tracing::warn!(error = %e, "The outbox delete task failed"),
+            }
+        }
+        self.seqs.clear();
     }
 }
 
@@ -102,15 +148,25 @@ pub enum OutboxError {
     },
 }
 
-/// Publishes one batch; returns how many rows were published and deleted.
-pub async fn publish_once(
+/// Publishes the oldest `batch` rows, leaving out `skip` (rows whose delete is in flight);
+/// returns the seqs published, or the first error with the seqs published before it.
+pub async fn publish_round(
     store: &DynStore,
     js: &jetstream::Context,
     batch: usize,
-) -> Result<usize, OutboxError> {
-    let rows = store.outbox_pending(batch as i64).await?;
+    skip: &[i64],
+) -> Result<Vec<i64>, (OutboxError, Vec<i64>)> {
+    let rows = store
+        .outbox_pending((batch + skip.len()) as i64)
+        .await
+        .map_err(|e| (e.into(), Vec::new()))?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| !skip.contains(&r.seq))
+        .take(batch)
+        .collect();
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let outgoing = rows
         .iter()
@@ -137,14 +193,16 @@ pub async fn publish_once(
     }
     if !done.is_empty() {
         crate::instrument::published(done.len(), took);
-        store.outbox_done(&done).await?;
     }
     match first_err {
-        None => Ok(done.len()),
-        Some(first) => Err(OutboxError::Publish {
-            failed,
-            total: rows.len(),
-            first,
-        }),
+        None => Ok(done),
+        Some(first) => Err((
+            OutboxError::Publish {
+                failed,
+                total: rows.len(),
+                first,
+            },
+            done,
+        )),
     }
 }
