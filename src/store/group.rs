@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, OfflineRow,
     OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session, SessionState, Store,
-    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, mismatch,
+    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, begun, committed,
 };
 
 /// Most writes in one transaction. Large enough that a full queue drains in a few commits, small
@@ -202,17 +202,11 @@ impl Store for GroupCommit {
         if commit.is_empty() {
             return Ok(Committed::default());
         }
-        match self.submit(Write::Commit(commit)).await? {
-            Written::Committed(c) => Ok(c),
-            other => Err(mismatch("commit", &other)),
-        }
+        committed("commit", self.submit(Write::Commit(commit)).await?)
     }
 
     async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
-        match self.submit(Write::BeginUp(row.clone())).await? {
-            Written::Begun(b) => Ok(b),
-            other => Err(mismatch("begin_up", &other)),
-        }
+        begun(self.submit(Write::BeginUp(row.clone())).await?)
     }
 
     async fn open_session(
@@ -298,10 +292,8 @@ impl Store for GroupCommit {
     }
 
     async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
-        match self.submit(Write::TimStream(row.clone(), commit)).await? {
-            Written::Committed(c) => Ok(c),
-            other => Err(mismatch("tim_stream_save", &other)),
-        }
+        let w = Write::TimStream(row.clone(), commit);
+        committed("tim_stream_save", self.submit(w).await?)
     }
 
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
@@ -317,10 +309,8 @@ impl Store for GroupCommit {
     }
 
     async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
-        match self.submit(Write::TimCallback(row.clone(), commit)).await? {
-            Written::Committed(c) => Ok(c),
-            other => Err(mismatch("tim_callback_save", &other)),
-        }
+        let w = Write::TimCallback(row.clone(), commit);
+        committed("tim_callback_save", self.submit(w).await?)
     }
 
     async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>> {

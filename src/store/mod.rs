@@ -728,18 +728,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies everything in `commit` in one transaction.
     async fn commit(&self, commit: Commit) -> Result<Committed> {
-        match one(self, Write::Commit(commit)).await? {
-            Written::Committed(c) => Ok(c),
-            other => Err(mismatch("commit", &other)),
-        }
+        committed("commit", one(self, Write::Commit(commit)).await?)
     }
 
     /// Records an uplink message as Pending, unless its (kind, tenant, user, message_id) exists.
     async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
-        match one(self, Write::BeginUp(row.clone())).await? {
-            Written::Begun(b) => Ok(b),
-            other => Err(mismatch("begin_up", &other)),
-        }
+        begun(one(self, Write::BeginUp(row.clone())).await?)
     }
 
     /// The not-closed session of a user, if any.
@@ -808,10 +802,8 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts or updates the stream `row` (keyed by (app, stream_id)) and applies `commit`
     /// (its events) in the same transaction.
     async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
-        match one(self, Write::TimStream(row.clone(), commit)).await? {
-            Written::Committed(c) => Ok(c),
-            other => Err(mismatch("tim_stream_save", &other)),
-        }
+        let w = Write::TimStream(row.clone(), commit);
+        committed("tim_stream_save", one(self, w).await?)
     }
     /// One stream, by app and `streamId`.
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>>;
@@ -823,10 +815,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a callback and applies `commit` (its transcript row and outbox message, when it
     /// is published) in the same transaction.
     async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
-        match one(self, Write::TimCallback(row.clone(), commit)).await? {
-            Written::Committed(c) => Ok(c),
-            other => Err(mismatch("tim_callback_save", &other)),
-        }
+        let w = Write::TimCallback(row.clone(), commit);
+        committed("tim_callback_save", one(self, w).await?)
     }
     /// The callbacks of an app, oldest first, at most `limit`.
     async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>>;
@@ -922,9 +912,24 @@ async fn one<S: Store + ?Sized>(store: &S, w: Write) -> Result<Written> {
         .ok_or_else(|| StoreError::Corrupt("a batch of one write returned nothing".into()))
 }
 
-/// A backend answered a write with another write's kind of result: a bug.
-fn mismatch(what: &str, got: &Written) -> StoreError {
-    StoreError::Corrupt(format!("{what} was answered with {got:?}"))
+/// The result of `what`, a write that commits; another kind of result is a bug.
+fn committed(what: &str, got: Written) -> Result<Committed> {
+    match got {
+        Written::Committed(c) => Ok(c),
+        other => Err(StoreError::Corrupt(format!(
+            "{what} was answered with {other:?}"
+        ))),
+    }
+}
+
+/// The result of a `begin_up`; another kind of result is a bug.
+fn begun(got: Written) -> Result<UpBegin> {
+    match got {
+        Written::Begun(b) => Ok(b),
+        other => Err(StoreError::Corrupt(format!(
+            "begin_up was answered with {other:?}"
+        ))),
+    }
 }
 
 /// A Tencent robot stream as stored (table `tim_streams`).
