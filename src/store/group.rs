@@ -19,14 +19,20 @@
 //! Writes are applied in the order they were queued (per writer; a user's writes all go to one),
 //! so a caller that waits for its write before
 //! making the next one (as every caller does) sees them applied in its order. A write whose caller
-//! stopped waiting is still applied: the callers' writes are idempotent (keys, `ON CONFLICT`).
-//! Reads go straight to the backend.
+//! stopped waiting before its batch began (a timeout, a cancelled task) is not applied — as a
+//! transaction that was never committed — so a caller that gave up and answered "failed" (a
+//! Tencent callback past its budget, which Tencent then retries) is not also stored. One that
+//! gives up while its batch is being committed may still be: the same window as a single
+//! transaction's. A writer that panics (a bug) answers its batch with a retryable error, says so
+//! in the log, and goes on with the next. Reads go straight to the backend.
 
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -123,8 +129,25 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, batches: Arc
         if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
+        // Callers that stopped waiting: their writes are dropped, not applied.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         batches.fetch_add(1, Ordering::Relaxed);
-        apply(store.as_ref(), &mut jobs).await;
+        let writes = jobs.len();
+        let applied = AssertUnwindSafe(apply(store.as_ref(), &mut jobs))
+            .catch_unwind()
+            .await;
+        if applied.is_err() {
+            // The batch's callers whose answers were not sent see their reply dropped: a
+            // retryable error. The writer lives on for the next batch.
+            tracing::error!(
+                writes,
+                "The store writer panicked applying a batch; its writes were not confirmed"
+            );
+            jobs.clear();
+        }
     }
 }
 

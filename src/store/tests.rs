@@ -1778,6 +1778,25 @@ async fn a_closed_store_fails_with_retryable_errors(db: Db) {
 // ---------------------------------------------------------------------------------------------
 // Not about a particular database
 
+#[tokio::test]
+async fn a_write_whose_caller_gave_up_before_its_batch_is_not_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    // Polled once (queued), then dropped: on this single-threaded runtime the writer cannot run
+    // in between, so when it takes the write its caller is gone.
+    let mut given_up = Box::pin(store.commit(downs(vec![down("quitter", None, "x", at(0))])));
+    assert!(futures::poll!(&mut given_up).is_pending());
+    drop(given_up);
+    store
+        .commit(downs(vec![down("stayer", None, "y", at(1))]))
+        .await
+        .unwrap();
+    assert!(transcript(&store, "quitter").await.is_empty());
+    assert_eq!(transcript(&store, "stayer").await.len(), 1);
+}
+
 #[test]
 fn a_write_names_the_user_whose_rows_it_writes() {
     let s = session("u7", SessionState::Active, at(0));
