@@ -102,7 +102,7 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
 async fn store_token(relay: &Relay, p: &mut Polled, current: &str) {
     match relay
         .store
-        .set_session_token(&p.session.id, Some(current))
+        .set_session_token(&p.session, Some(current))
         .await
     {
         Ok(()) => p.session.token = Some(current.to_owned()),

@@ -254,12 +254,10 @@ impl Store for GroupCommit {
         self.inner.list_sessions(tenant, state, limit).await
     }
 
-    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
-        let w = Write::SessionToken {
-            session_id: session_id.to_owned(),
-            token: token.map(str::to_owned),
-        };
-        self.submit(w).await.map(drop)
+    async fn set_session_token(&self, session: &Session, token: Option<&str>) -> Result<()> {
+        self.submit(Write::session_token(session, token))
+            .await
+            .map(drop)
     }
 
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {

@@ -752,12 +752,10 @@ pub trait Store: Send + Sync + 'static {
         state: Option<SessionState>,
         limit: i64,
     ) -> Result<Vec<Session>>;
-    /// Stores a user's new `ccmessaging-token` (or clears it).
-    async fn set_session_token(&self, session_id: &str, token: Option<&str>) -> Result<()> {
-        let w = Write::SessionToken {
-            session_id: session_id.to_owned(),
-            token: token.map(str::to_owned),
-        };
+    /// Stores a user's new `ccmessaging-token` (or clears it) on `session` (by its id; its
+    /// tenant and user keep the write on the user's group-commit writer).
+    async fn set_session_token(&self, session: &Session, token: Option<&str>) -> Result<()> {
+        let w = Write::session_token(session, token);
         one(self, w).await.map(drop)
     }
 
@@ -851,6 +849,8 @@ pub enum Write {
     /// [`Store::set_session_token`].
     SessionToken {
         session_id: String,
+        tenant: String,
+        user_id: String,
         token: Option<String>,
     },
     /// [`Store::outbox_done`]: the published rows' seqs.
@@ -862,6 +862,16 @@ pub enum Write {
 }
 
 impl Write {
+    /// [`Store::set_session_token`]'s write.
+    pub fn session_token(session: &Session, token: Option<&str>) -> Self {
+        Write::SessionToken {
+            session_id: session.id.clone(),
+            tenant: session.tenant.clone(),
+            user_id: session.user_id.clone(),
+            token: token.map(str::to_owned),
+        }
+    }
+
     /// The (tenant or app, user) whose rows it writes, when it names one: group commit keeps one
     /// user's writes on one writer ([`group`]).
     pub fn user(&self) -> Option<(&str, &str)> {
@@ -871,7 +881,10 @@ impl Write {
             {
                 c.user()
             }
-            Write::Commit(_) | Write::SessionToken { .. } | Write::OutboxDone(_) => None,
+            Write::SessionToken {
+                tenant, user_id, ..
+            } => Some((tenant, user_id)),
+            Write::Commit(_) | Write::OutboxDone(_) => None,
             Write::BeginUp(row) => Some((&row.tenant, &row.user_id)),
             Write::TimStream(row, _) => Some((&row.app, &row.user_id)),
             Write::TimCallback(row, _) => row.user_id.as_deref().map(|u| (row.app.as_str(), u)),

@@ -664,7 +664,9 @@ async fn apply_write(conn: &mut SqliteConnection, w: &Write) -> Result<Written> 
     Ok(match w {
         Write::Commit(c) => Written::Committed(apply(conn, c).await?),
         Write::BeginUp(row) => Written::Begun(begin_up_on(conn, row).await?),
-        Write::SessionToken { session_id, token } => {
+        Write::SessionToken {
+            session_id, token, ..
+        } => {
             set_token_on(conn, session_id, token.as_deref()).await?;
             Written::Done
         }

@@ -208,6 +208,13 @@ fn at(offset_secs: i64) -> OffsetDateTime {
     datetime!(2025-06-01 12:00:00.123456 UTC) + time::Duration::seconds(offset_secs)
 }
 
+/// A session that is not stored, under the id `id`.
+fn ghost(id: &str) -> Session {
+    let mut s = session("ghost", SessionState::Active, at(0));
+    s.id = id.to_owned();
+    s
+}
+
 fn session(user: &str, state: SessionState, opened: OffsetDateTime) -> Session {
     Session {
         id: id(),
@@ -1495,12 +1502,12 @@ async fn the_session_token_is_stored_and_cleared(db: Db) {
             .token
     };
     assert_eq!(token().await.as_deref(), Some("tok-1"));
-    store.set_session_token(&s.id, Some("tok-2")).await.unwrap();
+    store.set_session_token(&s, Some("tok-2")).await.unwrap();
     assert_eq!(token().await.as_deref(), Some("tok-2"));
-    store.set_session_token(&s.id, None).await.unwrap();
+    store.set_session_token(&s, None).await.unwrap();
     assert_eq!(token().await, None);
     let err = store
-        .set_session_token("nope", Some("x"))
+        .set_session_token(&ghost("nope"), Some("x"))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
@@ -1693,10 +1700,10 @@ async fn every_kind_of_write_goes_through_group_commit(db: Db) {
     let group = group_on(&db).await;
     let s = session("kinds", SessionState::Active, at(0));
     group.commit(open(&s)).await.unwrap();
-    group.set_session_token(&s.id, Some("tok")).await.unwrap();
+    group.set_session_token(&s, Some("tok")).await.unwrap();
     assert!(
         group
-            .set_session_token("no-such-session", Some("tok"))
+            .set_session_token(&ghost("no-such-session"), Some("tok"))
             .await
             .is_err()
     );
@@ -1823,6 +1830,10 @@ fn a_write_names_the_user_whose_rows_it_writes() {
         result_desc: None,
     });
     assert_eq!(Write::Commit(mixed).user(), Some((TENANT, "u1")));
+    assert_eq!(
+        Write::session_token(&ghost("g"), Some("t")).user(),
+        Some((TENANT, "ghost"))
+    );
     assert_eq!(Write::OutboxDone(vec![1]).user(), None);
     assert_eq!(Write::Commit(Commit::default()).user(), None);
 }
