@@ -890,18 +890,6 @@ impl Write {
             Write::TimCallback(row, _) => row.user_id.as_deref().map(|u| (row.app.as_str(), u)),
         }
     }
-
-    /// The name of the [`Store`] method it stands for (metrics, logs).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Write::Commit(_) => "commit",
-            Write::BeginUp(_) => "begin_up",
-            Write::SessionToken { .. } => "set_session_token",
-            Write::OutboxDone(_) => "outbox_done",
-            Write::TimStream(..) => "tim_stream_save",
-            Write::TimCallback(..) => "tim_callback_save",
-        }
-    }
 }
 
 /// What one [`Write`] did.
