@@ -36,9 +36,10 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, OfflineRow,
-    OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session, SessionState, Store,
-    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, begun, committed,
+    Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, MessageStatus,
+    OfflineRow, OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session,
+    SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, begun,
+    committed,
 };
 
 /// Most writes in one transaction. Large enough that a full queue drains in a few commits, small
@@ -230,6 +231,18 @@ impl Store for GroupCommit {
 
     async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
         begun(self.submit(Write::BeginUp(row.clone())).await?)
+    }
+
+    async fn up_status(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<Option<MessageStatus>> {
+        self.inner
+            .up_status(kind, tenant, user_id, message_id)
+            .await
     }
 
     async fn open_session(

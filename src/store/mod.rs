@@ -367,7 +367,8 @@ pub struct EventRecord {
     pub created_at: OffsetDateTime,
 }
 
-/// The final outcome of an up row (it must exist: see [`Store::begin_up`]).
+/// The final outcome of an up row begun earlier (see [`Store::begin_up`]); an up row not begun
+/// goes in [`Commit::up_row`] with its outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpOutcome {
     pub kind: String,
@@ -571,8 +572,13 @@ pub struct FileDone {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Commit {
     pub sessions: Vec<SessionChange>,
-    /// Outcome of an uplink message.
+    /// Outcome of an uplink message whose row was begun earlier ([`Store::begin_up`]).
     pub up: Option<UpOutcome>,
+    /// An uplink message's row with its outcome (status, result, session): inserted, or — if its
+    /// (kind, tenant, user, message_id) exists, e.g. a Pending row of an earlier run — that row
+    /// takes this outcome. Lets a message be recorded and finished in one commit, with no
+    /// [`Store::begin_up`] before it.
+    pub up_row: Option<MessageRow>,
     /// Downlink messages: transcript row + outbox row each, both skipped for a duplicate code.
     pub down: Vec<DownRecord>,
     /// Events: events row + outbox row each.
@@ -601,6 +607,11 @@ impl Commit {
             .as_ref()
             .map(|u| (u.tenant.as_str(), u.user_id.as_str()))
             .or_else(|| {
+                self.up_row
+                    .as_ref()
+                    .map(|r| (r.tenant.as_str(), r.user_id.as_str()))
+            })
+            .or_else(|| {
                 self.down
                     .first()
                     .map(|d| (d.row.tenant.as_str(), d.row.user_id.as_str()))
@@ -626,6 +637,7 @@ impl Commit {
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
             && self.up.is_none()
+            && self.up_row.is_none()
             && self.down.is_empty()
             && self.events.is_empty()
             && self.satisfactions.is_empty()
@@ -735,6 +747,16 @@ pub trait Store: Send + Sync + 'static {
     async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
         begun(one(self, Write::BeginUp(row.clone())).await?)
     }
+
+    /// The status of an uplink message's row, if it has one (read without a write, so without
+    /// waiting for a commit: how a redelivered message is recognised).
+    async fn up_status(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<Option<MessageStatus>>;
 
     /// The not-closed session of a user, if any.
     async fn open_session(
@@ -920,6 +942,36 @@ fn committed(what: &str, got: Written) -> Result<Committed> {
         other => Err(StoreError::Corrupt(format!(
             "{what} was answered with {other:?}"
         ))),
+    }
+}
+
+/// What a backend's `write_batch` did with one write's own statements: it is done, or its
+/// commit is left to be applied with the batch's other commits, all at once (a statement per
+/// table per batch, not per write).
+pub(crate) enum Applied<'w> {
+    Done(Written),
+    Commit(&'w Commit),
+}
+
+impl<'w> Applied<'w> {
+    /// Its result if done; else `None`, and its commit joins `commits`.
+    pub(crate) fn keep_commit(self, commits: &mut Vec<&'w Commit>) -> Option<Written> {
+        match self {
+            Applied::Done(d) => Some(d),
+            Applied::Commit(c) => {
+                commits.push(c);
+                None
+            }
+        }
+    }
+
+    /// The batch's results in write order: `done` with its gaps filled, in order, by the
+    /// results of the commits kept.
+    pub(crate) fn results(done: Vec<Option<Written>>, committed: Vec<Committed>) -> Vec<Written> {
+        let mut committed = committed.into_iter();
+        done.into_iter()
+            .map(|d| d.unwrap_or_else(|| Written::Committed(committed.next().unwrap_or_default())))
+            .collect()
     }
 }
 

@@ -121,6 +121,9 @@ fn fix_commit(c: &mut Commit) {
         fix_opt(&mut up.result_code);
         fix_opt(&mut up.result_desc);
     }
+    if let Some(r) = &mut c.up_row {
+        fix_row(r);
+    }
     for s in &mut c.satisfactions {
         fix(&mut s.score);
         fix_opt(&mut s.comment);

@@ -19,11 +19,11 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
-    MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
-    Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState, Store,
-    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, classify, from_unix_micros,
-    invalid, unix_micros,
+    Applied, Commit, Committed, Direction, DownRecord, EventRecord, FileDone, FileRow, FileStatus,
+    MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats,
+    PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState,
+    Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome, Write, Written, classify,
+    from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -262,6 +262,26 @@ const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, 
              $14, $15, $16) \
      ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO NOTHING";
 
+/// Up rows with their outcome, in the order given; an existing row (Pending, of an earlier run)
+/// takes the outcome.
+const UPSERT_UPS: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
+       direction, message_id, message_code, source_type, control_type, media_type, content, \
+       body, status, result_code, result_desc, stream_seq, created_at) \
+     SELECT relay_id, kind, tenant, user_id, session_id, 'up', message_id, message_code, \
+       source_type, control_type, media_type, content, body::jsonb, status, result_code, \
+       result_desc, stream_seq, created_at \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+       $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+       $14::text[], $15::text[], $16::int8[], $17::timestamptz[]) WITH ORDINALITY \
+       AS t(relay_id, kind, tenant, user_id, session_id, message_id, message_code, source_type, \
+       control_type, media_type, content, body, status, result_code, result_desc, stream_seq, \
+       created_at, ord) \
+     ORDER BY ord \
+     ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO UPDATE SET \
+     status = excluded.status, result_code = excluded.result_code, \
+     result_desc = excluded.result_desc, \
+     session_id = coalesce(excluded.session_id, messages.session_id)";
+
 const UP_STATUS: &str = "SELECT status FROM messages \
      WHERE kind = $1 AND tenant = $2 AND user_id = $3 AND message_id = $4 AND direction = 'up'";
 
@@ -413,96 +433,155 @@ fn column<'a, T: 'a>(items: impl IntoIterator<Item = T>) -> Vec<T> {
     items.into_iter().collect()
 }
 
-/// Everything of [`Store::commit`] inside the transaction `conn` is in.
-async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
-    let now = Ts::of(OffsetDateTime::now_utc());
-    let mut done = Committed::default();
-
-    for change in &commit.sessions {
-        match change {
-            SessionChange::Open(s) => {
-                sqlx::query(INSERT_SESSION)
-                    .bind(&s.id)
-                    .bind(&s.kind)
-                    .bind(&s.tenant)
-                    .bind(&s.user_id)
-                    .bind(&s.channel_config_id)
-                    .bind(s.state.as_str())
-                    .bind(&s.token)
-                    .bind(Ts::of(s.opened_at))
-                    .bind(s.closed_at.map(Ts::of))
-                    .bind(&s.close_reason)
-                    .bind(Ts::of(s.last_activity_at))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
+/// A session change inside the transaction `conn` is in.
+async fn apply_session_change(conn: &mut PgConnection, change: &SessionChange) -> Result<()> {
+    match change {
+        SessionChange::Open(s) => {
+            sqlx::query(INSERT_SESSION)
+                .bind(&s.id)
+                .bind(&s.kind)
+                .bind(&s.tenant)
+                .bind(&s.user_id)
+                .bind(&s.channel_config_id)
+                .bind(s.state.as_str())
+                .bind(&s.token)
+                .bind(Ts::of(s.opened_at))
+                .bind(s.closed_at.map(Ts::of))
+                .bind(&s.close_reason)
+                .bind(Ts::of(s.last_activity_at))
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+        }
+        SessionChange::SetState { id, state } => {
+            if *state == SessionState::Closed {
+                return Err(invalid(
+                    "SessionChange::SetState cannot close a session: use Close",
+                ));
             }
-            SessionChange::SetState { id, state } => {
-                if *state == SessionState::Closed {
-                    return Err(invalid(
-                        "SessionChange::SetState cannot close a session: use Close",
-                    ));
-                }
-                let r = sqlx::query(SET_SESSION_STATE)
-                    .bind(id)
-                    .bind(state.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
-                if r.rows_affected() == 0 {
-                    require_session(conn, id).await?;
-                }
+            let r = sqlx::query(SET_SESSION_STATE)
+                .bind(id)
+                .bind(state.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+            if r.rows_affected() == 0 {
+                require_session(conn, id).await?;
             }
-            SessionChange::Close { id, reason, at } => {
-                let r = sqlx::query(CLOSE_SESSION)
-                    .bind(id)
-                    .bind(Ts::of(*at))
-                    .bind(reason)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
-                if r.rows_affected() == 0 {
-                    require_session(conn, id).await?;
-                }
+        }
+        SessionChange::Close { id, reason, at } => {
+            let r = sqlx::query(CLOSE_SESSION)
+                .bind(id)
+                .bind(Ts::of(*at))
+                .bind(reason)
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+            if r.rows_affected() == 0 {
+                require_session(conn, id).await?;
             }
         }
     }
+    Ok(())
+}
 
-    if let Some(up) = &commit.up {
-        let r = sqlx::query(UPDATE_UP)
-            .bind(&up.kind)
-            .bind(&up.tenant)
-            .bind(&up.user_id)
-            .bind(&up.message_id)
-            .bind(up.status.as_str())
-            .bind(&up.result_code)
-            .bind(&up.result_desc)
-            .bind(&up.session_id)
+/// The outcome of an up row begun earlier, inside the transaction `conn` is in.
+async fn apply_up_outcome(conn: &mut PgConnection, up: &UpOutcome) -> Result<()> {
+    let r = sqlx::query(UPDATE_UP)
+        .bind(&up.kind)
+        .bind(&up.tenant)
+        .bind(&up.user_id)
+        .bind(&up.message_id)
+        .bind(up.status.as_str())
+        .bind(&up.result_code)
+        .bind(&up.result_desc)
+        .bind(&up.session_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "up outcome for a message never begun: {}/{}/{} message_id {:?}",
+            up.kind, up.tenant, up.user_id, up.message_id
+        )));
+    }
+    Ok(())
+}
+
+/// Everything of `commits` — the commits of one batch of writes — inside the transaction `conn`
+/// is in, and what each did.
+///
+/// Each table's rows of all of them go in one statement (arrays, `unnest`): a statement is a
+/// round trip to the server, so a batch of 200 commits makes about ten, not a thousand. The
+/// commits are concurrent writes (each caller waits for its own), so applying their parts table
+/// by table is applying them in some order; within each commit its parts keep their documented
+/// order, and outbox rows keep commit order within the downs and within the events.
+async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Committed>> {
+    let now = Ts::of(OffsetDateTime::now_utc());
+    let mut done: Vec<Committed> = vec![Committed::default(); commits.len()];
+
+    for c in commits {
+        for change in &c.sessions {
+            apply_session_change(conn, change).await?;
+        }
+        if let Some(up) = &c.up {
+            apply_up_outcome(conn, up).await?;
+        }
+    }
+
+    let up_rows: Vec<&MessageRow> = commits.iter().filter_map(|c| c.up_row.as_ref()).collect();
+    if up_rows
+        .iter()
+        .any(|r| r.direction != Direction::Up || r.message_id.is_none())
+    {
+        return Err(invalid("Commit::up_row takes an up row with a message_id"));
+    }
+    if !up_rows.is_empty() {
+        let rows = || up_rows.iter();
+        sqlx::query(UPSERT_UPS)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.message_id.as_deref())))
+            .bind(column(rows().map(|r| r.message_code.as_deref())))
+            .bind(column(rows().map(|r| r.source_type.as_deref())))
+            .bind(column(rows().map(|r| r.control_type.as_deref())))
+            .bind(column(rows().map(|r| r.media_type.as_deref())))
+            .bind(column(rows().map(|r| r.content.as_deref())))
+            .bind(column(rows().map(|r| r.body.as_str())))
+            .bind(column(rows().map(|r| r.status.as_str())))
+            .bind(column(rows().map(|r| r.result_code.as_deref())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| r.stream_seq)))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))))
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "up outcome for a message never begun: {}/{}/{} message_id {:?}",
-                up.kind, up.tenant, up.user_id, up.message_id
+    }
+
+    for c in commits {
+        if let Some(f) = c
+            .files
+            .iter()
+            .find(|f| !c.down.iter().any(|d| d.row.relay_id == f.relay_id))
+        {
+            return Err(invalid(format!(
+                "file of down message {:?}, which is not in the commit",
+                f.relay_id
             )));
         }
     }
-
-    let held: std::collections::HashSet<&str> =
-        commit.files.iter().map(|f| f.relay_id.as_str()).collect();
-    if let Some(f) = commit
-        .files
+    let held: std::collections::HashSet<&str> = commits
         .iter()
-        .find(|f| !commit.down.iter().any(|d| d.row.relay_id == f.relay_id))
-    {
-        return Err(invalid(format!(
-            "file of down message {:?}, which is not in the commit",
-            f.relay_id
-        )));
-    }
-    if !commit.down.is_empty() {
-        let rows = || commit.down.iter().map(|d| &d.row);
+        .flat_map(|c| &c.files)
+        .map(|f| f.relay_id.as_str())
+        .collect();
+    let downs: Vec<&DownRecord> = commits.iter().flat_map(|c| &c.down).collect();
+    let mut inserted_downs = std::collections::HashSet::new();
+    if !downs.is_empty() {
+        let rows = || downs.iter().map(|d| &d.row);
         let inserted: Vec<String> = sqlx::query_scalar(INSERT_DOWNS)
             .bind(column(rows().map(|r| r.relay_id.as_str())))
             .bind(column(rows().map(|r| r.kind.as_str())))
@@ -522,39 +601,33 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             .bind(column(rows().map(|r| r.result_desc.as_deref())))
             .bind(column(rows().map(|r| r.stream_seq)))
             .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .bind(column(downs.iter().map(|d| d.publish.msg_id.as_str())))
+            .bind(column(downs.iter().map(|d| d.publish.subject.as_str())))
+            .bind(column(downs.iter().map(|d| d.publish.payload.as_slice())))
             .bind(column(
-                commit.down.iter().map(|d| d.publish.msg_id.as_str()),
-            ))
-            .bind(column(
-                commit.down.iter().map(|d| d.publish.subject.as_str()),
-            ))
-            .bind(column(
-                commit.down.iter().map(|d| d.publish.payload.as_slice()),
-            ))
-            .bind(column(
-                commit
-                    .down
-                    .iter()
-                    .map(|d| held.contains(d.row.relay_id.as_str())),
+                downs.iter().map(|d| held.contains(d.row.relay_id.as_str())),
             ))
             .bind(now)
             .fetch_all(&mut *conn)
             .await
             .map_err(classify)?;
-        // RETURNING comes in no particular order: report in the order given.
-        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
-        for d in &commit.down {
-            if inserted.contains(&d.row.relay_id) {
-                done.inserted_down.push(d.row.relay_id.clone());
+        inserted_downs.extend(inserted);
+    }
+    // RETURNING comes in no particular order: report in the order given.
+    for (c, d) in commits.iter().zip(done.iter_mut()) {
+        for down in &c.down {
+            if inserted_downs.contains(&down.row.relay_id) {
+                d.inserted_down.push(down.row.relay_id.clone());
             } else {
-                done.duplicate_down += 1;
+                d.duplicate_down += 1;
             }
         }
-        done.outboxed += done.inserted_down.len();
+        d.outboxed = d.inserted_down.len() + c.events.len();
     }
 
-    if !commit.events.is_empty() {
-        let events = || commit.events.iter();
+    let events: Vec<&EventRecord> = commits.iter().flat_map(|c| &c.events).collect();
+    if !events.is_empty() {
+        let events = || events.iter();
         sqlx::query(INSERT_EVENTS)
             .bind(column(events().map(|e| e.relay_id.as_str())))
             .bind(column(events().map(|e| e.kind.as_str())))
@@ -570,11 +643,12 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
-        done.outboxed += commit.events.len();
     }
 
-    if !commit.satisfactions.is_empty() {
-        let rows = || commit.satisfactions.iter();
+    let satisfactions: Vec<&SatisfactionRow> =
+        commits.iter().flat_map(|c| &c.satisfactions).collect();
+    if !satisfactions.is_empty() {
+        let rows = || satisfactions.iter();
         sqlx::query(INSERT_SATISFACTIONS)
             .bind(column(rows().map(|r| r.relay_id.as_str())))
             .bind(column(rows().map(|r| r.kind.as_str())))
@@ -593,8 +667,9 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             .map_err(classify)?;
     }
 
-    if !commit.offline.is_empty() {
-        let rows = || commit.offline.iter();
+    let offline: Vec<&OfflineRow> = commits.iter().flat_map(|c| &c.offline).collect();
+    if !offline.is_empty() {
+        let rows = || offline.iter();
         sqlx::query(INSERT_OFFLINE)
             .bind(column(rows().map(|r| r.relay_id.as_str())))
             .bind(column(rows().map(|r| r.kind.as_str())))
@@ -614,10 +689,10 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             .map_err(classify)?;
     }
 
-    let files: Vec<&FileRow> = commit
-        .files
+    let files: Vec<&FileRow> = commits
         .iter()
-        .filter(|f| done.inserted_down.contains(&f.relay_id))
+        .flat_map(|c| &c.files)
+        .filter(|f| inserted_downs.contains(&f.relay_id))
         .collect();
     if !files.is_empty() {
         let rows = || files.iter();
@@ -645,14 +720,16 @@ async fn apply(conn: &mut PgConnection, commit: &Commit) -> Result<Committed> {
             .map_err(classify)?;
     }
 
-    if !commit.touch.is_empty() {
+    let touch: Vec<&(String, OffsetDateTime)> = commits.iter().flat_map(|c| &c.touch).collect();
+    if !touch.is_empty() {
         let found: Vec<String> = sqlx::query_scalar(TOUCH_SESSIONS)
-            .bind(column(commit.touch.iter().map(|(id, _)| id.as_str())))
-            .bind(column(commit.touch.iter().map(|(_, at)| Ts::of(*at))))
+            .bind(column(touch.iter().map(|(id, _)| id.as_str())))
+            .bind(column(touch.iter().map(|(_, at)| Ts::of(*at))))
             .fetch_all(&mut *conn)
             .await
             .map_err(classify)?;
-        if let Some((missing, _)) = commit.touch.iter().find(|(id, _)| !found.contains(id)) {
+        let found: std::collections::HashSet<String> = found.into_iter().collect();
+        if let Some((missing, _)) = touch.iter().find(|(id, _)| !found.contains(id)) {
             return Err(StoreError::Corrupt(format!(
                 "touch of session {missing:?}, which does not exist"
             )));
@@ -690,23 +767,29 @@ impl PgStore {
     }
 }
 
-/// One [`Write`] inside the transaction `conn` is in.
-async fn apply_write(conn: &mut PgConnection, w: &Write) -> Result<Written> {
+/// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
+async fn apply_write<'w>(conn: &mut PgConnection, w: &'w Write) -> Result<Applied<'w>> {
     Ok(match w {
-        Write::Commit(c) => Written::Committed(apply(conn, c).await?),
-        Write::BeginUp(row) => Written::Begun(begin_up_on(conn, row).await?),
+        Write::Commit(c) => Applied::Commit(c),
+        Write::BeginUp(row) => Applied::Done(Written::Begun(begin_up_on(conn, row).await?)),
         Write::SessionToken {
             session_id, token, ..
         } => {
             set_token_on(conn, session_id, token.as_deref()).await?;
-            Written::Done
+            Applied::Done(Written::Done)
         }
         Write::OutboxDone(seqs) => {
             outbox_done_on(conn, seqs).await?;
-            Written::Done
+            Applied::Done(Written::Done)
         }
-        Write::TimStream(row, c) => Written::Committed(tim_stream_on(conn, row, c).await?),
-        Write::TimCallback(row, c) => Written::Committed(tim_callback_on(conn, row, c).await?),
+        Write::TimStream(row, c) => {
+            tim_stream_on(conn, row).await?;
+            Applied::Commit(c)
+        }
+        Write::TimCallback(row, c) => {
+            tim_callback_on(conn, row).await?;
+            Applied::Commit(c)
+        }
     })
 }
 
@@ -785,11 +868,7 @@ async fn outbox_done_on(conn: &mut PgConnection, seqs: &[i64]) -> Result<()> {
     Ok(())
 }
 
-async fn tim_stream_on(
-    conn: &mut PgConnection,
-    row: &TimStreamRow,
-    commit: &Commit,
-) -> Result<Committed> {
+async fn tim_stream_on(conn: &mut PgConnection, row: &TimStreamRow) -> Result<()> {
     sqlx::query(TIM_STREAM_UPSERT)
         .bind(row.app.clone())
         .bind(row.user_id.clone())
@@ -809,14 +888,10 @@ async fn tim_stream_on(
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
-    apply(conn, commit).await
+    Ok(())
 }
 
-async fn tim_callback_on(
-    conn: &mut PgConnection,
-    row: &TimCallbackRow,
-    commit: &Commit,
-) -> Result<Committed> {
+async fn tim_callback_on(conn: &mut PgConnection, row: &TimCallbackRow) -> Result<()> {
     sqlx::query(TIM_CALLBACK_INSERT)
         .bind(row.relay_id.clone())
         .bind(row.app.clone())
@@ -828,7 +903,7 @@ async fn tim_callback_on(
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
-    apply(conn, commit).await
+    Ok(())
 }
 
 #[async_trait]
@@ -858,11 +933,32 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         // On error `tx` is dropped, which rolls everything back.
         let mut done = Vec::with_capacity(writes.len());
+        let mut commits = Vec::new();
         for w in writes.iter() {
-            done.push(apply_write(&mut tx, w).await?);
+            let applied = apply_write(&mut tx, w).await?;
+            done.push(applied.keep_commit(&mut commits));
         }
+        let committed = apply(&mut tx, &commits).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(done)
+        Ok(Applied::results(done, committed))
+    }
+
+    async fn up_status(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<Option<MessageStatus>> {
+        let status: Option<String> = sqlx::query_scalar(UP_STATUS)
+            .bind(kind)
+            .bind(tenant)
+            .bind(user_id)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        status.as_deref().map(MessageStatus::parse).transpose()
     }
 
     async fn open_session(

@@ -7,7 +7,7 @@
 //! `SQLITE_BUSY` when a read transaction tries to become a write one. Timestamps are INTEGER
 //! microseconds since the Unix epoch (see `migrations/sqlite`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -21,11 +21,11 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    Commit, Committed, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
-    MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
-    Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState, Store,
-    StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, classify, from_unix_micros,
-    invalid, unix_micros,
+    Applied, Commit, Committed, Direction, DownRecord, EventRecord, FileDone, FileRow, FileStatus,
+    MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats,
+    PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState,
+    Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome, Write, Written, classify,
+    from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -36,8 +36,8 @@ const MAX_CONNECTIONS: u32 = 4;
 /// thread, which costs more than SQLite's work for a row; but every row count up to this is a
 /// statement of its own in the cache, so it stays small (see [`STATEMENT_CACHE`]).
 const CHUNK: usize = 32;
-/// Prepared statements kept per connection: the 5 × [`CHUNK`] multi-row INSERTs and the rest.
-const STATEMENT_CACHE: usize = 5 * CHUNK + 64;
+/// Prepared statements kept per connection: the 6 × [`CHUNK`] multi-row INSERTs and the rest.
+const STATEMENT_CACHE: usize = 6 * CHUNK + 64;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
@@ -106,8 +106,11 @@ const CLOSE_SESSION: &str = "UPDATE sessions SET state = 'closed', closed_at = ?
 
 const SESSION_EXISTS: &str = "SELECT 1 FROM sessions WHERE id = ?1";
 
-const TOUCH_SESSION: &str =
-    "UPDATE sessions SET last_activity_at = max(last_activity_at, ?2) WHERE id = ?1";
+/// Moves `last_activity_at` forward for each `[id, micros]` pair of the JSON array `?1` (one
+/// pair per id).
+const TOUCH_SESSIONS: &str = "UPDATE sessions SET last_activity_at = max(last_activity_at, t.at) \
+     FROM (SELECT value ->> 0 AS id, value ->> 1 AS at FROM json_each(?1)) AS t \
+     WHERE sessions.id = t.id";
 
 const UPDATE_UP: &str = "UPDATE messages SET status = ?5, result_code = ?6, result_desc = ?7, \
      session_id = coalesce(?8, session_id) \
@@ -205,6 +208,20 @@ const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id,
 
 const OFFLINE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, message_id, \
      caller, content, tip_text, result_code, result_desc, created_at";
+
+/// Up rows with their outcome; an existing row (Pending, of an earlier run) takes the outcome.
+static UPSERT_UPS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, direction, \
+         message_id, message_code, source_type, control_type, media_type, content, body, status, \
+         result_code, result_desc, stream_seq, created_at)",
+        18,
+        "ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO UPDATE SET \
+         status = excluded.status, result_code = excluded.result_code, \
+         result_desc = excluded.result_desc, \
+         session_id = coalesce(excluded.session_id, session_id)",
+    )
+});
 
 /// Outbox rows; SQLite numbers the rows of one INSERT in the order of its VALUES.
 static INSERT_OUTBOX: LazyLock<MultiRow> = LazyLock::new(|| {
@@ -409,95 +426,132 @@ async fn require_session(conn: &mut SqliteConnection, id: &str) -> Result<()> {
     }
 }
 
-/// Everything of [`Store::commit`] inside the transaction `conn` is in.
-async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed> {
-    let now = unix_micros(OffsetDateTime::now_utc());
-    let mut done = Committed::default();
-
-    for change in &commit.sessions {
-        match change {
-            SessionChange::Open(s) => {
-                sqlx::query(INSERT_SESSION)
-                    .bind(s.id.clone())
-                    .bind(s.kind.clone())
-                    .bind(s.tenant.clone())
-                    .bind(s.user_id.clone())
-                    .bind(s.channel_config_id.clone())
-                    .bind(s.state.as_str())
-                    .bind(s.token.clone())
-                    .bind(unix_micros(s.opened_at))
-                    .bind(s.closed_at.map(unix_micros))
-                    .bind(s.close_reason.clone())
-                    .bind(unix_micros(s.last_activity_at))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
+/// A session change inside the transaction `conn` is in.
+async fn apply_session_change(conn: &mut SqliteConnection, change: &SessionChange) -> Result<()> {
+    match change {
+        SessionChange::Open(s) => {
+            sqlx::query(INSERT_SESSION)
+                .bind(s.id.clone())
+                .bind(s.kind.clone())
+                .bind(s.tenant.clone())
+                .bind(s.user_id.clone())
+                .bind(s.channel_config_id.clone())
+                .bind(s.state.as_str())
+                .bind(s.token.clone())
+                .bind(unix_micros(s.opened_at))
+                .bind(s.closed_at.map(unix_micros))
+                .bind(s.close_reason.clone())
+                .bind(unix_micros(s.last_activity_at))
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+        }
+        SessionChange::SetState { id, state } => {
+            if *state == SessionState::Closed {
+                return Err(invalid(
+                    "SessionChange::SetState cannot close a session: use Close",
+                ));
             }
-            SessionChange::SetState { id, state } => {
-                if *state == SessionState::Closed {
-                    return Err(invalid(
-                        "SessionChange::SetState cannot close a session: use Close",
-                    ));
-                }
-                let r = sqlx::query(SET_SESSION_STATE)
-                    .bind(id.clone())
-                    .bind(state.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
-                if r.rows_affected() == 0 {
-                    require_session(conn, id).await?;
-                }
+            let r = sqlx::query(SET_SESSION_STATE)
+                .bind(id.clone())
+                .bind(state.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+            if r.rows_affected() == 0 {
+                require_session(conn, id).await?;
             }
-            SessionChange::Close { id, reason, at } => {
-                let r = sqlx::query(CLOSE_SESSION)
-                    .bind(id.clone())
-                    .bind(unix_micros(*at))
-                    .bind(reason.clone())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
-                if r.rows_affected() == 0 {
-                    require_session(conn, id).await?;
-                }
+        }
+        SessionChange::Close { id, reason, at } => {
+            let r = sqlx::query(CLOSE_SESSION)
+                .bind(id.clone())
+                .bind(unix_micros(*at))
+                .bind(reason.clone())
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+            if r.rows_affected() == 0 {
+                require_session(conn, id).await?;
             }
         }
     }
+    Ok(())
+}
 
-    if let Some(up) = &commit.up {
-        let r = sqlx::query(UPDATE_UP)
-            .bind(up.kind.clone())
-            .bind(up.tenant.clone())
-            .bind(up.user_id.clone())
-            .bind(up.message_id.clone())
-            .bind(up.status.as_str())
-            .bind(up.result_code.clone())
-            .bind(up.result_desc.clone())
-            .bind(up.session_id.clone())
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "up outcome for a message never begun: {}/{}/{} message_id {:?}",
-                up.kind, up.tenant, up.user_id, up.message_id
+/// The outcome of an up row begun earlier, inside the transaction `conn` is in.
+async fn apply_up_outcome(conn: &mut SqliteConnection, up: &UpOutcome) -> Result<()> {
+    let r = sqlx::query(UPDATE_UP)
+        .bind(up.kind.clone())
+        .bind(up.tenant.clone())
+        .bind(up.user_id.clone())
+        .bind(up.message_id.clone())
+        .bind(up.status.as_str())
+        .bind(up.result_code.clone())
+        .bind(up.result_desc.clone())
+        .bind(up.session_id.clone())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "up outcome for a message never begun: {}/{}/{} message_id {:?}",
+            up.kind, up.tenant, up.user_id, up.message_id
+        )));
+    }
+    Ok(())
+}
+
+/// Everything of `commits` — the commits of one batch of writes — inside the transaction `conn`
+/// is in, and what each did.
+///
+/// Each table's rows of all of them go in as few statements as [`CHUNK`] allows: a statement is
+/// a round trip to the connection's thread, which costs more than SQLite's work for a row, so a
+/// batch of 200 commits makes a few dozen statements, not a thousand. The commits are
+/// concurrent writes (each caller waits for its own), so applying their parts table by table is
+/// applying them in some order; within each commit its parts keep their documented order, and
+/// its outbox rows (its downs inserted, then its events) follow those of the commits before it.
+async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<Committed>> {
+    let now = unix_micros(OffsetDateTime::now_utc());
+
+    for c in commits {
+        for change in &c.sessions {
+            apply_session_change(conn, change).await?;
+        }
+        if let Some(up) = &c.up {
+            apply_up_outcome(conn, up).await?;
+        }
+    }
+
+    let up_rows: Vec<&MessageRow> = commits.iter().filter_map(|c| c.up_row.as_ref()).collect();
+    if up_rows
+        .iter()
+        .any(|r| r.direction != Direction::Up || r.message_id.is_none())
+    {
+        return Err(invalid("Commit::up_row takes an up row with a message_id"));
+    }
+    for chunk in up_rows.chunks(CHUNK) {
+        let mut query = sqlx::query(UPSERT_UPS.sql(chunk.len()));
+        for row in chunk {
+            query = bind_message(query, row, row.status);
+        }
+        query.execute(&mut *conn).await.map_err(classify)?;
+    }
+
+    for c in commits {
+        if let Some(f) = c
+            .files
+            .iter()
+            .find(|f| !c.down.iter().any(|d| d.row.relay_id == f.relay_id))
+        {
+            return Err(invalid(format!(
+                "file of down message {:?}, which is not in the commit",
+                f.relay_id
             )));
         }
     }
-
-    let held: HashSet<&str> = commit.files.iter().map(|f| f.relay_id.as_str()).collect();
-    if let Some(f) = commit
-        .files
-        .iter()
-        .find(|f| !commit.down.iter().any(|d| d.row.relay_id == f.relay_id))
-    {
-        return Err(invalid(format!(
-            "file of down message {:?}, which is not in the commit",
-            f.relay_id
-        )));
-    }
+    let downs: Vec<&DownRecord> = commits.iter().flat_map(|c| &c.down).collect();
     let mut inserted = HashSet::new();
-    for chunk in commit.down.chunks(CHUNK) {
+    for chunk in downs.chunks(CHUNK) {
         let mut query = sqlx::query(INSERT_DOWNS.sql(chunk.len()));
         for down in chunk {
             query = bind_message(query, &down.row, down.row.status);
@@ -506,23 +560,9 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
             inserted.insert(get::<String>(&row, "relay_id")?);
         }
     }
-    // What to publish, in commit order: the downs inserted, then the events.
-    let mut outbox: Vec<(&str, &str, &[u8], bool)> = Vec::new();
-    for down in &commit.down {
-        if inserted.contains(&down.row.relay_id) {
-            done.inserted_down.push(down.row.relay_id.clone());
-            outbox.push((
-                &down.publish.msg_id,
-                &down.publish.subject,
-                &down.publish.payload,
-                held.contains(down.row.relay_id.as_str()),
-            ));
-        } else {
-            done.duplicate_down += 1;
-        }
-    }
 
-    for chunk in commit.events.chunks(CHUNK) {
+    let events: Vec<&EventRecord> = commits.iter().flat_map(|c| &c.events).collect();
+    for chunk in events.chunks(CHUNK) {
         let mut query = sqlx::query(INSERT_EVENTS.sql(chunk.len()));
         for event in chunk {
             query = query
@@ -539,16 +579,10 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         }
         query.execute(&mut *conn).await.map_err(classify)?;
     }
-    for event in &commit.events {
-        outbox.push((
-            &event.relay_id,
-            &event.subject,
-            event.body.as_bytes(),
-            false,
-        ));
-    }
 
-    for chunk in commit.satisfactions.chunks(CHUNK) {
+    let satisfactions: Vec<&SatisfactionRow> =
+        commits.iter().flat_map(|c| &c.satisfactions).collect();
+    for chunk in satisfactions.chunks(CHUNK) {
         let mut query = sqlx::query(INSERT_SATISFACTIONS.sql(chunk.len()));
         for r in chunk {
             query = query
@@ -568,7 +602,8 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         query.execute(&mut *conn).await.map_err(classify)?;
     }
 
-    for chunk in commit.offline.chunks(CHUNK) {
+    let offline: Vec<&OfflineRow> = commits.iter().flat_map(|c| &c.offline).collect();
+    for chunk in offline.chunks(CHUNK) {
         let mut query = sqlx::query(INSERT_OFFLINE.sql(chunk.len()));
         for r in chunk {
             query = query
@@ -589,6 +624,36 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         query.execute(&mut *conn).await.map_err(classify)?;
     }
 
+    // What to publish, commit by commit: its downs inserted, then its events.
+    let mut done = Vec::with_capacity(commits.len());
+    let mut outbox: Vec<(&str, &str, &[u8], bool)> = Vec::new();
+    for c in commits {
+        let mut d = Committed::default();
+        for down in &c.down {
+            if inserted.contains(&down.row.relay_id) {
+                d.inserted_down.push(down.row.relay_id.clone());
+                let held = c.files.iter().any(|f| f.relay_id == down.row.relay_id);
+                outbox.push((
+                    &down.publish.msg_id,
+                    &down.publish.subject,
+                    &down.publish.payload,
+                    held,
+                ));
+            } else {
+                d.duplicate_down += 1;
+            }
+        }
+        for event in &c.events {
+            outbox.push((
+                &event.relay_id,
+                &event.subject,
+                event.body.as_bytes(),
+                false,
+            ));
+        }
+        d.outboxed = d.inserted_down.len() + c.events.len();
+        done.push(d);
+    }
     for chunk in outbox.chunks(CHUNK) {
         let mut query = sqlx::query(INSERT_OUTBOX.sql(chunk.len()));
         for (msg_id, subject, payload, held) in chunk {
@@ -601,11 +666,10 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
         }
         query.execute(&mut *conn).await.map_err(classify)?;
     }
-    done.outboxed = outbox.len();
 
-    for f in commit
-        .files
+    for f in commits
         .iter()
+        .flat_map(|c| &c.files)
         .filter(|f| inserted.contains(&f.relay_id))
     {
         bind_file(sqlx::query(INSERT_FILE), f)
@@ -614,21 +678,52 @@ async fn apply(conn: &mut SqliteConnection, commit: &Commit) -> Result<Committed
             .map_err(classify)?;
     }
 
-    for (id, at) in &commit.touch {
-        let r = sqlx::query(TOUCH_SESSION)
-            .bind(id.clone())
-            .bind(unix_micros(*at))
-            .execute(&mut *conn)
+    touch_sessions(conn, commits.iter().flat_map(|c| &c.touch)).await?;
+    Ok(done)
+}
+
+/// Moves each session's `last_activity_at` forward to the latest time it is given, in one
+/// statement; a session that does not exist is an error.
+async fn touch_sessions<'a>(
+    conn: &mut SqliteConnection,
+    touches: impl Iterator<Item = &'a (String, OffsetDateTime)>,
+) -> Result<()> {
+    let mut latest: HashMap<&str, i64> = HashMap::new();
+    for (id, at) in touches {
+        let at = unix_micros(*at);
+        latest
+            .entry(id.as_str())
+            .and_modify(|t| *t = (*t).max(at))
+            .or_insert(at);
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    // The pairs travel as one JSON array: one statement, and one cached plan, for any count.
+    let pairs: Vec<(&str, i64)> = latest.iter().map(|(id, at)| (*id, *at)).collect();
+    let list = serde_json::to_string(&pairs).map_err(|e| invalid(e.to_string()))?;
+    let r = sqlx::query(TOUCH_SESSIONS)
+        .bind(list)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() as usize == pairs.len() {
+        return Ok(());
+    }
+    for (id, _) in &pairs {
+        if sqlx::query(SESSION_EXISTS)
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
             .await
-            .map_err(classify)?;
-        if r.rows_affected() == 0 {
+            .map_err(classify)?
+            .is_none()
+        {
             return Err(StoreError::Corrupt(format!(
                 "touch of session {id:?}, which does not exist"
             )));
         }
     }
-
-    Ok(done)
+    Ok(())
 }
 
 impl SqliteStore {
@@ -659,23 +754,29 @@ impl SqliteStore {
     }
 }
 
-/// One [`Write`] inside the transaction `conn` is in.
-async fn apply_write(conn: &mut SqliteConnection, w: &Write) -> Result<Written> {
+/// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
+async fn apply_write<'w>(conn: &mut SqliteConnection, w: &'w Write) -> Result<Applied<'w>> {
     Ok(match w {
-        Write::Commit(c) => Written::Committed(apply(conn, c).await?),
-        Write::BeginUp(row) => Written::Begun(begin_up_on(conn, row).await?),
+        Write::Commit(c) => Applied::Commit(c),
+        Write::BeginUp(row) => Applied::Done(Written::Begun(begin_up_on(conn, row).await?)),
         Write::SessionToken {
             session_id, token, ..
         } => {
             set_token_on(conn, session_id, token.as_deref()).await?;
-            Written::Done
+            Applied::Done(Written::Done)
         }
         Write::OutboxDone(seqs) => {
             outbox_done_on(conn, seqs).await?;
-            Written::Done
+            Applied::Done(Written::Done)
         }
-        Write::TimStream(row, c) => Written::Committed(tim_stream_on(conn, row, c).await?),
-        Write::TimCallback(row, c) => Written::Committed(tim_callback_on(conn, row, c).await?),
+        Write::TimStream(row, c) => {
+            tim_stream_on(conn, row).await?;
+            Applied::Commit(c)
+        }
+        Write::TimCallback(row, c) => {
+            tim_callback_on(conn, row).await?;
+            Applied::Commit(c)
+        }
     })
 }
 
@@ -740,11 +841,7 @@ async fn outbox_done_on(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<()>
     Ok(())
 }
 
-async fn tim_stream_on(
-    conn: &mut SqliteConnection,
-    row: &TimStreamRow,
-    commit: &Commit,
-) -> Result<Committed> {
+async fn tim_stream_on(conn: &mut SqliteConnection, row: &TimStreamRow) -> Result<()> {
     sqlx::query(TIM_STREAM_UPSERT)
         .bind(row.app.clone())
         .bind(row.user_id.clone())
@@ -764,14 +861,10 @@ async fn tim_stream_on(
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
-    apply(conn, commit).await
+    Ok(())
 }
 
-async fn tim_callback_on(
-    conn: &mut SqliteConnection,
-    row: &TimCallbackRow,
-    commit: &Commit,
-) -> Result<Committed> {
+async fn tim_callback_on(conn: &mut SqliteConnection, row: &TimCallbackRow) -> Result<()> {
     sqlx::query(TIM_CALLBACK_INSERT)
         .bind(row.relay_id.clone())
         .bind(row.app.clone())
@@ -783,7 +876,7 @@ async fn tim_callback_on(
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
-    apply(conn, commit).await
+    Ok(())
 }
 
 #[async_trait]
@@ -814,11 +907,32 @@ impl Store for SqliteStore {
             .map_err(classify)?;
         // On error `tx` is dropped, which rolls everything back.
         let mut done = Vec::with_capacity(writes.len());
+        let mut commits = Vec::new();
         for w in writes.iter() {
-            done.push(apply_write(&mut tx, w).await?);
+            let applied = apply_write(&mut tx, w).await?;
+            done.push(applied.keep_commit(&mut commits));
         }
+        let committed = apply(&mut tx, &commits).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(done)
+        Ok(Applied::results(done, committed))
+    }
+
+    async fn up_status(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<Option<MessageStatus>> {
+        let status: Option<String> = sqlx::query_scalar(UP_STATUS)
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .bind(message_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        status.as_deref().map(MessageStatus::parse).transpose()
     }
 
     async fn open_session(

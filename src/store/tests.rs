@@ -169,6 +169,7 @@ contract_tests!(
     changes_to_unknown_sessions_are_refused,
     begin_up_is_new_then_pending_then_done,
     begin_up_refuses_rows_it_cannot_key,
+    an_up_row_is_recorded_with_its_outcome_in_one_commit,
     a_commit_that_fails_leaves_nothing_behind,
     down_messages_are_deduplicated_by_message_code,
     the_outbox_keeps_commit_order_until_done,
@@ -193,6 +194,7 @@ contract_tests!(
     files_follow_their_downs_and_are_refused_without_one,
     many_writers_share_transactions_and_a_bad_write_fails_alone,
     every_kind_of_write_goes_through_group_commit,
+    the_commits_of_one_batch_are_applied_together_and_answered_apart,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -719,6 +721,77 @@ async fn begin_up_refuses_rows_it_cannot_key(db: Db) {
     let err = store.begin_up(&down_row).await.unwrap_err();
     assert!(!err.is_retryable(), "{err:?}");
     assert!(transcript(store, "u1").await.is_empty());
+}
+
+async fn an_up_row_is_recorded_with_its_outcome_in_one_commit(db: Db) {
+    let store = &db.store;
+    let s = session("u1", SessionState::Active, at(0));
+    store.commit(open(&s)).await.unwrap();
+    let status = |m: &'static str| store.up_status(kind::CEC, TENANT, "u1", m);
+    assert_eq!(status("m-1").await.unwrap(), None);
+
+    // Never begun: inserted with its outcome.
+    let sent = MessageRow {
+        status: MessageStatus::Sent,
+        session_id: Some(s.id.clone()),
+        result_code: Some("0".to_owned()),
+        result_desc: Some("success".to_owned()),
+        ..up_row("u1", "m-1", at(1))
+    };
+    let with_row = |row: &MessageRow| Commit {
+        up_row: Some(row.clone()),
+        events: vec![event("u1", "up.result", at(1))],
+        ..Commit::default()
+    };
+    let done = store.commit(with_row(&sent)).await.unwrap();
+    assert_eq!(done.outboxed, 1);
+    assert_eq!(status("m-1").await.unwrap(), Some(MessageStatus::Sent));
+    let stored = transcript(store, "u1").await;
+    assert_eq!(stored.len(), 1);
+    assert_same_message(&stored[0], &sent);
+
+    // A Pending row of an earlier run takes the outcome; its relay id and body stay.
+    let begun = up_row("u1", "m-2", at(2));
+    assert_eq!(store.begin_up(&begun).await.unwrap(), UpBegin::New);
+    assert_eq!(status("m-2").await.unwrap(), Some(MessageStatus::Pending));
+    let failed = MessageRow {
+        relay_id: id(),
+        status: MessageStatus::Failed,
+        session_id: None,
+        result_code: Some("1-0001".to_owned()),
+        body: r#"{"other":"body"}"#.to_owned(),
+        ..up_row("u1", "m-2", at(3))
+    };
+    store.commit(with_row(&failed)).await.unwrap();
+    let stored = transcript(store, "u1").await;
+    assert_eq!(stored.len(), 2);
+    let want = MessageRow {
+        status: MessageStatus::Failed,
+        result_code: Some("1-0001".to_owned()),
+        ..begun.clone()
+    };
+    assert_same_message(&stored[1], &want);
+    assert_eq!(status("m-2").await.unwrap(), Some(MessageStatus::Failed));
+    // Another user's message with the same id is another message.
+    assert_eq!(
+        store
+            .up_status(kind::CEC, TENANT, "u2", "m-1")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A row it cannot key is refused, and nothing of the commit stays.
+    let before = store_outbox_len(store).await;
+    let mut no_id = up_row("u1", "m-3", at(4));
+    no_id.message_id = None;
+    let down_row = down("u1", None, "x", at(4)).row;
+    for bad in [no_id, down_row] {
+        let err = store.commit(with_row(&bad)).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err:?}");
+    }
+    assert_eq!(transcript(store, "u1").await.len(), 2);
+    assert_eq!(store_outbox_len(store).await, before);
 }
 
 async fn a_commit_that_fails_leaves_nothing_behind(db: Db) {
@@ -1612,7 +1685,12 @@ async fn concurrent_writers_all_commit(db: Db) {
 
 /// A group-commit store of its own on `db`'s database, to count its batches.
 async fn group_on(db: &Db) -> group::GroupCommit {
-    let inner: DynStore = if db.url.starts_with("sqlite:") {
+    group::GroupCommit::new(backend_of(db).await, 2)
+}
+
+/// The backend alone (no group commit in front), to hand it a batch of writes.
+async fn backend_of(db: &Db) -> DynStore {
+    if db.url.starts_with("sqlite:") {
         Arc::new(
             crate::store::sqlite::SqliteStore::connect(&db.url)
                 .await
@@ -1624,8 +1702,111 @@ async fn group_on(db: &Db) -> group::GroupCommit {
                 .await
                 .unwrap(),
         )
+    }
+}
+
+async fn the_commits_of_one_batch_are_applied_together_and_answered_apart(db: Db) {
+    let backend = backend_of(&db).await;
+    let s = session("u1", SessionState::Active, at(0));
+    db.store.commit(open(&s)).await.unwrap();
+    let in_s = |mut d: DownRecord| {
+        d.row.session_id = Some(s.id.clone());
+        d
     };
-    group::GroupCommit::new(inner, 2)
+    let d1 = in_s(down("u1", Some("c1"), "one", at(1)));
+    let d1_again = in_s(down("u1", Some("c1"), "one again", at(2)));
+    let d2 = in_s(down("u1", Some("c2"), "two", at(3)));
+    let (ea, eb, ec) = (
+        event("u1", "a", at(1)),
+        event("u1", "b", at(2)),
+        event("u2", "c", at(3)),
+    );
+    let sent = MessageRow {
+        status: MessageStatus::Sent,
+        ..up_row("u2", "m-10", at(3))
+    };
+    let mut writes = vec![
+        Write::Commit(Commit {
+            down: vec![d1.clone()],
+            events: vec![ea.clone()],
+            touch: vec![(s.id.clone(), at(50))],
+            ..Commit::default()
+        }),
+        Write::BeginUp(up_row("u3", "m-9", at(4))),
+        Write::Commit(Commit {
+            down: vec![d1_again, d2.clone()],
+            events: vec![eb.clone()],
+            touch: vec![(s.id.clone(), at(90)), (s.id.clone(), at(70))],
+            ..Commit::default()
+        }),
+        Write::OutboxDone(vec![]),
+        Write::Commit(Commit {
+            up_row: Some(sent.clone()),
+            events: vec![ec.clone()],
+            ..Commit::default()
+        }),
+    ];
+    let done = backend.write_batch(&mut writes).await.unwrap();
+    let committed = |inserted: &[&DownRecord], duplicate_down, outboxed| {
+        Written::Committed(Committed {
+            inserted_down: inserted.iter().map(|d| d.row.relay_id.clone()).collect(),
+            duplicate_down,
+            outboxed,
+        })
+    };
+    assert_eq!(
+        done,
+        vec![
+            committed(&[&d1], 0, 2),
+            Written::Begun(UpBegin::New),
+            committed(&[&d2], 1, 2),
+            Written::Done,
+            committed(&[], 0, 1),
+        ]
+    );
+    // Each commit's downs before its events, each kind in commit order.
+    let outbox = outbox_ids(&db.store).await;
+    let pos = |id: &str| outbox.iter().position(|o| o == id).unwrap();
+    assert_eq!(outbox.len(), 5, "{outbox:?}");
+    let (p1, p2) = (pos(&d1.row.relay_id), pos(&d2.row.relay_id));
+    let (pa, pb, pc) = (pos(&ea.relay_id), pos(&eb.relay_id), pos(&ec.relay_id));
+    assert!(
+        p1 < pa && p2 < pb && p1 < p2 && pa < pb && pb < pc,
+        "{outbox:?}"
+    );
+    // The latest touch of the batch wins.
+    let open_now = db
+        .store
+        .open_session(kind::CEC, TENANT, "u1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(open_now.last_activity_at, at(90));
+    assert_eq!(transcript(&db.store, "u1").await.len(), 2);
+    assert_eq!(
+        db.store
+            .up_status(kind::CEC, TENANT, "u2", "m-10")
+            .await
+            .unwrap(),
+        Some(MessageStatus::Sent)
+    );
+
+    // One commit touching a session that does not exist fails the batch, which leaves nothing.
+    let mut writes = vec![
+        Write::Commit(Commit {
+            events: vec![event("u1", "d", at(5))],
+            touch: vec![(s.id.clone(), at(99))],
+            ..Commit::default()
+        }),
+        Write::Commit(Commit {
+            touch: vec![("no-such-session".to_owned(), at(5))],
+            ..Commit::default()
+        }),
+    ];
+    let err = backend.write_batch(&mut writes).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert_eq!(outbox_ids(&db.store).await.len(), 5);
+    backend.close().await;
 }
 
 async fn many_writers_share_transactions_and_a_bad_write_fails_alone(db: Db) {

@@ -1,9 +1,12 @@
-//! Handling one UpMessage: validate, record as pending, call CEC (retrying what is retryable),
-//! commit the outcome with its events, and only then let the caller acknowledge it.
+//! Handling one UpMessage: validate, call CEC (retrying what is retryable), commit the message's
+//! row with its outcome and events in one transaction, and only then let the caller acknowledge
+//! it.
 //!
 //! Idempotency: the up row is keyed by (tenant, user, messageId). A redelivered message whose row
-//! is finished is acknowledged without doing anything; one whose row is still pending (the relay
-//! stopped mid-way) is sent again with the same `messageId`, which the upstream de-duplicates.
+//! is committed is acknowledged without doing anything; one with no row (the relay stopped
+//! between the send and the commit), or a Pending row (begun by a version that wrote one before
+//! the send), is sent again with the same `messageId`, which the upstream de-duplicates. Nothing
+//! is written before the send, so a message waits for one commit, not two.
 
 use std::time::Duration;
 
@@ -20,7 +23,7 @@ use crate::outbox::{event_record, now};
 use crate::relay::{Relay, Tenant};
 use crate::store::{
     Commit, Direction, MessageRow, MessageStatus, OfflineRow, OfflineSource, Session,
-    SessionChange, SessionState, UpBegin, UpOutcome, kind,
+    SessionChange, SessionState, UpOutcome, kind,
 };
 
 /// What to tell JetStream about the message.
@@ -80,12 +83,38 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
         (Ok(m), Some(_)) => check_up(user, m).err().map(|r| ("invalid_request", r)),
     };
 
-    let ctx = UpCtx {
-        relay,
-        tenant_name,
-        user,
-        message_id: &message_id,
-    };
+    // A redelivered message whose outcome is committed is acknowledged and nothing more. This is
+    // a read, not a write: the message's row is written once, with its outcome (`finish`), so a
+    // message waits for one commit, after its send, not also for one before it.
+    match relay
+        .store
+        .up_status(kind::CEC, tenant_name, user, &message_id)
+        .await
+    {
+        Ok(Some(status)) if status != MessageStatus::Pending => {
+            tracing::debug!(
+                tenant = tenant_name,
+                user,
+                message_id,
+                ?status,
+                "Redelivered uplink message already handled"
+            );
+            return Disposition::Ack;
+        }
+        // New, or Pending (a row an earlier version began before its send): send, same id.
+        Ok(_) => {}
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(tenant = tenant_name, user, error = %e, "Cannot look up uplink message; will retry");
+            return Disposition::Retry(Duration::from_secs(1));
+        }
+        Err(e) => {
+            // Not a passing fault: an operator must look. The message stays in the stream.
+            tracing::error!(tenant = tenant_name, user, message_id, error = %e,
+                "Cannot look up uplink message; it is left unacknowledged");
+            return Disposition::Retry(Duration::from_secs(30));
+        }
+    }
+
     let (request, body) = match (&parsed, tenant, &refusal) {
         (Ok(m), Some(t), None) => {
             let req = build_request(t, user, &message_id, m);
@@ -103,30 +132,13 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
             (None, body.to_string())
         }
     };
-    let row = ctx.up_row(&parsed, body, d.stream_seq);
-    match relay.store.begin_up(&row).await {
-        Ok(UpBegin::Done(status)) => {
-            tracing::debug!(
-                tenant = tenant_name,
-                user,
-                message_id,
-                ?status,
-                "Redelivered uplink message already handled"
-            );
-            return Disposition::Ack;
-        }
-        Ok(UpBegin::New) | Ok(UpBegin::Pending) => {}
-        Err(e) if e.is_retryable() => {
-            tracing::warn!(tenant = tenant_name, user, error = %e, "Cannot record uplink message; will retry");
-            return Disposition::Retry(Duration::from_secs(1));
-        }
-        Err(e) => {
-            // Not a passing fault: an operator must look. The message stays in the stream.
-            tracing::error!(tenant = tenant_name, user, message_id, error = %e,
-                "Cannot record uplink message; it is left unacknowledged");
-            return Disposition::Retry(Duration::from_secs(30));
-        }
-    }
+    let ctx = UpCtx {
+        relay,
+        tenant_name,
+        user,
+        message_id: &message_id,
+        row: up_row(tenant_name, user, &message_id, &parsed, body, d.stream_seq),
+    };
 
     if let Some((code, refusal)) = refusal {
         tracing::warn!(tenant = tenant_name, user, message_id, code, reason = %refusal, "Uplink message refused");
@@ -164,11 +176,45 @@ fn build_request(t: &Tenant, user: &str, message_id: &str, m: &UpMessage) -> Sen
     }
 }
 
+/// The message's transcript row as received (Pending; its outcome is set by `finish`).
+fn up_row(
+    tenant: &str,
+    user: &str,
+    message_id: &str,
+    parsed: &Result<UpMessage, serde_json::Error>,
+    body: String,
+    seq: u64,
+) -> MessageRow {
+    let m = parsed.as_ref().ok();
+    MessageRow {
+        relay_id: new_id(),
+        kind: kind::CEC.to_owned(),
+        tenant: tenant.to_owned(),
+        user_id: user.to_owned(),
+        session_id: None,
+        direction: Direction::Up,
+        message_id: Some(message_id.to_owned()),
+        message_code: None,
+        source_type: Some(SOURCE_CUSTOMER.to_owned()),
+        control_type: m.map(|m| m.control_type().to_owned()),
+        media_type: m.map(super::validate::effective_media_type),
+        content: m.and_then(|m| m.content.clone()),
+        body,
+        status: MessageStatus::Pending,
+        result_code: None,
+        result_desc: None,
+        stream_seq: i64::try_from(seq).ok(),
+        created_at: now(),
+    }
+}
+
 struct UpCtx<'a> {
     relay: &'a Relay,
     tenant_name: &'a str,
     user: &'a str,
     message_id: &'a str,
+    /// The message's row as received, written with its outcome by `finish`.
+    row: MessageRow,
 }
 
 /// Why an upstream call did not produce an answer.
@@ -180,35 +226,6 @@ enum CallFailed {
 }
 
 impl<'a> UpCtx<'a> {
-    fn up_row(
-        &self,
-        parsed: &Result<UpMessage, serde_json::Error>,
-        body: String,
-        seq: u64,
-    ) -> MessageRow {
-        let m = parsed.as_ref().ok();
-        MessageRow {
-            relay_id: new_id(),
-            kind: kind::CEC.to_owned(),
-            tenant: self.tenant_name.to_owned(),
-            user_id: self.user.to_owned(),
-            session_id: None,
-            direction: Direction::Up,
-            message_id: Some(self.message_id.to_owned()),
-            message_code: None,
-            source_type: Some(SOURCE_CUSTOMER.to_owned()),
-            control_type: m.map(|m| m.control_type().to_owned()),
-            media_type: m.map(super::validate::effective_media_type),
-            content: m.and_then(|m| m.content.clone()),
-            body,
-            status: MessageStatus::Pending,
-            result_code: None,
-            result_desc: None,
-            stream_seq: i64::try_from(seq).ok(),
-            created_at: now(),
-        }
-    }
-
     fn event(&self, ty: &str, ok: bool) -> Event {
         Event::new(ty, ok).for_user(self.tenant_name, self.user)
     }
@@ -269,7 +286,18 @@ impl<'a> UpCtx<'a> {
         self.finish(commit).await
     }
 
-    async fn finish(&self, commit: Commit) -> Disposition {
+    async fn finish(&self, mut commit: Commit) -> Disposition {
+        // The row is written once, with its outcome: inserted, or finishing a Pending row an
+        // earlier version began.
+        if let Some(up) = commit.up.take() {
+            commit.up_row = Some(MessageRow {
+                status: up.status,
+                session_id: up.session_id,
+                result_code: up.result_code,
+                result_desc: up.result_desc,
+                ..self.row.clone()
+            });
+        }
         match self.relay.commit(commit).await {
             Ok(_) => {
                 // Unknown tenants share one label, so made-up names cannot grow the metrics.
