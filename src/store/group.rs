@@ -36,10 +36,9 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, MessageStatus,
-    OfflineRow, OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session,
-    SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, Write, Written, begun,
-    committed,
+    Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, OfflineRow,
+    OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session, SessionState, Store,
+    StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, Write, Written, begun, committed,
 };
 
 /// Most writes in one transaction. Large enough that a full queue drains in a few commits, small
@@ -233,15 +232,15 @@ impl Store for GroupCommit {
         begun(self.submit(Write::BeginUp(row.clone())).await?)
     }
 
-    async fn up_status(
+    async fn up_lookup(
         &self,
         kind: &str,
         tenant: &str,
         user_id: &str,
         message_id: &str,
-    ) -> Result<Option<MessageStatus>> {
+    ) -> Result<UpLookup> {
         self.inner
-            .up_status(kind, tenant, user_id, message_id)
+            .up_lookup(kind, tenant, user_id, message_id)
             .await
     }
 

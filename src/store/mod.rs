@@ -658,6 +658,15 @@ pub struct Committed {
     pub outboxed: usize,
 }
 
+/// What [`Store::up_lookup`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpLookup {
+    /// The status of the message's row; `None` if it has none.
+    pub status: Option<MessageStatus>,
+    /// The user's not-closed session, if any.
+    pub session: Option<Session>,
+}
+
 /// What [`Store::begin_up`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpBegin {
@@ -748,15 +757,16 @@ pub trait Store: Send + Sync + 'static {
         begun(one(self, Write::BeginUp(row.clone())).await?)
     }
 
-    /// The status of an uplink message's row, if it has one (read without a write, so without
-    /// waiting for a commit: how a redelivered message is recognised).
-    async fn up_status(
+    /// What handling an uplink message needs to know before its send, in one read (no write, so
+    /// no wait for a commit): the status of its row, if it has one — how a redelivered message
+    /// is recognised — and the user's not-closed session.
+    async fn up_lookup(
         &self,
         kind: &str,
         tenant: &str,
         user_id: &str,
         message_id: &str,
-    ) -> Result<Option<MessageStatus>>;
+    ) -> Result<UpLookup>;
 
     /// The not-closed session of a user, if any.
     async fn open_session(

@@ -5,6 +5,7 @@
 //! size: the downlink messages (with their outbox rows) and the events (with theirs) each go in
 //! one statement, as arrays expanded with `UNNEST`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,8 +23,8 @@ use super::{
     Applied, Commit, Committed, Direction, DownRecord, EventRecord, FileDone, FileRow, FileStatus,
     MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats,
     PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState,
-    Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome, Write, Written, classify,
-    from_unix_micros, invalid, unix_micros,
+    Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, UpOutcome, Write, Written,
+    classify, from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -281,6 +282,17 @@ const UPSERT_UPS: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id,
      status = excluded.status, result_code = excluded.result_code, \
      result_desc = excluded.result_desc, \
      session_id = coalesce(excluded.session_id, messages.session_id)";
+
+/// The status of an up row (`up_status`, NULL if none) beside the user's not-closed session
+/// (NULL columns if none): one row always.
+static UP_LOOKUP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT (SELECT status FROM messages WHERE kind = $1 AND tenant = $2 AND user_id = $3 \
+           AND message_id = $4 AND direction = 'up') AS up_status, {SESSION_COLUMNS} \
+         FROM (SELECT 1 AS one) AS o LEFT JOIN sessions ON sessions.kind = $1 \
+           AND sessions.tenant = $2 AND sessions.user_id = $3 AND sessions.state <> 'closed'"
+    )
+});
 
 const UP_STATUS: &str = "SELECT status FROM messages \
      WHERE kind = $1 AND tenant = $2 AND user_id = $3 AND message_id = $4 AND direction = 'up'";
@@ -943,22 +955,27 @@ impl Store for PgStore {
         Ok(Applied::results(done, committed))
     }
 
-    async fn up_status(
+    async fn up_lookup(
         &self,
         kind: &str,
         tenant: &str,
         user_id: &str,
         message_id: &str,
-    ) -> Result<Option<MessageStatus>> {
-        let status: Option<String> = sqlx::query_scalar(UP_STATUS)
+    ) -> Result<UpLookup> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(UP_LOOKUP.as_str()))
             .bind(kind)
             .bind(tenant)
             .bind(user_id)
             .bind(message_id)
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
-        status.as_deref().map(MessageStatus::parse).transpose()
+        let status: Option<String> = get(&row, "up_status")?;
+        let id: Option<String> = get(&row, "id")?;
+        Ok(UpLookup {
+            status: status.as_deref().map(MessageStatus::parse).transpose()?,
+            session: id.map(|_| session_from_row(&row)).transpose()?,
+        })
     }
 
     async fn open_session(

@@ -24,8 +24,8 @@ use super::{
     Applied, Commit, Committed, Direction, DownRecord, EventRecord, FileDone, FileRow, FileStatus,
     MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats,
     PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState,
-    Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome, Write, Written, classify,
-    from_unix_micros, invalid, unix_micros,
+    Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, UpOutcome, Write, Written,
+    classify, from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -121,6 +121,17 @@ const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, 
      status, result_code, result_desc, stream_seq, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
      ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO NOTHING";
+
+/// The status of an up row (`up_status`, NULL if none) beside the user's not-closed session
+/// (NULL columns if none): one row always.
+static UP_LOOKUP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT (SELECT status FROM messages WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 \
+           AND message_id = ?4 AND direction = 'up') AS up_status, {SESSION_COLUMNS} \
+         FROM (SELECT 1 AS one) AS o LEFT JOIN sessions ON sessions.kind = ?1 \
+           AND sessions.tenant = ?2 AND sessions.user_id = ?3 AND sessions.state <> 'closed'"
+    )
+});
 
 const UP_STATUS: &str = "SELECT status FROM messages \
      WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
@@ -917,22 +928,27 @@ impl Store for SqliteStore {
         Ok(Applied::results(done, committed))
     }
 
-    async fn up_status(
+    async fn up_lookup(
         &self,
         kind: &str,
         tenant: &str,
         user_id: &str,
         message_id: &str,
-    ) -> Result<Option<MessageStatus>> {
-        let status: Option<String> = sqlx::query_scalar(UP_STATUS)
+    ) -> Result<UpLookup> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(UP_LOOKUP.as_str()))
             .bind(kind.to_owned())
             .bind(tenant.to_owned())
             .bind(user_id.to_owned())
             .bind(message_id.to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
-        status.as_deref().map(MessageStatus::parse).transpose()
+        let status: Option<String> = get(&row, "up_status")?;
+        let id: Option<String> = get(&row, "id")?;
+        Ok(UpLookup {
+            status: status.as_deref().map(MessageStatus::parse).transpose()?,
+            session: id.map(|_| session_from_row(&row)).transpose()?,
+        })
     }
 
     async fn open_session(

@@ -727,7 +727,12 @@ async fn an_up_row_is_recorded_with_its_outcome_in_one_commit(db: Db) {
     let store = &db.store;
     let s = session("u1", SessionState::Active, at(0));
     store.commit(open(&s)).await.unwrap();
-    let status = |m: &'static str| store.up_status(kind::CEC, TENANT, "u1", m);
+    let status = |m: &'static str| async move {
+        store
+            .up_lookup(kind::CEC, TENANT, "u1", m)
+            .await
+            .map(|l| l.status)
+    };
     assert_eq!(status("m-1").await.unwrap(), None);
 
     // Never begun: inserted with its outcome.
@@ -773,13 +778,17 @@ async fn an_up_row_is_recorded_with_its_outcome_in_one_commit(db: Db) {
     assert_same_message(&stored[1], &want);
     assert_eq!(status("m-2").await.unwrap(), Some(MessageStatus::Failed));
     // Another user's message with the same id is another message.
-    assert_eq!(
-        store
-            .up_status(kind::CEC, TENANT, "u2", "m-1")
-            .await
-            .unwrap(),
-        None
-    );
+    let other = store
+        .up_lookup(kind::CEC, TENANT, "u2", "m-1")
+        .await
+        .unwrap();
+    assert_eq!(other, UpLookup::default());
+    // The lookup brings the user's open session along.
+    let mine = store
+        .up_lookup(kind::CEC, TENANT, "u1", "m-1")
+        .await
+        .unwrap();
+    assert_eq!(mine.session.map(|found| found.id), Some(s.id.clone()));
 
     // A row it cannot key is refused, and nothing of the commit stays.
     let before = store_outbox_len(store).await;
@@ -792,6 +801,15 @@ async fn an_up_row_is_recorded_with_its_outcome_in_one_commit(db: Db) {
     }
     assert_eq!(transcript(store, "u1").await.len(), 2);
     assert_eq!(store_outbox_len(store).await, before);
+
+    // A closed session is not brought along.
+    store.commit(close(&s, "idle", at(5))).await.unwrap();
+    let after = store
+        .up_lookup(kind::CEC, TENANT, "u1", "m-1")
+        .await
+        .unwrap();
+    assert_eq!(after.status, Some(MessageStatus::Sent));
+    assert_eq!(after.session, None);
 }
 
 async fn a_commit_that_fails_leaves_nothing_behind(db: Db) {
@@ -1783,13 +1801,8 @@ async fn the_commits_of_one_batch_are_applied_together_and_answered_apart(db: Db
         .unwrap();
     assert_eq!(open_now.last_activity_at, at(90));
     assert_eq!(transcript(&db.store, "u1").await.len(), 2);
-    assert_eq!(
-        db.store
-            .up_status(kind::CEC, TENANT, "u2", "m-10")
-            .await
-            .unwrap(),
-        Some(MessageStatus::Sent)
-    );
+    let lookup = db.store.up_lookup(kind::CEC, TENANT, "u2", "m-10").await;
+    assert_eq!(lookup.unwrap().status, Some(MessageStatus::Sent));
 
     // One commit touching a session that does not exist fails the batch, which leaves nothing.
     let mut writes = vec![

@@ -86,23 +86,12 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
     // A redelivered message whose outcome is committed is acknowledged and nothing more. This is
     // a read, not a write: the message's row is written once, with its outcome (`finish`), so a
     // message waits for one commit, after its send, not also for one before it.
-    match relay
+    let lookup = match relay
         .store
-        .up_status(kind::CEC, tenant_name, user, &message_id)
+        .up_lookup(kind::CEC, tenant_name, user, &message_id)
         .await
     {
-        Ok(Some(status)) if status != MessageStatus::Pending => {
-            tracing::debug!(
-                tenant = tenant_name,
-                user,
-                message_id,
-                ?status,
-                "Redelivered uplink message already handled"
-            );
-            return Disposition::Ack;
-        }
-        // New, or Pending (a row an earlier version began before its send): send, same id.
-        Ok(_) => {}
+        Ok(l) => l,
         Err(e) if e.is_retryable() => {
             tracing::warn!(tenant = tenant_name, user, error = %e, "Cannot look up uplink message; will retry");
             return Disposition::Retry(Duration::from_secs(1));
@@ -113,6 +102,20 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
                 "Cannot look up uplink message; it is left unacknowledged");
             return Disposition::Retry(Duration::from_secs(30));
         }
+    };
+    match lookup.status {
+        Some(status) if status != MessageStatus::Pending => {
+            tracing::debug!(
+                tenant = tenant_name,
+                user,
+                message_id,
+                ?status,
+                "Redelivered uplink message already handled"
+            );
+            return Disposition::Ack;
+        }
+        // New, or Pending (a row an earlier version began before its send): send, same id.
+        _ => {}
     }
 
     let (request, body) = match (&parsed, tenant, &refusal) {
@@ -147,10 +150,11 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
     let (Ok(m), Some(t), Some(req)) = (parsed, tenant, request) else {
         return Disposition::Ack; // unreachable: no refusal means all three are present
     };
+    let existing = lookup.session;
     match m.control_type() {
-        "CONNECT" => ctx.connect(t, &m, req).await,
-        "DISCONNECT" => ctx.disconnect(t, req).await,
-        _ => ctx.other(t, req, m.file.as_ref()).await,
+        "CONNECT" => ctx.connect(t, &m, req, existing).await,
+        "DISCONNECT" => ctx.disconnect(t, req, existing).await,
+        _ => ctx.other(t, req, m.file.as_ref(), existing).await,
     }
 }
 
@@ -517,22 +521,13 @@ impl<'a> UpCtx<'a> {
         })
     }
 
-    async fn open_session(&self) -> Result<Option<Session>, Disposition> {
-        self.relay
-            .store
-            .open_session(kind::CEC, self.tenant_name, self.user)
-            .await
-            .map_err(|e| {
-                tracing::warn!(tenant = self.tenant_name, user = self.user, error = %e, "Cannot read the session; will retry");
-                Disposition::Retry(Duration::from_secs(1))
-            })
-    }
-
-    async fn connect(&self, t: &Tenant, m: &UpMessage, req: SendRequest) -> Disposition {
-        let existing = match self.open_session().await {
-            Ok(s) => s,
-            Err(d) => return d,
-        };
+    async fn connect(
+        &self,
+        t: &Tenant,
+        m: &UpMessage,
+        req: SendRequest,
+        existing: Option<Session>,
+    ) -> Disposition {
         let cfg = t.config();
         let user_name = m.user_name.clone().unwrap_or_else(|| self.user.to_owned());
         let locale = m.locale.clone().unwrap_or_else(|| cfg.locale.clone());
@@ -632,11 +627,12 @@ impl<'a> UpCtx<'a> {
         d
     }
 
-    async fn disconnect(&self, t: &Tenant, req: SendRequest) -> Disposition {
-        let existing = match self.open_session().await {
-            Ok(s) => s,
-            Err(d) => return d,
-        };
+    async fn disconnect(
+        &self,
+        t: &Tenant,
+        req: SendRequest,
+        existing: Option<Session>,
+    ) -> Disposition {
         let rsp = match self.send(&t.client, &req).await {
             Ok(r) => Some(r),
             Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),
@@ -718,11 +714,13 @@ impl<'a> UpCtx<'a> {
         d
     }
 
-    async fn other(&self, t: &Tenant, mut req: SendRequest, file: Option<&UpFile>) -> Disposition {
-        let existing = match self.open_session().await {
-            Ok(s) => s,
-            Err(d) => return d,
-        };
+    async fn other(
+        &self,
+        t: &Tenant,
+        mut req: SendRequest,
+        file: Option<&UpFile>,
+        existing: Option<Session>,
+    ) -> Disposition {
         if let Some(f) = file {
             match self.upload(t, f).await {
                 Ok(Ok((file_id, size))) => {
