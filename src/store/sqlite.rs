@@ -36,6 +36,16 @@ const MAX_CONNECTIONS: u32 = 4;
 /// thread, which costs more than SQLite's work for a row; but every row count up to this is a
 /// statement of its own in the cache, so it stays small (see [`STATEMENT_CACHE`]).
 const CHUNK: usize = 32;
+/// Page cache per connection, in KiB (SQLite's default is 2 MiB): the indexes a commit updates
+/// stay in memory. Only pages actually read take memory.
+const CACHE_KIB: u32 = 16 * 1024;
+/// Reads of the database file go through a memory map of up to this size (file-backed: the
+/// kernel's page cache, shared by the connections), not a `pread` per page.
+const MMAP_BYTES: u64 = 256 * 1024 * 1024;
+/// WAL pages after which a commit copies the WAL back into the database (SQLite's default is
+/// 1,000, 4 MiB): the pages a busy relay rewrites in every commit (the ends of the indexes) are
+/// copied once per checkpoint, so fewer checkpoints copy fewer pages.
+const WAL_CHECKPOINT_PAGES: u32 = 8_000;
 /// Prepared statements kept per connection: the 6 × [`CHUNK`] multi-row INSERTs and the rest.
 const STATEMENT_CACHE: usize = 6 * CHUNK + 64;
 
@@ -61,7 +71,14 @@ impl SqliteStore {
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .statement_cache_capacity(STATEMENT_CACHE);
+            .statement_cache_capacity(STATEMENT_CACHE)
+            // Measured in the S3 benchmark (docs/BENCHMARKS.md): with SQLite's defaults a
+            // sixteenth of the relay's time went to statement journals in temporary files, a
+            // tenth to reading pages back (a 2 MiB page cache) and a tenth to checkpoints.
+            .pragma("cache_size", format!("-{}", CACHE_KIB))
+            .pragma("mmap_size", MMAP_BYTES.to_string())
+            .pragma("temp_store", "memory")
+            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
         let pool_options = if in_memory {
             // One connection that never idles out or expires: closing it would drop the data.
             SqlitePoolOptions::new()
