@@ -32,22 +32,17 @@ use super::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections of a file database: WAL lets readers run beside the one writer.
 const MAX_CONNECTIONS: u32 = 4;
-/// Rows per multi-row INSERT. Each statement is a round trip to the connection's worker
-/// thread, which costs more than SQLite's work for a row; but every row count up to this is a
-/// statement of its own in the cache, so it stays small (see [`STATEMENT_CACHE`]).
+/// Most rows per multi-row INSERT (a power of two). Each statement is a round trip to the
+/// connection's worker thread, which costs more than SQLite's work for a row; each size used is
+/// a plan of its own in the cache, so only powers of two up to this are used (see [`chunks`]).
 const CHUNK: usize = 32;
-/// Page cache per connection, in KiB (SQLite's default is 2 MiB): the indexes a commit updates
-/// stay in memory. Only pages actually read take memory.
-const CACHE_KIB: u32 = 16 * 1024;
-/// Reads of the database file go through a memory map of up to this size (file-backed: the
-/// kernel's page cache, shared by the connections), not a `pread` per page.
-const MMAP_BYTES: u64 = 256 * 1024 * 1024;
 /// WAL pages after which a commit copies the WAL back into the database (SQLite's default is
 /// 1,000, 4 MiB): the pages a busy relay rewrites in every commit (the ends of the indexes) are
 /// copied once per checkpoint, so fewer checkpoints copy fewer pages.
 const WAL_CHECKPOINT_PAGES: u32 = 8_000;
-/// Prepared statements kept per connection: the 6 × [`CHUNK`] multi-row INSERTs and the rest.
-const STATEMENT_CACHE: usize = 6 * CHUNK + 64;
+/// Prepared statements kept per connection: six multi-row INSERTs in six sizes each, and the
+/// rest. (With every size from 1 to 32 cached, S1's RSS per session grew by a quarter.)
+const STATEMENT_CACHE: usize = 6 * 6 + 64;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
@@ -72,11 +67,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .statement_cache_capacity(STATEMENT_CACHE)
-            // Measured in the S3 benchmark (docs/BENCHMARKS.md): with SQLite's defaults a
-            // sixteenth of the relay's time went to statement journals in temporary files, a
-            // tenth to reading pages back (a 2 MiB page cache) and a tenth to checkpoints.
-            .pragma("cache_size", format!("-{}", CACHE_KIB))
-            .pragma("mmap_size", MMAP_BYTES.to_string())
+            // Profiled in the S3 benchmark (docs/BENCHMARKS.md): with SQLite's defaults 6 % of
+            // the relay's time went to statement journals in temporary files (gone in memory)
+            // and 9 % to checkpoints (4 % every 8,000 pages). Page lookups stayed at 8 % with a
+            // 16 MiB page cache and with a memory map, so neither is kept (the cache cost RSS
+            // in S1, a map turns an I/O error into SIGBUS).
             .pragma("temp_store", "memory")
             .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
         let pool_options = if in_memory {
@@ -153,9 +148,28 @@ static UP_LOOKUP: LazyLock<String> = LazyLock::new(|| {
 const UP_STATUS: &str = "SELECT status FROM messages \
      WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
 
+/// `items` in slices of [`CHUNK`] rows, then of falling powers of two: a batch of any size is
+/// inserted by statements of six sizes only, so few plans are cached (each takes memory, on each
+/// connection).
+fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let n = if items.len() >= CHUNK {
+            CHUNK
+        } else {
+            1 << items.len().ilog2()
+        };
+        let (head, rest) = items.split_at(n);
+        items = rest;
+        Some(head)
+    })
+}
+
 /// `INSERT … VALUES (…), (…), …` for 1 to [`CHUNK`] rows, built once.
 struct MultiRow {
-    /// `by_rows[n - 1]` inserts n rows.
+    /// `by_rows[n - 1]` inserts n rows (only powers of two are used: see [`chunks`]).
     by_rows: Vec<String>,
 }
 
@@ -557,7 +571,7 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
     {
         return Err(invalid("Commit::up_row takes an up row with a message_id"));
     }
-    for chunk in up_rows.chunks(CHUNK) {
+    for chunk in chunks(&up_rows) {
         let mut query = sqlx::query(UPSERT_UPS.sql(chunk.len()));
         for row in chunk {
             query = bind_message(query, row, row.status);
@@ -579,7 +593,7 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
     }
     let downs: Vec<&DownRecord> = commits.iter().flat_map(|c| &c.down).collect();
     let mut inserted = HashSet::new();
-    for chunk in downs.chunks(CHUNK) {
+    for chunk in chunks(&downs) {
         let mut query = sqlx::query(INSERT_DOWNS.sql(chunk.len()));
         for down in chunk {
             query = bind_message(query, &down.row, down.row.status);
@@ -590,7 +604,7 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
     }
 
     let events: Vec<&EventRecord> = commits.iter().flat_map(|c| &c.events).collect();
-    for chunk in events.chunks(CHUNK) {
+    for chunk in chunks(&events) {
         let mut query = sqlx::query(INSERT_EVENTS.sql(chunk.len()));
         for event in chunk {
             query = query
@@ -610,7 +624,7 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
 
     let satisfactions: Vec<&SatisfactionRow> =
         commits.iter().flat_map(|c| &c.satisfactions).collect();
-    for chunk in satisfactions.chunks(CHUNK) {
+    for chunk in chunks(&satisfactions) {
         let mut query = sqlx::query(INSERT_SATISFACTIONS.sql(chunk.len()));
         for r in chunk {
             query = query
@@ -631,7 +645,7 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
     }
 
     let offline: Vec<&OfflineRow> = commits.iter().flat_map(|c| &c.offline).collect();
-    for chunk in offline.chunks(CHUNK) {
+    for chunk in chunks(&offline) {
         let mut query = sqlx::query(INSERT_OFFLINE.sql(chunk.len()));
         for r in chunk {
             query = query
@@ -682,7 +696,7 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
         d.outboxed = d.inserted_down.len() + c.events.len();
         done.push(d);
     }
-    for chunk in outbox.chunks(CHUNK) {
+    for chunk in chunks(&outbox) {
         let mut query = sqlx::query(INSERT_OUTBOX.sql(chunk.len()));
         for (msg_id, subject, payload, held) in chunk {
             query = query
@@ -1363,4 +1377,27 @@ fn tim_callback_from_row(row: &SqliteRow) -> Result<TimCallbackRow> {
         published: get::<i64>(row, "published")? != 0,
         created_at: ts(row, "created_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_go_in_chunks_of_few_sizes_in_order() {
+        for n in 0..200usize {
+            let items: Vec<usize> = (0..n).collect();
+            let parts: Vec<&[usize]> = chunks(&items).collect();
+            assert_eq!(parts.concat(), items, "n = {n}");
+            for p in &parts {
+                assert!(
+                    p.len().is_power_of_two() && p.len() <= CHUNK,
+                    "n = {n}: {}",
+                    p.len()
+                );
+            }
+            // At most the full chunks plus one of each smaller size.
+            assert!(parts.len() <= n / CHUNK + CHUNK.ilog2() as usize, "n = {n}");
+        }
+    }
 }
