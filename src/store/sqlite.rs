@@ -30,7 +30,8 @@ use super::{
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections of a file database: WAL lets readers run beside the one writer.
+/// Read connections of a file database (WAL lets readers run beside the writer, which has a
+/// connection of its own).
 const MAX_CONNECTIONS: u32 = 4;
 /// Most rows per multi-row INSERT (a power of two). Each statement is a round trip to the
 /// connection's worker thread, which costs more than SQLite's work for a row; each size used is
@@ -46,9 +47,13 @@ const STATEMENT_CACHE: usize = 6 * 6 + 64;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
-    /// A pool of connections to one database file; a single connection for `sqlite::memory:`,
-    /// whose database lives exactly as long as its connection.
+    /// A pool of connections to one database file, for reads; a single connection for
+    /// `sqlite::memory:`, whose database lives exactly as long as its connection.
     pool: SqlitePool,
+    /// The connection writes go through: one, since SQLite has one writer at a time, and of its
+    /// own, so a write never waits for a connection behind reads. The same pool as `pool` in
+    /// memory.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -87,10 +92,20 @@ impl SqliteStore {
         };
         let pool = pool_options
             .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        Ok(SqliteStore { pool })
+        let writer = if in_memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(BUSY_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(classify)?
+        };
+        Ok(SqliteStore { pool, writer })
     }
 
     /// The underlying pool, for callers that need a query the trait does not offer.
@@ -943,7 +958,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify)?;
@@ -1165,6 +1180,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -1274,7 +1290,7 @@ impl Store for SqliteStore {
         .bind(error_code.to_owned())
         .bind(error_message.to_owned())
         .bind(unix_micros(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(classify)?;
         Ok(())
@@ -1285,7 +1301,7 @@ impl Store for SqliteStore {
             return Err(invalid("finish_file needs status stored or failed"));
         }
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify)?;
