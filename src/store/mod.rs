@@ -976,13 +976,71 @@ impl<'w> Applied<'w> {
     }
 
     /// The batch's results in write order: `done` with its gaps filled, in order, by the
-    /// results of the commits kept.
-    pub(crate) fn results(done: Vec<Option<Written>>, committed: Vec<Committed>) -> Vec<Written> {
+    /// results of the commits kept (one each, or the backend is wrong).
+    pub(crate) fn results(
+        done: Vec<Option<Written>>,
+        committed: Vec<Committed>,
+    ) -> Result<Vec<Written>> {
+        let kept = done.iter().filter(|d| d.is_none()).count();
+        if kept != committed.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{kept} commits in a batch gave {} results",
+                committed.len()
+            )));
+        }
         let mut committed = committed.into_iter();
-        done.into_iter()
+        Ok(done
+            .into_iter()
             .map(|d| d.unwrap_or_else(|| Written::Committed(committed.next().unwrap_or_default())))
-            .collect()
+            .collect())
     }
+}
+
+/// Refuses, before any statement, what no backend can store of a batch's commits: an up row it
+/// cannot key, a file whose down is not in its commit.
+pub(crate) fn check_commits(commits: &[&Commit]) -> Result<()> {
+    for c in commits {
+        if c.up_row
+            .as_ref()
+            .is_some_and(|r| r.direction != Direction::Up || r.message_id.is_none())
+        {
+            return Err(invalid("Commit::up_row takes an up row with a message_id"));
+        }
+        if let Some(f) = c
+            .files
+            .iter()
+            .find(|f| !c.down.iter().any(|d| d.row.relay_id == f.relay_id))
+        {
+            return Err(invalid(format!(
+                "file of down message {:?}, which is not in the commit",
+                f.relay_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What each of a batch's commits did, given the relay ids of the downs the batch inserted: its
+/// downs inserted (in its order) and skipped, and its outbox rows (those downs and its events).
+pub(crate) fn committed_each(
+    commits: &[&Commit],
+    inserted: &std::collections::HashSet<String>,
+) -> Vec<Committed> {
+    commits
+        .iter()
+        .map(|c| {
+            let mut d = Committed::default();
+            for down in &c.down {
+                if inserted.contains(&down.row.relay_id) {
+                    d.inserted_down.push(down.row.relay_id.clone());
+                } else {
+                    d.duplicate_down += 1;
+                }
+            }
+            d.outboxed = d.inserted_down.len() + c.events.len();
+            d
+        })
+        .collect()
 }
 
 /// The result of a `begin_up`; another kind of result is a bug.

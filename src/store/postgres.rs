@@ -24,7 +24,7 @@ use super::{
     MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats,
     PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState,
     Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, UpOutcome, Write, Written,
-    classify, from_unix_micros, invalid, unix_micros,
+    check_commits, classify, committed_each, from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -529,8 +529,8 @@ async fn apply_up_outcome(conn: &mut PgConnection, up: &UpOutcome) -> Result<()>
 /// by table is applying them in some order; within each commit its parts keep their documented
 /// order, and outbox rows keep commit order within the downs and within the events.
 async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Committed>> {
+    check_commits(commits)?;
     let now = Ts::of(OffsetDateTime::now_utc());
-    let mut done: Vec<Committed> = vec![Committed::default(); commits.len()];
 
     for c in commits {
         for change in &c.sessions {
@@ -542,12 +542,6 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
     }
 
     let up_rows: Vec<&MessageRow> = commits.iter().filter_map(|c| c.up_row.as_ref()).collect();
-    if up_rows
-        .iter()
-        .any(|r| r.direction != Direction::Up || r.message_id.is_none())
-    {
-        return Err(invalid("Commit::up_row takes an up row with a message_id"));
-    }
     if !up_rows.is_empty() {
         let rows = || up_rows.iter();
         sqlx::query(UPSERT_UPS)
@@ -573,18 +567,6 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
             .map_err(classify)?;
     }
 
-    for c in commits {
-        if let Some(f) = c
-            .files
-            .iter()
-            .find(|f| !c.down.iter().any(|d| d.row.relay_id == f.relay_id))
-        {
-            return Err(invalid(format!(
-                "file of down message {:?}, which is not in the commit",
-                f.relay_id
-            )));
-        }
-    }
     let held: std::collections::HashSet<&str> = commits
         .iter()
         .flat_map(|c| &c.files)
@@ -625,18 +607,6 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
             .map_err(classify)?;
         inserted_downs.extend(inserted);
     }
-    // RETURNING comes in no particular order: report in the order given.
-    for (c, d) in commits.iter().zip(done.iter_mut()) {
-        for down in &c.down {
-            if inserted_downs.contains(&down.row.relay_id) {
-                d.inserted_down.push(down.row.relay_id.clone());
-            } else {
-                d.duplicate_down += 1;
-            }
-        }
-        d.outboxed = d.inserted_down.len() + c.events.len();
-    }
-
     let events: Vec<&EventRecord> = commits.iter().flat_map(|c| &c.events).collect();
     if !events.is_empty() {
         let events = || events.iter();
@@ -748,7 +718,8 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
         }
     }
 
-    Ok(done)
+    // RETURNING comes in no particular order: each commit's downs are reported in its order.
+    Ok(committed_each(commits, &inserted_downs))
 }
 
 impl PgStore {
@@ -952,7 +923,7 @@ impl Store for PgStore {
         }
         let committed = apply(&mut tx, &commits).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(Applied::results(done, committed))
+        Applied::results(done, committed)
     }
 
     async fn up_lookup(

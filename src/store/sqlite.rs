@@ -25,7 +25,7 @@ use super::{
     MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats,
     PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState,
     Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, UpOutcome, Write, Written,
-    classify, from_unix_micros, invalid, unix_micros,
+    check_commits, classify, committed_each, from_unix_micros, invalid, unix_micros,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -568,6 +568,7 @@ async fn apply_up_outcome(conn: &mut SqliteConnection, up: &UpOutcome) -> Result
 /// applying them in some order; within each commit its parts keep their documented order, and
 /// its outbox rows (its downs inserted, then its events) follow those of the commits before it.
 async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<Committed>> {
+    check_commits(commits)?;
     let now = unix_micros(OffsetDateTime::now_utc());
 
     for c in commits {
@@ -580,12 +581,6 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
     }
 
     let up_rows: Vec<&MessageRow> = commits.iter().filter_map(|c| c.up_row.as_ref()).collect();
-    if up_rows
-        .iter()
-        .any(|r| r.direction != Direction::Up || r.message_id.is_none())
-    {
-        return Err(invalid("Commit::up_row takes an up row with a message_id"));
-    }
     for chunk in chunks(&up_rows) {
         let mut query = sqlx::query(UPSERT_UPS.sql(chunk.len()));
         for row in chunk {
@@ -594,18 +589,6 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
         query.execute(&mut *conn).await.map_err(classify)?;
     }
 
-    for c in commits {
-        if let Some(f) = c
-            .files
-            .iter()
-            .find(|f| !c.down.iter().any(|d| d.row.relay_id == f.relay_id))
-        {
-            return Err(invalid(format!(
-                "file of down message {:?}, which is not in the commit",
-                f.relay_id
-            )));
-        }
-    }
     let downs: Vec<&DownRecord> = commits.iter().flat_map(|c| &c.down).collect();
     let mut inserted = HashSet::new();
     for chunk in chunks(&downs) {
@@ -682,23 +665,16 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
     }
 
     // What to publish, commit by commit: its downs inserted, then its events.
-    let mut done = Vec::with_capacity(commits.len());
     let mut outbox: Vec<(&str, &str, &[u8], bool)> = Vec::new();
     for c in commits {
-        let mut d = Committed::default();
-        for down in &c.down {
-            if inserted.contains(&down.row.relay_id) {
-                d.inserted_down.push(down.row.relay_id.clone());
-                let held = c.files.iter().any(|f| f.relay_id == down.row.relay_id);
-                outbox.push((
-                    &down.publish.msg_id,
-                    &down.publish.subject,
-                    &down.publish.payload,
-                    held,
-                ));
-            } else {
-                d.duplicate_down += 1;
-            }
+        for down in c.down.iter().filter(|d| inserted.contains(&d.row.relay_id)) {
+            let held = c.files.iter().any(|f| f.relay_id == down.row.relay_id);
+            outbox.push((
+                &down.publish.msg_id,
+                &down.publish.subject,
+                &down.publish.payload,
+                held,
+            ));
         }
         for event in &c.events {
             outbox.push((
@@ -708,8 +684,6 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
                 false,
             ));
         }
-        d.outboxed = d.inserted_down.len() + c.events.len();
-        done.push(d);
     }
     for chunk in chunks(&outbox) {
         let mut query = sqlx::query(INSERT_OUTBOX.sql(chunk.len()));
@@ -736,7 +710,7 @@ async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<C
     }
 
     touch_sessions(conn, commits.iter().flat_map(|c| &c.touch)).await?;
-    Ok(done)
+    Ok(committed_each(commits, &inserted))
 }
 
 /// Moves each session's `last_activity_at` forward to the latest time it is given, in one
@@ -971,7 +945,7 @@ impl Store for SqliteStore {
         }
         let committed = apply(&mut tx, &commits).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(Applied::results(done, committed))
+        Applied::results(done, committed)
     }
 
     async fn up_lookup(

@@ -23,7 +23,7 @@ use crate::outbox::{event_record, now};
 use crate::relay::{Relay, Tenant};
 use crate::store::{
     Commit, Direction, MessageRow, MessageStatus, OfflineRow, OfflineSource, Session,
-    SessionChange, SessionState, UpOutcome, kind,
+    SessionChange, SessionState, kind,
 };
 
 /// What to tell JetStream about the message.
@@ -84,8 +84,8 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
     };
 
     // A redelivered message whose outcome is committed is acknowledged and nothing more. This is
-    // a read, not a write: the message's row is written once, with its outcome (`finish`), so a
-    // message waits for one commit, after its send, not also for one before it.
+    // a read, not a write: the message's row is written once, with its outcome
+    // (`UpCtx::outcome`), so a message waits for one commit, after its send, not one before it.
     let lookup = match relay
         .store
         .up_lookup(kind::CEC, tenant_name, user, &message_id)
@@ -180,7 +180,7 @@ fn build_request(t: &Tenant, user: &str, message_id: &str, m: &UpMessage) -> Sen
     }
 }
 
-/// The message's transcript row as received (Pending; its outcome is set by `finish`).
+/// The message's transcript row as received (Pending; see [`UpCtx::outcome`]).
 fn up_row(
     tenant: &str,
     user: &str,
@@ -217,7 +217,7 @@ struct UpCtx<'a> {
     tenant_name: &'a str,
     user: &'a str,
     message_id: &'a str,
-    /// The message's row as received, written with its outcome by `finish`.
+    /// The message's row as received; committed only with its outcome ([`UpCtx::outcome`]).
     row: MessageRow,
 }
 
@@ -240,22 +240,21 @@ impl<'a> UpCtx<'a> {
             .cec_event_or_error(self.tenant_name, self.user)
     }
 
+    /// The message's row with its outcome, for [`Commit::up_row`]: written once, inserted or
+    /// finishing a Pending row an earlier version began.
     fn outcome(
         &self,
         status: MessageStatus,
         session_id: Option<&str>,
         code: Option<String>,
         desc: Option<String>,
-    ) -> UpOutcome {
-        UpOutcome {
-            kind: kind::CEC.to_owned(),
-            tenant: self.tenant_name.to_owned(),
-            user_id: self.user.to_owned(),
-            message_id: self.message_id.to_owned(),
+    ) -> MessageRow {
+        MessageRow {
             status,
             session_id: session_id.map(str::to_owned),
             result_code: code,
             result_desc: desc,
+            ..self.row.clone()
         }
     }
 
@@ -275,7 +274,7 @@ impl<'a> UpCtx<'a> {
             .with("messageId", self.message_id);
         let subject = self.event_subject();
         let commit = Commit {
-            up: Some(self.outcome(
+            up_row: Some(self.outcome(
                 MessageStatus::Failed,
                 None,
                 Some(code.to_owned()),
@@ -290,18 +289,7 @@ impl<'a> UpCtx<'a> {
         self.finish(commit).await
     }
 
-    async fn finish(&self, mut commit: Commit) -> Disposition {
-        // The row is written once, with its outcome: inserted, or finishing a Pending row an
-        // earlier version began.
-        if let Some(up) = commit.up.take() {
-            commit.up_row = Some(MessageRow {
-                status: up.status,
-                session_id: up.session_id,
-                result_code: up.result_code,
-                result_desc: up.result_desc,
-                ..self.row.clone()
-            });
-        }
+    async fn finish(&self, commit: Commit) -> Disposition {
         match self.relay.commit(commit).await {
             Ok(_) => {
                 // Unknown tenants share one label, so made-up names cannot grow the metrics.
@@ -395,7 +383,7 @@ impl<'a> UpCtx<'a> {
                 serde_json::json!({"code": "upstream", "message": desc}),
             );
         let commit = Commit {
-            up: Some(self.outcome(
+            up_row: Some(self.outcome(
                 MessageStatus::Failed,
                 session.map(|s| s.id.as_str()),
                 Some(e.code()),
@@ -483,7 +471,7 @@ impl<'a> UpCtx<'a> {
         } else {
             MessageStatus::Failed
         };
-        commit.up = Some(self.outcome(
+        commit.up_row = Some(self.outcome(
             status,
             session_id,
             Some(rsp.result_code.clone()),
@@ -672,7 +660,7 @@ impl<'a> UpCtx<'a> {
                 } else {
                     MessageStatus::Failed
                 };
-                commit.up = Some(self.outcome(
+                commit.up_row = Some(self.outcome(
                     status,
                     sid,
                     Some(rsp.result_code.clone()),
@@ -684,7 +672,7 @@ impl<'a> UpCtx<'a> {
                     .push(event_record(kind::CEC, subject, sid, &result));
             }
             None => {
-                commit.up = Some(self.outcome(
+                commit.up_row = Some(self.outcome(
                     MessageStatus::Failed,
                     sid,
                     Some("upstream".into()),
@@ -742,7 +730,7 @@ impl<'a> UpCtx<'a> {
                         .with("stage", "uploadFileStream");
                     let sid = existing.as_ref().map(|s| s.id.as_str());
                     let commit = Commit {
-                        up: Some(self.outcome(
+                        up_row: Some(self.outcome(
                             MessageStatus::Failed,
                             sid,
                             Some(rsp.result_code.clone()),
