@@ -112,6 +112,12 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// The writer's connection (tests check its settings).
+    #[cfg(test)]
+    pub(crate) fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
 }
 
 const SESSION_COLUMNS: &str = "id, kind, tenant, user_id, channel_config_id, state, token, \

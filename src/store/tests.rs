@@ -2139,6 +2139,61 @@ async fn a_sqlite_file_database_is_durable_and_in_wal_mode() {
         .await
         .unwrap();
     assert_eq!(busy, 5_000);
+    // The writes' own connection too: it is the one whose commits must reach the disk.
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.writer_pool())
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 2, "FULL on the writer");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn migration_0005_leaves_the_per_user_indexes_and_drops_the_session_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("i.db").display());
+    let store = crate::store::sqlite::SqliteStore::connect(&url)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    for kept in [
+        "messages_user",
+        "messages_up_key",
+        "events_user",
+        "messages_created",
+    ] {
+        assert!(
+            indexes.iter().any(|i| i == kept),
+            "{kept} missing: {indexes:?}"
+        );
+    }
+    for dropped in ["messages_session", "events_session"] {
+        assert!(
+            !indexes.iter().any(|i| i == dropped),
+            "{dropped} still there"
+        );
+    }
+    // A session's transcript is read through the user's index (docs/STORAGE.md).
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT * FROM messages \
+         WHERE kind = 'cec' AND tenant = 't' AND user_id = 'u' AND session_id = 's' \
+         ORDER BY created_at, id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
+    .collect();
+    assert!(
+        plan.iter().any(|d| d.contains("messages_user")),
+        "plan: {plan:?}"
+    );
     store.close().await;
 }
 
