@@ -10,7 +10,7 @@ itself. Not a benchmark of the relay: the ceiling any relay on this schema and d
 
     python3 benches/floor/sqlite_s3_rows.py [B=100] [M=50000] [DIR=/tmp/ccrelay-floor] [--without MIGRATION]
 """
-import glob, json, os, sqlite3, sys, time, uuid
+import glob, itertools, json, os, sqlite3, sys, time, uuid
 
 args = sys.argv[1:]
 without = None
@@ -35,6 +35,10 @@ for f in sorted(glob.glob(os.path.join(root, "*.sql"))):
         continue
     c.executescript(f"BEGIN; {open(f).read()} COMMIT;")
 K=200; now=lambda: int(time.time()*1e6)
+# Relay ids are UUIDv7 (time first, src/bus/payload.rs): new ones go to the end of their unique
+# indexes. Same order here, without Python 3.14's uuid7.
+seq=itertools.count()
+rid=lambda: f"{time.time_ns():016x}-{next(seq):012x}"
 sess=[str(uuid.uuid4()) for _ in range(K)]
 c.execute("begin")
 for i,s in enumerate(sess):
@@ -49,12 +53,12 @@ for b0 in range(0,M,B):
     c.execute("begin immediate")
     if pending:
         c.executemany("delete from outbox where seq=?",[(s,) for s in pending])
-    c.executemany(msg,[(str(uuid.uuid4()),"cec","bench",f"u{i%K}",sess[i%K],"up",f"t{i}",None,"CHAT","TEXT",f"hello {i}",body(i),"sent","0",now()) for i in r])
-    c.executemany(msg,[(str(uuid.uuid4()),"cec","bench",f"u{i%K}",sess[i%K],"down",None,f"c{i}","CHAT","TEXT",f"robot {i}",body(i),"received",None,now()) for i in r])
+    c.executemany(msg,[(rid(),"cec","bench",f"u{i%K}",sess[i%K],"up",f"t{i}",None,"CHAT","TEXT",f"hello {i}",body(i),"sent","0",now()) for i in r])
+    c.executemany(msg,[(rid(),"cec","bench",f"u{i%K}",sess[i%K],"down",None,f"c{i}","CHAT","TEXT",f"robot {i}",body(i),"received",None,now()) for i in r])
     c.executemany("insert into events(relay_id,kind,tenant,user_id,session_id,event_type,ok,body,subject,created_at) values(?,?,?,?,?,?,?,?,?,?)",
-        [(str(uuid.uuid4()),"cec","bench",f"u{i%K}",sess[i%K],"up.result",1,ev(i),f"ccrelay.cec.bench.event.u{i%K}",now()) for i in r])
-    cur=c.executemany("insert into outbox(msg_id,subject,payload,created_at) values(?,?,?,?)",
-        [(str(uuid.uuid4()),f"ccrelay.cec.bench.event.u{i%K}",ev(i).encode(),now()) for i in r]+[(str(uuid.uuid4()),f"ccrelay.cec.bench.out.u{i%K}",body(i).encode(),now()) for i in r])
+        [(rid(),"cec","bench",f"u{i%K}",sess[i%K],"up.result",1,ev(i),f"ccrelay.cec.bench.event.u{i%K}",now()) for i in r])
+    c.executemany("insert into outbox(msg_id,subject,payload,created_at) values(?,?,?,?)",
+        [(rid(),f"ccrelay.cec.bench.event.u{i%K}",ev(i).encode(),now()) for i in r]+[(rid(),f"ccrelay.cec.bench.out.u{i%K}",body(i).encode(),now()) for i in r])
     c.executemany("update sessions set last_activity_at=? where id=?",[(now(),sess[i%K]) for i in r])
     c.execute("commit")
     pending=[x[0] for x in c.execute("select seq from outbox order by seq desc limit ?",(2*len(r),))]

@@ -2112,10 +2112,16 @@ async fn an_unreachable_postgres_is_unavailable() {
     assert!(err.is_retryable());
 }
 
+/// A SQLite database file `name` in a fresh temporary directory (kept while the guard lives).
+fn sqlite_file_url(name: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join(name).display());
+    (dir, url)
+}
+
 #[tokio::test]
 async fn a_sqlite_file_database_is_durable_and_in_wal_mode() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("d.db").display());
+    let (_dir, url) = sqlite_file_url("d.db");
     let store = crate::store::sqlite::SqliteStore::connect(&url)
         .await
         .unwrap();
@@ -2150,8 +2156,7 @@ async fn a_sqlite_file_database_is_durable_and_in_wal_mode() {
 
 #[tokio::test]
 async fn migration_0005_leaves_the_per_user_indexes_and_drops_the_session_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("i.db").display());
+    let (_dir, url) = sqlite_file_url("i.db");
     let store = crate::store::sqlite::SqliteStore::connect(&url)
         .await
         .unwrap();
@@ -2199,8 +2204,7 @@ async fn migration_0005_leaves_the_per_user_indexes_and_drops_the_session_ones()
 
 #[tokio::test]
 async fn a_sqlite_commit_waits_for_another_writer_instead_of_failing() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let (_dir, url) = sqlite_file_url("w.db");
     let store: DynStore = Arc::new(
         crate::store::sqlite::SqliteStore::connect(&url)
             .await
