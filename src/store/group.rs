@@ -90,6 +90,35 @@ impl GroupCommit {
         }
     }
 
+    /// Wraps `inner` with one writer that runs on a thread of its own (a single-threaded tokio
+    /// runtime), for a backend whose connections do their I/O off the runtime (SQLite's run on
+    /// worker threads of their own). A batch is a dozen statements, each a round trip to the
+    /// connection's thread; a writer task on the shared runtime waited behind hundreds of ready
+    /// tasks at every one of them, and a batch took three times its database time (the S3
+    /// benchmark, docs/BENCHMARKS.md). Not for PostgreSQL: its sockets belong to the runtime
+    /// that opened them. The thread ends when the `GroupCommit` is dropped, after applying what
+    /// was queued.
+    ///
+    /// # Errors
+    /// When the thread or its runtime cannot be created (out of threads or memory).
+    pub fn on_own_thread(inner: Arc<dyn Store>) -> std::io::Result<Self> {
+        let batches = Arc::new(AtomicU64::new(0));
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (store, counter) = (inner.clone(), batches.clone());
+        std::thread::Builder::new()
+            .name("ccrelay-writer".into())
+            .spawn(move || runtime.block_on(writer(store, rx, counter)))?;
+        Ok(GroupCommit {
+            inner,
+            queues: vec![queue],
+            closed: AtomicBool::new(false),
+            batches,
+        })
+    }
+
     /// How many batches (transactions, retries of a failed batch's writes not counted) the
     /// writers have applied.
     pub fn batches(&self) -> u64 {

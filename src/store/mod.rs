@@ -1097,11 +1097,13 @@ pub struct TimCallbackRow {
 pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store named by `url` (`sqlite:` or `postgres:`), without migrating, behind group
-/// commit ([`group::GroupCommit`]; SQLite with one writer, PostgreSQL with [`group::PG_WRITERS`]).
+/// commit ([`group::GroupCommit`]; SQLite with one writer on a thread of its own, PostgreSQL with [`group::PG_WRITERS`]).
 pub async fn connect(url: &str) -> Result<DynStore> {
     if url.starts_with("sqlite:") {
         let inner = Arc::new(sqlite::SqliteStore::connect(url).await?);
-        Ok(Arc::new(group::GroupCommit::new(inner, 1)))
+        let group = group::GroupCommit::on_own_thread(inner)
+            .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+        Ok(Arc::new(group))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let inner = Arc::new(postgres::PgStore::connect(url).await?);
         Ok(Arc::new(group::GroupCommit::new(inner, group::PG_WRITERS)))

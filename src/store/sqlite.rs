@@ -28,6 +28,8 @@ use super::{
     check_commits, classify, committed_each, from_unix_micros, invalid, unix_micros,
 };
 
+mod lookup;
+
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections of a file database (WAL lets readers run beside the writer, which has a
@@ -54,6 +56,8 @@ pub struct SqliteStore {
     /// own, so a write never waits for a connection behind reads. The same pool as `pool` in
     /// memory.
     writer: SqlitePool,
+    /// Up lookups, batched ([`lookup`]), through `pool`.
+    lookups: lookup::Lookups,
 }
 
 impl SqliteStore {
@@ -105,7 +109,12 @@ impl SqliteStore {
                 .await
                 .map_err(classify)?
         };
-        Ok(SqliteStore { pool, writer })
+        let lookups = lookup::Lookups::spawn(pool.clone());
+        Ok(SqliteStore {
+            pool,
+            writer,
+            lookups,
+        })
     }
 
     /// The underlying pool, for callers that need a query the trait does not offer.
@@ -157,15 +166,6 @@ const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, 
 
 /// The status of an up row (`up_status`, NULL if none) beside the user's not-closed session
 /// (NULL columns if none): one row always.
-static UP_LOOKUP: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT (SELECT status FROM messages WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 \
-           AND message_id = ?4 AND direction = 'up') AS up_status, {SESSION_COLUMNS} \
-         FROM (SELECT 1 AS one) AS o LEFT JOIN sessions ON sessions.kind = ?1 \
-           AND sessions.tenant = ?2 AND sessions.user_id = ?3 AND sessions.state <> 'closed'"
-    )
-});
-
 const UP_STATUS: &str = "SELECT status FROM messages \
      WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
 
@@ -961,20 +961,14 @@ impl Store for SqliteStore {
         user_id: &str,
         message_id: &str,
     ) -> Result<UpLookup> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(UP_LOOKUP.as_str()))
-            .bind(kind.to_owned())
-            .bind(tenant.to_owned())
-            .bind(user_id.to_owned())
-            .bind(message_id.to_owned())
-            .fetch_one(&self.pool)
+        self.lookups
+            .lookup([
+                kind.to_owned(),
+                tenant.to_owned(),
+                user_id.to_owned(),
+                message_id.to_owned(),
+            ])
             .await
-            .map_err(classify)?;
-        let status: Option<String> = get(&row, "up_status")?;
-        let id: Option<String> = get(&row, "id")?;
-        Ok(UpLookup {
-            status: status.as_deref().map(MessageStatus::parse).transpose()?,
-            session: id.map(|_| session_from_row(&row)).transpose()?,
-        })
     }
 
     async fn open_session(

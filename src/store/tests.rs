@@ -182,6 +182,7 @@ contract_tests!(
     timestamps_round_trip_at_microsecond_precision,
     concurrent_writers_all_commit,
     concurrent_begin_up_of_one_message_is_new_once,
+    concurrent_up_lookups_each_get_their_own_answer,
     a_closed_store_fails_with_retryable_errors,
     satisfactions_round_trip_per_user_in_order,
     offline_messages_round_trip_per_user_in_order,
@@ -1956,6 +1957,46 @@ async fn concurrent_begin_up_of_one_message_is_new_once(db: Db) {
         "{seen:?}"
     );
     assert_eq!(transcript(&db.store, "u1").await.len(), 1);
+}
+
+/// Hundreds of lookups at once (on SQLite they share statements, see `sqlite::lookup`): each
+/// gets its own message's status and its own user's session.
+async fn concurrent_up_lookups_each_get_their_own_answer(db: Db) {
+    let mut sessions = std::collections::HashMap::new();
+    for u in (0..10).step_by(2) {
+        let user = format!("u{u}");
+        let s = session(&user, SessionState::Active, at(0));
+        db.store.commit(open(&s)).await.unwrap();
+        sessions.insert(user, s.id);
+    }
+    for u in 0..10 {
+        for m in (0..20).step_by(2) {
+            let row = up_row(&format!("u{u}"), &format!("m-{m}"), at(1));
+            assert_eq!(db.store.begin_up(&row).await.unwrap(), UpBegin::New);
+        }
+    }
+    let mut handles = Vec::new();
+    for i in 0..400 {
+        let store = Arc::clone(&db.store);
+        let (user, message) = (format!("u{}", i % 10), format!("m-{}", i % 20));
+        handles.push(tokio::spawn(async move {
+            let found = store
+                .up_lookup(kind::CEC, TENANT, &user, &message)
+                .await
+                .unwrap();
+            (i, user, found)
+        }));
+    }
+    for h in handles {
+        let (i, user, found) = h.await.unwrap();
+        let want_status = (i % 20 % 2 == 0).then_some(MessageStatus::Pending);
+        assert_eq!(found.status, want_status, "lookup {i}");
+        assert_eq!(
+            found.session.map(|s| (s.user_id, s.id)),
+            sessions.get(&user).map(|id| (user.clone(), id.clone())),
+            "lookup {i}"
+        );
+    }
 }
 
 async fn a_closed_store_fails_with_retryable_errors(db: Db) {
