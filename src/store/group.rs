@@ -54,6 +54,17 @@ const QUEUE: usize = 8 * MAX_BATCH;
 /// deadlocked and waited for `deadlock_timeout`. SQLite, with one write lock, gets one writer.
 pub const PG_WRITERS: usize = 4;
 
+thread_local! {
+    /// Whether this thread is a writer of its own ([`GroupCommit::on_own_thread`]).
+    static WRITER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the caller runs on a writer thread of its own ([`GroupCommit::on_own_thread`]),
+/// where a backend may block for the length of a batch.
+pub(crate) fn on_writer_thread() -> bool {
+    WRITER_THREAD.get()
+}
+
 /// One queued write and where its answer goes.
 struct Job {
     write: Write,
@@ -110,7 +121,10 @@ impl GroupCommit {
         let (store, counter) = (inner.clone(), batches.clone());
         std::thread::Builder::new()
             .name("ccrelay-writer".into())
-            .spawn(move || runtime.block_on(writer(store, rx, counter)))?;
+            .spawn(move || {
+                WRITER_THREAD.set(true);
+                runtime.block_on(writer(store, rx, counter))
+            })?;
         Ok(GroupCommit {
             inner,
             queues: vec![queue],

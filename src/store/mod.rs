@@ -76,6 +76,14 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// A statement of the SQLite writer failed (it calls SQLite directly: `sqlite/write.rs`);
+    /// busy and locked are retryable, like sqlx's.
+    #[error("database error: {error}")]
+    Sqlite {
+        #[source]
+        error: rusqlite::Error,
+        retryable: bool,
+    },
     /// The transaction this write shared with others failed (see [`group`]); the error is the
     /// batch's, so retrying is as sensible as it says.
     #[error("{0}")]
@@ -89,6 +97,7 @@ impl StoreError {
             StoreError::Unavailable(_) => true,
             StoreError::Query(e) => is_transient(e),
             StoreError::Batch(e) => e.is_retryable(),
+            StoreError::Sqlite { retryable, .. } => *retryable,
             _ => false,
         }
     }

@@ -7,71 +7,81 @@
 //! `SQLITE_BUSY` when a read transaction tries to become a write one. Timestamps are INTEGER
 //! microseconds since the Unix epoch (see `migrations/sqlite`).
 
-use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    Applied, Commit, Committed, Direction, DownRecord, EventRecord, FileDone, FileRow, FileStatus,
-    MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats,
-    PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange, SessionState,
-    Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, UpOutcome, Write, Written,
-    check_commits, classify, committed_each, from_unix_micros, invalid, unix_micros,
+    Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage, MessageRow, MessageStatus,
+    OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow,
+    SatisfactionSource, Session, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow,
+    UpLookup, Write, Written, classify, from_unix_micros, invalid, unix_micros,
 };
 
 mod lookup;
+mod write;
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections of a file database (WAL lets readers run beside the writer, which has a
 /// connection of its own).
 const MAX_CONNECTIONS: u32 = 4;
-/// Most rows per multi-row INSERT (a power of two). Each statement is a round trip to the
-/// connection's worker thread, which costs more than SQLite's work for a row; each size used is
-/// a plan of its own in the cache, so only powers of two up to this are used (see [`chunks`]).
-const CHUNK: usize = 32;
 /// WAL pages after which a commit copies the WAL back into the database (SQLite's default is
 /// 1,000, 4 MiB): the pages a busy relay rewrites in every commit (the ends of the indexes) are
 /// copied once per checkpoint, so fewer checkpoints copy fewer pages.
 const WAL_CHECKPOINT_PAGES: u32 = 8_000;
-/// Prepared statements kept per connection: six multi-row INSERTs in six sizes each, and the
-/// rest. (With every size from 1 to 32 cached, S1's RSS per session grew by a quarter.)
-const STATEMENT_CACHE: usize = 6 * 6 + 64;
+/// Prepared statements kept per read connection. (Each takes memory on each connection: with
+/// multi-row INSERTs of every size from 1 to 32 cached, S1's RSS per session grew by a quarter.)
+const STATEMENT_CACHE: usize = 64;
 
 /// SQLite-backed store.
 pub struct SqliteStore {
-    /// A pool of connections to one database file, for reads; a single connection for
-    /// `sqlite::memory:`, whose database lives exactly as long as its connection.
+    /// A pool of connections to one database file, for reads.
     pool: SqlitePool,
-    /// The connection writes go through: one, since SQLite has one writer at a time, and of its
-    /// own, so a write never waits for a connection behind reads. The same pool as `pool` in
-    /// memory.
+    /// Group commit's batches go through this connection: one, since SQLite has one writer at a
+    /// time, and of its own, so a write never waits for a connection behind reads ([`write`]).
+    batches: Arc<write::Writer>,
+    /// A connection for the few writes that are not batched (a file's upload attempts and
+    /// outcome); SQLite serialises it with `batches`' by the write lock and busy timeout.
     writer: SqlitePool,
     /// Up lookups, batched ([`lookup`]), through `pool`.
     lookups: lookup::Lookups,
+    /// For `sqlite::memory:`: the temporary directory of the database, removed with the store.
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database named by `url`: `sqlite://path/to.db`,
-    /// `sqlite:path/to.db`, or `sqlite::memory:` for a private in-memory database (tests).
+    /// `sqlite:path/to.db`, or `sqlite::memory:` for a private database that lives as long as
+    /// the store (tests; it is a file in a temporary directory, since the writer and the
+    /// readers are separate connections).
     ///
     /// # Errors
     /// [`StoreError::Query`] for a malformed URL, [`StoreError::Unavailable`] or `Query` when
     /// the file cannot be opened.
     pub async fn connect(url: &str) -> Result<Self> {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let mut options = SqliteConnectOptions::from_str(url)
-            .map_err(StoreError::Query)?
+        let (options, temp) = if in_memory {
+            let dir = tempfile::Builder::new()
+                .prefix("ccrelay-db-")
+                .tempdir()
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+            let options = SqliteConnectOptions::new().filename(dir.path().join("ccrelay.db"));
+            (options, Some(dir))
+        } else {
+            let options = SqliteConnectOptions::from_str(url).map_err(StoreError::Query)?;
+            (options, None)
+        };
+        let options = options
             .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
@@ -80,40 +90,31 @@ impl SqliteStore {
             // the relay's time went to statement journals in temporary files (gone in memory)
             // and 9 % to checkpoints (4 % every 8,000 pages). Page lookups stayed at 8 % with a
             // 16 MiB page cache and with a memory map, so neither is kept (the cache cost RSS
-            // in S1, a map turns an I/O error into SIGBUS).
+            // in S1, a map turns an I/O error into SIGBUS). The batch writer ([`write`]) has
+            // the same settings.
             .pragma("temp_store", "memory")
             .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
-        let pool_options = if in_memory {
-            // One connection that never idles out or expires: closing it would drop the data.
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-        } else {
-            options = options.journal_mode(SqliteJournalMode::Wal);
-            SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
-        };
-        let pool = pool_options
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        let writer = if in_memory {
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(BUSY_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(classify)?
-        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(classify)?;
+        // The pool created the file; opening it again is quick (no I/O beyond the header).
+        let batches = Arc::new(write::Writer::open(options.get_filename())?);
         let lookups = lookup::Lookups::spawn(pool.clone());
         Ok(SqliteStore {
             pool,
+            batches,
             writer,
             lookups,
+            _temp: temp,
         })
     }
 
@@ -122,10 +123,10 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// The writer's connection (tests check its settings).
+    /// `PRAGMA name` on the batch writer's connection (tests check its settings).
     #[cfg(test)]
-    pub(crate) fn writer_pool(&self) -> &SqlitePool {
-        &self.writer
+    pub(crate) fn writer_pragma(&self, name: &str) -> Result<i64> {
+        self.batches.pragma(name)
     }
 }
 
@@ -136,129 +137,9 @@ const MESSAGE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, dire
      message_id, message_code, source_type, control_type, media_type, content, body, status, \
      result_code, result_desc, stream_seq, created_at";
 
-const INSERT_SESSION: &str = "INSERT INTO sessions (id, kind, tenant, user_id, \
-     channel_config_id, state, token, opened_at, closed_at, close_reason, last_activity_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
-
-const SET_SESSION_STATE: &str =
-    "UPDATE sessions SET state = ?2 WHERE id = ?1 AND state <> 'closed'";
-
-const CLOSE_SESSION: &str = "UPDATE sessions SET state = 'closed', closed_at = ?2, \
-     close_reason = ?3 WHERE id = ?1 AND state <> 'closed'";
-
-const SESSION_EXISTS: &str = "SELECT 1 FROM sessions WHERE id = ?1";
-
-/// Moves `last_activity_at` forward for each `[id, micros]` pair of the JSON array `?1` (one
-/// pair per id).
-const TOUCH_SESSIONS: &str = "UPDATE sessions SET last_activity_at = max(last_activity_at, t.at) \
-     FROM (SELECT value ->> 0 AS id, value ->> 1 AS at FROM json_each(?1)) AS t \
-     WHERE sessions.id = t.id";
-
-const UPDATE_UP: &str = "UPDATE messages SET status = ?5, result_code = ?6, result_desc = ?7, \
-     session_id = coalesce(?8, session_id) \
-     WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
-
-const INSERT_UP: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, \
-     direction, message_id, message_code, source_type, control_type, media_type, content, body, \
-     status, result_code, result_desc, stream_seq, created_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
-     ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO NOTHING";
-
-/// The status of an up row (`up_status`, NULL if none) beside the user's not-closed session
-/// (NULL columns if none): one row always.
-const UP_STATUS: &str = "SELECT status FROM messages \
-     WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND direction = 'up'";
-
-/// `items` in slices of [`CHUNK`] rows, then of falling powers of two: a batch of any size is
-/// inserted by statements of six sizes only, so few plans are cached (each takes memory, on each
-/// connection).
-fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if items.is_empty() {
-            return None;
-        }
-        let n = if items.len() >= CHUNK {
-            CHUNK
-        } else {
-            1 << items.len().ilog2()
-        };
-        let (head, rest) = items.split_at(n);
-        items = rest;
-        Some(head)
-    })
-}
-
-/// `INSERT … VALUES (…), (…), …` for 1 to [`CHUNK`] rows, built once.
-struct MultiRow {
-    /// `by_rows[n - 1]` inserts n rows (only powers of two are used: see [`chunks`]).
-    by_rows: Vec<String>,
-}
-
-impl MultiRow {
-    fn new(head: &str, columns: usize, tail: &str) -> Self {
-        let row = format!("({})", vec!["?"; columns].join(", "));
-        let by_rows = (1..=CHUNK)
-            .map(|n| format!("{head} VALUES {} {tail}", vec![row.as_str(); n].join(", ")))
-            .collect();
-        MultiRow { by_rows }
-    }
-
-    fn sql(&'static self, rows: usize) -> &'static str {
-        &self.by_rows[rows - 1]
-    }
-}
-
-/// Down rows; those whose message_code is known (or repeated in the same statement) are
-/// skipped. Returns the relay ids inserted.
-static INSERT_DOWNS: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, direction, \
-         message_id, message_code, source_type, control_type, media_type, content, body, status, \
-         result_code, result_desc, stream_seq, created_at)",
-        18,
-        "ON CONFLICT (kind, tenant, user_id, message_code) WHERE message_code IS NOT NULL \
-         DO NOTHING RETURNING relay_id",
-    )
-});
-
-static INSERT_EVENTS: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, body, \
-         subject, created_at)",
-        10,
-        "",
-    )
-});
-
-static INSERT_SATISFACTIONS: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO satisfactions (relay_id, kind, tenant, user_id, session_id, source, score, \
-         comment, inter_idx, result_code, result_desc, created_at)",
-        12,
-        "",
-    )
-});
-
-/// Offline rows; those whose message_id is known (or repeated in the same statement) are
-/// skipped.
-static INSERT_OFFLINE: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO offline_messages (relay_id, kind, tenant, user_id, session_id, source, \
-         message_id, caller, content, tip_text, result_code, result_desc, created_at)",
-        13,
-        "ON CONFLICT (kind, tenant, user_id, message_id) WHERE message_id IS NOT NULL \
-         DO NOTHING",
-    )
-});
-
 const FILE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, media_type, file_id, \
      file_type, status, size, sha256, bucket, object, attempts, error_code, error_message, \
      created_at, updated_at";
-
-const INSERT_FILE: &str = "INSERT INTO files (relay_id, kind, tenant, user_id, session_id, \
-     media_type, file_id, file_type, status, size, sha256, bucket, object, attempts, error_code, \
-     error_message, created_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
 
 const FINISH_FILE: &str = "UPDATE files SET status = ?2, size = ?3, sha256 = ?4, bucket = ?5, \
      object = ?6, attempts = ?7, error_code = ?8, error_message = ?9, updated_at = ?10 \
@@ -271,54 +152,6 @@ const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id,
 
 const OFFLINE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, message_id, \
      caller, content, tip_text, result_code, result_desc, created_at";
-
-/// Up rows with their outcome; an existing row (Pending, of an earlier run) takes the outcome.
-static UPSERT_UPS: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, direction, \
-         message_id, message_code, source_type, control_type, media_type, content, body, status, \
-         result_code, result_desc, stream_seq, created_at)",
-        18,
-        "ON CONFLICT (kind, tenant, user_id, message_id) WHERE direction = 'up' DO UPDATE SET \
-         status = excluded.status, result_code = excluded.result_code, \
-         result_desc = excluded.result_desc, \
-         session_id = coalesce(excluded.session_id, session_id)",
-    )
-});
-
-/// Outbox rows; SQLite numbers the rows of one INSERT in the order of its VALUES.
-static INSERT_OUTBOX: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO outbox (msg_id, subject, payload, created_at, held)",
-        5,
-        "",
-    )
-});
-
-type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
-
-/// Binds the 18 columns of [`MESSAGE_COLUMNS`], in order.
-fn bind_message<'q>(query: Query<'q>, row: &MessageRow, status: MessageStatus) -> Query<'q> {
-    query
-        .bind(row.relay_id.clone())
-        .bind(row.kind.clone())
-        .bind(row.tenant.clone())
-        .bind(row.user_id.clone())
-        .bind(row.session_id.clone())
-        .bind(row.direction.as_str())
-        .bind(row.message_id.clone())
-        .bind(row.message_code.clone())
-        .bind(row.source_type.clone())
-        .bind(row.control_type.clone())
-        .bind(row.media_type.clone())
-        .bind(row.content.clone())
-        .bind(row.body.clone())
-        .bind(status.as_str())
-        .bind(row.result_code.clone())
-        .bind(row.result_desc.clone())
-        .bind(row.stream_seq)
-        .bind(unix_micros(row.created_at))
-}
 
 fn ts(row: &SqliteRow, column: &str) -> Result<OffsetDateTime> {
     from_unix_micros(row.try_get(column).map_err(classify)?)
@@ -375,29 +208,6 @@ fn message_from_row(row: &SqliteRow) -> Result<MessageRow> {
         stream_seq: get(row, "stream_seq")?,
         created_at: ts(row, "created_at")?,
     })
-}
-
-/// Binds the 18 columns of [`FILE_COLUMNS`], in order.
-fn bind_file<'q>(query: Query<'q>, f: &FileRow) -> Query<'q> {
-    query
-        .bind(f.relay_id.clone())
-        .bind(f.kind.clone())
-        .bind(f.tenant.clone())
-        .bind(f.user_id.clone())
-        .bind(f.session_id.clone())
-        .bind(f.media_type.clone())
-        .bind(f.file_id.clone())
-        .bind(f.file_type.clone())
-        .bind(f.status.as_str())
-        .bind(f.size)
-        .bind(f.sha256.clone())
-        .bind(f.bucket.clone())
-        .bind(f.object.clone())
-        .bind(f.attempts)
-        .bind(f.error_code.clone())
-        .bind(f.error_message.clone())
-        .bind(unix_micros(f.created_at))
-        .bind(unix_micros(f.updated_at))
 }
 
 fn file_from_row(row: &SqliteRow) -> Result<FileRow> {
@@ -473,296 +283,6 @@ fn offline_from_row(row: &SqliteRow) -> Result<OfflineRow> {
     })
 }
 
-/// After an UPDATE of a session matched nothing: fine if the session exists (closed, so the
-/// change is moot), a caller's bug if it does not.
-async fn require_session(conn: &mut SqliteConnection, id: &str) -> Result<()> {
-    let found = sqlx::query(SESSION_EXISTS)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(classify)?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(StoreError::Corrupt(format!(
-            "session {id:?} does not exist"
-        ))),
-    }
-}
-
-/// A session change inside the transaction `conn` is in.
-async fn apply_session_change(conn: &mut SqliteConnection, change: &SessionChange) -> Result<()> {
-    match change {
-        SessionChange::Open(s) => {
-            sqlx::query(INSERT_SESSION)
-                .bind(s.id.clone())
-                .bind(s.kind.clone())
-                .bind(s.tenant.clone())
-                .bind(s.user_id.clone())
-                .bind(s.channel_config_id.clone())
-                .bind(s.state.as_str())
-                .bind(s.token.clone())
-                .bind(unix_micros(s.opened_at))
-                .bind(s.closed_at.map(unix_micros))
-                .bind(s.close_reason.clone())
-                .bind(unix_micros(s.last_activity_at))
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-        }
-        SessionChange::SetState { id, state } => {
-            if *state == SessionState::Closed {
-                return Err(invalid(
-                    "SessionChange::SetState cannot close a session: use Close",
-                ));
-            }
-            let r = sqlx::query(SET_SESSION_STATE)
-                .bind(id.clone())
-                .bind(state.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-            if r.rows_affected() == 0 {
-                require_session(conn, id).await?;
-            }
-        }
-        SessionChange::Close { id, reason, at } => {
-            let r = sqlx::query(CLOSE_SESSION)
-                .bind(id.clone())
-                .bind(unix_micros(*at))
-                .bind(reason.clone())
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-            if r.rows_affected() == 0 {
-                require_session(conn, id).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The outcome of an up row begun earlier, inside the transaction `conn` is in.
-async fn apply_up_outcome(conn: &mut SqliteConnection, up: &UpOutcome) -> Result<()> {
-    let r = sqlx::query(UPDATE_UP)
-        .bind(up.kind.clone())
-        .bind(up.tenant.clone())
-        .bind(up.user_id.clone())
-        .bind(up.message_id.clone())
-        .bind(up.status.as_str())
-        .bind(up.result_code.clone())
-        .bind(up.result_desc.clone())
-        .bind(up.session_id.clone())
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() == 0 {
-        return Err(StoreError::Corrupt(format!(
-            "up outcome for a message never begun: {}/{}/{} message_id {:?}",
-            up.kind, up.tenant, up.user_id, up.message_id
-        )));
-    }
-    Ok(())
-}
-
-/// Everything of `commits` — the commits of one batch of writes — inside the transaction `conn`
-/// is in, and what each did.
-///
-/// Each table's rows of all of them go in as few statements as [`CHUNK`] allows: a statement is
-/// a round trip to the connection's thread, which costs more than SQLite's work for a row, so a
-/// batch of 200 commits makes a few dozen statements, not a thousand. The commits are
-/// concurrent writes (each caller waits for its own), so applying their parts table by table is
-/// applying them in some order; within each commit its parts keep their documented order, and
-/// its outbox rows (its downs inserted, then its events) follow those of the commits before it.
-async fn apply(conn: &mut SqliteConnection, commits: &[&Commit]) -> Result<Vec<Committed>> {
-    check_commits(commits)?;
-    let now = unix_micros(OffsetDateTime::now_utc());
-
-    for c in commits {
-        for change in &c.sessions {
-            apply_session_change(conn, change).await?;
-        }
-        if let Some(up) = &c.up {
-            apply_up_outcome(conn, up).await?;
-        }
-    }
-
-    let up_rows: Vec<&MessageRow> = commits.iter().filter_map(|c| c.up_row.as_ref()).collect();
-    for chunk in chunks(&up_rows) {
-        let mut query = sqlx::query(UPSERT_UPS.sql(chunk.len()));
-        for row in chunk {
-            query = bind_message(query, row, row.status);
-        }
-        query.execute(&mut *conn).await.map_err(classify)?;
-    }
-
-    let downs: Vec<&DownRecord> = commits.iter().flat_map(|c| &c.down).collect();
-    let mut inserted = HashSet::new();
-    for chunk in chunks(&downs) {
-        let mut query = sqlx::query(INSERT_DOWNS.sql(chunk.len()));
-        for down in chunk {
-            query = bind_message(query, &down.row, down.row.status);
-        }
-        for row in query.fetch_all(&mut *conn).await.map_err(classify)? {
-            inserted.insert(get::<String>(&row, "relay_id")?);
-        }
-    }
-
-    let events: Vec<&EventRecord> = commits.iter().flat_map(|c| &c.events).collect();
-    for chunk in chunks(&events) {
-        let mut query = sqlx::query(INSERT_EVENTS.sql(chunk.len()));
-        for event in chunk {
-            query = query
-                .bind(event.relay_id.clone())
-                .bind(event.kind.clone())
-                .bind(event.tenant.clone())
-                .bind(event.user_id.clone())
-                .bind(event.session_id.clone())
-                .bind(event.event_type.clone())
-                .bind(event.ok)
-                .bind(event.body.clone())
-                .bind(event.subject.clone())
-                .bind(unix_micros(event.created_at));
-        }
-        query.execute(&mut *conn).await.map_err(classify)?;
-    }
-
-    let satisfactions: Vec<&SatisfactionRow> =
-        commits.iter().flat_map(|c| &c.satisfactions).collect();
-    for chunk in chunks(&satisfactions) {
-        let mut query = sqlx::query(INSERT_SATISFACTIONS.sql(chunk.len()));
-        for r in chunk {
-            query = query
-                .bind(r.relay_id.clone())
-                .bind(r.kind.clone())
-                .bind(r.tenant.clone())
-                .bind(r.user_id.clone())
-                .bind(r.session_id.clone())
-                .bind(r.source.as_str())
-                .bind(r.score.clone())
-                .bind(r.comment.clone())
-                .bind(r.inter_idx.clone())
-                .bind(r.result_code.clone())
-                .bind(r.result_desc.clone())
-                .bind(unix_micros(r.created_at));
-        }
-        query.execute(&mut *conn).await.map_err(classify)?;
-    }
-
-    let offline: Vec<&OfflineRow> = commits.iter().flat_map(|c| &c.offline).collect();
-    for chunk in chunks(&offline) {
-        let mut query = sqlx::query(INSERT_OFFLINE.sql(chunk.len()));
-        for r in chunk {
-            query = query
-                .bind(r.relay_id.clone())
-                .bind(r.kind.clone())
-                .bind(r.tenant.clone())
-                .bind(r.user_id.clone())
-                .bind(r.session_id.clone())
-                .bind(r.source.as_str())
-                .bind(r.message_id.clone())
-                .bind(r.caller.clone())
-                .bind(r.content.clone())
-                .bind(r.tip_text.clone())
-                .bind(r.result_code.clone())
-                .bind(r.result_desc.clone())
-                .bind(unix_micros(r.created_at));
-        }
-        query.execute(&mut *conn).await.map_err(classify)?;
-    }
-
-    // What to publish, commit by commit: its downs inserted, then its events.
-    let mut outbox: Vec<(&str, &str, &[u8], bool)> = Vec::new();
-    for c in commits {
-        for down in c.down.iter().filter(|d| inserted.contains(&d.row.relay_id)) {
-            let held = c.files.iter().any(|f| f.relay_id == down.row.relay_id);
-            outbox.push((
-                &down.publish.msg_id,
-                &down.publish.subject,
-                &down.publish.payload,
-                held,
-            ));
-        }
-        for event in &c.events {
-            outbox.push((
-                &event.relay_id,
-                &event.subject,
-                event.body.as_bytes(),
-                false,
-            ));
-        }
-    }
-    for chunk in chunks(&outbox) {
-        let mut query = sqlx::query(INSERT_OUTBOX.sql(chunk.len()));
-        for (msg_id, subject, payload, held) in chunk {
-            query = query
-                .bind(*msg_id)
-                .bind(*subject)
-                .bind(*payload)
-                .bind(now)
-                .bind(*held);
-        }
-        query.execute(&mut *conn).await.map_err(classify)?;
-    }
-
-    for f in commits
-        .iter()
-        .flat_map(|c| &c.files)
-        .filter(|f| inserted.contains(&f.relay_id))
-    {
-        bind_file(sqlx::query(INSERT_FILE), f)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
-
-    touch_sessions(conn, commits.iter().flat_map(|c| &c.touch)).await?;
-    Ok(committed_each(commits, &inserted))
-}
-
-/// Moves each session's `last_activity_at` forward to the latest time it is given, in one
-/// statement; a session that does not exist is an error.
-async fn touch_sessions<'a>(
-    conn: &mut SqliteConnection,
-    touches: impl Iterator<Item = &'a (String, OffsetDateTime)>,
-) -> Result<()> {
-    let mut latest: HashMap<&str, i64> = HashMap::new();
-    for (id, at) in touches {
-        let at = unix_micros(*at);
-        latest
-            .entry(id.as_str())
-            .and_modify(|t| *t = (*t).max(at))
-            .or_insert(at);
-    }
-    if latest.is_empty() {
-        return Ok(());
-    }
-    // The pairs travel as one JSON array: one statement, and one cached plan, for any count.
-    let pairs: Vec<(&str, i64)> = latest.iter().map(|(id, at)| (*id, *at)).collect();
-    let list = serde_json::to_string(&pairs).map_err(|e| invalid(e.to_string()))?;
-    let r = sqlx::query(TOUCH_SESSIONS)
-        .bind(list)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() as usize == pairs.len() {
-        return Ok(());
-    }
-    for (id, _) in &pairs {
-        if sqlx::query(SESSION_EXISTS)
-            .bind(id.to_string())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(classify)?
-            .is_none()
-        {
-            return Err(StoreError::Corrupt(format!(
-                "touch of session {id:?}, which does not exist"
-            )));
-        }
-    }
-    Ok(())
-}
-
 impl SqliteStore {
     /// One user's rows of `table` (one of the store's own tables), oldest first.
     async fn user_rows<T>(
@@ -791,131 +311,6 @@ impl SqliteStore {
     }
 }
 
-/// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
-async fn apply_write<'w>(conn: &mut SqliteConnection, w: &'w Write) -> Result<Applied<'w>> {
-    Ok(match w {
-        Write::Commit(c) => Applied::Commit(c),
-        Write::BeginUp(row) => Applied::Done(Written::Begun(begin_up_on(conn, row).await?)),
-        Write::SessionToken {
-            session_id, token, ..
-        } => {
-            set_token_on(conn, session_id, token.as_deref()).await?;
-            Applied::Done(Written::Done)
-        }
-        Write::OutboxDone(seqs) => {
-            outbox_done_on(conn, seqs).await?;
-            Applied::Done(Written::Done)
-        }
-        Write::TimStream(row, c) => {
-            tim_stream_on(conn, row).await?;
-            Applied::Commit(c)
-        }
-        Write::TimCallback(row, c) => {
-            tim_callback_on(conn, row).await?;
-            Applied::Commit(c)
-        }
-    })
-}
-
-async fn begin_up_on(conn: &mut SqliteConnection, row: &MessageRow) -> Result<UpBegin> {
-    if row.direction != Direction::Up {
-        return Err(invalid("begin_up takes an up row"));
-    }
-    let Some(message_id) = &row.message_id else {
-        return Err(invalid("begin_up needs the up row's message_id"));
-    };
-    let r = bind_message(sqlx::query(INSERT_UP), row, MessageStatus::Pending)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() == 1 {
-        return Ok(UpBegin::New);
-    }
-    let status: String = sqlx::query_scalar(UP_STATUS)
-        .bind(row.kind.clone())
-        .bind(row.tenant.clone())
-        .bind(row.user_id.clone())
-        .bind(message_id.clone())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(match MessageStatus::parse(&status)? {
-        MessageStatus::Pending => UpBegin::Pending,
-        done => UpBegin::Done(done),
-    })
-}
-
-async fn set_token_on(
-    conn: &mut SqliteConnection,
-    session_id: &str,
-    token: Option<&str>,
-) -> Result<()> {
-    let r = sqlx::query("UPDATE sessions SET token = ?2 WHERE id = ?1")
-        .bind(session_id.to_owned())
-        .bind(token.map(str::to_owned))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() == 0 {
-        return Err(StoreError::Corrupt(format!(
-            "session {session_id:?} does not exist"
-        )));
-    }
-    Ok(())
-}
-
-async fn outbox_done_on(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<()> {
-    if seqs.is_empty() {
-        return Ok(());
-    }
-    // One statement whatever the count: the seqs travel as one JSON array.
-    let list = serde_json::to_string(seqs).map_err(|e| invalid(e.to_string()))?;
-    sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))")
-        .bind(list)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
-
-async fn tim_stream_on(conn: &mut SqliteConnection, row: &TimStreamRow) -> Result<()> {
-    sqlx::query(TIM_STREAM_UPSERT)
-        .bind(row.app.clone())
-        .bind(row.user_id.clone())
-        .bind(row.stream_id.clone())
-        .bind(row.from_account.clone())
-        .bind(row.msg_key.clone())
-        .bind(row.text.clone())
-        .bind(row.chunks)
-        .bind(row.calls)
-        .bind(row.last_seq)
-        .bind(i64::from(row.finished))
-        .bind(row.status.as_str())
-        .bind(row.error_code.clone())
-        .bind(row.error_info.clone())
-        .bind(unix_micros(row.created_at))
-        .bind(unix_micros(row.updated_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
-
-async fn tim_callback_on(conn: &mut SqliteConnection, row: &TimCallbackRow) -> Result<()> {
-    sqlx::query(TIM_CALLBACK_INSERT)
-        .bind(row.relay_id.clone())
-        .bind(row.app.clone())
-        .bind(row.user_id.clone())
-        .bind(row.command.clone())
-        .bind(row.body.clone())
-        .bind(i64::from(row.published))
-        .bind(unix_micros(row.created_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
@@ -933,25 +328,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    /// SQLite applies the batch on the calling thread ([`write`]) when that is group commit's
+    /// writer thread ([`super::GroupCommit::on_own_thread`]), as in the relay; anywhere else (a
+    /// store used without group commit) on a blocking thread, so the runtime is not blocked.
     async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
+        if super::group::on_writer_thread() {
+            return self.batches.write_batch(writes);
         }
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        // On error `tx` is dropped, which rolls everything back.
-        let mut done = Vec::with_capacity(writes.len());
-        let mut commits = Vec::new();
-        for w in writes.iter() {
-            let applied = apply_write(&mut tx, w).await?;
-            done.push(applied.keep_commit(&mut commits));
+        // Moved out for the blocking thread and back (a failed batch's writes are retried).
+        let owned: Vec<Write> = writes
+            .iter_mut()
+            .map(|w| std::mem::replace(w, Write::OutboxDone(Vec::new())))
+            .collect();
+        let batches = Arc::clone(&self.batches);
+        let (result, owned) = tokio::task::spawn_blocking(move || {
+            let result = batches.write_batch(&owned);
+            (result, owned)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the SQLite writer failed: {e}")))?;
+        for (slot, w) in writes.iter_mut().zip(owned) {
+            *slot = w;
         }
-        let committed = apply(&mut tx, &commits).await?;
-        tx.commit().await.map_err(classify)?;
-        Applied::results(done, committed)
+        result
     }
 
     async fn up_lookup(
@@ -1154,6 +553,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.batches.close();
         self.writer.close().await;
         self.pool.close().await;
     }
@@ -1323,19 +723,7 @@ impl Store for SqliteStore {
 const TIM_STREAM_COLUMNS: &str = "app, user_id, stream_id, from_account, msg_key, text, chunks, \
      calls, last_seq, finished, status, error_code, error_info, created_at, updated_at";
 
-const TIM_STREAM_UPSERT: &str = "INSERT INTO tim_streams (app, user_id, stream_id, from_account, \
-     msg_key, text, chunks, calls, last_seq, finished, status, error_code, error_info, created_at, \
-     updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-     ON CONFLICT (app, stream_id) DO UPDATE SET user_id = excluded.user_id, \
-     from_account = excluded.from_account, msg_key = excluded.msg_key, text = excluded.text, \
-     chunks = excluded.chunks, calls = excluded.calls, last_seq = excluded.last_seq, \
-     finished = excluded.finished, status = excluded.status, error_code = excluded.error_code, \
-     error_info = excluded.error_info, updated_at = excluded.updated_at";
-
 const TIM_CALLBACK_COLUMNS: &str = "relay_id, app, user_id, command, body, published, created_at";
-
-const TIM_CALLBACK_INSERT: &str = "INSERT INTO tim_callbacks (relay_id, app, user_id, command, \
-     body, published, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 fn tim_stream_from_row(row: &SqliteRow) -> Result<TimStreamRow> {
     Ok(TimStreamRow {
@@ -1367,27 +755,4 @@ fn tim_callback_from_row(row: &SqliteRow) -> Result<TimCallbackRow> {
         published: get::<i64>(row, "published")? != 0,
         created_at: ts(row, "created_at")?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_go_in_chunks_of_few_sizes_in_order() {
-        for n in 0..200usize {
-            let items: Vec<usize> = (0..n).collect();
-            let parts: Vec<&[usize]> = chunks(&items).collect();
-            assert_eq!(parts.concat(), items, "n = {n}");
-            for p in &parts {
-                assert!(
-                    p.len().is_power_of_two() && p.len() <= CHUNK,
-                    "n = {n}: {}",
-                    p.len()
-                );
-            }
-            // At most the full chunks plus one of each smaller size.
-            assert!(parts.len() <= n / CHUNK + CHUNK.ilog2() as usize, "n = {n}");
-        }
-    }
 }
