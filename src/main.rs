@@ -7,6 +7,10 @@ use clap::Parser;
 use ccrelay::cli::{Cli, Command};
 use ccrelay::config::Config;
 
+/// mimalloc instead of glibc's malloc: measured in S1 and S3 (docs/BENCHMARKS.md, sixth round).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
