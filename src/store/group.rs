@@ -102,13 +102,13 @@ impl GroupCommit {
     }
 
     /// Wraps `inner` with one writer that runs on a thread of its own (a single-threaded tokio
-    /// runtime), for a backend whose connections do their I/O off the runtime (SQLite's run on
-    /// worker threads of their own). A batch is a dozen statements, each a round trip to the
-    /// connection's thread; a writer task on the shared runtime waited behind hundreds of ready
-    /// tasks at every one of them, and a batch took three times its database time (the S3
-    /// benchmark, docs/BENCHMARKS.md). Not for PostgreSQL: its sockets belong to the runtime
-    /// that opened them. The thread ends when the `GroupCommit` is dropped, after applying what
-    /// was queued.
+    /// runtime), for a backend that does a batch's work on the calling thread (SQLite's writer
+    /// calls SQLite directly, blocking for the batch: `sqlite/write.rs`; [`on_writer_thread`]
+    /// tells it where it is). Before that, the batch's statements were round trips to sqlx's
+    /// connection thread, and a writer task on the shared runtime waited behind hundreds of
+    /// ready tasks at every one of them (the S3 benchmark, docs/BENCHMARKS.md). Not for
+    /// PostgreSQL: its sockets belong to the runtime that opened them. The thread ends when the
+    /// `GroupCommit` is dropped, after applying what was queued.
     ///
     /// # Errors
     /// When the thread or its runtime cannot be created (out of threads or memory).

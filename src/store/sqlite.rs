@@ -553,7 +553,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.batches.close();
+        // Waits for a batch in progress: off the runtime.
+        let batches = Arc::clone(&self.batches);
+        let _ = tokio::task::spawn_blocking(move || batches.close()).await;
         self.writer.close().await;
         self.pool.close().await;
     }

@@ -602,3 +602,33 @@ fn tim_callback_on(conn: &Connection, row: &TimCallbackRow) -> Result<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn busy_and_locked_are_retryable_and_constraints_are_not() {
+        assert!(sqlite_error(failure(rusqlite::ffi::SQLITE_BUSY)).is_retryable());
+        assert!(sqlite_error(failure(rusqlite::ffi::SQLITE_LOCKED)).is_retryable());
+        assert!(!sqlite_error(failure(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)).is_retryable());
+        assert!(!sqlite_error(rusqlite::Error::QueryReturnedNoRows).is_retryable());
+    }
+
+    #[test]
+    fn a_closed_writer_refuses_writes_as_unavailable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = Writer::open(&dir.path().join("w.db")).expect("open");
+        assert_eq!(writer.pragma("synchronous").expect("pragma"), 2, "FULL");
+        writer.close();
+        let err = writer
+            .write_batch(&[Write::OutboxDone(vec![1])])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.is_retryable());
+    }
+}
