@@ -20,12 +20,12 @@ mod s4;
 use std::time::Duration;
 
 use anyhow::Result;
+use clap::{Parser, Subcommand};
 
 /// The relay's allocator (src/main.rs) here too, so the baselines and the simulator do not
 /// differ from the relay by their malloc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -103,7 +103,7 @@ impl GroupCommit {
 
     /// Wraps `inner` with one writer that runs on a thread of its own (a single-threaded tokio
     /// runtime), for a backend that does a batch's work on the calling thread (SQLite's writer
-    /// calls SQLite directly, blocking for the batch: `sqlite/write.rs`; [`on_writer_thread`]
+    /// calls SQLite directly, blocking for the batch: `sqlite/write.rs`; `on_writer_thread`
     /// tells it where it is). Before that, the batch's statements were round trips to sqlx's
     /// connection thread, and a writer task on the shared runtime waited behind hundreds of
     /// ready tasks at every one of them (the S3 benchmark, docs/BENCHMARKS.md). Not for

@@ -46,7 +46,7 @@ pub struct SqliteStore {
     /// A pool of connections to one database file, for reads.
     pool: SqlitePool,
     /// Group commit's batches go through this connection: one, since SQLite has one writer at a
-    /// time, and of its own, so a write never waits for a connection behind reads ([`write`]).
+    /// time, and of its own, so a write never waits for a connection behind reads (`sqlite/write.rs`).
     batches: Arc<write::Writer>,
     /// A connection for the few writes that are not batched (a file's upload attempts and
     /// outcome); SQLite serialises it with `batches`' by the write lock and busy timeout.
@@ -328,8 +328,8 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    /// SQLite applies the batch on the calling thread ([`write`]) when that is group commit's
-    /// writer thread ([`super::GroupCommit::on_own_thread`]), as in the relay; anywhere else (a
+    /// SQLite applies the batch on the calling thread (`sqlite/write.rs`) when that is group
+    /// commit's writer thread ([`super::group::GroupCommit::on_own_thread`]), as in the relay; anywhere else (a
     /// store used without group commit) on a blocking thread, so the runtime is not blocked.
     async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>> {
         if super::group::on_writer_thread() {

@@ -1,4 +1,4 @@
-//! The SQLite writer: group commit's batches ([`super::super::group`]) applied by calling SQLite
+//! The SQLite writer: group commit's batches ([`crate::store::group`]) applied by calling SQLite
 //! directly (rusqlite) on the thread that runs the batch, one connection, one transaction per
 //! batch.
 //!
@@ -7,7 +7,7 @@
 //! each a wake-up and a context switch. Profiled in the S3 benchmark (docs/BENCHMARKS.md, sixth
 //! round), the writer's connection thread spent more of its CPU switching than in SQLite, and
 //! the single writer is what bounds uplink throughput. Here a batch costs one wake-up: the
-//! writer thread ([`super::super::group::GroupCommit::on_own_thread`]) runs its statements
+//! writer thread ([`crate::store::group::GroupCommit::on_own_thread`]) runs its statements
 //! itself, each row one prepared statement execution, which is cheap without the hop (the
 //! sqlx version packed rows into multi-row INSERTs to save hops).
 //!
@@ -23,13 +23,12 @@ use std::sync::{LazyLock, Mutex};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
-use super::super::{
-    Applied, Commit, Committed, DownRecord, MessageRow, MessageStatus, Result, SessionChange,
+use super::{BUSY_TIMEOUT, WAL_CHECKPOINT_PAGES};
+use crate::store::{
+    Applied, Commit, Committed, Direction, MessageRow, MessageStatus, Result, SessionChange,
     SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome, Write, Written,
     check_commits, committed_each, invalid, unix_micros,
 };
-use super::{BUSY_TIMEOUT, WAL_CHECKPOINT_PAGES};
-use crate::store::Direction;
 
 /// Prepared statements the writer keeps: one per statement below, with room.
 const STATEMENT_CACHE: usize = 32;
@@ -146,7 +145,7 @@ impl Writer {
     }
 
     /// Applies `writes` in one `BEGIN IMMEDIATE` transaction, in order; see
-    /// [`super::super::Store::write_batch`]. Blocks the calling thread until committed.
+    /// [`crate::store::Store::write_batch`]. Blocks the calling thread until committed.
     pub(super) fn write_batch(&self, writes: &[Write]) -> Result<Vec<Written>> {
         if writes.is_empty() {
             return Ok(Vec::new());
@@ -423,11 +422,7 @@ fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
     // What to publish, commit by commit: its downs inserted, then its events. Each row's seq
     // follows the one before it.
     for c in commits {
-        let downs = c
-            .down
-            .iter()
-            .filter(|d: &&DownRecord| inserted.contains(&d.row.relay_id));
-        for down in downs {
+        for down in c.down.iter().filter(|d| inserted.contains(&d.row.relay_id)) {
             let held = c.files.iter().any(|f| f.relay_id == down.row.relay_id);
             let p = &down.publish;
             exec(
