@@ -1,5 +1,13 @@
 //! How the admin commands write rows: a line of text, a JSON object, a CSV record (RFC 4180), and
 //! how they read times.
+//!
+//! What customers and agents wrote is untrusted: the text forms escape control characters
+//! ([`printable`]), so a message cannot move the cursor, recolour or clear the operator's terminal,
+//! and CSV cells that a spreadsheet would read as a formula are prefixed with `'` ([`csv_cell`],
+//! OWASP's advice against CSV injection).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -79,14 +87,44 @@ pub(super) fn text_line(r: &MessageRow) -> String {
         _ => String::new(),
     };
     format!(
-        "{}  {:<4}  {:<8}  {}/{}  {}{status}",
+        "{}  {:<4}  {:<8}  {}/{}  {}{}",
         short_time(r.created_at),
         r.direction.as_str(),
-        who,
-        r.control_type.as_deref().unwrap_or("-"),
-        r.media_type.as_deref().unwrap_or("-"),
-        r.content.as_deref().unwrap_or(""),
+        printable(who),
+        printable(r.control_type.as_deref().unwrap_or("-")),
+        printable(r.media_type.as_deref().unwrap_or("-")),
+        printable(r.content.as_deref().unwrap_or("")),
+        printable(&status),
     )
+}
+
+/// `s` safe to print on a terminal, one line: control characters (C0 and C1, DEL, so ESC,
+/// CR and LF too) and the bidirectional overrides that reorder what is shown become `\u{…}`
+/// escapes (`\n`, `\r`, `\t` for the common three), and a backslash is doubled so an escape
+/// cannot be faked. Everything else, CJK and emoji included, is kept.
+pub(crate) fn printable(s: &str) -> Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c == '\\'
+            || c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub(super) const CSV_HEADER: &str = "relay_id,kind,tenant,user_id,session_id,direction,message_id,\
@@ -116,9 +154,19 @@ pub(super) fn csv_line(r: &MessageRow) -> String {
     ];
     fields
         .iter()
-        .map(|f| csv_field(f.unwrap_or("")))
+        .map(|f| csv_field(&csv_cell(f.unwrap_or(""))))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A cell a spreadsheet would evaluate — starting with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return — prefixed with `'`, so it is shown as text instead (OWASP, "CSV Injection").
+fn csv_cell(s: &str) -> Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{s}"))
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 fn csv_field(s: &str) -> String {
@@ -153,5 +201,65 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
         assert_eq!(CSV_HEADER.split(',').count(), 17);
+    }
+
+    fn row(content: &str) -> MessageRow {
+        MessageRow {
+            relay_id: "r1".into(),
+            kind: "cec".into(),
+            tenant: "acme".into(),
+            user_id: "ann".into(),
+            session_id: None,
+            direction: crate::store::Direction::Up,
+            message_id: Some("m1".into()),
+            message_code: None,
+            source_type: Some("CUSTOMER".into()),
+            control_type: Some("CHAT".into()),
+            media_type: Some("TEXT".into()),
+            content: Some(content.into()),
+            body: "{}".into(),
+            status: crate::store::MessageStatus::Sent,
+            result_code: Some("-1".into()),
+            result_desc: None,
+            stream_seq: None,
+            created_at: time::macros::datetime!(2026-12-01 08:00 UTC),
+        }
+    }
+
+    #[test]
+    fn csv_cells_that_look_like_formulas_are_text() {
+        for (cell, want) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("+1+2", "'+1+2"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("a=b", "a=b"),
+            ("你好", "你好"),
+        ] {
+            assert_eq!(csv_cell(cell), want, "{cell:?}");
+        }
+        let line = csv_line(&row("=cmd|' /C calc'!A0"));
+        assert!(line.contains(",'=cmd|' /C calc'!A0,"), "{line}");
+        // A negative result code is a cell like any other.
+        assert!(line.contains(",'-1,"), "{line}");
+    }
+
+    #[test]
+    fn the_text_transcript_escapes_control_characters() {
+        let evil = "hi\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nfake line\u{202e}txt.exe\u{9b}31m \\u{1b}";
+        let line = text_line(&row(evil));
+        assert!(
+            !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{line:?}"
+        );
+        assert!(
+            line.ends_with(
+                "hi\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\r\\nfake line\\u{202e}txt.exe\\u{9b}31m \\\\u{1b}"
+            ),
+            "{line}"
+        );
+        assert_eq!(printable("你好 😀 plain"), "你好 😀 plain");
     }
 }

@@ -49,12 +49,12 @@ pub async fn sessions(
             "{:<36}  {:<4}  {:<12}  {:<24}  {:<7}  {:<20}  {:<20}  {}",
             s.id,
             s.kind,
-            s.tenant,
-            s.user_id,
+            format::printable(&s.tenant),
+            format::printable(&s.user_id),
             s.state.as_str(),
             format::short_time(s.opened_at),
             format::short_time(s.last_activity_at),
-            s.close_reason.as_deref().unwrap_or("")
+            format::printable(s.close_reason.as_deref().unwrap_or(""))
         )?;
     }
     Ok(())
