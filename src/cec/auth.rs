@@ -3,7 +3,9 @@
 //! - [`AccessTokenCache`]: the tenant's API Fabric AccessToken (tokenByAkSk), shared by all its
 //!   users, refreshed before it expires, one refresh at a time.
 //! - [`UserTokens`]: each user's `ccmessaging-token` (applyToken), replaced whenever a response
-//!   header carries a new one.
+//!   header carries a new one; dropped when the user's session ends, and bounded in number: past
+//!   its capacity the least recently used are dropped (a live session's token is used at every
+//!   poll, and is put back from the database should it be dropped all the same).
 //!
 //! Tokens are bearer credentials: they are never logged and have no `Debug` output.
 //!
@@ -12,6 +14,7 @@
 //! copying the token again, and reading a user's token clones nothing but an `Arc`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -93,30 +96,65 @@ pub struct UserToken {
 struct Held {
     t: UserToken,
     header: Option<HeaderValue>,
+    /// The [`UserTokens::clock`] tick of its last use, for evicting the least recently used.
+    used: AtomicU64,
 }
 
 impl Held {
-    fn new(t: UserToken) -> Self {
+    fn new(t: UserToken, tick: u64) -> Self {
         Held {
             header: sensitive(&t.token),
             t,
+            used: AtomicU64::new(tick),
         }
     }
 }
 
-/// The users' `ccmessaging-token`s of one tenant.
-#[derive(Default)]
+/// How many tokens [`UserTokens::default`] holds at most.
+pub const DEFAULT_USER_TOKENS: usize = 16_384;
+
+/// The users' `ccmessaging-token`s of one tenant, at most `capacity` of them.
 pub struct UserTokens {
     map: RwLock<HashMap<String, Held>>,
+    capacity: usize,
+    /// A counter standing for time: each read or write of a token takes the next tick.
+    clock: AtomicU64,
+}
+
+impl Default for UserTokens {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_USER_TOKENS)
+    }
 }
 
 impl UserTokens {
+    /// A cache holding at most `capacity` tokens (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        UserTokens {
+            map: RwLock::default(),
+            capacity: capacity.max(1),
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// `h` was just used.
+    fn touch(&self, h: &Held) {
+        h.used.store(self.tick(), Ordering::Relaxed);
+    }
+
     pub fn get(&self, user: &str) -> Option<UserToken> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(user)
-            .map(|h| h.t.clone())
+            .map(|h| {
+                self.touch(h);
+                h.t.clone()
+            })
     }
 
     /// The user's token (an `Arc` clone; nothing else is copied).
@@ -128,13 +166,17 @@ impl UserTokens {
             .map(|h| h.t.token.clone())
     }
 
-    /// The user's token and its `ccmessaging-token` header value (`None` if not a valid one).
+    /// The user's token and its `ccmessaging-token` header value (`None` if not a valid one),
+    /// for a call: counts as a use.
     pub fn with_header(&self, user: &str) -> Option<(Arc<str>, Option<HeaderValue>)> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(user)
-            .map(|h| (h.t.token.clone(), h.header.clone()))
+            .map(|h| {
+                self.touch(h);
+                (h.t.token.clone(), h.header.clone())
+            })
     }
 
     /// Whether a token is held for `user`.
@@ -153,14 +195,40 @@ impl UserTokens {
     }
 
     pub fn insert(&self, user: &str, t: UserToken) {
+        let tick = self.tick();
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         match map.get_mut(user) {
             // Keeps the key's allocation.
-            Some(h) => *h = Held::new(t),
+            Some(h) => *h = Held::new(t, tick),
             None => {
-                map.insert(user.to_owned(), Held::new(t));
+                if map.len() >= self.capacity {
+                    self.evict(&mut map);
+                }
+                map.insert(user.to_owned(), Held::new(t, tick));
             }
         }
+    }
+
+    /// Drops the least recently used sixteenth of a full cache (at least one token), so a cache
+    /// at capacity does not scan itself at every insert.
+    fn evict(&self, map: &mut HashMap<String, Held>) {
+        let n = (self.capacity / 16).max(1).min(map.len());
+        let mut ages: Vec<(u64, &str)> = map
+            .iter()
+            .map(|(k, h)| (h.used.load(Ordering::Relaxed), k.as_str()))
+            .collect();
+        if n < ages.len() {
+            ages.select_nth_unstable(n - 1);
+        }
+        let oldest: Vec<String> = ages[..n].iter().map(|(_, k)| (*k).to_owned()).collect();
+        for k in &oldest {
+            map.remove(k);
+        }
+        tracing::debug!(
+            evicted = n,
+            capacity = self.capacity,
+            "User token cache full; dropped the least recently used"
+        );
     }
 
     /// Replaces the token value of a known user (a response header carried a new one).
@@ -281,6 +349,41 @@ mod tests {
         let h = t.header.unwrap();
         assert_eq!(h.to_str().unwrap(), "Bearer at");
         assert!(h.is_sensitive());
+    }
+
+    #[test]
+    fn user_tokens_are_bounded_and_evict_the_least_recently_used() {
+        let t = |s: &str| UserToken {
+            token: s.into(),
+            user_name: "n".into(),
+            locale: "zh".into(),
+            channel_id: "c".into(),
+        };
+        let u = UserTokens::with_capacity(32);
+        for i in 0..32 {
+            u.insert(&format!("u{i}"), t("x"));
+        }
+        assert_eq!(u.len(), 32);
+        // u0 is polled (used) all along; the others are not.
+        assert!(u.with_header("u0").is_some());
+        for i in 32..10_000 {
+            u.insert(&format!("u{i}"), t("x"));
+            if i % 8 == 0 {
+                assert!(u.with_header("u0").is_some(), "the live user's token stays");
+            }
+            assert!(u.len() <= 32, "{} tokens held", u.len());
+        }
+        assert!(u.contains("u0") && u.contains("u9999"));
+        assert!(!u.contains("u1") && !u.contains("u5000"));
+        // A user whose session ended goes at once.
+        u.remove("u9999");
+        assert!(!u.contains("u9999"));
+        // A capacity of 0 still holds one.
+        let one = UserTokens::with_capacity(0);
+        one.insert("a", t("x"));
+        one.insert("b", t("y"));
+        assert_eq!(one.len(), 1);
+        assert!(one.contains("b"));
     }
 
     #[test]
