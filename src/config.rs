@@ -122,6 +122,12 @@ pub struct NatsConfig {
     pub max_ack_pending: i64,
     /// Object store bucket for the files agents send (default `<PREFIX>_FILES`).
     pub files_bucket: Option<String>,
+    /// Files bucket: size limit in bytes (`-1` = unlimited). When full, new files are refused
+    /// (their DownMessages carry `fileError`); stored ones are kept.
+    pub files_max_bytes: i64,
+    /// Files bucket: how long a file is kept (`0s` = forever).
+    #[serde(with = "humantime_serde")]
+    pub files_max_age: Duration,
 }
 
 impl Default for NatsConfig {
@@ -146,6 +152,8 @@ impl Default for NatsConfig {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
             files_bucket: None,
+            files_max_bytes: -1,
+            files_max_age: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -235,6 +243,14 @@ pub struct CecTenant {
     /// Lifetime asked for the AccessToken (`X-Token-Expire`).
     #[serde(default = "default_token_expire", with = "humantime_serde")]
     pub token_expire: Duration,
+    /// At most this many open sessions (active or queued) at once; a CONNECT beyond it is refused
+    /// (`session_limit`) before any upstream call.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// The largest file (decoded) a downloadFileStream answer may carry; a larger answer is not
+    /// read to its end and the file fails with `too_large`.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: usize,
 }
 
 fn default_locale() -> String {
@@ -251,6 +267,12 @@ fn default_request_timeout() -> Duration {
 }
 fn default_token_expire() -> Duration {
     Duration::from_secs(600)
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
+fn default_max_file_bytes() -> usize {
+    20 * 1024 * 1024
 }
 
 impl CecTenant {
@@ -282,6 +304,8 @@ impl CecTenant {
             idle_timeout: default_idle_timeout(),
             request_timeout: default_request_timeout(),
             token_expire: default_token_expire(),
+            max_sessions: default_max_sessions(),
+            max_file_bytes: default_max_file_bytes(),
         }
     }
 }
@@ -360,9 +384,14 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
-        let figment = Figment::new()
-            .merge(Toml::file(path))
-            .merge(EnvSnapshot { env: env.clone() });
+        // Exactly `path` (relative to the working directory), if it exists: `Toml::file` would
+        // also look for it in every parent directory, so a relay started in the wrong directory
+        // would read some other configuration.
+        let mut figment = Figment::new();
+        if path.exists() {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment.merge(EnvSnapshot { env: env.clone() });
         let mut root: Dict = figment
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
@@ -469,6 +498,12 @@ impl Config {
         if self.relay.media_concurrency == 0 {
             return Err(invalid("relay.media_concurrency", "must be at least 1"));
         }
+        if self.nats.files_max_bytes < -1 || self.nats.files_max_bytes == 0 {
+            return Err(invalid(
+                "nats.files_max_bytes",
+                "must be -1 (unlimited) or a size in bytes",
+            ));
+        }
         if let Some(b) = &self.nats.files_bucket
             && (b.is_empty()
                 || !b
@@ -505,6 +540,12 @@ impl Config {
             }
             if t.locale.trim().is_empty() {
                 return Err(invalid(k("locale"), "must not be empty"));
+            }
+            if t.max_sessions == 0 {
+                return Err(invalid(k("max_sessions"), "must be at least 1"));
+            }
+            if t.max_file_bytes == 0 {
+                return Err(invalid(k("max_file_bytes"), "must be at least 1"));
             }
             for (f, d, min) in [
                 ("poll_interval", t.poll_interval, Duration::from_millis(50)),

@@ -276,6 +276,7 @@ app_secret = "{secret}"
 channel_config_id = "{ch}"
 poll_interval = "{poll}ms"
 idle_timeout = "1h"
+max_sessions = 1000000
 {extra}
 "#,
                 store = o.store_url,
@@ -600,6 +601,8 @@ pub fn cec_client(sim_url: &str) -> Result<ccrelay::cec::CecClient> {
         idle_timeout: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(10),
         token_expire: Duration::from_secs(3600),
+        max_sessions: 1_000_000,
+        max_file_bytes: 20 * 1024 * 1024,
     };
     Ok(ccrelay::cec::CecClient::new(
         ccrelay::cec::CecClient::http_client()?,
