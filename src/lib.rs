@@ -29,12 +29,14 @@
 //! - [`relay`]: the state every task shares.
 //! - [`sim`]: the simulator of the upstream contact centers (`ccrelay simulate`).
 //! - [`admin`]: the operator's commands over the store: sessions, transcript, export, replay.
+//! - [`bounded`]: reading upstream answers up to a limit (both clients).
 //! - [`config`], [`cli`], [`telemetry`], [`app`]: configuration, command line, logs, and the wiring of
 //!   all tasks under one cancellation token and task tracker.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod bounded;
 pub mod bus;
 pub mod cec;
 pub mod cli;

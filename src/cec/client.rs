@@ -9,7 +9,10 @@
 //! - on HTTP 401 the token that was refused is dropped, a new one obtained, and the call retried
 //!   once. A 401 from applyToken itself means the AccessToken was refused.
 //!
-//! Each call has a timeout. Retrying on failure is the caller's business ([`CecError::is_retryable`]).
+//! Each call has a timeout, and its answer is read up to a limit ([`MAX_ANSWER_BYTES`]; for
+//! downloadFileStream, the base64 of the tenant's `max_file_bytes`): a longer answer is a final
+//! [`CecError::TooLarge`], never read to its end. Retrying on failure is the caller's business
+//! ([`CecError::is_retryable`]).
 //!
 //! A call does as little as it can per request, since polls run tens of thousands of times a
 //! second: each endpoint's URL is parsed once (a call clones it and appends its query), the
@@ -34,6 +37,7 @@ use super::wire_ops::{
     MobileAgentCallResponse, PhraseRequest, PhraseResponse, QueueInfoRequest, QueueInfoResponse,
     ResultResponse, RobotFeedbackRequest, SatisfactionRequest, UploadRequest, UploadResponse,
 };
+use crate::bounded::MAX_ANSWER_BYTES;
 use crate::config::CecTenant;
 
 /// Header carrying a user's token, both ways.
@@ -42,6 +46,9 @@ pub const CC_TOKEN_HEADER: &str = "ccmessaging-token";
 pub const APP_KEY_HEADER: &str = "x-app-key";
 /// Header asking for an AccessToken lifetime, in seconds.
 pub const TOKEN_EXPIRE_HEADER: &str = "X-Token-Expire";
+
+/// Tokens held beyond `max_sessions`, for users calling RPC ops without a session.
+const SPARE_USER_TOKENS: usize = 1024;
 
 /// How a call authenticates.
 #[derive(Clone, Copy)]
@@ -77,6 +84,11 @@ impl CecClient {
             .iter()
             .map(|&e| url::Url::parse(&endpoint_url(&tenant.base_url, e)).ok())
             .collect();
+        // Every open session's user, and as many again as RPC callers without a session may
+        // need (at most [`SPARE_USER_TOKENS`]).
+        let user_capacity = tenant
+            .max_sessions
+            .saturating_add(tenant.max_sessions.min(SPARE_USER_TOKENS));
         CecClient {
             inner: Arc::new(Inner {
                 http,
@@ -89,7 +101,7 @@ impl CecClient {
                 urls,
                 tenant,
                 access: AccessTokenCache::default(),
-                users: UserTokens::default(),
+                users: UserTokens::with_capacity(user_capacity),
             }),
         }
     }
@@ -385,10 +397,13 @@ impl CecClient {
             .await
             .map_err(|e| CecError::from_reqwest(Endpoint::TokenByAkSk, e))?;
         let status = rsp.status();
-        let bytes = rsp
-            .bytes()
-            .await
-            .map_err(|e| CecError::from_reqwest(Endpoint::TokenByAkSk, e))?;
+        let bytes = read_body(
+            Endpoint::TokenByAkSk,
+            rsp,
+            MAX_ANSWER_BYTES,
+            status.as_u16(),
+        )
+        .await?;
         if status.as_u16() == 401 || status.as_u16() == 403 {
             return Err(CecError::Unauthorized {
                 endpoint: Endpoint::TokenByAkSk,
@@ -544,10 +559,7 @@ impl CecClient {
             {
                 self.inner.users.renew(u, new);
             }
-            let bytes = rsp
-                .bytes()
-                .await
-                .map_err(|e| CecError::from_reqwest(endpoint, e))?;
+            let bytes = read_body(endpoint, rsp, self.body_limit(endpoint), status).await?;
             if !(200..300).contains(&status) {
                 return Err(CecError::Status {
                     endpoint,
@@ -567,6 +579,16 @@ impl CecClient {
         }
     }
 
+    /// The most of an answer of `endpoint` that is read: a downloaded file's base64 (with line
+    /// breaks) for downloadFileStream, [`MAX_ANSWER_BYTES`] for every other answer.
+    fn body_limit(&self, endpoint: Endpoint) -> usize {
+        if endpoint == Endpoint::DownloadFileStream {
+            download_limit(self.inner.tenant.max_file_bytes)
+        } else {
+            MAX_ANSWER_BYTES
+        }
+    }
+
     /// The call's headers, from the values kept ready-made (sensitive ones marked so).
     fn headers(&self, access: &AccessToken, user_token: Option<HeaderValue>) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(4);
@@ -582,6 +604,31 @@ impl CecClient {
         }
         h
     }
+}
+
+/// The body of an answer with HTTP `status`, up to `limit` bytes. A longer one is
+/// [`CecError::TooLarge`] if it is a success; an error status's body is only quoted, so it is
+/// then left out.
+async fn read_body(
+    endpoint: Endpoint,
+    rsp: reqwest::Response,
+    limit: usize,
+    status: u16,
+) -> Result<bytes::Bytes, CecError> {
+    match crate::bounded::read(rsp, limit).await {
+        Ok(b) => Ok(b),
+        Err(crate::bounded::BodyError::TooLarge { .. }) if !(200..300).contains(&status) => {
+            Ok(bytes::Bytes::new())
+        }
+        Err(e) => Err(CecError::from_body(endpoint, e)),
+    }
+}
+
+/// The longest downloadFileStream answer for a file of `max_file_bytes`: its base64 (4 bytes per
+/// 3), line breaks up to one per 32 bytes, and 64 KiB for the JSON around it.
+pub fn download_limit(max_file_bytes: usize) -> usize {
+    let b64 = max_file_bytes.div_ceil(3).saturating_mul(4);
+    b64.saturating_add(b64 / 32).saturating_add(64 * 1024)
 }
 
 fn endpoint_url(base: &url::Url, endpoint: Endpoint) -> String {

@@ -411,3 +411,100 @@ async fn every_operation_goes_to_its_documented_path() {
     .await
     .unwrap();
 }
+
+/// The token endpoints of a wiremock fake: AccessToken `AT1`, user token `CT1`.
+async fn mount_tokens(server: &MockServer) {
+    Mock::given(path("/apigovernance/api/oauth/tokenByAkSk"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "AccessToken": "AT1", "Expires": "600"
+        })))
+        .mount(server)
+        .await;
+    Mock::given(path("/apiaccess/ccmessaging/applyToken"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"token": "CT1", "resultCode": "0"})),
+        )
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn answers_over_the_limit_are_refused_unread_and_final() {
+    use base64::Engine as _;
+    let server = MockServer::start().await;
+    mount_tokens(&server).await;
+    // A poll answer of 5 MiB: more than any JSON answer may hold.
+    let huge = format!(
+        r#"{{"resultCode":"0","downlinkMessages":[],"pad":"{}"}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    Mock::given(path("/apiaccess/ccmessaging/poll"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+        .mount(&server)
+        .await;
+    // An error status with a huge body is still the status (its body is not quoted).
+    Mock::given(path("/apiaccess/ccmessaging/queryQueueInfo"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("y".repeat(5 * 1024 * 1024)))
+        .mount(&server)
+        .await;
+    let file = |n: usize| {
+        serde_json::json!({
+            "resultCode": "0",
+            "fileStream": base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]),
+        })
+    };
+    Mock::given(path("/apiaccess/ccmessaging/downloadFileStream"))
+        .and(body_partial_json(serde_json::json!({"fileId": "small"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(file(100_000)))
+        .mount(&server)
+        .await;
+    Mock::given(path("/apiaccess/ccmessaging/downloadFileStream"))
+        .and(body_partial_json(serde_json::json!({"fileId": "big"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(file(300_000)))
+        .mount(&server)
+        .await;
+    let mut t = tenant(&server.uri());
+    t.max_file_bytes = 200_000;
+    let c = CecClient::new(CecClient::http_client().unwrap(), t);
+
+    let e = c.poll("carol").await.unwrap_err();
+    assert!(
+        matches!(e, CecError::TooLarge { limit, .. } if limit == crate::bounded::MAX_ANSWER_BYTES),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+    assert_eq!(e.code(), "too_large");
+
+    let q = super::wire_ops::QueueInfoRequest {
+        user_id: "carol".into(),
+        channel_config_id: "c".into(),
+        channel: "WEB".into(),
+    };
+    let e = c.query_queue_info("carol", &q).await.unwrap_err();
+    assert!(
+        matches!(&e, CecError::Status { status: 503, snippet, .. } if snippet.is_empty()),
+        "{e:?}"
+    );
+
+    // downloadFileStream may carry a file up to max_file_bytes, base64-encoded: far over the JSON
+    // limit's share of it, under the file's.
+    let dl = |id: &str| super::wire_ops::DownloadRequest {
+        file_id: id.into(),
+        channel: "WEB".into(),
+        file_type: "png".into(),
+    };
+    let ok = c.download("carol", &dl("small")).await.unwrap();
+    assert_eq!(ok.file_stream.map(|s| s.len()), Some(133_336));
+    let e = c.download("carol", &dl("big")).await.unwrap_err();
+    assert!(matches!(e, CecError::TooLarge { .. }), "{e:?}");
+    assert!(!e.is_retryable());
+}
+
+#[test]
+fn the_download_limit_covers_the_base64_of_the_largest_file() {
+    let max = 20 * 1024 * 1024;
+    let limit = super::client::download_limit(max);
+    assert!(limit >= max.div_ceil(3) * 4 + max.div_ceil(3) * 4 / 76);
+    assert!(limit < max * 3 / 2, "{limit}");
+}

@@ -120,6 +120,10 @@ pub enum CecError {
         reason: String,
         snippet: String,
     },
+    /// The answer's body is longer than the relay reads (`limit` bytes): not read to its end.
+    /// Final: the same call would get the same answer.
+    #[error("CEC {endpoint}: answer larger than {limit} bytes; not read")]
+    TooLarge { endpoint: Endpoint, limit: usize },
     /// The upstream answered with a non-zero result code that makes the call fail as a whole
     /// (tokenByAkSk, applyToken). `send` result codes are outcomes, not errors.
     #[error("CEC {endpoint}: resultCode {code}: {desc}")]
@@ -141,6 +145,7 @@ impl CecError {
                 matches!(*status, 408 | 425 | 429) || (500..600).contains(status)
             }
             CecError::Unauthorized { .. } => false,
+            CecError::TooLarge { .. } => false,
             CecError::Result { .. } => false,
         }
     }
@@ -152,6 +157,7 @@ impl CecError {
             | CecError::Unauthorized { endpoint }
             | CecError::Status { endpoint, .. }
             | CecError::Decode { endpoint, .. }
+            | CecError::TooLarge { endpoint, .. }
             | CecError::Result { endpoint, .. } => *endpoint,
         }
     }
@@ -164,7 +170,16 @@ impl CecError {
             CecError::Unauthorized { .. } => "401".into(),
             CecError::Status { status, .. } => status.to_string(),
             CecError::Decode { .. } => "decode".into(),
+            CecError::TooLarge { .. } => "too_large".into(),
             CecError::Result { code, .. } => code.clone(),
+        }
+    }
+
+    /// A body that could not be read.
+    pub(crate) fn from_body(endpoint: Endpoint, e: crate::bounded::BodyError) -> Self {
+        match e {
+            crate::bounded::BodyError::TooLarge { limit } => CecError::TooLarge { endpoint, limit },
+            crate::bounded::BodyError::Read(e) => CecError::from_reqwest(endpoint, e),
         }
     }
 
@@ -230,6 +245,12 @@ mod tests {
             .is_retryable()
         );
         assert!(!CecError::Unauthorized { endpoint: e }.is_retryable());
+        let big = CecError::TooLarge {
+            endpoint: e,
+            limit: 10,
+        };
+        assert!(!big.is_retryable());
+        assert_eq!(big.code(), "too_large");
     }
 
     #[test]

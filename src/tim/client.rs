@@ -7,6 +7,9 @@
 //! 0 is a [`TimError::Api`]. Each call has the app's `request_timeout`; retrying beyond the one
 //! 70001 retry is the caller's business ([`TimError::is_retryable`]).
 //!
+//! Answers are read up to [`crate::bounded::MAX_ANSWER_BYTES`]; a longer one is a final
+//! [`TimError::TooLarge`].
+//!
 //! The UserSig travels in the query string, so it never reaches a log line or an error: reqwest's
 //! errors are stripped of their URL, and only the endpoint and status are logged.
 
@@ -179,7 +182,22 @@ impl TimClient {
             .await
             .map_err(|e| from_reqwest(ep, e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| from_reqwest(ep, e))?;
+        let bytes = match crate::bounded::read(resp, crate::bounded::MAX_ANSWER_BYTES).await {
+            Ok(b) => b,
+            // An error status's body is only quoted: too long, it is left out.
+            Err(crate::bounded::BodyError::TooLarge { .. })
+                if status != reqwest::StatusCode::OK =>
+            {
+                bytes::Bytes::new()
+            }
+            Err(crate::bounded::BodyError::TooLarge { limit }) => {
+                return Err(TimError::TooLarge {
+                    endpoint: ep,
+                    limit,
+                });
+            }
+            Err(crate::bounded::BodyError::Read(e)) => return Err(from_reqwest(ep, e)),
+        };
         tracing::debug!(app = %self.name(), endpoint = %ep, status = status.as_u16(), "Tencent IM call answered.");
         if status != reqwest::StatusCode::OK {
             return Err(TimError::Status {

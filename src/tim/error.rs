@@ -111,6 +111,9 @@ pub enum TimError {
         reason: String,
         snippet: String,
     },
+    /// The answer's body is longer than the relay reads (`limit` bytes): not read to its end.
+    #[error("Tencent {endpoint}: answer larger than {limit} bytes; not read")]
+    TooLarge { endpoint: TimEndpoint, limit: usize },
     /// `ActionStatus` FAIL or `ErrorCode` ≠ 0: Tencent's code and text, unchanged.
     #[error("Tencent {endpoint}: ErrorCode {code}: {info}")]
     Api {
@@ -124,7 +127,7 @@ impl TimError {
     /// Whether the same call may succeed if tried again later (with the same `MsgRandom`).
     pub fn is_retryable(&self) -> bool {
         match self {
-            TimError::Invalid { .. } => false,
+            TimError::Invalid { .. } | TimError::TooLarge { .. } => false,
             TimError::Timeout { .. } | TimError::Connect { .. } | TimError::Decode { .. } => true,
             TimError::Status { status, .. } => {
                 matches!(*status, 408 | 425 | 429) || (500..600).contains(status)
@@ -168,6 +171,7 @@ impl TimError {
             | TimError::Connect { endpoint, .. }
             | TimError::Status { endpoint, .. }
             | TimError::Decode { endpoint, .. }
+            | TimError::TooLarge { endpoint, .. }
             | TimError::Api { endpoint, .. } => *endpoint,
         }
     }
@@ -180,6 +184,7 @@ impl TimError {
             TimError::Connect { .. } => "connect".into(),
             TimError::Status { status, .. } => status.to_string(),
             TimError::Decode { .. } => "decode".into(),
+            TimError::TooLarge { .. } => "too_large".into(),
             TimError::Api { code, .. } => code.to_string(),
         }
     }

@@ -523,3 +523,23 @@ async fn bodies_over_12_kb_and_unaddressed_sends_are_refused_before_sending() {
     let _: Value =
         serde_json::from_slice(&server.received_requests().await.unwrap()[0].body).unwrap();
 }
+
+#[tokio::test]
+async fn an_answer_over_the_limit_is_a_final_error() {
+    let server = MockServer::start().await;
+    Mock::given(path("/v4/desk_http_svc/send_msg"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!(
+            r#"{{"ActionStatus":"OK","ErrorCode":0,"pad":"{}"}}"#,
+            "x".repeat(crate::bounded::MAX_ANSWER_BYTES)
+        )))
+        .mount(&server)
+        .await;
+    let now = Arc::new(AtomicU64::new(1_700_000_000));
+    let e = client(&server, &now)
+        .send_msg(&by_session("hi"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TimError::TooLarge { .. }), "{e:?}");
+    assert!(!e.is_retryable());
+    assert_eq!(e.code(), "too_large");
+}
