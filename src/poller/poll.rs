@@ -91,8 +91,7 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
     if p.session.state == SessionState::Queued {
         Box::pin(track_queue(relay, tenant, &mut p)).await;
     }
-    let idle = tenant.config().idle_timeout;
-    if OffsetDateTime::now_utc() - p.session.last_activity_at > idle {
+    if p.is_idle() {
         return Box::pin(close_idle(relay, p)).await;
     }
     Next::Again(p)
@@ -188,6 +187,7 @@ async fn store_messages(
             return Stored::Closed;
         }
         p.session.last_activity_at = received_at;
+        p.active_now(tenant.config().idle_timeout);
         if agent_spoke && p.session.state == SessionState::Queued {
             p.session.state = SessionState::Active;
         }

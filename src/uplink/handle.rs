@@ -517,6 +517,35 @@ impl<'a> UpCtx<'a> {
         existing: Option<Session>,
     ) -> Disposition {
         let cfg = t.config();
+        // A new session needs a place under the tenant's `max_sessions`, held until the session
+        // is handed to the poller (or this CONNECT fails): refused before anything is opened.
+        let _slot = match existing {
+            Some(_) => None,
+            None => match self
+                .relay
+                .poller
+                .reserve(self.tenant_name, cfg.max_sessions)
+            {
+                Ok(slot) => Some(slot),
+                Err(open) => {
+                    tracing::warn!(
+                        tenant = self.tenant_name,
+                        user = self.user,
+                        open,
+                        max_sessions = cfg.max_sessions,
+                        "CONNECT refused: the tenant has as many open sessions as it may"
+                    );
+                    let r = Refusal {
+                        field: "controlType".into(),
+                        reason: format!(
+                            "tenant {:?} has {open} open sessions, its max_sessions; try again later",
+                            self.tenant_name
+                        ),
+                    };
+                    return self.commit_refusal("session_limit", &r).await;
+                }
+            },
+        };
         let user_name = m.user_name.clone().unwrap_or_else(|| self.user.to_owned());
         let locale = m.locale.clone().unwrap_or_else(|| cfg.locale.clone());
         if existing.is_none() || t.client.user_token(self.user).is_none() {
@@ -606,11 +635,16 @@ impl<'a> UpCtx<'a> {
             subject,
         );
         let d = self.finish(commit).await;
-        if d == Disposition::Ack
-            && let Some(s) = opened
-        {
-            tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, "Session opened");
-            self.relay.poller.add(s);
+        if d == Disposition::Ack {
+            match opened {
+                Some(s) => {
+                    tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, "Session opened");
+                    self.relay.poller.add(s);
+                }
+                // No session: its token is not kept.
+                None if existing.is_none() => t.client.forget_user(self.user),
+                None => {}
+            }
         }
         d
     }
