@@ -1,4 +1,15 @@
-//! Creating or updating the two streams and the uplink consumer, idempotently, at start-up.
+//! Creating or updating the two streams and the uplink consumers, idempotently, at start-up.
+//!
+//! `_IN` has *interest* retention: a message is removed as soon as the consumer whose filter takes
+//! it has acknowledged it (`ccrelay-cec-up` takes `P.cec.*.up.*`, `ccrelay-tim` takes `P.tim.>`;
+//! the filters do not overlap), so handled uplink messages do not pile up until `max_age`. An
+//! interest stream drops at once a message no consumer is there to want, so both consumers are
+//! made before the retention is set — also when no `[[tim]]` app is configured, so Tencent
+//! messages wait for one as they always did. A stream made by an earlier version (limits
+//! retention) is switched in place at start-up: nats-server 2.10 and later change the retention of
+//! a stream between limits and interest, keeping every message not yet acknowledged, and drop
+//! those already acknowledged. An older server refuses the change; the relay then keeps the
+//! limits retention and says so in a warning (messages then stay until `max_age` / `max_bytes`).
 
 use std::time::Duration;
 
@@ -28,7 +39,8 @@ fn err(what: impl Into<String>, e: impl std::fmt::Display) -> SetupError {
     }
 }
 
-/// The configuration of one of the relay's streams.
+/// The configuration of one of the relay's streams: `_IN` (`inbound`) with interest retention,
+/// `_OUT` with limits retention (its readers keep their own position).
 pub fn stream_config(
     name: String,
     subjects: Vec<String>,
@@ -38,7 +50,11 @@ pub fn stream_config(
     stream::Config {
         name,
         subjects,
-        retention: stream::RetentionPolicy::Limits,
+        retention: if inbound {
+            stream::RetentionPolicy::Interest
+        } else {
+            stream::RetentionPolicy::Limits
+        },
         storage: stream::StorageType::File,
         max_age: cfg.max_age,
         max_bytes: cfg.max_bytes,
@@ -65,6 +81,16 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     want: stream::Config,
 ) -> Result<stream::Info, SetupError> {
+    ensure_stream_keeping(js, want, false).await
+}
+
+/// [`ensure_stream`]; with `keep_retention`, an existing stream keeps its retention (and a new
+/// one gets `want`'s).
+async fn ensure_stream_keeping(
+    js: &jetstream::Context,
+    mut want: stream::Config,
+    keep_retention: bool,
+) -> Result<stream::Info, SetupError> {
     let name = want.name.clone();
     match js.get_stream(&name).await {
         Ok(mut s) => {
@@ -74,7 +100,11 @@ pub async fn ensure_stream(
                 .map_err(|e| err(format!("stream {name} info"), e))?
                 .clone();
             let have = &info.config;
+            if keep_retention {
+                want.retention = have.retention;
+            }
             let differs = have.subjects != want.subjects
+                || have.retention != want.retention
                 || have.max_age != want.max_age
                 || have.max_bytes != want.max_bytes
                 || have.num_replicas != want.num_replicas
@@ -110,22 +140,30 @@ pub async fn ensure_stream(
     }
 }
 
-/// Both streams, as the configuration says. Returns the `_IN` stream's info.
+/// Both streams, as the configuration says, and both consumers of `_IN` (see the module docs for
+/// the order). Returns the `_IN` stream's info.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
     cfg: &NatsConfig,
 ) -> Result<stream::Info, SetupError> {
-    let inbound = ensure_stream(
-        js,
-        stream_config(
-            subjects.in_stream(),
-            subjects.in_stream_subjects(),
-            cfg,
-            true,
-        ),
-    )
-    .await?;
+    let want = stream_config(
+        subjects.in_stream(),
+        subjects.in_stream_subjects(),
+        cfg,
+        true,
+    );
+    // First as it is (a new one with limits retention), then the consumers, then the retention.
+    let staged = stream::Config {
+        retention: stream::RetentionPolicy::Limits,
+        ..want.clone()
+    };
+    let mut inbound = ensure_stream_keeping(js, staged, true).await?;
+    ensure_cec_up_consumer(js, subjects, cfg).await?;
+    ensure_tim_consumer(js, subjects, cfg).await?;
+    if inbound.config.retention != want.retention {
+        inbound = switch_retention(js, &want, inbound).await?;
+    }
     ensure_stream(
         js,
         stream_config(
@@ -137,6 +175,35 @@ pub async fn ensure_streams(
     )
     .await?;
     Ok(inbound)
+}
+
+/// Updates `_IN` to `want`'s retention. A refusal by the server (older than 2.10) leaves the
+/// stream as it is, with a warning; only a failure to reach it is an error.
+async fn switch_retention(
+    js: &jetstream::Context,
+    want: &stream::Config,
+    have: stream::Info,
+) -> Result<stream::Info, SetupError> {
+    let name = &want.name;
+    match js.update_stream(want).await {
+        Ok(info) => {
+            tracing::info!(stream = %name, from = ?have.config.retention, to = ?want.retention,
+                "Stream retention changed: acknowledged messages are now removed");
+            Ok(info)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::CreateStreamErrorKind::JetStream(_)
+            ) =>
+        {
+            tracing::warn!(stream = %name, error = %e,
+                "The server refused to change the stream's retention (nats-server 2.10 or later \
+                 can); acknowledged uplink messages stay until nats.max_age or nats.max_bytes");
+            Ok(have)
+        }
+        Err(e) => Err(err(format!("update stream {name}"), e)),
+    }
 }
 
 /// The durable pull consumer of CEC uplink, created or updated.

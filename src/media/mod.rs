@@ -8,10 +8,11 @@
 //!
 //! This task ([`run`]) owns the rest. It looks for pending files every [`SWEEP`] (also those
 //! left by a previous run), downloads each (at most `relay.media_concurrency` at once), puts the
-//! bytes into the bucket (`nats.files_bucket`, default `<PREFIX>_FILES`, created at start-up)
-//! under a name derived from the message ([`object_name`], so a retry after a crash overwrites the
-//! same object), then in one transaction fills the `files` row, rewrites the held DownMessage to
-//! carry `file` and releases it. A failed download is retried with exponential backoff and
+//! bytes into the bucket (`nats.files_bucket`, default `<PREFIX>_FILES`, created or updated at
+//! start-up with the limits `nats.files_max_bytes` and `nats.files_max_age`) under a name derived
+//! from the message ([`object_name`], so a retry after a crash overwrites the same object), then
+//! in one transaction fills the `files` row, rewrites the held DownMessage to carry `file` and
+//! releases it. A failed download is retried with exponential backoff and
 //! jitter; after `relay.media_attempts` attempts, `relay.media_deadline` after the message came,
 //! or at once for a final error, the DownMessage is released carrying `fileError`
 //! (`{"code","message"}`) and the row is marked failed: a message is never held back forever.
@@ -86,27 +87,55 @@ pub fn pending_file(kind: &str, session_id: &str, down: &DownMessage) -> Option<
     })
 }
 
-/// Creates the bucket if it does not exist (idempotent), with the streams' replicas.
+/// Creates the bucket if it does not exist, with the streams' replicas and the
+/// `nats.files_max_bytes` / `nats.files_max_age` limits; an existing bucket whose limits differ
+/// is updated to them (idempotent).
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
-    replicas: usize,
+    cfg: &crate::config::NatsConfig,
 ) -> Result<object_store::ObjectStore, SetupError> {
+    let fail = |what: String, e: &dyn std::fmt::Display| SetupError {
+        what,
+        reason: e.to_string(),
+    };
     if let Ok(store) = js.get_object_store(bucket).await {
+        // The bucket is the stream `OBJ_<bucket>`: its limits are the stream's.
+        let name = format!("OBJ_{bucket}");
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| fail(format!("get stream {name}"), &e))?;
+        let have = stream
+            .info()
+            .await
+            .map_err(|e| fail(format!("stream {name} info"), &e))?
+            .config
+            .clone();
+        if have.max_bytes != cfg.files_max_bytes || have.max_age != cfg.files_max_age {
+            tracing::info!(bucket, max_bytes = cfg.files_max_bytes, max_age = ?cfg.files_max_age,
+                "Updating the limits of the files bucket");
+            js.update_stream(&jetstream::stream::Config {
+                max_bytes: cfg.files_max_bytes,
+                max_age: cfg.files_max_age,
+                ..have
+            })
+            .await
+            .map_err(|e| fail(format!("update object store {bucket}"), &e))?;
+        }
         return Ok(store);
     }
     tracing::info!(bucket, "Creating object store bucket");
     js.create_object_store(object_store::Config {
         bucket: bucket.to_owned(),
         description: Some("ccrelay: files the contact centers sent".to_owned()),
-        num_replicas: replicas,
+        num_replicas: cfg.replicas,
+        max_bytes: cfg.files_max_bytes,
+        max_age: cfg.files_max_age,
         ..Default::default()
     })
     .await
-    .map_err(|e| SetupError {
-        what: format!("create object store {bucket}"),
-        reason: e.to_string(),
-    })
+    .map_err(|e| fail(format!("create object store {bucket}"), &e))
 }
 
 /// A failed download attempt.
@@ -134,9 +163,8 @@ impl MediaError {
 pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker) {
     let cancel = relay.cancel.clone();
     let bucket = bucket_name(&relay.config);
-    let replicas = relay.config.nats.replicas;
     let Some(os) = streams::until_ok("Setting up the files bucket", &cancel, || {
-        ensure_bucket(&js, &bucket, replicas)
+        ensure_bucket(&js, &bucket, &relay.config.nats)
     })
     .await
     else {
@@ -366,6 +394,17 @@ async fn attempt(
                 true,
             )
         })?;
+    let max = tenant.config().max_file_bytes;
+    if bytes.len() > max {
+        return Err(MediaError::new(
+            "too_large",
+            format!(
+                "the file is {} bytes, over the tenant's max_file_bytes ({max})",
+                bytes.len()
+            ),
+            false,
+        ));
+    }
     let sha256 = hex(&Sha256::digest(&bytes));
     let object = object_name(&f.tenant, &f.user_id, &f.relay_id);
     os.put(object.as_str(), &mut bytes.as_slice())

@@ -2,6 +2,7 @@
 
 mod admin;
 mod asyncapi;
+mod bounds;
 mod cec_relay;
 mod chaos;
 mod cli;
