@@ -192,7 +192,11 @@ async fn callback(
     let row = TimCallbackRow {
         relay_id: id,
         app: app.clone(),
-        user_id: inb.user.clone(),
+        // An indexed column: a user id longer than any subject token is kept in the body only.
+        user_id: inb
+            .user
+            .clone()
+            .filter(|u| u.len() <= crate::bus::subjects::MAX_TOKEN_BYTES),
         command: command.clone(),
         // As received (it parsed as a JSON object above).
         body: String::from_utf8_lossy(&body).into_owned(),

@@ -12,9 +12,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::{Sink, TimLink, TimUpstream, error_fields};
 use crate::bus::payload::{Event, event_type, new_id};
+use crate::bus::subjects::{check_token, excerpt};
 use crate::bus::tim_payload::{TimPayloadError, TimSend, parse_send, send_request};
+use crate::deadletter::{Received, Why};
 use crate::outbox::{event_record, now};
-use crate::store::{Commit, Direction, MessageRow, MessageStatus, UpBegin, UpOutcome, kind};
+use crate::store::{
+    Commit, Direction, MessageRow, MessageStatus, UpBegin, UpOutcome, dead_source, kind,
+};
 use crate::tim::TimError;
 use crate::tim::wire::SendMsgRequest;
 use crate::timlink::ratelimit::RateLimiter;
@@ -31,6 +35,30 @@ pub struct Delivery<'a> {
     /// The idempotency key when the payload has no `id`: unique per stream message.
     pub derived_id: String,
     pub stream_seq: u64,
+    /// When it reached the `_IN` stream.
+    pub received_at: time::OffsetDateTime,
+}
+
+impl Delivery<'_> {
+    /// The message as a dead letter's source.
+    fn received<'s>(
+        &'s self,
+        app: Option<&'s str>,
+        user: Option<&'s str>,
+        id: Option<&'s str>,
+    ) -> Received<'s> {
+        Received {
+            source: dead_source::TIM_SEND,
+            msg_id: &self.derived_id,
+            subject: self.subject,
+            payload: self.payload,
+            kind: kind::TIM,
+            tenant: app,
+            user,
+            message_id: id,
+            received_at: self.received_at,
+        }
+    }
 }
 
 /// Handles one message; see the module docs.
@@ -52,6 +80,19 @@ pub async fn handle_with(
     upstream: Option<(&dyn TimUpstream, &RateLimiter)>,
     d: Delivery<'_>,
 ) -> Disposition {
+    // Nothing keyed by a token no subject can carry is stored: refused on `P.error`.
+    if let Err(e) = check_token(app)
+        .map_err(|e| format!("app {e}"))
+        .and_then(|()| check_token(user).map_err(|e| format!("user {e}")))
+    {
+        tracing::warn!(subject = %excerpt(d.subject, 160), reason = %e, "Tencent send on an unroutable subject; refused");
+        let letter = d.received(None, None, None).letter(Why {
+            reason: "bad_subject",
+            error: format!("unroutable subject: {e}"),
+            attempts: 0,
+        });
+        return give_up(sink, &letter).await;
+    }
     let parsed = parse_send(d.payload);
     let id = parsed
         .as_ref()
@@ -78,6 +119,7 @@ pub async fn handle_with(
         app,
         user,
         id: &id,
+        d: &d,
     };
     let body = match &built {
         Ok((_, req)) => serde_json::to_string(req).unwrap_or_else(|_| "{}".into()),
@@ -106,8 +148,15 @@ pub async fn handle_with(
             return Disposition::Retry(Duration::from_secs(1));
         }
         Err(e) => {
-            tracing::error!(app, user, id, error = %e, "Cannot record Tencent send; it is left unacknowledged");
-            return Disposition::Retry(Duration::from_secs(30));
+            tracing::error!(app, user, id, error = %e, "Cannot record Tencent send; it is terminated");
+            let letter = d
+                .received(Some(app), Some(user), Some(id.as_str()))
+                .letter(Why {
+                    reason: "unstorable",
+                    error: e.to_string(),
+                    attempts: 0,
+                });
+            return give_up(sink, &letter).await;
         }
     }
     let (req, (upstream, limiter)) = match (built, upstream) {
@@ -152,7 +201,50 @@ pub async fn handle_with(
             Err(e) => break Err(e),
         }
     };
+    // A retryable failure here has spent the attempt budget: a dead letter too.
+    if let Err(e) = &result
+        && e.is_retryable()
+    {
+        let letter = d
+            .received(Some(app), Some(user), Some(id.as_str()))
+            .letter(Why {
+                reason: "attempts",
+                error: format!("given up after {} attempts: {e}", retries + 1),
+                attempts: i64::from(retries + 1),
+            });
+        match crate::deadletter::record(&sink.store, &letter).await {
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
+            Err(e) => {
+                tracing::error!(app, user, error = %e, "Cannot store the dead letter of a Tencent send")
+            }
+        }
+    }
     ctx.outcome(result.as_ref().err()).await
+}
+
+/// Records `letter` and its `error` event on `P.error` (each as far as the database takes it),
+/// then acknowledges: a bad subject, or a message that cannot be stored, is never retried.
+pub(super) async fn give_up(sink: &Sink, letter: &crate::store::DeadLetter) -> Disposition {
+    let id = match crate::deadletter::record(&sink.store, letter).await {
+        Ok(id) => id,
+        Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot store a dead letter");
+            None
+        }
+    };
+    match sink
+        .commit(crate::deadletter::event_commit(&sink.subjects, letter, id))
+        .await
+    {
+        Ok(_) => Disposition::Ack,
+        Err(e) if e.is_retryable() => Disposition::Retry(Duration::from_secs(2)),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot commit the error event of a dead letter");
+            Disposition::Term
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -160,6 +252,7 @@ struct Ctx<'a> {
     app: &'a str,
     user: &'a str,
     id: &'a str,
+    d: &'a Delivery<'a>,
 }
 
 impl Ctx<'_> {
@@ -270,10 +363,23 @@ impl Ctx<'_> {
                 crate::instrument::messages("tim", self.app, "up", 1);
                 Disposition::Ack
             }
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(app = self.app, user = self.user, id = self.id, error = %e,
-                    "Cannot commit the outcome of a Tencent send; it will be redelivered");
+                    "Cannot commit the outcome of a Tencent send; it will be tried again");
                 Disposition::Retry(Duration::from_secs(2))
+            }
+            Err(e) => {
+                tracing::error!(app = self.app, user = self.user, id = self.id, error = %e,
+                    "Cannot store the outcome of a Tencent send; it is terminated");
+                let letter = self
+                    .d
+                    .received(Some(self.app), Some(self.user), Some(self.id))
+                    .letter(Why {
+                        reason: "unstorable",
+                        error: e.to_string(),
+                        attempts: 0,
+                    });
+                give_up(self.sink, &letter).await
             }
         }
     }
@@ -313,6 +419,7 @@ mod tests {
                 payload: payload.as_bytes(),
                 derived_id: format!("tim-s{seq}"),
                 stream_seq: seq,
+                received_at: time::OffsetDateTime::now_utc(),
             },
         )
         .await
@@ -442,6 +549,7 @@ mod tests {
                 payload: br#"{"sessionId":"s","text":"x"}"#,
                 derived_id: "d1".into(),
                 stream_seq: 1,
+                received_at: time::OffsetDateTime::now_utc(),
             },
         )
         .await;

@@ -11,6 +11,7 @@ mod harness_smoke;
 mod logs;
 mod media;
 mod outage;
+mod poison;
 mod result_codes;
 mod rpc;
 mod support;
