@@ -168,6 +168,11 @@ pub(crate) fn invalid(msg: impl Into<String>) -> StoreError {
     StoreError::Query(sqlx::Error::InvalidArgument(msg.into()))
 }
 
+/// The longest key given by an upstream (a CEC `messageCode`, a Tencent `MsgKey`) that the store
+/// de-duplicates by: PostgreSQL's btree takes index rows of about 2.7 KB at most, and a longer
+/// key would make its message unstorable. A longer one is kept in the message's body only.
+pub const MAX_KEY_BYTES: usize = 512;
+
 /// Which contact center a row belongs to.
 pub mod kind {
     pub const CEC: &str = "cec";

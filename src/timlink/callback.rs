@@ -151,7 +151,7 @@ async fn callback(
             .as_ref()
             .and_then(|v| v.get("MsgKey"))
             .and_then(Value::as_str)
-            .filter(|k| !k.is_empty())
+            .filter(|k| !k.is_empty() && k.len() <= crate::store::MAX_KEY_BYTES)
             .map(str::to_owned);
         commit.down.push(DownRecord {
             row: MessageRow {
