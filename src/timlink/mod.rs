@@ -104,6 +104,31 @@ pub struct Sink {
     pub outbox: OutboxSignal,
     pub subjects: Subjects,
     pub cancel: CancellationToken,
+    /// How long a send is retried before it is given up.
+    pub budget: Budget,
+}
+
+/// The attempt and age budget of one Tencent send (`relay.up_attempts`, `relay.up_max_age`):
+/// rate-limit answers cost no attempt, but count against the age.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub attempts: u32,
+    pub max_age: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::of(&crate::config::RelayConfig::default())
+    }
+}
+
+impl Budget {
+    pub fn of(relay: &crate::config::RelayConfig) -> Self {
+        Budget {
+            attempts: relay.up_attempts.max(1),
+            max_age: relay.up_max_age,
+        }
+    }
 }
 
 impl Sink {
@@ -170,6 +195,7 @@ impl TimLink {
             outbox: relay.outbox.clone(),
             subjects: relay.subjects.clone(),
             cancel: relay.cancel.clone(),
+            budget: Budget::of(&relay.config.relay),
         };
         let apps = relay
             .config
@@ -208,6 +234,7 @@ impl TimLink {
             outbox: self.relay.outbox.clone(),
             subjects: self.relay.subjects.clone(),
             cancel: self.relay.cancel.clone(),
+            budget: Budget::of(&self.relay.config.relay),
         }
     }
 

@@ -24,10 +24,6 @@ use crate::tim::wire::SendMsgRequest;
 use crate::timlink::ratelimit::RateLimiter;
 use crate::uplink::handle::Disposition;
 
-/// Retries of a retryable failure before the send fails for good (rate-limit answers do not
-/// count).
-const MAX_RETRIES: u32 = 8;
-
 /// One delivered TimSend.
 pub struct Delivery<'a> {
     pub subject: &'a str,
@@ -186,7 +182,11 @@ pub async fn handle_with(
         }
         match upstream.send_msg(&req).await {
             Ok(_) => break Ok(()),
-            Err(e) if e.is_retryable() && (e.is_rate_limited() || retries < MAX_RETRIES) => {
+            Err(e)
+                if e.is_retryable()
+                    && time::OffsetDateTime::now_utc() - d.received_at <= sink.budget.max_age
+                    && (e.is_rate_limited() || retries + 1 < sink.budget.attempts) =>
+            {
                 if !e.is_rate_limited() {
                     retries += 1;
                 }
@@ -201,26 +201,28 @@ pub async fn handle_with(
             Err(e) => break Err(e),
         }
     };
-    // A retryable failure here has spent the attempt budget: a dead letter too.
+    // A retryable failure here has spent the attempt or age budget: a dead letter too.
+    let mut dead = None;
     if let Err(e) = &result
         && e.is_retryable()
     {
+        let aged = time::OffsetDateTime::now_utc() - d.received_at > sink.budget.max_age;
         let letter = d
             .received(Some(app), Some(user), Some(id.as_str()))
             .letter(Why {
-                reason: "attempts",
+                reason: if aged { "age" } else { "attempts" },
                 error: format!("given up after {} attempts: {e}", retries + 1),
                 attempts: i64::from(retries + 1),
             });
         match crate::deadletter::record(&sink.store, &letter).await {
-            Ok(_) => {}
+            Ok(dl) => dead = Some((if aged { "age" } else { "attempts" }, dl)),
             Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
             Err(e) => {
                 tracing::error!(app, user, error = %e, "Cannot store the dead letter of a Tencent send")
             }
         }
     }
-    ctx.outcome(result.as_ref().err()).await
+    ctx.outcome(result.as_ref().err(), dead).await
 }
 
 /// Records `letter` and its `error` event on `P.error` (each as far as the database takes it),
@@ -319,8 +321,14 @@ impl Ctx<'_> {
         self.commit(commit).await
     }
 
-    async fn outcome(&self, err: Option<&TimError>) -> Disposition {
-        let (status, ev, code, desc) = match err {
+    /// Commits the send's outcome; `dead` names the budget spent and the dead letter, when the
+    /// send was given up.
+    async fn outcome(
+        &self,
+        err: Option<&TimError>,
+        dead: Option<(&str, Option<i64>)>,
+    ) -> Disposition {
+        let (status, mut ev, code, desc) = match err {
             None => (
                 MessageStatus::Sent,
                 self.result_event(true)
@@ -344,6 +352,12 @@ impl Ctx<'_> {
                 )
             }
         };
+        if let Some((why, id)) = dead {
+            ev = ev.with("reason", why);
+            if let Some(id) = id {
+                ev = ev.with("deadLetter", id);
+            }
+        }
         let commit = Commit {
             up: Some(self.up(status, code, desc)),
             events: vec![event_record(
@@ -404,6 +418,7 @@ mod tests {
             outbox: OutboxSignal::default(),
             subjects: Subjects::new("ccrelay"),
             cancel: CancellationToken::new(),
+            budget: Default::default(),
         }
     }
 
@@ -480,6 +495,79 @@ mod tests {
         assert_eq!(sends[0].0.msg_body[0].msg_type, "TIMCustomElem");
         assert_eq!(fake.with(|s| s.calls), 3);
         assert_eq!(events(&sink).await[0]["ok"], true);
+    }
+
+    #[tokio::test]
+    async fn a_send_that_spends_its_attempts_is_given_up_as_a_dead_letter() {
+        let mut sink = sink().await;
+        sink.budget.attempts = 3;
+        let fake = FakeTim::new(100, Duration::ZERO);
+        fake.with(|s| s.send_faults.extend([141002; 10]));
+        let p = r#"{"id":"m9","sessionId":"s","text":"x"}"#;
+        assert_eq!(send(&sink, &fake, p, 1).await, Disposition::Ack);
+        assert_eq!(fake.with(|s| s.calls), 3, "three attempts");
+        let ev = events(&sink).await;
+        assert_eq!(
+            (&ev[0]["ok"], &ev[0]["reason"]),
+            (&false.into(), &"attempts".into())
+        );
+        let dead = sink.store.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(ev[0]["deadLetter"], dead[0].id);
+        assert_eq!(
+            (
+                dead[0].source.as_str(),
+                dead[0].message_id.as_deref(),
+                dead[0].attempts
+            ),
+            ("tim_send", Some("m9"), 3)
+        );
+        // Redelivered: its outcome is committed, nothing more happens.
+        assert_eq!(send(&sink, &fake, p, 1).await, Disposition::Ack);
+        assert_eq!(fake.with(|s| s.calls), 3);
+        assert_eq!(sink.store.dead_letters(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_to_an_unroutable_user_stores_nothing_keyed_by_it() {
+        let sink = sink().await;
+        let fake = FakeTim::new(100, Duration::ZERO);
+        let limiter = RateLimiter::new(1000);
+        let user = "y".repeat(4040);
+        let subject = format!("ccrelay.tim.shop.send.{user}");
+        let d = handle_with(
+            &sink,
+            "shop",
+            &user,
+            Some((&fake, &limiter)),
+            Delivery {
+                subject: &subject,
+                payload: br#"{"id":"m1","sessionId":"s","text":"x"}"#,
+                derived_id: "tim-s1".into(),
+                stream_seq: 1,
+                received_at: time::OffsetDateTime::now_utc(),
+            },
+        )
+        .await;
+        assert_eq!(d, Disposition::Ack);
+        assert_eq!(fake.with(|s| s.calls), 0);
+        assert!(
+            sink.store
+                .transcript(kind::TIM, "shop", &user)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let dead = sink.store.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].reason.as_str(), dead[0].user_id.as_deref()),
+            ("bad_subject", None)
+        );
+        assert_eq!(dead[0].subject, subject);
+        let pending = sink.store.outbox_pending(10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].subject, "ccrelay.error");
     }
 
     #[tokio::test]
