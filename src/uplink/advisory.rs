@@ -30,7 +30,7 @@ pub fn subject(stream: &str) -> String {
 
 /// Listens to the `_IN` stream's max-deliveries advisories until the relay is cancelled. (Started
 /// by the CEC consumer's task, it covers the Tencent consumer too.)
-pub async fn run(relay: Arc<Relay>, js: jetstream::Context, _consumer: &'static str) {
+pub async fn run(relay: Arc<Relay>, js: jetstream::Context) {
     let stream = relay.subjects.in_stream();
     let client = js.client();
     let mut sub = loop {

@@ -47,11 +47,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
     // Derived message ids must never repeat, even if the stream is deleted and recreated (its
     // sequence restarts): they carry the stream's creation time.
     let stamp = base36(stream_info.created.unix_timestamp().max(0) as u64);
-    tracker.spawn(advisory::run(
-        relay.clone(),
-        js.clone(),
-        streams::CEC_UP_CONSUMER,
-    ));
+    tracker.spawn(advisory::run(relay.clone(), js.clone()));
     let workers = Workers {
         relay: relay.clone(),
         stamp: Arc::from(stamp.as_str()),

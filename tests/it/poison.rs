@@ -329,6 +329,53 @@ async fn poison_does_not_stall_other_users(db_url: Option<String>) {
     );
     let (status, ready) = t.readyz().await;
     assert_eq!(status, 200, "{ready}");
+
+    // An operator retries one (the doomed user's first message: handled again, given up again)
+    // and drops another.
+    let d0 = after
+        .iter()
+        .find(|d| d["messageId"] == "d0")
+        .expect("d0's dead letter");
+    let out = ccrelay(&t.db_url)
+        .args(["deadletter", "retry", &d0["id"].to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        doomed.drain(1).await;
+        let results = doomed
+            .seen
+            .iter()
+            .filter(|(_, v)| v["type"] == "up.result" && v["messageId"] == "d0")
+            .count();
+        if results == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "d0 was not handled again");
+    }
+    let retried = dead_letters(&t.db_url);
+    assert_eq!(
+        retried.len(),
+        after.len(),
+        "given up again, as a new dead letter"
+    );
+    assert!(retried.iter().all(|d| d["id"] != d0["id"]));
+    let drop = after.iter().find(|d| d["reason"] == "too_large").unwrap();
+    let out = ccrelay(&t.db_url)
+        .args(["deadletter", "drop", &drop["id"].to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dead_letters(&t.db_url).len(), after.len() - 1);
     t.stop().await;
 }
 
