@@ -125,3 +125,28 @@ async fn record(relay: &Relay, js: &jetstream::Context, adv: &MaxDeliveries) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_jetstream_s_max_deliveries_advisory() {
+        // As nats-server 2.10 sends it.
+        let body = br#"{"type":"io.nats.jetstream.advisory.v1.max_deliver","id":"Ut2xUs2MNk8Q1vQp8L2nTh","timestamp":"2026-12-07T01:00:00.000000000Z","stream":"CCRELAY_IN","consumer":"ccrelay-cec-up","stream_seq":7,"deliveries":50,"domain":""}"#;
+        let a: MaxDeliveries = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            (
+                a.stream.as_str(),
+                a.consumer.as_str(),
+                a.stream_seq,
+                a.deliveries
+            ),
+            ("CCRELAY_IN", "ccrelay-cec-up", 7, 50)
+        );
+        assert_eq!(
+            subject("CCRELAY_IN"),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.CCRELAY_IN.*"
+        );
+    }
+}
