@@ -293,7 +293,10 @@ impl Round<'_> {
             match crate::deadletter::unpublishable(&row.subject, &payload, max_payload) {
                 Some((reason, error)) => {
                     out.set_aside += 1;
-                    self.give_up(&row, reason, &error).await;
+                    // Not set aside after all: the round ends, and the outbox backs off.
+                    self.give_up(&row, reason, &error, row.attempts)
+                        .await
+                        .map_err(|e| (e.into(), Vec::new()))?;
                 }
                 None => sendable.push((row, payload)),
             }
@@ -314,6 +317,7 @@ impl Round<'_> {
         let took = started.elapsed();
         let any_stored = results.iter().any(Result::is_ok);
         let mut first_err = None;
+        let mut store_err = None;
         let mut failed = 0;
         for ((row, _), res) in sendable.iter().zip(results) {
             match res {
@@ -324,7 +328,9 @@ impl Round<'_> {
                 {
                     out.set_aside += 1;
                     crate::instrument::publish_failed("row");
-                    self.failed(row, &e.message).await;
+                    if let Err(e) = self.failed(row, &e.message).await {
+                        store_err.get_or_insert(e);
+                    }
                 }
                 Err(e) => {
                     failed += 1;
@@ -334,6 +340,9 @@ impl Round<'_> {
         }
         if !out.published.is_empty() {
             crate::instrument::published(out.published.len(), took);
+        }
+        if let Some(e) = store_err {
+            return Err((e.into(), out.published));
         }
         match first_err {
             None => Ok(out),
@@ -348,11 +357,17 @@ impl Round<'_> {
         }
     }
 
-    /// A failure of `row`'s own: backs it off, or gives it up after its last attempt.
-    async fn failed(&self, row: &OutboxRow, error: &str) {
+    /// A failure of `row`'s own: backs it off, or gives it up after its last attempt. An error
+    /// when that cannot be recorded (the row is then tried again after the outbox's backoff).
+    async fn failed(&self, row: &OutboxRow, error: &str) -> Result<(), crate::store::StoreError> {
         let attempts = row.attempts + 1;
         if attempts >= i64::from(self.settings.attempts) {
-            return self.give_up(row, "publish_failed", error).await;
+            // The dead letter counts this attempt too.
+            let now = time::OffsetDateTime::now_utc();
+            self.store
+                .outbox_failed(row.seq, attempts, now, error)
+                .await?;
+            return self.give_up(row, "publish_failed", error, attempts).await;
         }
         let exp = (attempts - 1).clamp(0, 6) as u32;
         let delay = Duration::from_millis(500)
@@ -361,24 +376,21 @@ impl Round<'_> {
         tracing::warn!(seq = row.seq, msg_id = %row.msg_id, attempts, error, retry_in = ?delay,
             "Outbox row refused; it is retried on its own backoff, other subjects go on");
         let next = time::OffsetDateTime::now_utc() + delay;
-        if let Err(e) = self
-            .store
+        self.store
             .outbox_failed(row.seq, attempts, next, error)
             .await
-        {
-            tracing::warn!(seq = row.seq, error = %e, "Cannot record the failed publish of an outbox row");
-        }
     }
 
-    /// Moves `row` to `dead_letters`, and announces it with an `error` event on `P.error`.
-    async fn give_up(&self, row: &OutboxRow, reason: &str, error: &str) {
-        let id = match self.store.outbox_dead(row.seq, reason, error).await {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::warn!(seq = row.seq, error = %e, "Cannot move an unpublishable outbox row to the dead letters; will try again");
-                return;
-            }
-        };
+    /// Moves `row` to `dead_letters`, and announces it with an `error` event on `P.error`. An
+    /// error when the row cannot be moved (it stays, and is tried again after a backoff).
+    async fn give_up(
+        &self,
+        row: &OutboxRow,
+        reason: &str,
+        error: &str,
+        attempts: i64,
+    ) -> Result<(), crate::store::StoreError> {
+        let id = self.store.outbox_dead(row.seq, reason, error).await?;
         let routable = |t: &str| crate::bus::subjects::check_token(t).is_ok();
         let parsed = self
             .subjects
@@ -407,7 +419,7 @@ impl Round<'_> {
             message_id: None,
             reason: reason.to_owned(),
             error: error.to_owned(),
-            attempts: row.attempts,
+            attempts,
             created_at: row.created_at,
             dead_at: now(),
         };
@@ -416,5 +428,6 @@ impl Round<'_> {
         if let Err(e) = self.store.commit(commit).await {
             tracing::warn!(error = %e, "Cannot commit the error event of a dead letter");
         }
+        Ok(())
     }
 }

@@ -459,3 +459,81 @@ async fn a_stuck_outbox_is_a_backlog_and_not_ready() {
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_jetstream_refuses_backs_off_alone_then_is_a_dead_letter() {
+    let t = spawn_app_configured(
+        SimConfig::default(),
+        None,
+        |c: &mut Config, _: &SimHandle| {
+            c.relay.outbox_attempts = 3;
+        },
+    )
+    .await;
+    let mut errors = Watcher::new(&t.js, &format!("{PREFIX}.error")).await;
+    let (mut w1, mut w2) = (t.watch(TENANT, "u1").await, t.watch(TENANT, "u2").await);
+    for (user, w) in [("u1", &mut w1), ("u2", &mut w2)] {
+        let id: &'static str = if user == "u1" { "u1-c" } else { "u2-c" };
+        t.up(user, json!({"controlType": "CONNECT", "messageId": id}))
+            .await;
+        w.until(30, "connected", is_result_for(id)).await;
+    }
+    // JetStream now refuses any message over 2 KiB (its answer names the message: a failure of
+    // the row's own, not of NATS).
+    let name = format!("{}_OUT", PREFIX.to_uppercase());
+    let mut config =
+        t.js.get_stream(&name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .clone();
+    config.max_message_size = 2048;
+    t.js.update_stream(&config).await.unwrap();
+
+    t.sim.agent_say("u1", &"z".repeat(3000));
+    t.sim.agent_say("u1", "after the big one");
+    t.sim.agent_say("u2", "meanwhile");
+    // Other subjects pass the refused row at once; its own subject's next row waits for it.
+    let started = Instant::now();
+    w2.until(10, "u2's message", is_down_containing("meanwhile"))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    w1.until(
+        30,
+        "u1's next message",
+        is_down_containing("after the big one"),
+    )
+    .await;
+    assert!(
+        w1.downs()
+            .iter()
+            .all(|d| d["content"].as_str().is_none_or(|c| !c.contains("zzzz"))),
+        "the refused message was not published"
+    );
+    let e = errors
+        .until(10, "the dead letter's event", |_, v| {
+            v["resultCode"] == "publish_failed"
+        })
+        .await;
+    assert_eq!(
+        (&e["source"], &e["attempts"]),
+        (&json!("outbox"), &json!(3)),
+        "{e}"
+    );
+    let dead = dead_letters(&t.db_url);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["reason"], "publish_failed");
+    assert_eq!(dead[0]["attempts"], 3);
+    assert!(
+        dead[0]["payload"]
+            .as_str()
+            .is_some_and(|p| p.contains("zzzz"))
+    );
+}
