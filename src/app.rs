@@ -131,10 +131,12 @@ impl App {
 
         let http_cancel = CancellationToken::new();
         let http_tracker = TaskTracker::new();
+        let outbox_health = outbox::OutboxHealth::default();
         let router = http::router(http::Health {
             store: store.clone(),
             nats: nats.clone(),
             streams_ready,
+            outbox: outbox_health.clone(),
         })
         .merge(timlink::callback::router(tim.clone()));
         {
@@ -151,8 +153,10 @@ impl App {
         outbox_tracker.spawn(outbox::run(
             store.clone(),
             js.clone(),
+            relay.subjects.clone(),
             relay.outbox.clone(),
-            relay.config.relay.outbox_batch,
+            outbox::Settings::of(&relay.config.relay),
+            outbox_health,
             outbox_cancel.clone(),
         ));
 

@@ -102,4 +102,28 @@ pub enum Command {
     },
     /// Load and validate the configuration, print it with secrets redacted, then exit.
     CheckConfig,
+    /// What the relay gave up on (poison messages), kept with the reason: list, retry or drop.
+    Deadletter {
+        #[command(subcommand)]
+        action: DeadletterAction,
+    },
+}
+
+/// `ccrelay deadletter …`.
+#[derive(Debug, Subcommand)]
+pub enum DeadletterAction {
+    /// The oldest dead letters, with their source, reason and error.
+    List {
+        /// One JSON object per dead letter, every stored field (the payload as text or base64).
+        #[arg(long)]
+        json: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Publish one again on its subject (through the outbox of the running relay); an uplink
+    /// message is then handled again, its failed outcome reset.
+    Retry { id: i64 },
+    /// Delete one for good.
+    Drop { id: i64 },
 }

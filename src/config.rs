@@ -120,6 +120,10 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// Consumer: how many uplink messages may be in flight at once.
     pub max_ack_pending: i64,
+    /// Consumer: deliveries of one uplink message after which JetStream stops delivering it (and
+    /// the relay records it as a dead letter from the max-deliveries advisory). The relay itself
+    /// retries in place rather than asking for redelivery, so only restarts and lost acks count.
+    pub max_deliver: i64,
     /// Object store bucket for the files agents send (default `<PREFIX>_FILES`).
     pub files_bucket: Option<String>,
     /// Files bucket: size limit in bytes (`-1` = unlimited). When full, new files are refused
@@ -151,6 +155,7 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(10 * 60),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
+            max_deliver: 50,
             files_bucket: None,
             files_max_bytes: -1,
             files_max_age: Duration::from_secs(30 * 24 * 3600),
@@ -198,6 +203,20 @@ pub struct RelayConfig {
     pub media_deadline: Duration,
     /// At most this many file downloads at once.
     pub media_concurrency: usize,
+    /// Failed publishes of one outbox row (for a reason of its own, not NATS being away) before
+    /// it becomes a dead letter.
+    pub outbox_attempts: u32,
+    /// `/readyz` says not ready while the oldest outbox row that could be published has waited
+    /// longer than this.
+    #[serde(with = "humantime_serde")]
+    pub outbox_stuck_after: Duration,
+    /// Upstream attempts of one uplink message (retryable failures and "slow down" answers)
+    /// before it is given up: a final failed result, a dead letter, and an ack.
+    pub up_attempts: u32,
+    /// How long after it reached the `_IN` stream an uplink message is given up, whatever the
+    /// attempts left.
+    #[serde(with = "humantime_serde")]
+    pub up_max_age: Duration,
 }
 
 impl Default for RelayConfig {
@@ -210,6 +229,10 @@ impl Default for RelayConfig {
             media_attempts: 5,
             media_deadline: Duration::from_secs(10 * 60),
             media_concurrency: 8,
+            outbox_attempts: 5,
+            outbox_stuck_after: Duration::from_secs(60),
+            up_attempts: 8,
+            up_max_age: Duration::from_secs(10 * 60),
         }
     }
 }

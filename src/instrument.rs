@@ -17,6 +17,11 @@
 //! | `ccrelay_rate_limit_wait_seconds` | histogram | `app` |
 //! | `ccrelay_outbox_backlog` | gauge | |
 //! | `ccrelay_outbox_oldest_seconds` | gauge | |
+//! | `ccrelay_outbox_retrying` | gauge | (rows backing off after failures of their own) |
+//! | `ccrelay_publish_failures_total` | counter | `reason` (`row`: a failure of the row's own) |
+//! | `ccrelay_dead_letters` | gauge | (rows in `dead_letters`) |
+//! | `ccrelay_dead_letters_total` | counter | `source`, `reason` |
+//! | `ccrelay_max_deliveries_total` | counter | `consumer` |
 //! | `ccrelay_published_total` | counter | |
 //! | `ccrelay_publish_seconds` | histogram | (per batch) |
 //! | `ccrelay_redeliveries_total` | counter | `consumer` |
@@ -228,6 +233,28 @@ pub fn rate_limit_wait(app: &str, waited: Duration) {
 pub fn outbox(backlog: i64, oldest: Option<Duration>) {
     gauge!("ccrelay_outbox_backlog").set(backlog as f64);
     gauge!("ccrelay_outbox_oldest_seconds").set(oldest.map(secs).unwrap_or(0.0));
+}
+
+/// Outbox rows backing off after failures of their own, and the rows of `dead_letters`.
+pub fn poison(retrying: i64, dead_letters: i64) {
+    gauge!("ccrelay_outbox_retrying").set(retrying as f64);
+    gauge!("ccrelay_dead_letters").set(dead_letters as f64);
+}
+
+/// Something was given up on and kept as a dead letter.
+pub fn dead_letter(source: &str, reason: &str) {
+    counter!("ccrelay_dead_letters_total", "source" => source.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
+}
+
+/// A publish of one outbox row failed for a reason of its own (it backs off alone).
+pub fn publish_failed(reason: &'static str) {
+    counter!("ccrelay_publish_failures_total", "reason" => reason).increment(1);
+}
+
+/// JetStream stopped delivering a message to `consumer` (its max-deliveries advisory).
+pub fn max_deliveries(consumer: &str) {
+    counter!("ccrelay_max_deliveries_total", "consumer" => consumer.to_owned()).increment(1);
 }
 
 /// A batch of `n` outbox rows published (PubAcks received) in `took`.

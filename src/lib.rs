@@ -21,6 +21,7 @@
 //!   held DownMessages.
 //! - [`rpc`]: request-reply over core NATS for the CEC endpoints that are not messages.
 //! - [`outbox`]: publishes committed outbox rows to JetStream and deletes them on PubAck.
+//! - [`deadletter`]: what the relay gave up on (poison messages), kept with the reason.
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
 //! - [`instrument`]: the metrics, one named function each, served on `/metrics`.
 //! - [`http`]: `/healthz`, `/readyz` (and the Tencent callbacks of [`timlink`]).
@@ -41,6 +42,7 @@ pub mod bus;
 pub mod cec;
 pub mod cli;
 pub mod config;
+pub mod deadletter;
 pub mod demo;
 pub mod http;
 pub mod instrument;

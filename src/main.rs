@@ -142,6 +142,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("replayed {n} messages under {prefix}.>");
             Ok(())
         }
+        Command::Deadletter { action } => {
+            let store = open_store(&load()?).await?;
+            let mut out = std::io::stdout().lock();
+            ccrelay::admin::deadletter(&store, action, &mut out).await
+        }
         Command::CheckConfig => {
             let config = load()?;
             println!("{config:#?}");

@@ -1,10 +1,11 @@
 //! The operator's commands over what the relay stored: `ccrelay sessions`, `transcript`,
-//! `export` and `replay`. They read the database directly (SQLite or PostgreSQL alike) and never
+//! `export`, `replay` and `deadletter`. They read the database directly (SQLite or PostgreSQL alike) and never
 //! need the relay to run.
 //!
 //! Export and replay read the transcript page by page ([`MessagePage`]), so memory stays constant
 //! over millions of rows; on a terminal they show their progress on stderr.
 
+mod dead;
 mod format;
 
 use std::io::{IsTerminal, Write};
@@ -15,6 +16,7 @@ use time::OffsetDateTime;
 
 use crate::store::{DynStore, MessagePage, MessageRow, SessionState};
 
+pub use dead::deadletter;
 pub use format::{ExportFormat, parse_time};
 
 /// Rows read per page by export and replay.

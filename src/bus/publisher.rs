@@ -1,7 +1,7 @@
 //! Publishing to JetStream with `Nats-Msg-Id` and waiting for the PubAcks, pipelined: a batch is
 //! sent in one go and its acks awaited together.
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
 
 /// One message to publish.
@@ -11,12 +11,32 @@ pub struct Outgoing<'a> {
     pub payload: Bytes,
 }
 
+/// Why one message was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// Whose fault a failed publish is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// NATS or the stream is away, slow or reconnecting: every message fails alike.
+    Transient,
+    /// No stream took the subject (no responders): the stream is missing, or — when other
+    /// messages of the batch were stored — this subject is not one of its subjects.
+    NoStream,
+    /// The message itself was refused: over the server's `max_payload`, or JetStream answered
+    /// with an error for it.
+    Own,
+}
+
 /// Publishes a batch; returns, per message in order, whether JetStream stored it (or had already
 /// stored it: a duplicate PubAck counts as stored).
 pub async fn publish_batch(
     js: &jetstream::Context,
     batch: Vec<Outgoing<'_>>,
-) -> Vec<Result<(), String>> {
+) -> Vec<Result<(), PublishFailure>> {
     let mut pending = Vec::with_capacity(batch.len());
     for m in batch {
         let publish = PublishMessage::build()
@@ -27,8 +47,28 @@ pub async fn publish_batch(
     let mut out = Vec::with_capacity(pending.len());
     for p in pending {
         out.push(match p {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| {
+                let kind = match e.kind() {
+                    PublishErrorKind::TimedOut
+                    | PublishErrorKind::BrokenPipe
+                    | PublishErrorKind::MaxAckPending => FailureKind::Transient,
+                    PublishErrorKind::StreamNotFound => FailureKind::NoStream,
+                    // An answer of JetStream's about this message.
+                    _ => FailureKind::Own,
+                };
+                PublishFailure {
+                    kind,
+                    message: e.to_string(),
+                }
+            }),
+            Err(e) => Err(PublishFailure {
+                kind: if e.kind() == PublishErrorKind::MaxPayloadExceeded {
+                    FailureKind::Own
+                } else {
+                    FailureKind::Transient
+                },
+                message: e.to_string(),
+            }),
         });
     }
     out

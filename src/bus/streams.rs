@@ -218,8 +218,10 @@ pub async fn ensure_cec_up_consumer(
         filter_subject: subjects.cec_up_filter(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
-        // Never give up on a message: the relay decides its outcome and records it.
-        max_deliver: -1,
+        // The relay retries in place (only restarts and lost acks deliver again); a message
+        // delivered this often anyway is given up by JetStream, and recorded by the relay as a
+        // dead letter from the advisory (`uplink::advisory`).
+        max_deliver: cfg.max_deliver,
         max_ack_pending: cfg.max_ack_pending,
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
@@ -249,7 +251,7 @@ pub async fn ensure_tim_consumer(
         filter_subject: subjects.tim_filter(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
-        max_deliver: -1,
+        max_deliver: cfg.max_deliver,
         max_ack_pending: cfg.max_ack_pending,
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()

@@ -22,13 +22,29 @@ pub enum TokenError {
     TooLong { max: usize },
     #[error("contains {0:?}, which cannot appear in a NATS subject token")]
     BadChar(char),
+    #[error("is {len} bytes long; a subject token may have at most {max}")]
+    TooManyBytes { len: usize, max: usize },
 }
 
-/// Checks that `s` can stand as one subject token: non-empty, no whitespace, `.`, `*`, `>` or
-/// control characters (contract § Words).
+/// The longest subject token (in bytes) the relay takes from outside: a user id in a subject or
+/// a callback. Every subject the relay builds is then far below nats-server's control line limit
+/// (4 KiB by default), which closes the connection of a client that publishes beyond it.
+pub const MAX_TOKEN_BYTES: usize = 128;
+
+/// The longest subject the relay publishes on; an outbox row with a longer one is a dead letter.
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// Checks that `s` can stand as one subject token: 1 to [`MAX_TOKEN_BYTES`] bytes, no
+/// whitespace, `.`, `*`, `>` or control characters (contract § Words).
 pub fn check_token(s: &str) -> Result<(), TokenError> {
     if s.is_empty() {
         return Err(TokenError::Empty);
+    }
+    if s.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooManyBytes {
+            len: s.len(),
+            max: MAX_TOKEN_BYTES,
+        });
     }
     if let Some(c) = s
         .chars()
@@ -54,6 +70,15 @@ pub fn check_name(s: &str) -> Result<(), TokenError> {
         return Err(TokenError::BadChar(c));
     }
     Ok(())
+}
+
+/// At most the first `max` characters of `s`, with its length when cut: how an untrusted subject
+/// or token appears in logs and events.
+pub fn excerpt(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((end, _)) => format!("{}… ({} bytes)", &s[..end], s.len()),
+    }
 }
 
 /// Builds the contract's subjects under one prefix.
@@ -230,6 +255,16 @@ mod tests {
         assert!(check_name("acme_01-x").is_ok());
         assert!(check_name("ac.me").is_err());
         assert!(check_name(&"a".repeat(65)).is_err());
+        assert!(check_token(&"y".repeat(MAX_TOKEN_BYTES)).is_ok());
+        assert_eq!(
+            check_token(&"y".repeat(4040)),
+            Err(TokenError::TooManyBytes {
+                len: 4040,
+                max: MAX_TOKEN_BYTES
+            })
+        );
+        assert_eq!(excerpt("abc", 2), "ab… (3 bytes)");
+        assert_eq!(excerpt("abc", 3), "abc");
     }
 
     #[test]
@@ -237,5 +272,6 @@ mod tests {
         let s = Subjects::new("p");
         assert_eq!(s.cec_event_or_error("t", "u"), "p.cec.t.event.u");
         assert_eq!(s.cec_event_or_error("t", "a b"), "p.error");
+        assert_eq!(s.cec_event_or_error("t", &"y".repeat(4040)), "p.error");
     }
 }

@@ -1,5 +1,5 @@
 //! The relay's small HTTP surface: `/healthz` (the process answers), `/readyz` (the database
-//! and NATS are reachable and the streams are set up) and `/metrics` (Prometheus text format, see
+//! and NATS are reachable, the streams are set up and the outbox keeps up) and `/metrics` (Prometheus text format, see
 //! [`crate::instrument`]). Tencent callbacks (`/tim/<a>/callback`) are
 //! merged in from [`crate::timlink::callback`].
 
@@ -23,6 +23,8 @@ pub struct Health {
     pub nats: async_nats::Client,
     /// Set once the streams and the uplink consumer exist.
     pub streams_ready: Arc<AtomicBool>,
+    /// Whether the outbox keeps up (a stuck outbox is not ready).
+    pub outbox: crate::outbox::OutboxHealth,
 }
 
 pub fn router(health: Health) -> Router {
@@ -57,7 +59,11 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     } else {
         "pending"
     };
-    let ready = db == "up" && nats == "up" && streams == "up";
+    let outbox = match h.outbox.stuck() {
+        None => "up".to_owned(),
+        Some(why) => format!("stuck: {why}"),
+    };
+    let ready = db == "up" && nats == "up" && streams == "up" && outbox == "up";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -65,7 +71,9 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({"ready": ready, "database": db, "nats": nats, "streams": streams})),
+        Json(
+            json!({"ready": ready, "database": db, "nats": nats, "streams": streams, "outbox": outbox}),
+        ),
     )
 }
 

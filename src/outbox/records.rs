@@ -48,7 +48,10 @@ pub fn down_record(
             session_id: Some(session_id.to_owned()),
             direction: Direction::Down,
             message_id: None,
-            message_code: m.message_code.clone().filter(|c| !c.is_empty()),
+            message_code: m
+                .message_code
+                .clone()
+                .filter(|c| !c.is_empty() && c.len() <= crate::store::MAX_KEY_BYTES),
             source_type: m.source_type.clone(),
             control_type: m.control_type.clone(),
             media_type: m.media_type.clone(),

@@ -160,6 +160,7 @@ async fn send(relay: &crate::relay::Relay, tenant: &Tenant, b: Body) -> Result<V
             payload: &payload,
             derived_id: message_id.clone(),
             stream_seq: 0,
+            received_at: time::OffsetDateTime::now_utc(),
         },
     )
     .await;

@@ -33,12 +33,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Commit, Committed, EventRecord, FileDone, FileRow, MessagePage, MessageRow, OfflineRow,
-    OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session, SessionState, Store,
-    StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, Write, Written, begun, committed,
+    Commit, Committed, DeadLetter, EventRecord, FileDone, FileRow, MessagePage, MessageRow,
+    OfflineRow, OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session,
+    SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, Write,
+    Written, begun, committed,
 };
 
 /// Most writes in one transaction. Large enough that a full queue drains in a few commits, small
@@ -330,6 +332,38 @@ impl Store for GroupCommit {
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
         self.inner.outbox_stats().await
+    }
+
+    async fn outbox_failed(
+        &self,
+        seq: i64,
+        attempts: i64,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<()> {
+        self.inner
+            .outbox_failed(seq, attempts, next_attempt_at, error)
+            .await
+    }
+
+    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>> {
+        self.inner.outbox_dead(seq, reason, error).await
+    }
+
+    async fn dead_letter_add(&self, dead: &DeadLetter) -> Result<Option<i64>> {
+        self.inner.dead_letter_add(dead).await
+    }
+
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(limit).await
+    }
+
+    async fn dead_letter_retry(&self, id: i64, fresh_msg_id: &str) -> Result<Option<DeadLetter>> {
+        self.inner.dead_letter_retry(id, fresh_msg_id).await
+    }
+
+    async fn dead_letter_drop(&self, id: i64) -> Result<bool> {
+        self.inner.dead_letter_drop(id).await
     }
 
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {

@@ -168,6 +168,11 @@ pub(crate) fn invalid(msg: impl Into<String>) -> StoreError {
     StoreError::Query(sqlx::Error::InvalidArgument(msg.into()))
 }
 
+/// The longest key given by an upstream (a CEC `messageCode`, a Tencent `MsgKey`) that the store
+/// de-duplicates by: PostgreSQL's btree takes index rows of about 2.7 KB at most, and a longer
+/// key would make its message unstorable. A longer one is kept in the message's body only.
+pub const MAX_KEY_BYTES: usize = 512;
+
 /// Which contact center a row belongs to.
 pub mod kind {
     pub const CEC: &str = "cec";
@@ -695,15 +700,76 @@ pub struct OutboxRow {
     pub subject: String,
     pub payload: Vec<u8>,
     pub created_at: OffsetDateTime,
+    /// Failed publishes of this row so far (each for a reason of its own, not NATS being away).
+    pub attempts: i64,
 }
 
 /// Size and age of the outbox.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutboxStats {
-    /// Rows waiting to be published.
+    /// Rows waiting to be published (held and retrying ones included).
     pub pending: i64,
     /// When the first row in line (lowest seq) was committed.
     pub oldest: Option<OffsetDateTime>,
+    /// When the oldest row that could be published now (neither held nor backing off) was
+    /// committed: how long publishing is behind.
+    pub oldest_due: Option<OffsetDateTime>,
+    /// Rows backing off after failures of their own.
+    pub retrying: i64,
+    /// Rows in `dead_letters`.
+    pub dead_letters: i64,
+}
+
+/// Where a dead letter comes from (`dead_letters.source`).
+pub mod dead_source {
+    /// An outbox row that could not be published.
+    pub const OUTBOX: &str = "outbox";
+    /// A CEC UpMessage.
+    pub const CEC_UP: &str = "cec_up";
+    /// A Tencent TimSend.
+    pub const TIM_SEND: &str = "tim_send";
+    /// A Tencent stream chunk.
+    pub const TIM_STREAM: &str = "tim_stream";
+    /// A message JetStream stopped delivering (its max-deliveries advisory).
+    pub const MAX_DELIVERIES: &str = "max_deliveries";
+}
+
+/// Something the relay gave up on, as stored (table `dead_letters`). Kept with its subject and
+/// payload, so that it can be published again ([`Store::dead_letter_retry`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Its id in the table (0 before it is stored).
+    pub id: i64,
+    /// One of [`dead_source`].
+    pub source: String,
+    /// Outbox: the row's `Nats-Msg-Id`. Uplink: the relay's id of the stream message. Unique
+    /// with `source`: a message is given up once.
+    pub msg_id: String,
+    /// Where it was to be published, or where it was received (as given, maybe long).
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub kind: Option<String>,
+    pub tenant: Option<String>,
+    pub user_id: Option<String>,
+    /// An uplink message's idempotency key.
+    pub message_id: Option<String>,
+    /// A short code: `too_large`, `bad_subject`, `publish_failed`, `attempts`, `age`,
+    /// `unstorable`, `max_deliveries`.
+    pub reason: String,
+    /// The error in words.
+    pub error: String,
+    pub attempts: i64,
+    /// When the item was committed (outbox) or received (uplink).
+    pub created_at: OffsetDateTime,
+    /// When it was given up.
+    pub dead_at: OffsetDateTime,
+}
+
+impl DeadLetter {
+    /// Text as both databases keep it: NUL (which PostgreSQL's text cannot hold) becomes U+FFFD.
+    pub(crate) fn clean(s: &str) -> String {
+        s.replace('\0', "\u{fffd}")
+    }
 }
 
 /// One page of an export: transcript rows with `since <= created_at < until` (of one tenant, or
@@ -810,6 +876,29 @@ pub trait Store: Send + Sync + 'static {
         one(self, Write::OutboxDone(seqs.to_vec())).await.map(drop)
     }
     async fn outbox_stats(&self) -> Result<OutboxStats>;
+    /// Records a failed publish of row `seq` (a failure of its own): its attempts so far, the
+    /// error, and when it may be tried again. Its subject's later rows wait for it.
+    async fn outbox_failed(
+        &self,
+        seq: i64,
+        attempts: i64,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<()>;
+    /// Moves outbox row `seq` into `dead_letters` (source `outbox`) with `reason` and `error`, in
+    /// one transaction. Returns the dead letter's id; `None` if the row is gone.
+    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>>;
+    /// Stores a dead letter; `None` (changing nothing) if its (source, msg_id) is stored already.
+    async fn dead_letter_add(&self, dead: &DeadLetter) -> Result<Option<i64>>;
+    /// The oldest `limit` dead letters.
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>>;
+    /// Publishes dead letter `id` again, in one transaction: an outbox row with its subject and
+    /// payload (Nats-Msg-Id: its own for an outbox row, else `fresh_msg_id`), the uplink row of
+    /// its `message_id` (if failed) set back to pending so that the relay sends it again, and the
+    /// dead letter deleted. Returns it; `None` if there is no such dead letter.
+    async fn dead_letter_retry(&self, id: i64, fresh_msg_id: &str) -> Result<Option<DeadLetter>>;
+    /// Deletes dead letter `id`; false if there is none.
+    async fn dead_letter_drop(&self, id: i64) -> Result<bool>;
 
     /// A user's transcript, both directions, oldest first.
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>>;

@@ -19,10 +19,10 @@ use sqlx::{Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
 use super::{
-    Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage, MessageRow, MessageStatus,
-    OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow,
-    SatisfactionSource, Session, SessionState, Store, StoreError, TimCallbackRow, TimStreamRow,
-    UpLookup, Write, Written, classify, from_unix_micros, invalid, unix_micros,
+    DeadLetter, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage, MessageRow,
+    MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile, Result,
+    SatisfactionRow, SatisfactionSource, Session, SessionState, Store, StoreError, TimCallbackRow,
+    TimStreamRow, UpLookup, Write, Written, classify, from_unix_micros, invalid, unix_micros,
 };
 
 mod lookup;
@@ -152,6 +152,28 @@ const SATISFACTION_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id,
 
 const OFFLINE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, source, message_id, \
      caller, content, tip_text, result_code, result_desc, created_at";
+
+const DEAD_LETTER_COLUMNS: &str = "id, source, msg_id, subject, payload, kind, tenant, user_id, \
+     message_id, reason, error, attempts, created_at, dead_at";
+
+fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: get(row, "id")?,
+        source: get(row, "source")?,
+        msg_id: get(row, "msg_id")?,
+        subject: get(row, "subject")?,
+        payload: get(row, "payload")?,
+        kind: get(row, "kind")?,
+        tenant: get(row, "tenant")?,
+        user_id: get(row, "user_id")?,
+        message_id: get(row, "message_id")?,
+        reason: get(row, "reason")?,
+        error: get(row, "error")?,
+        attempts: get(row, "attempts")?,
+        created_at: ts(row, "created_at")?,
+        dead_at: ts(row, "dead_at")?,
+    })
+}
 
 fn ts(row: &SqliteRow, column: &str) -> Result<OffsetDateTime> {
     from_unix_micros(row.try_get(column).map_err(classify)?)
@@ -436,12 +458,16 @@ impl Store for SqliteStore {
 
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>> {
         sqlx::query(
-            "SELECT seq, msg_id, subject, payload, created_at FROM outbox o \
-             WHERE held = 0 AND NOT EXISTS (SELECT 1 FROM outbox h \
+            "SELECT seq, msg_id, subject, payload, created_at, attempts FROM outbox o \
+             WHERE held = 0 AND (attempts = 0 OR next_attempt_at <= ?2) \
+             AND NOT EXISTS (SELECT 1 FROM outbox h \
                WHERE h.held = 1 AND h.subject = o.subject AND h.seq < o.seq) \
+             AND NOT EXISTS (SELECT 1 FROM outbox r \
+               WHERE r.attempts > 0 AND r.subject = o.subject AND r.seq < o.seq) \
              ORDER BY seq LIMIT ?1",
         )
         .bind(limit.max(0))
+        .bind(unix_micros(OffsetDateTime::now_utc()))
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?
@@ -453,6 +479,7 @@ impl Store for SqliteStore {
                 subject: get(row, "subject")?,
                 payload: get(row, "payload")?,
                 created_at: ts(row, "created_at")?,
+                attempts: get(row, "attempts")?,
             })
         })
         .collect()
@@ -461,7 +488,11 @@ impl Store for SqliteStore {
     async fn outbox_stats(&self) -> Result<OutboxStats> {
         let row = sqlx::query(
             "SELECT count(*) AS pending, \
-             (SELECT created_at FROM outbox ORDER BY seq LIMIT 1) AS oldest FROM outbox",
+             (SELECT created_at FROM outbox ORDER BY seq LIMIT 1) AS oldest, \
+             (SELECT created_at FROM outbox WHERE held = 0 AND attempts = 0 \
+               ORDER BY seq LIMIT 1) AS oldest_due, \
+             (SELECT count(*) FROM outbox WHERE attempts > 0) AS retrying, \
+             (SELECT count(*) FROM dead_letters) AS dead_letters FROM outbox",
         )
         .fetch_one(&self.pool)
         .await
@@ -469,7 +500,163 @@ impl Store for SqliteStore {
         Ok(OutboxStats {
             pending: get(&row, "pending")?,
             oldest: opt_ts(&row, "oldest")?,
+            oldest_due: opt_ts(&row, "oldest_due")?,
+            retrying: get(&row, "retrying")?,
+            dead_letters: get(&row, "dead_letters")?,
         })
+    }
+
+    async fn outbox_failed(
+        &self,
+        seq: i64,
+        attempts: i64,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE seq = ?1",
+        )
+        .bind(seq)
+        .bind(attempts)
+        .bind(unix_micros(next_attempt_at))
+        .bind(error.to_owned())
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, attempts, \
+               created_at, dead_at) \
+             SELECT 'outbox', msg_id, subject, payload, ?2, ?3, attempts, created_at, ?4 \
+             FROM outbox WHERE seq = ?1 \
+             ON CONFLICT (source, msg_id) DO UPDATE SET reason = excluded.reason, \
+               error = excluded.error, attempts = excluded.attempts, dead_at = excluded.dead_at \
+             RETURNING id",
+        )
+        .bind(seq)
+        .bind(reason.to_owned())
+        .bind(error.to_owned())
+        .bind(unix_micros(OffsetDateTime::now_utc()))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query("DELETE FROM outbox WHERE seq = ?1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(id)
+    }
+
+    async fn dead_letter_add(&self, d: &DeadLetter) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "INSERT INTO dead_letters (source, msg_id, subject, payload, kind, tenant, user_id, \
+               message_id, reason, error, attempts, created_at, dead_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT (source, msg_id) DO NOTHING RETURNING id",
+        )
+        .bind(d.source.clone())
+        .bind(d.msg_id.clone())
+        .bind(d.subject.clone())
+        .bind(d.payload.clone())
+        .bind(d.kind.clone())
+        .bind(d.tenant.clone())
+        .bind(d.user_id.clone())
+        .bind(d.message_id.clone())
+        .bind(d.reason.clone())
+        .bind(d.error.clone())
+        .bind(d.attempts)
+        .bind(unix_micros(d.created_at))
+        .bind(unix_micros(d.dead_at))
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(classify)
+    }
+
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
+        let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id LIMIT ?1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(dead_letter_from_row)
+            .collect()
+    }
+
+    async fn dead_letter_retry(&self, id: i64, fresh_msg_id: &str) -> Result<Option<DeadLetter>> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let d = dead_letter_from_row(&row)?;
+        let msg_id = if d.source == super::dead_source::OUTBOX {
+            d.msg_id.as_str()
+        } else {
+            fresh_msg_id
+        };
+        sqlx::query(
+            "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
+             VALUES (?1, ?2, ?3, ?4, 0)",
+        )
+        .bind(msg_id.to_owned())
+        .bind(d.subject.clone())
+        .bind(d.payload.clone())
+        .bind(unix_micros(OffsetDateTime::now_utc()))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if let (Some(k), Some(t), Some(u), Some(m)) =
+            (&d.kind, &d.tenant, &d.user_id, &d.message_id)
+        {
+            sqlx::query(
+                "UPDATE messages SET status = 'pending' WHERE direction = 'up' AND kind = ?1 \
+                 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND status = 'failed'",
+            )
+            .bind(k.clone())
+            .bind(t.clone())
+            .bind(u.clone())
+            .bind(m.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        sqlx::query("DELETE FROM dead_letters WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Some(d))
+    }
+
+    async fn dead_letter_drop(&self, id: i64) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM dead_letters WHERE id = ?1")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(classify)?;
+        Ok(r.rows_affected() > 0)
     }
 
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {

@@ -196,6 +196,8 @@ contract_tests!(
     many_writers_share_transactions_and_a_bad_write_fails_alone,
     every_kind_of_write_goes_through_group_commit,
     the_commits_of_one_batch_are_applied_together_and_answered_apart,
+    a_failing_outbox_row_backs_off_alone_then_becomes_a_dead_letter,
+    dead_letters_are_kept_once_retried_and_dropped,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2877,4 +2879,187 @@ mod tim {
         assert!(s.tim_callback_save(&cb, bad).await.is_err());
         assert!(s.tim_callbacks("shop", 10).await.unwrap().is_empty());
     }
+}
+
+async fn a_failing_outbox_row_backs_off_alone_then_becomes_a_dead_letter(db: Db) {
+    let store = &db.store;
+    let a1 = down("u1", None, "a1", at(0));
+    let b1 = down("u2", None, "b1", at(0));
+    let a2 = down("u1", None, "a2", at(1));
+    store
+        .commit(downs(vec![a1.clone(), b1.clone(), a2.clone()]))
+        .await
+        .unwrap();
+    let ids = |rows: &[OutboxRow]| rows.iter().map(|r| r.msg_id.clone()).collect::<Vec<_>>();
+    let (a1_id, b1_id, a2_id) = (
+        a1.publish.msg_id.clone(),
+        b1.publish.msg_id.clone(),
+        a2.publish.msg_id.clone(),
+    );
+    let pending = store.outbox_pending(10).await.unwrap();
+    assert_eq!(
+        ids(&pending),
+        vec![a1_id.clone(), b1_id.clone(), a2_id.clone()]
+    );
+    assert!(pending.iter().all(|r| r.attempts == 0));
+
+    // a1 fails on its own: it backs off, and its subject's later row waits; u2 goes on.
+    let later = OffsetDateTime::now_utc() + time::Duration::minutes(1);
+    store
+        .outbox_failed(pending[0].seq, 1, later, "refused")
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store.outbox_pending(10).await.unwrap()),
+        vec![b1_id.clone()]
+    );
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.retrying, stats.dead_letters),
+        (3, 1, 0)
+    );
+    assert_eq!(stats.oldest_due, Some(pending[1].created_at));
+
+    // Due again: tried with its attempts, a2 still behind it.
+    let past = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    store
+        .outbox_failed(pending[0].seq, 2, past, "refused again")
+        .await
+        .unwrap();
+    let due = store.outbox_pending(10).await.unwrap();
+    assert_eq!(ids(&due), vec![a1_id.clone(), b1_id.clone()]);
+    assert_eq!(due[0].attempts, 2);
+
+    // Given up: a dead letter with its subject, payload and error; a2 goes on.
+    let dead_id = store
+        .outbox_dead(pending[0].seq, "publish_failed", "refused for good")
+        .await
+        .unwrap()
+        .expect("moved");
+    assert_eq!(
+        ids(&store.outbox_pending(10).await.unwrap()),
+        vec![b1_id, a2_id]
+    );
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.id, dead_id);
+    assert_eq!(
+        (
+            d.source.as_str(),
+            d.msg_id.as_str(),
+            d.reason.as_str(),
+            d.error.as_str()
+        ),
+        (
+            dead_source::OUTBOX,
+            a1_id.as_str(),
+            "publish_failed",
+            "refused for good"
+        )
+    );
+    assert_eq!(
+        (&d.subject, &d.payload, d.attempts),
+        (&a1.publish.subject, &a1.publish.payload, 2)
+    );
+    assert_eq!(d.created_at, pending[0].created_at);
+    assert_eq!(store.outbox_stats().await.unwrap().dead_letters, 1);
+    assert_eq!(
+        store.outbox_dead(pending[0].seq, "x", "y").await.unwrap(),
+        None,
+        "gone"
+    );
+
+    // Retried: back in the outbox under its own id, at the end, with no attempts.
+    let back = store
+        .dead_letter_retry(dead_id, "fresh")
+        .await
+        .unwrap()
+        .expect("retried");
+    assert_eq!(back.msg_id, a1_id);
+    let now = store.outbox_pending(10).await.unwrap();
+    assert_eq!(
+        now.last().map(|r| (r.msg_id.clone(), r.attempts)),
+        Some((a1_id, 0))
+    );
+    assert_eq!(
+        now.last().map(|r| r.payload.clone()),
+        Some(a1.publish.payload.clone())
+    );
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(
+        store.dead_letter_retry(dead_id, "fresh").await.unwrap(),
+        None
+    );
+}
+
+async fn dead_letters_are_kept_once_retried_and_dropped(db: Db) {
+    let store = &db.store;
+    // A failed uplink message, and its dead letter.
+    let mut row = up_row("u1", "m1", at(0));
+    row.status = MessageStatus::Failed;
+    store
+        .commit(Commit {
+            up_row: Some(row),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let letter = DeadLetter {
+        id: 0,
+        source: dead_source::CEC_UP.to_owned(),
+        msg_id: "s1-7".to_owned(),
+        subject: format!("ccrelay.cec.{TENANT}.up.u1"),
+        payload: b"{\"messageId\":\"m1\"}".to_vec(),
+        kind: Some(kind::CEC.to_owned()),
+        tenant: Some(TENANT.to_owned()),
+        user_id: Some("u1".to_owned()),
+        message_id: Some("m1".to_owned()),
+        reason: "attempts".to_owned(),
+        error: "given up after 3 attempts: HTTP 500\0".to_owned(),
+        attempts: 3,
+        created_at: at(0),
+        dead_at: at(5),
+    };
+    let id = store.dead_letter_add(&letter).await.unwrap().expect("new");
+    assert_eq!(
+        store.dead_letter_add(&letter).await.unwrap(),
+        None,
+        "kept once"
+    );
+    let kept = store.dead_letters(10).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].payload, letter.payload);
+    assert_eq!((kept[0].created_at, kept[0].dead_at), (at(0), at(5)));
+
+    // Retried: published as a new message, and its failed row pending again (sent again).
+    let back = store
+        .dead_letter_retry(id, "fresh-id")
+        .await
+        .unwrap()
+        .expect("retried");
+    assert_eq!(back.message_id.as_deref(), Some("m1"));
+    let pending = store.outbox_pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].msg_id.as_str(), pending[0].subject.as_str()),
+        ("fresh-id", letter.subject.as_str())
+    );
+    let found = store
+        .up_lookup(kind::CEC, TENANT, "u1", "m1")
+        .await
+        .unwrap();
+    assert_eq!(found.status, Some(MessageStatus::Pending));
+
+    let again = store
+        .dead_letter_add(&DeadLetter {
+            msg_id: "s1-8".to_owned(),
+            ..letter.clone()
+        })
+        .await
+        .unwrap()
+        .expect("new");
+    assert!(store.dead_letter_drop(again).await.unwrap());
+    assert!(!store.dead_letter_drop(again).await.unwrap());
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
 }

@@ -151,7 +151,7 @@ async fn callback(
             .as_ref()
             .and_then(|v| v.get("MsgKey"))
             .and_then(Value::as_str)
-            .filter(|k| !k.is_empty())
+            .filter(|k| !k.is_empty() && k.len() <= crate::store::MAX_KEY_BYTES)
             .map(str::to_owned);
         commit.down.push(DownRecord {
             row: MessageRow {
@@ -192,7 +192,11 @@ async fn callback(
     let row = TimCallbackRow {
         relay_id: id,
         app: app.clone(),
-        user_id: inb.user.clone(),
+        // An indexed column: a user id longer than any subject token is kept in the body only.
+        user_id: inb
+            .user
+            .clone()
+            .filter(|u| u.len() <= crate::bus::subjects::MAX_TOKEN_BYTES),
         command: command.clone(),
         // As received (it parsed as a JSON object above).
         body: String::from_utf8_lossy(&body).into_owned(),

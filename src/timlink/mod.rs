@@ -104,6 +104,31 @@ pub struct Sink {
     pub outbox: OutboxSignal,
     pub subjects: Subjects,
     pub cancel: CancellationToken,
+    /// How long a send is retried before it is given up.
+    pub budget: Budget,
+}
+
+/// The attempt and age budget of one Tencent send (`relay.up_attempts`, `relay.up_max_age`):
+/// rate-limit answers cost no attempt, but count against the age.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub attempts: u32,
+    pub max_age: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::of(&crate::config::RelayConfig::default())
+    }
+}
+
+impl Budget {
+    pub fn of(relay: &crate::config::RelayConfig) -> Self {
+        Budget {
+            attempts: relay.up_attempts.max(1),
+            max_age: relay.up_max_age,
+        }
+    }
 }
 
 impl Sink {
@@ -170,6 +195,7 @@ impl TimLink {
             outbox: relay.outbox.clone(),
             subjects: relay.subjects.clone(),
             cancel: relay.cancel.clone(),
+            budget: Budget::of(&relay.config.relay),
         };
         let apps = relay
             .config
@@ -208,6 +234,7 @@ impl TimLink {
             outbox: self.relay.outbox.clone(),
             subjects: self.relay.subjects.clone(),
             cancel: self.relay.cancel.clone(),
+            budget: Budget::of(&self.relay.config.relay),
         }
     }
 
@@ -326,6 +353,41 @@ impl Workers {
     /// says its outcome is committed.
     fn chunk(&self, app: String, user: String, msg: jetstream::Message) {
         let sink = self.link.sink();
+        // Nothing keyed by a token no subject can carry is stored: refused on `P.error`.
+        if let Err(e) = crate::bus::subjects::check_token(&app)
+            .map_err(|e| format!("app {e}"))
+            .and_then(|()| {
+                crate::bus::subjects::check_token(&user).map_err(|e| format!("user {e}"))
+            })
+        {
+            let info = msg.info().ok();
+            let received_at = info
+                .as_ref()
+                .map(|i| i.published)
+                .unwrap_or_else(time::OffsetDateTime::now_utc);
+            let msg_id = format!("tim-c{}-{}", self.stamp, stream_seq(&msg));
+            let letter = crate::deadletter::Received {
+                source: crate::store::dead_source::TIM_STREAM,
+                msg_id: &msg_id,
+                subject: msg.subject.as_str(),
+                payload: &msg.payload,
+                kind: kind::TIM,
+                tenant: None,
+                user: None,
+                message_id: None,
+                received_at,
+            }
+            .letter(crate::deadletter::Why {
+                reason: "bad_subject",
+                error: format!("unroutable subject: {e}"),
+                attempts: 0,
+            });
+            self.tracker.spawn(async move {
+                let d = send::give_up(&sink, &letter).await;
+                settle(&msg, d).await;
+            });
+            return;
+        }
         let (code, field, reason) = match (
             self.link.app(&app),
             crate::bus::tim_payload::parse_chunk(&msg.payload),
@@ -424,23 +486,44 @@ impl Workers {
                 continue;
             }
             let seq = stream_seq(&msg);
-            let work = send::handle(
-                &self.link,
-                send::Delivery {
-                    subject: msg.subject.as_str(),
-                    payload: &msg.payload,
-                    derived_id: format!("tim-s{}-{seq}", self.stamp),
-                    stream_seq: seq,
-                },
-            );
-            tokio::pin!(work);
+            let received_at = msg
+                .info()
+                .map(|i| i.published)
+                .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
             let mut beat = tokio::time::interval(self.heartbeat);
             beat.tick().await;
             let d = loop {
-                tokio::select! {
-                    d = &mut work => break d,
-                    _ = beat.tick() => {
-                        let _ = msg.ack_with(AckKind::Progress).await;
+                let work = send::handle(
+                    &self.link,
+                    send::Delivery {
+                        subject: msg.subject.as_str(),
+                        payload: &msg.payload,
+                        derived_id: format!("tim-s{}-{seq}", self.stamp),
+                        stream_seq: seq,
+                        received_at,
+                    },
+                );
+                tokio::pin!(work);
+                let d = loop {
+                    tokio::select! {
+                        d = &mut work => break d,
+                        _ = beat.tick() => crate::uplink::progress(&msg).await,
+                    }
+                };
+                // Not now (the database away): again, in place, unless the relay is stopping.
+                let Disposition::Retry(delay) = d else {
+                    break d;
+                };
+                if self.link.relay.cancel.is_cancelled() {
+                    break d;
+                }
+                let wait = tokio::time::sleep(delay);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        _ = self.link.relay.cancel.cancelled() => break,
+                        _ = beat.tick() => crate::uplink::progress(&msg).await,
                     }
                 }
             };
@@ -472,6 +555,7 @@ async fn settle(msg: &jetstream::Message, d: Disposition) {
     let sent = match d {
         Disposition::Ack => msg.ack().await,
         Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+        Disposition::Term => msg.ack_with(AckKind::Term).await,
     };
     if let Err(e) = sent {
         // Lost acks are harmless: the redelivered message finds its outcome committed.

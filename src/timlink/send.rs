@@ -12,17 +12,17 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::{Sink, TimLink, TimUpstream, error_fields};
 use crate::bus::payload::{Event, event_type, new_id};
+use crate::bus::subjects::{check_token, excerpt};
 use crate::bus::tim_payload::{TimPayloadError, TimSend, parse_send, send_request};
+use crate::deadletter::{Received, Why};
 use crate::outbox::{event_record, now};
-use crate::store::{Commit, Direction, MessageRow, MessageStatus, UpBegin, UpOutcome, kind};
+use crate::store::{
+    Commit, Direction, MessageRow, MessageStatus, UpBegin, UpOutcome, dead_source, kind,
+};
 use crate::tim::TimError;
 use crate::tim::wire::SendMsgRequest;
 use crate::timlink::ratelimit::RateLimiter;
 use crate::uplink::handle::Disposition;
-
-/// Retries of a retryable failure before the send fails for good (rate-limit answers do not
-/// count).
-const MAX_RETRIES: u32 = 8;
 
 /// One delivered TimSend.
 pub struct Delivery<'a> {
@@ -31,6 +31,30 @@ pub struct Delivery<'a> {
     /// The idempotency key when the payload has no `id`: unique per stream message.
     pub derived_id: String,
     pub stream_seq: u64,
+    /// When it reached the `_IN` stream.
+    pub received_at: time::OffsetDateTime,
+}
+
+impl Delivery<'_> {
+    /// The message as a dead letter's source.
+    fn received<'s>(
+        &'s self,
+        app: Option<&'s str>,
+        user: Option<&'s str>,
+        id: Option<&'s str>,
+    ) -> Received<'s> {
+        Received {
+            source: dead_source::TIM_SEND,
+            msg_id: &self.derived_id,
+            subject: self.subject,
+            payload: self.payload,
+            kind: kind::TIM,
+            tenant: app,
+            user,
+            message_id: id,
+            received_at: self.received_at,
+        }
+    }
 }
 
 /// Handles one message; see the module docs.
@@ -52,6 +76,19 @@ pub async fn handle_with(
     upstream: Option<(&dyn TimUpstream, &RateLimiter)>,
     d: Delivery<'_>,
 ) -> Disposition {
+    // Nothing keyed by a token no subject can carry is stored: refused on `P.error`.
+    if let Err(e) = check_token(app)
+        .map_err(|e| format!("app {e}"))
+        .and_then(|()| check_token(user).map_err(|e| format!("user {e}")))
+    {
+        tracing::warn!(subject = %excerpt(d.subject, 160), reason = %e, "Tencent send on an unroutable subject; refused");
+        let letter = d.received(None, None, None).letter(Why {
+            reason: "bad_subject",
+            error: format!("unroutable subject: {e}"),
+            attempts: 0,
+        });
+        return give_up(sink, &letter).await;
+    }
     let parsed = parse_send(d.payload);
     let id = parsed
         .as_ref()
@@ -78,6 +115,7 @@ pub async fn handle_with(
         app,
         user,
         id: &id,
+        d: &d,
     };
     let body = match &built {
         Ok((_, req)) => serde_json::to_string(req).unwrap_or_else(|_| "{}".into()),
@@ -106,8 +144,15 @@ pub async fn handle_with(
             return Disposition::Retry(Duration::from_secs(1));
         }
         Err(e) => {
-            tracing::error!(app, user, id, error = %e, "Cannot record Tencent send; it is left unacknowledged");
-            return Disposition::Retry(Duration::from_secs(30));
+            tracing::error!(app, user, id, error = %e, "Cannot record Tencent send; it is terminated");
+            let letter = d
+                .received(Some(app), Some(user), Some(id.as_str()))
+                .letter(Why {
+                    reason: "unstorable",
+                    error: e.to_string(),
+                    attempts: 0,
+                });
+            return give_up(sink, &letter).await;
         }
     }
     let (req, (upstream, limiter)) = match (built, upstream) {
@@ -137,7 +182,11 @@ pub async fn handle_with(
         }
         match upstream.send_msg(&req).await {
             Ok(_) => break Ok(()),
-            Err(e) if e.is_retryable() && (e.is_rate_limited() || retries < MAX_RETRIES) => {
+            Err(e)
+                if e.is_retryable()
+                    && time::OffsetDateTime::now_utc() - d.received_at <= sink.budget.max_age
+                    && (e.is_rate_limited() || retries + 1 < sink.budget.attempts) =>
+            {
                 if !e.is_rate_limited() {
                     retries += 1;
                 }
@@ -152,7 +201,52 @@ pub async fn handle_with(
             Err(e) => break Err(e),
         }
     };
-    ctx.outcome(result.as_ref().err()).await
+    // A retryable failure here has spent the attempt or age budget: a dead letter too.
+    let mut dead = None;
+    if let Err(e) = &result
+        && e.is_retryable()
+    {
+        let aged = time::OffsetDateTime::now_utc() - d.received_at > sink.budget.max_age;
+        let letter = d
+            .received(Some(app), Some(user), Some(id.as_str()))
+            .letter(Why {
+                reason: if aged { "age" } else { "attempts" },
+                error: format!("given up after {} attempts: {e}", retries + 1),
+                attempts: i64::from(retries + 1),
+            });
+        match crate::deadletter::record(&sink.store, &letter).await {
+            Ok(dl) => dead = Some((if aged { "age" } else { "attempts" }, dl)),
+            Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
+            Err(e) => {
+                tracing::error!(app, user, error = %e, "Cannot store the dead letter of a Tencent send")
+            }
+        }
+    }
+    ctx.outcome(result.as_ref().err(), dead).await
+}
+
+/// Records `letter` and its `error` event on `P.error` (each as far as the database takes it),
+/// then acknowledges: a bad subject, or a message that cannot be stored, is never retried.
+pub(super) async fn give_up(sink: &Sink, letter: &crate::store::DeadLetter) -> Disposition {
+    let id = match crate::deadletter::record(&sink.store, letter).await {
+        Ok(id) => id,
+        Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot store a dead letter");
+            None
+        }
+    };
+    match sink
+        .commit(crate::deadletter::event_commit(&sink.subjects, letter, id))
+        .await
+    {
+        Ok(_) => Disposition::Ack,
+        Err(e) if e.is_retryable() => Disposition::Retry(Duration::from_secs(2)),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot commit the error event of a dead letter");
+            Disposition::Term
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -160,6 +254,7 @@ struct Ctx<'a> {
     app: &'a str,
     user: &'a str,
     id: &'a str,
+    d: &'a Delivery<'a>,
 }
 
 impl Ctx<'_> {
@@ -226,8 +321,14 @@ impl Ctx<'_> {
         self.commit(commit).await
     }
 
-    async fn outcome(&self, err: Option<&TimError>) -> Disposition {
-        let (status, ev, code, desc) = match err {
+    /// Commits the send's outcome; `dead` names the budget spent and the dead letter, when the
+    /// send was given up.
+    async fn outcome(
+        &self,
+        err: Option<&TimError>,
+        dead: Option<(&str, Option<i64>)>,
+    ) -> Disposition {
+        let (status, mut ev, code, desc) = match err {
             None => (
                 MessageStatus::Sent,
                 self.result_event(true)
@@ -251,6 +352,12 @@ impl Ctx<'_> {
                 )
             }
         };
+        if let Some((why, id)) = dead {
+            ev = ev.with("reason", why);
+            if let Some(id) = id {
+                ev = ev.with("deadLetter", id);
+            }
+        }
         let commit = Commit {
             up: Some(self.up(status, code, desc)),
             events: vec![event_record(
@@ -270,10 +377,23 @@ impl Ctx<'_> {
                 crate::instrument::messages("tim", self.app, "up", 1);
                 Disposition::Ack
             }
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(app = self.app, user = self.user, id = self.id, error = %e,
-                    "Cannot commit the outcome of a Tencent send; it will be redelivered");
+                    "Cannot commit the outcome of a Tencent send; it will be tried again");
                 Disposition::Retry(Duration::from_secs(2))
+            }
+            Err(e) => {
+                tracing::error!(app = self.app, user = self.user, id = self.id, error = %e,
+                    "Cannot store the outcome of a Tencent send; it is terminated");
+                let letter = self
+                    .d
+                    .received(Some(self.app), Some(self.user), Some(self.id))
+                    .letter(Why {
+                        reason: "unstorable",
+                        error: e.to_string(),
+                        attempts: 0,
+                    });
+                give_up(self.sink, &letter).await
             }
         }
     }
@@ -298,6 +418,7 @@ mod tests {
             outbox: OutboxSignal::default(),
             subjects: Subjects::new("ccrelay"),
             cancel: CancellationToken::new(),
+            budget: Default::default(),
         }
     }
 
@@ -313,6 +434,7 @@ mod tests {
                 payload: payload.as_bytes(),
                 derived_id: format!("tim-s{seq}"),
                 stream_seq: seq,
+                received_at: time::OffsetDateTime::now_utc(),
             },
         )
         .await
@@ -373,6 +495,79 @@ mod tests {
         assert_eq!(sends[0].0.msg_body[0].msg_type, "TIMCustomElem");
         assert_eq!(fake.with(|s| s.calls), 3);
         assert_eq!(events(&sink).await[0]["ok"], true);
+    }
+
+    #[tokio::test]
+    async fn a_send_that_spends_its_attempts_is_given_up_as_a_dead_letter() {
+        let mut sink = sink().await;
+        sink.budget.attempts = 3;
+        let fake = FakeTim::new(100, Duration::ZERO);
+        fake.with(|s| s.send_faults.extend([141002; 10]));
+        let p = r#"{"id":"m9","sessionId":"s","text":"x"}"#;
+        assert_eq!(send(&sink, &fake, p, 1).await, Disposition::Ack);
+        assert_eq!(fake.with(|s| s.calls), 3, "three attempts");
+        let ev = events(&sink).await;
+        assert_eq!(
+            (&ev[0]["ok"], &ev[0]["reason"]),
+            (&false.into(), &"attempts".into())
+        );
+        let dead = sink.store.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(ev[0]["deadLetter"], dead[0].id);
+        assert_eq!(
+            (
+                dead[0].source.as_str(),
+                dead[0].message_id.as_deref(),
+                dead[0].attempts
+            ),
+            ("tim_send", Some("m9"), 3)
+        );
+        // Redelivered: its outcome is committed, nothing more happens.
+        assert_eq!(send(&sink, &fake, p, 1).await, Disposition::Ack);
+        assert_eq!(fake.with(|s| s.calls), 3);
+        assert_eq!(sink.store.dead_letters(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_to_an_unroutable_user_stores_nothing_keyed_by_it() {
+        let sink = sink().await;
+        let fake = FakeTim::new(100, Duration::ZERO);
+        let limiter = RateLimiter::new(1000);
+        let user = "y".repeat(4040);
+        let subject = format!("ccrelay.tim.shop.send.{user}");
+        let d = handle_with(
+            &sink,
+            "shop",
+            &user,
+            Some((&fake, &limiter)),
+            Delivery {
+                subject: &subject,
+                payload: br#"{"id":"m1","sessionId":"s","text":"x"}"#,
+                derived_id: "tim-s1".into(),
+                stream_seq: 1,
+                received_at: time::OffsetDateTime::now_utc(),
+            },
+        )
+        .await;
+        assert_eq!(d, Disposition::Ack);
+        assert_eq!(fake.with(|s| s.calls), 0);
+        assert!(
+            sink.store
+                .transcript(kind::TIM, "shop", &user)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let dead = sink.store.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].reason.as_str(), dead[0].user_id.as_deref()),
+            ("bad_subject", None)
+        );
+        assert_eq!(dead[0].subject, subject);
+        let pending = sink.store.outbox_pending(10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].subject, "ccrelay.error");
     }
 
     #[tokio::test]
@@ -442,6 +637,7 @@ mod tests {
                 payload: br#"{"sessionId":"s","text":"x"}"#,
                 derived_id: "d1".into(),
                 stream_seq: 1,
+                received_at: time::OffsetDateTime::now_utc(),
             },
         )
         .await;

@@ -8,6 +8,8 @@
 //! the send), is sent again with the same `messageId`, which the upstream de-duplicates. Nothing
 //! is written before the send, so a message waits for one commit, not two.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -15,15 +17,17 @@ use time::OffsetDateTime;
 
 use super::validate::{Refusal, check_up};
 use crate::bus::payload::{Event, UpFile, UpMessage, event_type, new_id};
+use crate::bus::subjects::{check_token, excerpt};
 use crate::cec::outcome::SendOutcome;
 use crate::cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, SendResponse};
 use crate::cec::wire_ops::{UploadRequest, UploadResponse};
 use crate::cec::{CecClient, CecError};
+use crate::deadletter::{Received, Why};
 use crate::outbox::{event_record, now};
 use crate::relay::{Relay, Tenant};
 use crate::store::{
     Commit, Direction, MessageRow, MessageStatus, OfflineRow, OfflineSource, Session,
-    SessionChange, SessionState, kind,
+    SessionChange, SessionState, dead_source, kind,
 };
 
 /// What to tell JetStream about the message.
@@ -31,8 +35,11 @@ use crate::store::{
 pub enum Disposition {
     /// Its outcome is committed.
     Ack,
-    /// Not handled now (shutting down, database down): deliver it again after the delay.
+    /// Not handled now (shutting down, database down): try it again after the delay.
     Retry(Duration),
+    /// Cannot be handled ever (it cannot even be stored): never deliver it again. Its error
+    /// event and dead letter are committed, as far as the database allowed.
+    Term,
 }
 
 /// One delivered uplink message.
@@ -43,6 +50,30 @@ pub struct Delivery<'a> {
     /// message (see the consumer).
     pub derived_id: String,
     pub stream_seq: u64,
+    /// When it reached the `_IN` stream (its age budget counts from here).
+    pub received_at: OffsetDateTime,
+}
+
+impl Delivery<'_> {
+    /// The message as a dead letter's source.
+    fn received<'s>(
+        &'s self,
+        tenant: Option<&'s str>,
+        user: Option<&'s str>,
+        message_id: Option<&'s str>,
+    ) -> Received<'s> {
+        Received {
+            source: dead_source::CEC_UP,
+            msg_id: &self.derived_id,
+            subject: self.subject,
+            payload: self.payload,
+            kind: kind::CEC,
+            tenant,
+            user,
+            message_id,
+            received_at: self.received_at,
+        }
+    }
 }
 
 /// Handles one message; see the module docs.
@@ -53,8 +84,17 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
             subject = d.subject,
             "Uplink message on an unexpected subject; refused"
         );
-        return refuse_unroutable(relay, &d).await;
+        return refuse_unroutable(relay, &d, "subject is not P.cec.<tenant>.up.<user>".into())
+            .await;
     };
+    // Nothing keyed by a token no subject can carry is stored: such a message names no
+    // routable user (its events could not be published), so it is refused on `P.error`.
+    if let Err(e) = check_token(tenant_name)
+        .map_err(|e| format!("tenant {e}"))
+        .and_then(|()| check_token(user).map_err(|e| format!("user {e}")))
+    {
+        return refuse_unroutable(relay, &d, e).await;
+    }
     let parsed = serde_json::from_slice::<UpMessage>(d.payload);
     let message_id = match &parsed {
         Ok(m) => m
@@ -141,6 +181,9 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
         user,
         message_id: &message_id,
         row: up_row(tenant_name, user, &message_id, &parsed, body, d.stream_seq),
+        d: &d,
+        attempts: AtomicU32::new(0),
+        spent: OnceLock::new(),
     };
 
     if let Some((code, refusal)) = refusal {
@@ -219,6 +262,11 @@ struct UpCtx<'a> {
     message_id: &'a str,
     /// The message's row as received; committed only with its outcome ([`UpCtx::outcome`]).
     row: MessageRow,
+    d: &'a Delivery<'a>,
+    /// Upstream attempts so far (`relay.up_attempts` is the budget).
+    attempts: AtomicU32,
+    /// Set when the attempt or age budget is spent: `attempts` or `age`.
+    spent: OnceLock<&'static str>,
 }
 
 /// Why an upstream call did not produce an answer.
@@ -289,6 +337,43 @@ impl<'a> UpCtx<'a> {
         self.finish(commit).await
     }
 
+    /// Counts an attempt that failed in a retryable way; whether the message's budget is spent
+    /// (then it is given up: [`Self::commit_failure`]).
+    fn budget_spent(&self) -> bool {
+        let cfg = &self.relay.config.relay;
+        let attempts = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let age = OffsetDateTime::now_utc() - self.d.received_at;
+        let why = if attempts >= cfg.up_attempts.max(1) {
+            "attempts"
+        } else if age > cfg.up_max_age {
+            "age"
+        } else {
+            return false;
+        };
+        let _ = self.spent.set(why);
+        true
+    }
+
+    /// The message cannot be stored (a non-retryable database error): an `error` event on
+    /// `P.error` and a dead letter, as far as the database takes them, and never again.
+    async fn unstorable(&self, e: &crate::store::StoreError) -> Disposition {
+        tracing::error!(tenant = self.tenant_name, user = self.user, message_id = self.message_id, error = %e,
+            "Cannot store the outcome of an uplink message; it is terminated");
+        let letter = self
+            .d
+            .received(
+                Some(self.tenant_name),
+                Some(self.user),
+                Some(self.message_id),
+            )
+            .letter(Why {
+                reason: "unstorable",
+                error: e.to_string(),
+                attempts: i64::from(self.attempts.load(Ordering::Relaxed)),
+            });
+        terminate(self.relay, letter).await
+    }
+
     async fn finish(&self, commit: Commit) -> Disposition {
         match self.relay.commit(commit).await {
             Ok(_) => {
@@ -300,11 +385,12 @@ impl<'a> UpCtx<'a> {
                 crate::instrument::messages("cec", label, "up", 1);
                 Disposition::Ack
             }
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id, error = %e,
-                    "Cannot commit the outcome of an uplink message; it will be redelivered");
+                    "Cannot commit the outcome of an uplink message; it will be tried again");
                 Disposition::Retry(Duration::from_secs(2))
             }
+            Err(e) => self.unstorable(&e).await,
         }
     }
 
@@ -326,6 +412,9 @@ impl<'a> UpCtx<'a> {
             }
             match f().await {
                 Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && self.budget_spent() => {
+                    return Err(CallFailed::Final(e));
+                }
                 Err(e) if e.is_retryable() => {
                     crate::instrument::retry("cec", "call");
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
@@ -358,6 +447,13 @@ impl<'a> UpCtx<'a> {
             if !SendOutcome::of(&rsp).is_retryable() {
                 return Ok(rsp);
             }
+            if self.budget_spent() {
+                return Err(CallFailed::Final(CecError::Result {
+                    endpoint: crate::cec::error::Endpoint::Send,
+                    code: rsp.result_code.clone(),
+                    desc: rsp.result_desc.clone().unwrap_or_default(),
+                }));
+            }
             let delay = backoff.next().unwrap_or(Duration::from_secs(10));
             crate::instrument::retry("cec", "send_too_quick");
             tracing::info!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
@@ -369,12 +465,41 @@ impl<'a> UpCtx<'a> {
         }
     }
 
-    /// Commits a final upstream failure as a failed up row with its events.
+    /// Commits a final upstream failure as a failed up row with its events. When the message's
+    /// budget is spent, its dead letter is recorded first, and the result says so.
     async fn commit_failure(&self, e: CecError, session: Option<&Session>) -> Disposition {
         tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
             endpoint = %e.endpoint(), code = %e.code(), error = %e, "Uplink message failed upstream");
-        let desc = e.to_string();
-        let result = self
+        let mut desc = e.to_string();
+        let mut dead = None;
+        if let Some(why) = self.spent.get().copied() {
+            let attempts = self.attempts.load(Ordering::Relaxed);
+            desc = match why {
+                "age" => format!(
+                    "given up: still failing {} after it was received: {desc}",
+                    humantime::format_duration(self.relay.config.relay.up_max_age)
+                ),
+                _ => format!("given up after {attempts} attempts: {desc}"),
+            };
+            let letter = self
+                .d
+                .received(
+                    Some(self.tenant_name),
+                    Some(self.user),
+                    Some(self.message_id),
+                )
+                .letter(Why {
+                    reason: why,
+                    error: desc.clone(),
+                    attempts: i64::from(attempts),
+                });
+            match crate::deadletter::record(&self.relay.store, &letter).await {
+                Ok(id) => dead = Some((why, id)),
+                Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
+                Err(e) => return self.unstorable(&e).await,
+            }
+        }
+        let mut result = self
             .event(event_type::UP_RESULT, false)
             .result(e.code(), Some(desc.clone()))
             .with("messageId", self.message_id)
@@ -382,6 +507,12 @@ impl<'a> UpCtx<'a> {
                 "error",
                 serde_json::json!({"code": "upstream", "message": desc}),
             );
+        if let Some((why, id)) = dead {
+            result = result.with("reason", why);
+            if let Some(id) = id {
+                result = result.with("deadLetter", id);
+            }
+        }
         let commit = Commit {
             up_row: Some(self.outcome(
                 MessageStatus::Failed,
@@ -819,27 +950,48 @@ impl<'a> UpCtx<'a> {
     }
 }
 
-/// A message whose subject names no tenant and user: an error event on `P.error`, then ack.
-async fn refuse_unroutable(relay: &Relay, d: &Delivery<'_>) -> Disposition {
-    let ev = Event::new(event_type::ERROR, false)
-        .result(
-            "invalid_request",
-            Some(format!(
-                "subject {:?} is not P.cec.<tenant>.up.<user>",
-                d.subject
-            )),
-        )
-        .with("subject", d.subject)
-        .with(
-            "error",
-            serde_json::json!({"code": "invalid_request", "message": "unroutable subject"}),
-        );
-    let commit = Commit {
-        events: vec![event_record(kind::CEC, relay.subjects.error(), None, &ev)],
-        ..Default::default()
+/// A message whose subject names no routable tenant and user: a dead letter and an `error`
+/// event on `P.error`, then ack.
+async fn refuse_unroutable(relay: &Relay, d: &Delivery<'_>, why: String) -> Disposition {
+    tracing::warn!(subject = %excerpt(d.subject, 160), reason = %why, "Uplink message on an unroutable subject; refused");
+    let letter = d.received(None, None, None).letter(Why {
+        reason: "bad_subject",
+        error: format!("unroutable subject: {why}"),
+        attempts: 0,
+    });
+    let id = match crate::deadletter::record(&relay.store, &letter).await {
+        Ok(id) => id,
+        Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot store the dead letter of an unroutable uplink message");
+            None
+        }
     };
+    let commit = crate::deadletter::event_commit(&relay.subjects, &letter, id);
     match relay.commit(commit).await {
         Ok(_) => Disposition::Ack,
-        Err(_) => Disposition::Retry(Duration::from_secs(2)),
+        Err(e) if e.is_retryable() => Disposition::Retry(Duration::from_secs(2)),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot commit the refusal of an unroutable uplink message; it is terminated");
+            Disposition::Term
+        }
     }
+}
+
+/// A message that cannot be stored: its dead letter and its `error` event on `P.error`, as far
+/// as the database takes them (each is tried once), then [`Disposition::Term`].
+async fn terminate(relay: &Relay, letter: crate::store::DeadLetter) -> Disposition {
+    let id = match crate::deadletter::record(&relay.store, &letter).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot store the dead letter either");
+            crate::deadletter::logged(&letter, None);
+            None
+        }
+    };
+    let commit = crate::deadletter::event_commit(&relay.subjects, &letter, id);
+    if let Err(e) = relay.commit(commit).await {
+        tracing::error!(error = %e, "Cannot commit the error event of an unstorable message");
+    }
+    Disposition::Term
 }

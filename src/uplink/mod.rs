@@ -9,9 +9,14 @@
 //!
 //! A message is acknowledged only after its outcome is committed ([`handle`]); while it is being
 //! worked on (retries included) the worker tells JetStream it is in progress, so it is not
-//! redelivered behind its own back. On shutdown, unfinished messages are left unacknowledged
-//! (negative-acknowledged when possible) and come back at the next start.
+//! redelivered behind its own back. What cannot be done now (the database away) is tried again
+//! in place, not handed back to JetStream, so that a message's deliveries count restarts only and
+//! the consumer's `max_deliver` can be bounded (`nats.max_deliver`). A message that cannot be
+//! stored at all is terminated, its dead letter recorded ([`crate::deadletter`]). On shutdown,
+//! unfinished messages are left unacknowledged (negative-acknowledged when possible) and come
+//! back at the next start.
 
+pub mod advisory;
 pub mod handle;
 pub mod validate;
 
@@ -42,6 +47,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
     // Derived message ids must never repeat, even if the stream is deleted and recreated (its
     // sequence restarts): they carry the stream's creation time.
     let stamp = base36(stream_info.created.unix_timestamp().max(0) as u64);
+    tracker.spawn(advisory::run(relay.clone(), js.clone()));
     let workers = Workers {
         relay: relay.clone(),
         stamp: Arc::from(stamp.as_str()),
@@ -174,7 +180,7 @@ impl Workers {
     async fn process(&self, msg: &jetstream::Message) {
         // A JetStream message always has its metadata; should it not, a fresh random id keeps the
         // derived ids unique (losing only redelivery de-duplication for that message).
-        let (derived_id, seq) = match msg.info() {
+        let (derived_id, seq, received_at) = match msg.info() {
             Ok(i) => {
                 if i.delivered > 1 {
                     crate::instrument::redelivered(streams::CEC_UP_CONSUMER);
@@ -182,38 +188,66 @@ impl Workers {
                 (
                     format!("s{}-{}", self.stamp, i.stream_sequence),
                     i.stream_sequence,
+                    i.published,
                 )
             }
-            Err(_) => (uuid::Uuid::now_v7().simple().to_string(), 0),
+            Err(_) => (
+                uuid::Uuid::now_v7().simple().to_string(),
+                0,
+                time::OffsetDateTime::now_utc(),
+            ),
         };
-        let delivery = Delivery {
-            subject: msg.subject.as_str(),
-            payload: &msg.payload,
-            derived_id,
-            stream_seq: seq,
-        };
-        let work = handle::handle(&self.relay, delivery);
-        tokio::pin!(work);
         let mut beat = tokio::time::interval(self.heartbeat.max(Duration::from_millis(500)));
         beat.tick().await; // the first tick is immediate
         let disposition = loop {
-            tokio::select! {
-                d = &mut work => break d,
-                _ = beat.tick() => {
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %e, "Could not extend the ack deadline");
-                    }
+            let delivery = Delivery {
+                subject: msg.subject.as_str(),
+                payload: &msg.payload,
+                derived_id: derived_id.clone(),
+                stream_seq: seq,
+                received_at,
+            };
+            let work = handle::handle(&self.relay, delivery);
+            tokio::pin!(work);
+            let d = loop {
+                tokio::select! {
+                    d = &mut work => break d,
+                    _ = beat.tick() => progress(msg).await,
+                }
+            };
+            // Not now (the database away): again, in place, unless the relay is stopping.
+            let Disposition::Retry(delay) = d else {
+                break d;
+            };
+            if self.relay.cancel.is_cancelled() {
+                break d;
+            }
+            let wait = tokio::time::sleep(delay);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = self.relay.cancel.cancelled() => break,
+                    _ = beat.tick() => progress(msg).await,
                 }
             }
         };
         let sent = match disposition {
             Disposition::Ack => msg.ack().await,
             Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+            Disposition::Term => msg.ack_with(AckKind::Term).await,
         };
         if let Err(e) = sent {
             // Lost acks are harmless: the redelivered message finds its outcome committed.
             tracing::debug!(error = %e, "Could not send the ack");
         }
+    }
+}
+
+/// Tells JetStream the message is still being worked on.
+pub(crate) async fn progress(msg: &jetstream::Message) {
+    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+        tracing::debug!(error = %e, "Could not extend the ack deadline");
     }
 }
 

@@ -12,6 +12,7 @@ mod harness_smoke;
 mod logs;
 mod media;
 mod outage;
+mod poison;
 mod result_codes;
 mod rpc;
 mod support;

@@ -45,6 +45,7 @@ fn rig_with(store: DynStore, fake: Arc<FakeTim>, limiter: u32, idle: Duration) -
                 outbox: OutboxSignal::default(),
                 subjects: Subjects::new("ccrelay"),
                 cancel: cancel.clone(),
+                budget: Default::default(),
             },
             idle_timeout: idle,
         },
