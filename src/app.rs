@@ -136,7 +136,7 @@ impl App {
             nats: nats.clone(),
             streams_ready,
         })
-        .merge(timlink::callback::router(tim.clone()));
+        .merge(timlink::callback::router(tim.clone(), nats.clone()));
         {
             let c = http_cancel.clone();
             http_tracker.spawn(async move {

@@ -13,6 +13,7 @@ mod media;
 mod outage;
 mod result_codes;
 mod rpc;
+mod security;
 mod support;
 mod tim;
 mod upstream_faults;
