@@ -478,7 +478,9 @@ async fn callbacks_fail_closed_without_a_token_ahead_of_time_or_too_large() {
     let mut w =
         crate::support::app::Watcher::new(&t.js, &format!("{}.error", crate::support::app::PREFIX))
             .await;
-    let big = c2c("u6", "@RBT#bot", &"x".repeat(1024 * 1024));
+    // About 1 MiB: under the HTTP server's own 2 MiB limit, over what NATS takes.
+    let mut big = c2c("u6", "@RBT#bot", "big");
+    big["MsgBody"][0]["MsgContent"]["Text"] = json!("x".repeat(1024 * 1024));
     let (too_large, b) = post_callback(
         &url,
         "Bot.OnC2CMessage",

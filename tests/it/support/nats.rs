@@ -74,12 +74,15 @@ pub async fn nats_with_config(conf: &str, env: &[(&str, &str)]) -> ConfiguredNat
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap();
+    // A unique name, so that the readiness check knows it reached this server and not another
+    // that took the port first.
+    let name = format!("ccrelay-conf-{:016x}", rand::random::<u64>());
     let path = dir.path().join("nats-server.conf");
     let store = dir.path().join("js");
     std::fs::write(
         &path,
         format!(
-            "host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: {:?} }}\n{conf}\n",
+            "host: 127.0.0.1\nport: {port}\nserver_name: {name}\njetstream {{ store_dir: {:?} }}\n{conf}\n",
             store.display().to_string()
         ),
     )
@@ -117,4 +120,24 @@ pub async fn nats_with_config(conf: &str, env: &[(&str, &str)]) -> ConfiguredNat
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the server on 127.0.0.1:`port` greets with an `INFO` naming `name`.
+async fn greets_as(port: u16, name: &str) -> bool {
+    use tokio::io::AsyncBufReadExt;
+    let greeting = async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .ok()?;
+        Some(line)
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), greeting).await,
+        Ok(Some(line)) if line.starts_with("INFO ") && line.contains(&format!("\"server_name\":\"{name}\""))
+    )
 }
