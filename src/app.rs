@@ -138,7 +138,7 @@ impl App {
             streams_ready,
             outbox: outbox_health.clone(),
         })
-        .merge(timlink::callback::router(tim.clone()));
+        .merge(timlink::callback::router(tim.clone(), nats.clone()));
         {
             let c = http_cancel.clone();
             http_tracker.spawn(async move {

@@ -60,6 +60,7 @@ pub struct Config {
     pub nats: NatsConfig,
     pub http: HttpConfig,
     pub relay: RelayConfig,
+    pub rpc: RpcConfig,
     pub cec: Vec<CecTenant>,
     pub tim: Vec<TimApp>,
 }
@@ -237,6 +238,28 @@ impl Default for RelayConfig {
     }
 }
 
+/// `[rpc]`: request-reply on `P.cec.<t>.rpc.<op>` and `P.rpc.<op>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcConfig {
+    /// Replies go only to reply subjects that start with one of these; a request with any other
+    /// reply subject is dropped (logged and counted), so no caller can make the relay publish on
+    /// a subject of its choosing. Each ends with `.`.
+    pub inbox_prefixes: Vec<String>,
+    /// At most this many requests worked on at once per tenant (and as many for the relay-wide
+    /// ones together); a request beyond it is answered `unavailable` at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            inbox_prefixes: vec!["_INBOX.".to_owned()],
+            max_concurrent: 64,
+        }
+    }
+}
+
 /// One `[[cec]]` tenant: a Huawei CEC account.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -347,12 +370,16 @@ pub struct TimApp {
     pub secret_key_file: Option<PathBuf>,
     #[serde(default = "default_admin")]
     pub admin_identifier: String,
-    /// Checks the `Sign` of inbound callbacks (`sha256(token + RequestTime)`); without it,
-    /// callbacks are accepted unsigned.
+    /// Checks the `Sign` of inbound callbacks (`sha256(token + RequestTime)`). Without it,
+    /// callbacks are refused unless `allow_unsigned_callbacks` is set.
     #[serde(default)]
     pub callback_token: Option<SecretString>,
     #[serde(default)]
     pub callback_token_file: Option<PathBuf>,
+    /// Accept callbacks without a signature when no `callback_token` is set (a test set-up, or
+    /// a relay reachable only from Tencent's addresses); warned about at start.
+    #[serde(default)]
+    pub allow_unsigned_callbacks: bool,
     /// REST calls per second for this app, shared by all its sends and streams.
     #[serde(default = "default_rate_limit")]
     pub rate_limit: u32,
@@ -527,6 +554,19 @@ impl Config {
                 "must be -1 (unlimited) or a size in bytes",
             ));
         }
+        if self.rpc.inbox_prefixes.is_empty() {
+            return Err(invalid(
+                "rpc.inbox_prefixes",
+                "must name at least one prefix (the default is [\"_INBOX.\"])",
+            ));
+        }
+        for p in &self.rpc.inbox_prefixes {
+            check_inbox_prefix(p, &self.nats.prefix)
+                .map_err(|r| invalid("rpc.inbox_prefixes", r))?;
+        }
+        if self.rpc.max_concurrent == 0 {
+            return Err(invalid("rpc.max_concurrent", "must be at least 1"));
+        }
         if let Some(b) = &self.nats.files_bucket
             && (b.is_empty()
                 || !b
@@ -609,6 +649,16 @@ impl Config {
                     "missing: set secret_key or secret_key_file",
                 ));
             }
+            if a.callback_token
+                .as_ref()
+                .is_some_and(|s| s.expose_secret().trim().is_empty())
+            {
+                return Err(invalid(
+                    k("callback_token"),
+                    "is empty: anyone could sign with it; set the app's token, or remove it \
+                     and set allow_unsigned_callbacks = true",
+                ));
+            }
             if a.rate_limit == 0 {
                 return Err(invalid(k("rate_limit"), "must be at least 1"));
             }
@@ -662,6 +712,33 @@ fn check_prefix(p: &str) -> Result<(), String> {
     for part in p.split('.') {
         check_name(part)
             .map_err(|e| format!("{p:?}: each part {e}; use [A-Za-z0-9_-] and dots"))?;
+    }
+    Ok(())
+}
+
+/// A reply-subject prefix: subject tokens ending with `.`, not the relay's own subjects and not
+/// the server's (`$JS.…`, `$SYS.…`).
+fn check_inbox_prefix(p: &str, relay_prefix: &str) -> Result<(), String> {
+    let Some(body) = p.strip_suffix('.') else {
+        return Err(format!("{p:?} must end with \".\" (e.g. \"_INBOX.\")"));
+    };
+    if p.len() > 128 {
+        return Err(format!("{p:?} is longer than 128 bytes"));
+    }
+    for part in body.split('.') {
+        crate::bus::subjects::check_token(part)
+            .map_err(|e| format!("{p:?}: a part {e}; use dot-separated subject tokens"))?;
+    }
+    if p.starts_with('$') {
+        return Err(format!(
+            "{p:?}: subjects starting with $ belong to the server (JetStream, system)"
+        ));
+    }
+    let own = format!("{relay_prefix}.");
+    if p.starts_with(&own) || own.starts_with(p) {
+        return Err(format!(
+            "{p:?} overlaps the relay's own subjects ({relay_prefix}.>)"
+        ));
     }
     Ok(())
 }
@@ -840,6 +917,57 @@ mod tests {
     }
 
     #[test]
+    fn inbox_prefixes_are_subject_prefixes_apart_from_the_relays_own() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.rpc.inbox_prefixes, ["_INBOX."]);
+        assert_eq!(c.rpc.max_concurrent, 64);
+        let with = |p: &str| format!("{MINIMAL}\n[rpc]\ninbox_prefixes = [{p}]\n");
+        assert!(load(&with(r#""_INBOX.", "_R_.", "_INBOX_acme.""#), &[]).is_ok());
+        for (bad, why) in [
+            (r#""_INBOX""#, "must end with"),
+            (r#""_IN BOX.""#, "subject tokens"),
+            (r#""_INBOX..""#, "subject tokens"),
+            (r#""_INBOX.*.""#, "subject tokens"),
+            (r#""$JS.API.""#, "belong to the server"),
+            (r#""ccrelay.""#, "overlaps"),
+            (r#""ccrelay.cec.""#, "overlaps"),
+            ("", "at least one"),
+        ] {
+            let e = load(&with(bad), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("rpc.inbox_prefixes") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        let e = load(&format!("{MINIMAL}\n[rpc]\nmax_concurrent = 0\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("rpc.max_concurrent"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_callback_token_is_refused() {
+        let app = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[[tim]]\nname = \"shop\"\nsdkappid = 1400000000\nsecret_key = \"k\"\n{extra}\n"
+            )
+        };
+        let c = load(&app(""), &[]).unwrap();
+        assert!(c.tim[0].callback_token.is_none() && !c.tim[0].allow_unsigned_callbacks);
+        assert!(
+            load(&app("allow_unsigned_callbacks = true"), &[])
+                .unwrap()
+                .tim[0]
+                .allow_unsigned_callbacks
+        );
+        let e = load(&app("callback_token = \" \""), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tim[0].callback_token") && e.contains("empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_example_file_parses() {
         let text = include_str!("../config/ccrelay.example.toml");
         let c = Config::from_toml(text).unwrap();
@@ -868,11 +996,12 @@ mod tests {
     fn every_key_is_in_the_readme_table_and_the_example_file() {
         let readme = include_str!("../README.md");
         let example = include_str!("../config/ccrelay.example.toml");
-        let sections: [(&str, Vec<String>); 6] = [
+        let sections: [(&str, Vec<String>); 7] = [
             ("[store]", fields_of::<StoreConfig>()),
             ("[nats]", fields_of::<NatsConfig>()),
             ("[http]", fields_of::<HttpConfig>()),
             ("[relay]", fields_of::<RelayConfig>()),
+            ("[rpc]", fields_of::<RpcConfig>()),
             ("[[cec]]", fields_of::<CecTenant>()),
             ("[[tim]]", fields_of::<TimApp>()),
         ];

@@ -29,6 +29,8 @@
 //! | `ccrelay_store_errors_total` | counter | `retryable` |
 //! | `ccrelay_store_batches_total` | counter | (transactions of group commit) |
 //! | `ccrelay_store_writes_total` | counter | (writes in them; ÷ batches = mean batch size) |
+//! | `ccrelay_callbacks_refused_total` | counter | `app` (empty for an unknown one), `reason` (`unsigned`, `sign`, `time`, `too_large`, `unknown_app`) |
+//! | `ccrelay_rpc_refused_total` | counter | `tenant` (empty for relay-wide or unknown), `reason` (`reply_subject`, `busy`) |
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
@@ -281,4 +283,16 @@ pub fn store_commit(took: Duration, error: Option<bool>) {
 pub fn store_batch(writes: usize) {
     counter!("ccrelay_store_batches_total").increment(1);
     counter!("ccrelay_store_writes_total").increment(writes as u64);
+}
+
+/// A Tencent callback refused before anything of it was stored.
+pub fn callback_refused(app: &str, reason: &'static str) {
+    counter!("ccrelay_callbacks_refused_total", "app" => app.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// An RPC request dropped (`reply_subject`) or answered `unavailable` at once (`busy`).
+pub fn rpc_refused(tenant: &str, reason: &'static str) {
+    counter!("ccrelay_rpc_refused_total", "tenant" => tenant.to_owned(), "reason" => reason)
+        .increment(1);
 }

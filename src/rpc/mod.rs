@@ -4,7 +4,16 @@
 //! answer plus `"ok"`, or `{"ok": false, "error": {"code", "message"}}` for a request the relay
 //! refuses (`invalid_request`, `unknown_tenant`, `upstream`, `unavailable`, `timeout`).
 //!
-//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health` ([`relay_wide`]).
+//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health` ([`relay_wide`]). The
+//! reads about a tenant's customers are also served tenant-scoped, as
+//! `P.cec.<t>.rpc.sessions.list` and `P.cec.<t>.rpc.transcript.get`, the tenant taken from the
+//! subject, so that NATS permissions on subjects can confine a service to its tenant.
+//!
+//! Replies go only to reply subjects under one of `rpc.inbox_prefixes` ([`reply_allowed`]): a
+//! request naming any other (`P.cec.acme.up.bob`, `$JS.API.…`) is dropped, logged and counted,
+//! so a caller cannot make the relay publish where it chooses. At most `rpc.max_concurrent`
+//! requests are worked on at once per tenant (and as many relay-wide); one more is answered
+//! `unavailable` at once.
 //!
 //! Ops served here: `queueInfo`, `phrases`, `upload`, `download`, `clickToCall.support`,
 //! `clickToCall.create`, `clickToCall.events`, `clickToCall.drop`, `mobileAgentCall`, and — stored,
@@ -15,10 +24,15 @@ mod ops;
 mod relay_wide;
 mod stored;
 
+pub use ops::{Body, own_user_field};
+pub use relay_wide::{PAGE_DEFAULT, PAGE_MAX};
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 use crate::bus::payload::{ErrorBody, ErrorReply};
 use crate::cec::CecError;
@@ -26,6 +40,27 @@ use crate::relay::Relay;
 
 /// Queue group of the RPC subscription.
 pub const QUEUE_GROUP: &str = "ccrelay";
+/// The longest reply subject answered (an inbox is ~50 bytes; a long one would take room in the
+/// relay's protocol line that the server bounds).
+pub const MAX_REPLY_LEN: usize = 256;
+
+/// Whether a reply may be published on `reply`: one of `prefixes` (each ending with `.`)
+/// followed by one or more subject tokens, no wildcard, at most [`MAX_REPLY_LEN`] bytes.
+pub fn reply_allowed(prefixes: &[String], reply: &str) -> bool {
+    reply.len() <= MAX_REPLY_LEN
+        && prefixes.iter().any(|p| {
+            reply.strip_prefix(p.as_str()).is_some_and(|rest| {
+                rest.split('.')
+                    .all(|t| crate::bus::subjects::check_token(t).is_ok())
+            })
+        })
+}
+
+/// The tenant a request subject names: `<t>` of `P.cec.<t>.rpc.<op>`.
+fn subject_tenant<'s>(prefix: &str, subject: &'s str) -> Option<&'s str> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix(".cec.")?;
+    rest.split_once(".rpc.").map(|(t, _)| t)
+}
 
 /// Why a request gets an error reply.
 #[derive(Debug)]
@@ -108,6 +143,14 @@ pub async fn run(relay: Arc<Relay>, nats: async_nats::Client) {
         }
     };
     let tracker = tokio_util::task::TaskTracker::new();
+    let limit = relay.config.rpc.max_concurrent;
+    // One bucket per tenant; the relay-wide requests and those naming no tenant share one more.
+    let per_tenant: HashMap<String, Arc<Semaphore>> = relay
+        .tenants
+        .keys()
+        .map(|t| (t.clone(), Arc::new(Semaphore::new(limit))))
+        .collect();
+    let shared = Arc::new(Semaphore::new(limit));
     loop {
         let msg = tokio::select! {
             _ = relay.cancel.cancelled() => break,
@@ -117,10 +160,39 @@ pub async fn run(relay: Arc<Relay>, nats: async_nats::Client) {
             tracing::debug!(subject = %msg.subject, "RPC request without a reply subject ignored");
             continue;
         };
+        let tenant = subject_tenant(relay.subjects.prefix(), &msg.subject)
+            .filter(|t| per_tenant.contains_key(*t))
+            .unwrap_or_default();
+        if !reply_allowed(&relay.config.rpc.inbox_prefixes, &reply_to) {
+            let shown: String = reply_to.chars().take(80).collect();
+            tracing::warn!(subject = %msg.subject, reply = %shown, allowed = ?relay.config.rpc.inbox_prefixes,
+                "RPC request dropped: its reply subject is not under an inbox prefix");
+            crate::instrument::rpc_refused(tenant, "reply_subject");
+            continue;
+        }
+        let bucket = per_tenant.get(tenant).unwrap_or(&shared);
+        let Ok(permit) = bucket.clone().try_acquire_owned() else {
+            crate::instrument::rpc_refused(tenant, "busy");
+            tracing::debug!(subject = %msg.subject, limit, "RPC request refused: too many in progress");
+            let who = if tenant.is_empty() {
+                "relay-wide".to_owned()
+            } else {
+                format!("of tenant {tenant}")
+            };
+            let e = RpcError::Unavailable(format!(
+                "{limit} requests {who} are in progress (rpc.max_concurrent); retry later"
+            ));
+            let body = serde_json::to_vec(&e.reply()).unwrap_or_default();
+            if let Err(e) = nats.publish(reply_to, body.into()).await {
+                tracing::warn!(error = %e, "Cannot send an RPC reply");
+            }
+            continue;
+        };
         let relay = relay.clone();
         let nats = nats.clone();
         tracker.spawn(async move {
             let body = handle(&relay, msg.subject.as_str(), &msg.payload).await;
+            drop(permit);
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             if let Err(e) = nats.publish(reply_to, bytes.into()).await {
                 tracing::warn!(error = %e, "Cannot send an RPC reply");
@@ -162,5 +234,73 @@ async fn dispatch(relay: &Relay, subject: &str, payload: &[u8]) -> Result<Value,
     let tenant = relay
         .tenant(tenant_name)
         .ok_or_else(|| RpcError::UnknownTenant(tenant_name.to_owned()))?;
+    if relay_wide::TENANT_SCOPED.contains(&op) {
+        return relay_wide::call_scoped(relay, tenant_name, op, &ops::Body::parse(payload)?).await;
+    }
     ops::call(relay, tenant, op, ops::Body::parse(payload)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbox() -> Vec<String> {
+        vec!["_INBOX.".to_owned(), "_R_.".to_owned()]
+    }
+
+    #[test]
+    fn replies_go_to_inboxes_only() {
+        for ok in [
+            "_INBOX.abc",
+            "_INBOX.abc.7",
+            "_R_.x.y",
+            "_INBOX.acme.nuid.1",
+        ] {
+            assert!(reply_allowed(&inbox(), ok), "{ok}");
+        }
+        for bad in [
+            "ccrelay.cec.acme.up.bob",
+            "$JS.API.STREAM.DELETE.CCRELAY_OUT",
+            "_INBOX.",
+            "_INBOX",
+            "_INBOXES.x",
+            "_INBOX..x",
+            "_INBOX.*",
+            "_INBOX.>",
+            "_INBOX.a b",
+            "x._INBOX.a",
+            "",
+        ] {
+            assert!(!reply_allowed(&inbox(), bad), "{bad}");
+        }
+        let long = format!("_INBOX.{}", "a".repeat(MAX_REPLY_LEN));
+        assert!(!reply_allowed(&inbox(), &long));
+    }
+
+    #[test]
+    fn the_tenant_comes_from_the_subject() {
+        assert_eq!(
+            subject_tenant("P", "P.cec.acme.rpc.queueInfo"),
+            Some("acme")
+        );
+        assert_eq!(
+            subject_tenant("P", "P.cec.acme.rpc.transcript.get"),
+            Some("acme")
+        );
+        assert_eq!(subject_tenant("P", "P.rpc.transcript.get"), None);
+        assert_eq!(subject_tenant("P", "Q.cec.acme.rpc.x"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the reply subject, an allowed one starts with an inbox prefix and has no
+        /// wildcard, space or empty token.
+        #[test]
+        fn an_allowed_reply_is_an_inbox(reply in "[_A-Za-z.*> $]{0,40}") {
+            if reply_allowed(&inbox(), &reply) {
+                proptest::prop_assert!(reply.starts_with("_INBOX.") || reply.starts_with("_R_."));
+                proptest::prop_assert!(!reply.contains(['*', '>', ' ']) && !reply.contains(".."));
+                proptest::prop_assert!(!reply.ends_with('.'));
+            }
+        }
+    }
 }

@@ -1,5 +1,9 @@
 //! The RPC operations: read the request, check it against the documented limits, call CEC, and
 //! shape the reply.
+//!
+//! An op that needs a customer's `ccmessaging-token` names the customer by `userId` or by its
+//! endpoint's own user field when it has one ([`own_user_field`]: `from` of `send` and
+//! `robotFeedback`, `callId` of `leaveMessage`); both may be given when they agree.
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -134,10 +138,12 @@ pub(super) async fn call(
 /// when order matters.
 async fn send(relay: &crate::relay::Relay, tenant: &Tenant, b: Body) -> Result<Value, RpcError> {
     use crate::uplink::handle::{Delivery, Disposition, handle};
-    let user = b.user()?;
+    let user = b.customer("send")?;
     let mut up = b.0;
     if let Some(m) = up.as_object_mut() {
+        // The relay fills in `from` itself, as for a message on `P.cec.<t>.up.<u>`.
         m.remove("userId");
+        m.remove("from");
     }
     let message_id = match up.get("messageId") {
         Some(Value::String(id)) => id.clone(),
@@ -207,12 +213,22 @@ pub(super) fn reply<T: Serialize>(rsp: &T, ok: Option<bool>) -> Result<Value, Rp
     Ok(v)
 }
 
+/// The field of `op`'s documented upstream body that names the customer, when it is not
+/// `userId`: the contract lets a request name the customer by it instead.
+pub fn own_user_field(op: &str) -> Option<&'static str> {
+    match op {
+        "send" | "robotFeedback" => Some("from"),
+        "leaveMessage" => Some("callId"),
+        _ => None,
+    }
+}
+
 /// Typed reads of a request body, each refusal naming the field.
-pub(super) struct Body(Value);
+pub struct Body(Value);
 
 impl Body {
     /// A request body: a JSON object (an empty payload is `{}`).
-    pub(super) fn parse(payload: &[u8]) -> Result<Body, RpcError> {
+    pub fn parse(payload: &[u8]) -> Result<Body, RpcError> {
         let body: Value = if payload.is_empty() {
             Value::Object(Map::new())
         } else {
@@ -266,6 +282,27 @@ impl Body {
         Ok(u)
     }
 
+    /// The customer `op` acts for: `userId`, or the op's own user field ([`own_user_field`]);
+    /// both when they name the same customer. Checked like a send's `from`.
+    pub fn customer(&self, op: &str) -> Result<String, RpcError> {
+        let Some(own) = own_user_field(op) else {
+            return self.user();
+        };
+        let u = match (self.opt_str("userId")?, self.opt_str(own)?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(RpcError::Invalid(format!(
+                    "userId and {own} name different customers ({a:?}, {b:?}); give one of them"
+                )));
+            }
+            (Some(u), _) | (None, Some(u)) => u,
+            (None, None) => {
+                return Err(RpcError::Invalid(format!("userId: is required (or {own})")));
+            }
+        };
+        check_user_id(&u).map_err(|r| RpcError::Invalid(r.to_string()))?;
+        Ok(u)
+    }
+
     pub(super) fn file_type(&self, field: &str) -> Result<String, RpcError> {
         let t = self.str(field)?.to_ascii_lowercase();
         if !FILE_TYPES.contains(&t.as_str()) {
@@ -274,5 +311,81 @@ impl Body {
             )));
         }
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(op: &str, body: &str) -> Result<String, String> {
+        Body::parse(body.as_bytes())
+            .and_then(|b| b.customer(op))
+            .map_err(|e| match e {
+                RpcError::Invalid(m) => m,
+                other => format!("{other:?}"),
+            })
+    }
+
+    #[test]
+    fn an_op_names_its_customer_by_user_id_or_its_own_field() {
+        // The documented bodies.
+        assert_eq!(
+            customer(
+                "leaveMessage",
+                r#"{"callId":"c1","caller":"138","leaveMessage":"x"}"#
+            ),
+            Ok("c1".into())
+        );
+        assert_eq!(
+            customer(
+                "robotFeedback",
+                r#"{"from":"f1","feedback":1,"interIdx":"1"}"#
+            ),
+            Ok("f1".into())
+        );
+        assert_eq!(
+            customer("send", r#"{"from":"s1","content":"hi"}"#),
+            Ok("s1".into())
+        );
+        // userId everywhere; both when they agree.
+        for op in [
+            "leaveMessage",
+            "robotFeedback",
+            "send",
+            "queueInfo",
+            "phrases",
+        ] {
+            assert_eq!(customer(op, r#"{"userId":"u1"}"#), Ok("u1".into()), "{op}");
+        }
+        assert_eq!(
+            customer("leaveMessage", r#"{"userId":"u1","callId":"u1"}"#),
+            Ok("u1".into())
+        );
+        let e = customer("leaveMessage", r#"{"userId":"u1","callId":"u2"}"#).unwrap_err();
+        assert!(e.contains("different customers"), "{e}");
+        assert_eq!(
+            customer("leaveMessage", "{}"),
+            Err("userId: is required (or callId)".into())
+        );
+        // An op whose body has no user field of its own: userId only.
+        assert_eq!(
+            customer("phrases", r#"{"from":"f1"}"#),
+            Err("userId: is required".into())
+        );
+        // The customer is checked as a subject token, whichever field named them.
+        let e = customer("leaveMessage", r#"{"callId":"a.b"}"#).unwrap_err();
+        assert!(e.starts_with("userId"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_gives_a_routable_customer_or_a_refusal(body in "\\{(\"(userId|from|callId)\":\"[a-z.* ]{0,30}\",?){0,3}\\}") {
+            for op in ["leaveMessage", "robotFeedback", "send", "queueInfo"] {
+                if let Ok(Ok(u)) = Body::parse(body.as_bytes()).map(|b| b.customer(op)) {
+                    proptest::prop_assert!(crate::uplink::validate::check_user_id(&u).is_ok());
+                }
+            }
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! Relay-wide request-reply on `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health`.
-//! Read-only views of the store; tokens never leave it.
+//! Relay-wide request-reply on `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health`, and
+//! the first two tenant-scoped on `P.cec.<t>.rpc.<op>` ([`call_scoped`]). Read-only views of the
+//! store; tokens never leave it. `transcript.get` is paged: at most `limit` rows (default
+//! [`PAGE_DEFAULT`], at most [`PAGE_MAX`]) after the row whose `relayId` is `after`, and `next`,
+//! the cursor of the next page, while there is one.
 
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
@@ -9,10 +12,49 @@ use super::ops::Body;
 use crate::relay::Relay;
 use crate::store::{MessageRow, Session, SessionState, kind};
 
+/// The ops also served on `P.cec.<t>.rpc.<op>`.
+pub(super) const TENANT_SCOPED: &[&str] = &["sessions.list", "transcript.get"];
+/// `transcript.get`: rows per page without `limit`.
+pub const PAGE_DEFAULT: i64 = 100;
+/// `transcript.get`: the largest `limit`.
+pub const PAGE_MAX: i64 = 1000;
+
 pub(super) async fn call(relay: &Relay, op: &str, b: &Body) -> Result<Value, RpcError> {
+    read(relay, op, b, None).await
+}
+
+/// `sessions.list` and `transcript.get` of `tenant` (from the subject): a body naming another
+/// tenant, or a `kind` other than `cec`, is refused.
+pub(super) async fn call_scoped(
+    relay: &Relay,
+    tenant: &str,
+    op: &str,
+    b: &Body,
+) -> Result<Value, RpcError> {
+    if let Some(t) = b.opt_str("tenant")?
+        && t != tenant
+    {
+        return Err(RpcError::Invalid(format!(
+            "tenant: {t:?} is not the tenant of this subject ({tenant:?}); leave it out"
+        )));
+    }
+    if let Some(k) = b.opt_str("kind")?
+        && k != kind::CEC
+    {
+        return Err(RpcError::Invalid(format!(
+            "kind: {k:?}; P.cec.<t>.rpc.{op} reads CEC conversations only"
+        )));
+    }
+    read(relay, op, b, Some(tenant)).await
+}
+
+async fn read(relay: &Relay, op: &str, b: &Body, scope: Option<&str>) -> Result<Value, RpcError> {
     match op {
         "sessions.list" => {
-            let tenant = b.opt_str("tenant")?;
+            let tenant = match scope {
+                Some(t) => Some(t.to_owned()),
+                None => b.opt_str("tenant")?,
+            };
             let state = match b.opt_str("state")?.as_deref() {
                 None => None,
                 Some(s) => Some(SessionState::parse(s).map_err(|_| {
@@ -32,23 +74,43 @@ pub(super) async fn call(relay: &Relay, op: &str, b: &Body) -> Result<Value, Rpc
                 .list_sessions(tenant.as_deref(), state, limit)
                 .await
                 .map_err(unavailable)?;
-            Ok(
-                json!({"ok": true, "sessions": sessions.iter().map(session_json).collect::<Vec<_>>()}),
-            )
+            let sessions = sessions
+                .iter()
+                .filter(|s| scope.is_none() || s.kind == kind::CEC)
+                .map(session_json)
+                .collect::<Vec<_>>();
+            Ok(json!({"ok": true, "sessions": sessions}))
         }
         "transcript.get" => {
-            let tenant = b.str("tenant")?;
+            let tenant = match scope {
+                Some(t) => t.to_owned(),
+                None => b.str("tenant")?,
+            };
             let user = b.str("userId")?;
             let k = b.opt_str("kind")?.unwrap_or_else(|| kind::CEC.to_owned());
-            let rows = relay
+            let limit = page_limit(b)?;
+            let after = b.opt_str("after")?;
+            let mut rows = relay
                 .store
-                .transcript(&k, &tenant, &user)
+                .transcript_page(&k, &tenant, &user, after.as_deref(), limit + 1)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+                .ok_or_else(|| {
+                    RpcError::Invalid(format!(
+                        "after: {:?} is not the relayId of a message of this transcript",
+                        after.as_deref().unwrap_or_default()
+                    ))
+                })?;
+            // One row more than asked for tells whether there is a next page.
+            let more = rows.len() as i64 > limit;
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
             let mut reply =
                 json!({"ok": true, "messages": rows.iter().map(message_json).collect::<Vec<_>>()});
-            if k == kind::TIM {
-                // Tencent robot streams: one entry each, with the assembled text.
+            if more && let Some(last) = rows.last() {
+                reply["next"] = Value::String(last.relay_id.clone());
+            }
+            if k == kind::TIM && after.is_none() {
+                // Tencent robot streams, on the first page: one entry each, with the assembled text.
                 let streams = relay
                     .store
                     .tim_streams(&tenant, &user)
@@ -74,6 +136,18 @@ pub(super) async fn call(relay: &Relay, op: &str, b: &Body) -> Result<Value, Rpc
             )
         }
         other => Err(RpcError::UnknownOp(other.to_owned())),
+    }
+}
+
+/// `limit` of a page: 1 to [`PAGE_MAX`], [`PAGE_DEFAULT`] without it.
+fn page_limit(b: &Body) -> Result<i64, RpcError> {
+    match b.opt_str("limit")? {
+        None => Ok(PAGE_DEFAULT),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| RpcError::Invalid(format!("limit: must be 1 to {PAGE_MAX}"))),
     }
 }
 

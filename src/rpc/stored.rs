@@ -66,11 +66,7 @@ pub(super) async fn satisfaction(relay: &Relay, t: &Tenant, b: &Body) -> Result<
 
 pub(super) async fn robot_feedback(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
     // The document names the customer `from`; `userId` is accepted as everywhere else.
-    let user = match b.opt_str("from")? {
-        Some(f) => f,
-        None => b.user()?,
-    };
-    crate::uplink::validate::check_user_id(&user).map_err(|r| RpcError::Invalid(r.to_string()))?;
+    let user = b.customer("robotFeedback")?;
     let feedback = match b.opt_str("feedback")?.as_deref() {
         Some("1") => 1,
         Some("0") => 0,
@@ -123,16 +119,15 @@ pub(super) async fn robot_feedback(relay: &Relay, t: &Tenant, b: &Body) -> Resul
 }
 
 pub(super) async fn leave_message(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
-    let user = b.user()?;
+    // `callId` is documented as "用户ID", the customer's id: `userId` or `callId` names them.
+    let user = b.customer("leaveMessage")?;
     let caller = b.bounded("caller", 1, 64)?;
     let message = b.str("leaveMessage")?;
     if message.trim().is_empty() {
         return Err(RpcError::Invalid("leaveMessage: must not be empty".into()));
     }
-    // `callId` is documented as "用户ID", the customer's id: it defaults to userId.
-    let call_id = b.opt_str("callId")?.unwrap_or_else(|| user.clone());
     let req = LeaveMessageRequest {
-        call_id,
+        call_id: user.clone(),
         caller: caller.clone(),
         leave_message: message.clone(),
         channel: CHANNEL_WEB.to_owned(),

@@ -370,6 +370,19 @@ impl Store for GroupCommit {
         self.inner.transcript(kind, tenant, user_id).await
     }
 
+    async fn transcript_page(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Option<Vec<MessageRow>>> {
+        self.inner
+            .transcript_page(kind, tenant, user_id, after, limit)
+            .await
+    }
+
     async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>> {
         self.inner.messages_page(page).await
     }

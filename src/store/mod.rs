@@ -902,6 +902,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// A user's transcript, both directions, oldest first.
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>>;
+    /// A page of [`Store::transcript`]: at most `limit` rows, in the same order, after the row
+    /// whose relay id is `after` (from the first row without it). `None` when `after` names no
+    /// row of this transcript.
+    async fn transcript_page(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Option<Vec<MessageRow>>>;
     /// A page of transcript rows by time, for exports and replays ([`MessagePage`]).
     async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>>;
     /// Events of a user, oldest first.

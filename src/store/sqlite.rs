@@ -671,6 +671,51 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn transcript_page(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Option<Vec<MessageRow>>> {
+        if let Some(after) = after {
+            let known = sqlx::query(
+                "SELECT 1 FROM messages WHERE relay_id = ?1 AND kind = ?2 AND tenant = ?3 AND user_id = ?4",
+            )
+            .bind(after.to_owned())
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+            if known.is_none() {
+                return Ok(None);
+            }
+        }
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 \
+               AND (?4 IS NULL OR (created_at, id) > \
+                    (SELECT created_at, id FROM messages WHERE relay_id = ?4)) \
+             ORDER BY created_at, id LIMIT ?5"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .bind(after.map(str::to_owned))
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \

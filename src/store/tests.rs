@@ -190,6 +190,7 @@ contract_tests!(
     offline_messages_are_deduplicated_by_message_id,
     text_with_nul_characters_is_stored,
     messages_pages_cover_a_range_once_in_order,
+    transcript_pages_follow_the_transcript_order,
     a_held_down_holds_back_its_subject_until_its_file_is_finished,
     a_failed_file_releases_its_down_and_records_the_error,
     files_follow_their_downs_and_are_refused_without_one,
@@ -2636,6 +2637,52 @@ async fn text_with_nul_characters_is_stored(db: Db) {
 
 /// Export paging: every row of the range once, in (created_at, relay_id) order, even when more
 /// rows than a page share one timestamp; rows outside the range or of another tenant left out.
+async fn transcript_pages_follow_the_transcript_order(db: Db) {
+    let store = &db.store;
+    let mut records = Vec::new();
+    for i in 0..25 {
+        // Ties on created_at in the middle: insertion order breaks them, as in the transcript.
+        let t = if (10..15).contains(&i) {
+            at(100)
+        } else {
+            at(i)
+        };
+        records.push(down("pg", None, &format!("m{i}"), t));
+    }
+    records.push(down("other", None, "not theirs", at(3)));
+    store.commit(downs(records)).await.unwrap();
+    let whole = transcript(store, "pg").await;
+    assert_eq!(whole.len(), 25);
+    let mut after: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store
+            .transcript_page(kind::CEC, TENANT, "pg", after.as_deref(), 7)
+            .await
+            .unwrap()
+            .expect("a known cursor");
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = Some(last.relay_id.clone());
+        seen.extend(page);
+    }
+    let ids = |rows: &[MessageRow]| rows.iter().map(|r| r.relay_id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&seen),
+        ids(&whole),
+        "the pages are the transcript, once, in order"
+    );
+    // A cursor from another user's transcript, or none at all, names no row of this one.
+    let theirs = transcript(store, "other").await;
+    for bad in [theirs[0].relay_id.as_str(), "no-such-row"] {
+        let page = store
+            .transcript_page(kind::CEC, TENANT, "pg", Some(bad), 7)
+            .await
+            .unwrap();
+        assert!(page.is_none(), "{bad}");
+    }
+}
+
 async fn messages_pages_cover_a_range_once_in_order(db: Db) {
     let store = &db.store;
     let mut records = Vec::new();

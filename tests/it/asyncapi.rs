@@ -135,6 +135,8 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
         ("queueInfo", json!({"userId": "ann"})),
         ("satisfaction", json!({"userId": "ann", "evaluation": 9})),
         ("nosuch", json!({})),
+        ("sessions.list", json!({})),
+        ("transcript.get", json!({"userId": "ann", "limit": 1})),
     ] {
         let r = t.rpc(TENANT, op, &body).await;
         assert_valid("RpcReply", &r);

@@ -85,6 +85,8 @@ const OPS: &[&str] = &[
     "satisfaction",
     "robotFeedback",
     "leaveMessage",
+    "sessions.list",
+    "transcript.get",
 ];
 const RPC_FIELDS: &[&str] = &[
     "userId",
@@ -114,6 +116,7 @@ const RPC_FIELDS: &[&str] = &[
     "state",
     "limit",
     "kind",
+    "after",
     "unknown",
 ];
 const UP_FIELDS: &[&str] = &[

@@ -15,6 +15,7 @@ mod outage;
 mod poison;
 mod result_codes;
 mod rpc;
+mod security;
 mod support;
 mod tim;
 mod upstream_faults;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::support::app::*;
@@ -761,5 +762,412 @@ async fn every_operation_sends_the_documented_upstream_request() {
         (Some("13800000000"), "call me", "0")
     );
     assert_eq!(off[0].session_id, session_id);
+    t.stop().await;
+}
+
+/// `/metrics`, the value of the first line naming `metric` with every one of `labels`.
+async fn metric(t: &TestApp, metric: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", t.app().http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(metric) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_go_only_to_inboxes_and_work_is_bounded_per_tenant() {
+    let mut t = spawn_app_configured(ccrelay::sim::SimConfig::default(), None, |c, _| {
+        c.rpc.max_concurrent = 1;
+    })
+    .await;
+    // The relay answers (subscribed).
+    let r = rpc(&t, TENANT, "nosuch", b"{}").await;
+    assert_eq!(r["error"]["code"], "invalid_request");
+
+    // Requests naming a reply subject that is not an inbox: a customer's uplink subject, the
+    // JetStream API, any other subject. None gets anything published on it.
+    let mut evil = t.client.subscribe("evil.>").await.unwrap();
+    let mut up = t
+        .client
+        .subscribe(format!("{PREFIX}.cec.{TENANT}.up.>"))
+        .await
+        .unwrap();
+    for reply in [
+        format!("{PREFIX}.cec.{TENANT}.up.bob"),
+        format!("$JS.API.STREAM.DELETE.{}_OUT", PREFIX.to_uppercase()),
+        "evil.reply".to_owned(),
+    ] {
+        t.client
+            .publish_with_reply(
+                format!("{PREFIX}.cec.{TENANT}.rpc.clickToCall.support"),
+                reply,
+                br#"{"userId":"bob"}"#.to_vec().into(),
+            )
+            .await
+            .unwrap();
+    }
+    t.client.flush().await.unwrap();
+    let nothing = tokio::time::timeout(Duration::from_millis(1500), async {
+        tokio::select! { m = evil.next() => m, m = up.next() => m }
+    })
+    .await;
+    assert!(
+        nothing.is_err(),
+        "published on a caller's subject: {nothing:?}"
+    );
+    t.js.get_stream(format!("{}_OUT", PREFIX.to_uppercase()))
+        .await
+        .expect("the stream is still there");
+    assert!(
+        metric(
+            &t,
+            "ccrelay_rpc_refused_total",
+            &["reason=\"reply_subject\"", "tenant=\"acme\""]
+        )
+        .await
+            >= 3.0
+    );
+    // No request reached the upstream.
+    assert_eq!(
+        t.sim
+            .stats()
+            .calls(ccrelay::sim::Endpoint::CheckClickToCallSupport),
+        0
+    );
+
+    // One request of the tenant at a time: a second one is answered `unavailable` at once,
+    // while the relay-wide requests (their own bucket) are served.
+    t.sim.inject_fault(
+        ccrelay::sim::Fault::delay(
+            ccrelay::sim::Endpoint::QueryQueueInfo,
+            Duration::from_secs(2),
+        )
+        .times(1),
+    );
+    let slow = {
+        let c = t.client.clone();
+        tokio::spawn(async move {
+            c.request(
+                format!("{PREFIX}.cec.{TENANT}.rpc.queueInfo"),
+                br#"{"userId":"busy1"}"#.to_vec().into(),
+            )
+            .await
+            .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = rpc(&t, TENANT, "queueInfo", br#"{"userId":"busy2"}"#).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rpc.max_concurrent"),
+        "{r}"
+    );
+    let h = t
+        .client
+        .request(format!("{PREFIX}.rpc.health"), "{}".into())
+        .await
+        .unwrap();
+    let h: Value = serde_json::from_slice(&h.payload).unwrap();
+    assert_eq!(h["ok"], true, "{h}");
+    let first = slow.await.unwrap().unwrap();
+    assert!(
+        first.get("resultCode").is_some(),
+        "the slow one is answered: {first}"
+    );
+    let r = rpc(&t, TENANT, "queueInfo", br#"{"userId":"busy2"}"#).await;
+    assert!(r.get("resultCode").is_some(), "free again: {r}");
+    assert!(
+        metric(
+            &t,
+            "ccrelay_rpc_refused_total",
+            &["reason=\"busy\"", "tenant=\"acme\""]
+        )
+        .await
+            >= 1.0
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_scoped_reads_are_paged_and_confined_to_the_subject_tenant() {
+    let mut t = spawn_app().await;
+    let mut w = t.watch(TENANT, "pager").await;
+    t.up(
+        "pager",
+        json!({"controlType": "CONNECT", "messageId": "g0"}),
+    )
+    .await;
+    for i in 1..=4 {
+        t.up(
+            "pager",
+            json!({"content": format!("page {i}"), "messageId": format!("g{i}")}),
+        )
+        .await;
+    }
+    w.until(10, "the last message", is_result_for("g4")).await;
+    let store = t.app().relay().store.clone();
+    let before = store
+        .transcript("cec", TENANT, "pager")
+        .await
+        .unwrap()
+        .len();
+    assert!(before >= 5);
+
+    // Page by page, two rows each, through the tenant-scoped subject and `next`.
+    let mut seen: Vec<String> = Vec::new();
+    let mut body = json!({"userId": "pager", "limit": 2});
+    for _ in 0..100 {
+        let r = t.rpc(TENANT, "transcript.get", &body).await;
+        assert_eq!(r["ok"], true, "{r}");
+        let msgs = r["messages"].as_array().unwrap();
+        assert!(msgs.len() <= 2, "{r}");
+        seen.extend(
+            msgs.iter()
+                .map(|m| m["relayId"].as_str().unwrap().to_owned()),
+        );
+        match r.get("next") {
+            Some(next) => {
+                assert_eq!(next, msgs.last().unwrap()["relayId"].as_str().unwrap());
+                body["after"] = next.clone();
+            }
+            None => break,
+        }
+    }
+    let whole: Vec<String> = store
+        .transcript("cec", TENANT, "pager")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.relay_id)
+        .collect();
+    assert!(seen.len() >= before, "{} of {before}", seen.len());
+    assert_eq!(
+        seen[..],
+        whole[..seen.len()],
+        "the transcript, once, in order"
+    );
+
+    // The relay-wide form is paged the same way; without `limit`, a default page.
+    let wide = |body: Value| {
+        let c = t.client.clone();
+        async move {
+            let m = c
+                .request(
+                    format!("{PREFIX}.rpc.transcript.get"),
+                    serde_json::to_vec(&body).unwrap().into(),
+                )
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&m.payload).unwrap()
+        }
+    };
+    let r = wide(json!({"tenant": TENANT, "userId": "pager", "limit": 1})).await;
+    assert_eq!(r["messages"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["next"], r["messages"][0]["relayId"], "{r}");
+    let r = wide(json!({"tenant": TENANT, "userId": "pager"})).await;
+    assert!(r.get("next").is_none(), "{r}");
+    assert_eq!(
+        r["messages"].as_array().unwrap().len(),
+        whole.len().min(100)
+    );
+
+    // The subject's tenant, not the body's.
+    let r = t
+        .rpc(
+            TENANT,
+            "transcript.get",
+            &json!({"tenant": "beta", "userId": "pager"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tenant"),
+        "{r}"
+    );
+    let r = t
+        .rpc(
+            TENANT,
+            "transcript.get",
+            &json!({"kind": "tim", "userId": "pager"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    let r = t
+        .rpc(
+            TENANT,
+            "transcript.get",
+            &json!({"userId": "pager", "after": "nope"}),
+        )
+        .await;
+    assert!(
+        r["error"]["message"].as_str().unwrap().starts_with("after"),
+        "{r}"
+    );
+    let r = t
+        .rpc(
+            TENANT,
+            "transcript.get",
+            &json!({"userId": "pager", "limit": 1001}),
+        )
+        .await;
+    assert!(
+        r["error"]["message"].as_str().unwrap().starts_with("limit"),
+        "{r}"
+    );
+    let r = t
+        .rpc(TENANT, "sessions.list", &json!({"tenant": "beta"}))
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    let r = t
+        .rpc(TENANT, "sessions.list", &json!({"state": "active"}))
+        .await;
+    let sessions = r["sessions"].as_array().unwrap();
+    assert!(sessions.iter().any(|s| s["userId"] == "pager"), "{r}");
+    assert!(sessions.iter().all(|s| s["tenant"] == TENANT), "{r}");
+    let r = t.rpc("beta", "sessions.list", &json!({})).await;
+    assert_eq!(r["error"]["code"], "unknown_tenant", "{r}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_message_names_its_customer_by_call_id() {
+    let mut t = spawn_app().await;
+    // The documented body: callId is the customer.
+    let r = t
+        .rpc(
+            TENANT,
+            "leaveMessage",
+            &json!({"callId": "lm", "caller": "1386667777", "leaveMessage": "call me back"}),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let q = upstream(&t, "POST", "/apiaccess/ccmessaging/doLeaveMessage", true);
+    assert_eq!(
+        q.body.unwrap(),
+        json!({"callId": "lm", "caller": "1386667777", "leaveMessage": "call me back", "channel": "WEB"})
+    );
+    let apply = upstream(&t, "POST", "/apiaccess/ccmessaging/applyToken", false);
+    assert_eq!(apply.body.unwrap()["userId"], "lm", "the token is lm's");
+    let store = t.app().relay().store.clone();
+    let off = store.offline_messages("cec", TENANT, "lm").await.unwrap();
+    assert_eq!(off.len(), 1);
+    // Both, when they agree; refused when they name two customers, or none.
+    let r = t
+        .rpc(
+            TENANT,
+            "leaveMessage",
+            &json!({"userId": "lm", "callId": "lm", "caller": "1", "leaveMessage": "again"}),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = t
+        .rpc(
+            TENANT,
+            "leaveMessage",
+            &json!({"userId": "lm", "callId": "other", "caller": "1", "leaveMessage": "x"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_request", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("different customers"),
+        "{r}"
+    );
+    let r = t
+        .rpc(
+            TENANT,
+            "leaveMessage",
+            &json!({"caller": "1", "leaveMessage": "x"}),
+        )
+        .await;
+    assert_eq!(
+        r["error"]["message"], "userId: is required (or callId)",
+        "{r}"
+    );
+    assert_eq!(t.sim.leave_messages().len(), 2);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_robot_feedback_name_their_customer_by_from() {
+    let mut t = spawn_app().await;
+    let r = t
+        .rpc(
+            TENANT,
+            "send",
+            &json!({"from": "sf", "controlType": "CONNECT", "messageId": "f1"}),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = t
+        .rpc(
+            TENANT,
+            "send",
+            &json!({"from": "sf", "content": "hi", "messageId": "f2"}),
+        )
+        .await;
+    assert_eq!(
+        (r["ok"].clone(), r["status"].clone()),
+        (json!(true), json!("sent")),
+        "{r}"
+    );
+    let s = upstream(&t, "POST", "/apiaccess/ccmessaging/send", true);
+    assert_eq!(s.body.unwrap()["from"], "sf");
+    let r = t
+        .rpc(
+            TENANT,
+            "send",
+            &json!({"userId": "sf", "from": "sg", "content": "hi"}),
+        )
+        .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("different customers"),
+        "{r}"
+    );
+    // robotFeedback: `from` or `userId`, the same customer if both.
+    let r = t
+        .rpc(
+            TENANT,
+            "robotFeedback",
+            &json!({"userId": "sf", "feedback": 1, "interIdx": "1"}),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = t
+        .rpc(
+            TENANT,
+            "robotFeedback",
+            &json!({"userId": "sf", "from": "sg", "feedback": 1, "interIdx": "1"}),
+        )
+        .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("different customers"),
+        "{r}"
+    );
+    // An op whose body has no user field of its own still needs userId.
+    let r = t
+        .rpc(TENANT, "phrases", &json!({"from": "sf", "strContent": "x"}))
+        .await;
+    assert_eq!(r["error"]["message"], "userId: is required", "{r}");
     t.stop().await;
 }

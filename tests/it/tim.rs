@@ -397,3 +397,111 @@ async fn five_hundred_streams_at_20_chunks_per_second_through_nats_stay_under_th
     assert_eq!(row.chunks, CHUNKS as i64);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn callbacks_fail_closed_without_a_token_ahead_of_time_or_too_large() {
+    let mut t = crate::support::app::spawn_app_configured(
+        ccrelay::sim::SimConfig::default(),
+        None,
+        |config, sim| {
+            config
+                .tim
+                .push(crate::support::tim::sim_tim_app(&sim.base_url()));
+            // No token: refused, whatever the query says.
+            let mut closed = crate::support::tim::sim_tim_app(&sim.base_url());
+            closed.name = "closed".into();
+            closed.callback_token = None;
+            config.tim.push(closed);
+            // No token, unsigned callbacks allowed explicitly.
+            let mut open = crate::support::tim::sim_tim_app(&sim.base_url());
+            open.name = "open".into();
+            open.callback_token = None;
+            open.allow_unsigned_callbacks = true;
+            config.tim.push(open);
+        },
+    )
+    .await;
+    let body = c2c("u5", "@RBT#bot", "hello");
+    let unsigned = |app: &str| {
+        let url = t.callback_url(app);
+        let body = body.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}?CallbackCommand=Bot.OnC2CMessage"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(unsigned("closed").await, 401);
+    let (signed, b) = post_callback(
+        &t.callback_url("closed"),
+        "Bot.OnC2CMessage",
+        &body,
+        now_secs(),
+        "anything",
+    )
+    .await;
+    assert_eq!(signed, 401, "{b}");
+    assert!(
+        b["ErrorInfo"].as_str().unwrap().contains("callback_token"),
+        "{b}"
+    );
+    assert_eq!(unsigned("open").await, 200);
+
+    // Signed a minute ahead of the relay's clock: refused (a few seconds are tolerated).
+    let url = t.callback_url(APP);
+    let (ahead, b) = post_callback(
+        &url,
+        "Bot.OnC2CMessage",
+        &body,
+        now_secs() + 50,
+        SIM_CALLBACK_TOKEN,
+    )
+    .await;
+    assert_eq!(ahead, 403, "{b}");
+    assert!(b["ErrorInfo"].as_str().unwrap().contains("ahead"), "{b}");
+    let (near, b) = post_callback(
+        &url,
+        "Bot.OnC2CMessage",
+        &body,
+        now_secs() + 2,
+        SIM_CALLBACK_TOKEN,
+    )
+    .await;
+    assert_eq!(near, 200, "{b}");
+
+    // A body that could not be published within the server's max_payload (1 MiB): refused
+    // before anything is stored, with an `error` event.
+    let mut w =
+        crate::support::app::Watcher::new(&t.js, &format!("{}.error", crate::support::app::PREFIX))
+            .await;
+    // About 1 MiB: under the HTTP server's own 2 MiB limit, over what NATS takes.
+    let mut big = c2c("u6", "@RBT#bot", "big");
+    big["MsgBody"][0]["MsgContent"]["Text"] = json!("x".repeat(1024 * 1024));
+    let (too_large, b) = post_callback(
+        &url,
+        "Bot.OnC2CMessage",
+        &big,
+        now_secs(),
+        SIM_CALLBACK_TOKEN,
+    )
+    .await;
+    assert_eq!(too_large, 413, "{b}");
+    assert!(
+        b["ErrorInfo"].as_str().unwrap().contains("max_payload"),
+        "{b}"
+    );
+    let e = w
+        .until(10, "the refusal", |_, v| v["type"] == "error")
+        .await;
+    assert_eq!(e["app"], APP, "{e}");
+    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let cbs = store.tim_callbacks(APP, 10).await.unwrap();
+    assert_eq!(cbs.len(), 1, "only the signed one in the window: {cbs:?}");
+    assert_eq!(store.tim_callbacks("open", 10).await.unwrap().len(), 1);
+    assert!(store.tim_callbacks("closed", 10).await.unwrap().is_empty());
+    t.stop().await;
+}

@@ -27,6 +27,7 @@ fn app(base: &str) -> TimApp {
         admin_identifier: "administrator".into(),
         callback_token: None,
         callback_token_file: None,
+        allow_unsigned_callbacks: false,
         rate_limit: 200,
         request_timeout: Duration::from_millis(300),
         sig_expire: Duration::from_secs(1000),
