@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Once;
 
 #[allow(unused_imports)]
-pub use nats::{MIN_NATS_VERSION, nats, nats_server_binary};
+pub use nats::{MIN_NATS_VERSION, nats, nats_server_binary, nats_with_password};
 #[allow(unused_imports)]
 pub use postgres::{TestPg, admin_pg_url, fresh_pg_database};
 
