@@ -27,8 +27,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the relay until SIGTERM or Ctrl-C. It relays the configured [[cec]] and [[tim]]
-    /// entries and never installs or starts anything (no nats-server, no simulator).
+    /// Run the relay until SIGTERM or Ctrl-C. It relays the configured CEC tenants and Tencent IM
+    /// apps, and never installs or starts anything (no nats-server, no simulator).
     Run,
     /// Run the relay on its embedded defaults, hold a short scripted conversation through NATS, and
     /// print its transcript. Serves the built-in simulator as tenant `demo`, and starts a local
