@@ -143,9 +143,11 @@ pub struct NatsConfig {
     /// A file holding an nkey seed.
     pub nkey_seed_file: Option<PathBuf>,
     pub user: Option<String>,
+    #[serde(deserialize_with = "secret_text::deserialize")]
     pub password: Option<SecretString>,
     /// Read `password` from this file instead (trailing newline trimmed).
     pub password_file: Option<PathBuf>,
+    #[serde(deserialize_with = "secret_text::deserialize")]
     pub token: Option<SecretString>,
     /// Read `token` from this file instead (trailing newline trimmed).
     pub token_file: Option<PathBuf>,
@@ -268,7 +270,7 @@ pub struct CecTenant {
     /// `https://service.besclouds.com` or your CEC domain.
     pub base_url: url::Url,
     pub app_key: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_text::deserialize")]
     pub app_secret: Option<SecretString>,
     /// Read `app_secret` from this file instead (trailing newline trimmed).
     #[serde(default)]
@@ -347,7 +349,7 @@ pub struct TimApp {
     #[serde(default = "default_tim_url")]
     pub base_url: url::Url,
     pub sdkappid: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_text::deserialize")]
     pub secret_key: Option<SecretString>,
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
@@ -355,7 +357,7 @@ pub struct TimApp {
     pub admin_identifier: String,
     /// Checks the `Sign` of inbound callbacks (`sha256(token + RequestTime)`); without it,
     /// callbacks are accepted unsigned.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_text::deserialize")]
     pub callback_token: Option<SecretString>,
     #[serde(default)]
     pub callback_token_file: Option<PathBuf>,
@@ -738,6 +740,65 @@ fn resolve_secret(
     }
 }
 
+/// Reading a secret: text, or an integer taken as its digits (`password = 12345678` unquoted in
+/// TOML). Anything else is refused with a message that does not quote the value, so a
+/// mistyped secret cannot reach an error line.
+mod secret_text {
+    use secrecy::SecretString;
+    use serde::de::{Deserializer, Error, Visitor};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+        d.deserialize_option(Optional)
+    }
+
+    const EXPECTED: &str = "a secret: text (quote it), or an integer";
+
+    struct Optional;
+
+    impl<'de> Visitor<'de> for Optional {
+        type Value = Option<SecretString>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Secret).map(Some)
+        }
+    }
+
+    struct Secret;
+
+    impl<'de> Visitor<'de> for Secret {
+        type Value = SecretString;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_owned()))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("expected {EXPECTED}")))
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom(format!("expected {EXPECTED}")))
+        }
+        fn visit_char<E: Error>(self, v: char) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+    }
+}
+
 /// The environment overrides as a figment provider, from the snapshot given to
 /// [`Config::load_with_env`], so tests do not depend on (or change) the real environment.
 ///
@@ -988,6 +1049,27 @@ mod tests {
         assert_eq!(c.cec[0].secret(), "0042");
         assert_eq!(secret(&c.tim[0].secret_key), "777");
         assert_eq!(secret(&c.tim[0].callback_token), "true");
+    }
+
+    #[test]
+    fn an_unquoted_secret_is_its_digits_and_a_bad_one_is_not_quoted_back() {
+        let c = load(
+            &format!("[nats]\nuser = \"relay\"\npassword = 12345678\n{MINIMAL}")
+                .replace("\"s3cr3t-value\"", "4242"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.nats.password.as_ref().unwrap().expose_secret(),
+            "12345678"
+        );
+        assert_eq!(c.cec[0].secret(), "4242");
+        for bad in ["98765.4321", "true"] {
+            let e = load(&MINIMAL.replace("\"s3cr3t-value\"", bad), &[]).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains("app_secret"), "{shown}");
+            assert!(!shown.contains(bad), "{bad} quoted back: {shown}");
+        }
     }
 
     #[test]
