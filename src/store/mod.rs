@@ -1221,14 +1221,26 @@ pub async fn connect(url: &str) -> Result<DynStore> {
     }
 }
 
-/// A database URL with its password replaced by `***`, for logs and errors.
+/// A database URL with its password (`user:pw@`, or a `password=` parameter) replaced by `***`,
+/// for logs and errors.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs().any(|(k, _)| k == "password") {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" { "***".into() } else { v };
+                        (k.into_owned(), v.into_owned())
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        Ok(u) => u.to_string(),
         Err(_) => "<unparseable url>".to_owned(),
     }
 }

@@ -44,6 +44,10 @@ impl PgStore {
     /// [`StoreError::Query`] for a malformed URL, [`StoreError::Unavailable`] when the server
     /// cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
+        // sqlx checks a `verify-ca` certificate with rustls' process-wide crypto provider, which
+        // rustls cannot pick by itself when both of its providers are built (reqwest brings
+        // aws-lc-rs, sqlx's TLS ring): name one. An error means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let options: PgConnectOptions = url.parse().map_err(StoreError::Query)?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)

@@ -2087,6 +2087,9 @@ fn redacts_passwords() {
         "postgres://u:***@h/db"
     );
     assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    let shown = redact_url("postgres://u@h/db?sslmode=require&password=12345678");
+    assert!(!shown.contains("12345678"), "{shown}");
+    assert!(shown.contains("sslmode=require"), "{shown}");
 }
 
 #[test]

@@ -141,3 +141,18 @@ async fn greets_as(port: u16, name: &str) -> bool {
         Ok(Some(line)) if line.starts_with("INFO ") && line.contains(&format!("\"server_name\":\"{name}\""))
     )
 }
+
+/// [`nats`], requiring clients to log in as `user` with `password`.
+pub async fn nats_with_password(user: &str, password: &str) -> LocalNatsServer {
+    init_tracing();
+    let binary = tokio::task::spawn_blocking(nats_server_binary)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let options = NatsServerOptions {
+        user_password: Some((user.to_owned(), password.to_owned())),
+        ..Default::default()
+    };
+    LocalNatsServer::start(&binary, options)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start nats-server {}: {e}", binary.display()))
+}

@@ -18,14 +18,21 @@ pub struct PrivatePg {
 impl PrivatePg {
     /// initdb + start; panics with the server's words if either fails.
     pub async fn start() -> PrivatePg {
+        Self::start_configured(|_| {}).await
+    }
+
+    /// [`start`](Self::start), with `configure` given the data directory between initdb and the
+    /// start (to edit `postgresql.conf`, `pg_hba.conf`, add certificates…). The files it leaves
+    /// there are given to the server's user.
+    pub async fn start_configured(configure: impl FnOnce(&Path) + Send + 'static) -> PrivatePg {
         // Provisions the package if the machine has none.
         let _ = super::admin_pg_url().await;
-        tokio::task::spawn_blocking(Self::start_blocking)
+        tokio::task::spawn_blocking(move || Self::start_blocking(configure))
             .await
             .unwrap()
     }
 
-    fn start_blocking() -> PrivatePg {
+    fn start_blocking(configure: impl FnOnce(&Path)) -> PrivatePg {
         let bin = newest_bin_dir().expect("PostgreSQL server binaries under /usr/lib/postgresql");
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -67,8 +74,23 @@ impl PrivatePg {
                 "--no-sync",
             ],
         );
+        configure(&pg.data);
+        if as_postgres {
+            let (uid, gid) = (id("-u"), id("-g"));
+            for entry in std::fs::read_dir(&pg.data).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                }
+            }
+        }
         pg.start_server();
         pg
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {
