@@ -190,6 +190,9 @@ pub struct RelayConfig {
     pub media_deadline: Duration,
     /// At most this many file downloads at once.
     pub media_concurrency: usize,
+    /// Directory of the poll journal (`crate::poller::journal`). Default: the SQLite database's
+    /// directory; for PostgreSQL the working directory (the systemd unit's `StateDirectory`).
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl Default for RelayConfig {
@@ -202,6 +205,7 @@ impl Default for RelayConfig {
             media_attempts: 5,
             media_deadline: Duration::from_secs(10 * 60),
             media_concurrency: 8,
+            journal_dir: None,
         }
     }
 }

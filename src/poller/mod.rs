@@ -21,10 +21,14 @@
 //! and back (no copy), ids are shared `Arc<str>`s, and each tenant's permits and metric handles
 //! are made once.
 //!
-//! What a poll returns is committed (transcript rows and outbox rows in one transaction) before
-//! anything else happens to it ([`poll`]).
+//! What a poll returns is journaled ([`journal`]) and committed (transcript rows and outbox rows
+//! in one transaction) before anything else happens to it ([`poll`]); at start-up, [`replay`]
+//! commits what an earlier run journaled and may not have committed.
 
+pub mod journal;
 mod poll;
+
+pub use poll::replay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
