@@ -9,8 +9,8 @@
 //! 3. the outbox publishes what it holds, if NATS is there;
 //! 4. the HTTP server stops.
 //!
-//! What is not done by the deadline stays in the store and JetStream, and is picked up at the
-//! next start: nothing is lost by stopping early.
+//! What is not done by the deadline stays in the store, the poll journal and JetStream, and is
+//! picked up at the next start: nothing is lost by stopping early.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

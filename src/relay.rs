@@ -151,7 +151,13 @@ impl Relay {
                     }
                     delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if !e.is_retryable() {
+                        // The database answered about this write itself: it takes writes.
+                        self.store_health.set_up();
+                    }
+                    return Err(e);
+                }
             }
         }
     }

@@ -87,6 +87,9 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
         // lose it.
         let header = journal_header(&p.session, received_at);
         let ticket = relay.journal.append(&header, raw.get().as_bytes());
+        tracing::trace!(tenant = %header.tenant, user = %header.user, journaled = ticket.is_some(),
+            codes = ?rsp.downlink_messages.iter().map(|m| m.message_code.as_deref()).collect::<Vec<_>>(),
+            "Poll answer in hand");
         let stored = Box::pin(store_messages(relay, tenant, &mut p, rsp, received_at)).await;
         if let Stored::Refused = stored {
             set_aside(relay, &header, raw.get().as_bytes());
