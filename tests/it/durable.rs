@@ -4,9 +4,10 @@
 //!   database fills up (SQLite at its `max_page_count`) or turns read-only (PostgreSQL with
 //!   `default_transaction_read_only`, as a demoted primary would be); `/readyz` names the cause;
 //!   once writes go through again every message is on `_OUT` once.
-//! - A SIGKILL with poll answers in hand loses none of them: the database is kept from committing
-//!   (a lock held by the test) while the simulator answers every poll, the relay is killed, and
-//!   the next start replays its poll journal — every message once on `_OUT`.
+//! - A SIGKILL (or a shutdown) with poll answers in hand loses none of them: the database is kept
+//!   from committing (a lock held by the test) while the simulator answers every poll, the relay
+//!   is killed (or stopped), and the next start replays its poll journal — every message once on
+//!   `_OUT`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -199,23 +200,35 @@ async fn a_read_only_postgres_pauses_polling_and_loses_nothing() {
     let _ = admin.close().await;
 }
 
-/// Which database a SIGKILL test runs on.
+/// Which database a stop test runs on.
 enum Db {
     Sqlite,
     Postgres,
 }
 
+/// How the relay is stopped with answers in hand.
+enum Stop {
+    Kill,
+    /// SIGTERM: the shutdown gives up on the commits it cannot finish.
+    Term,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_with_answers_not_yet_committed_loses_nothing_on_sqlite() {
-    sigkill_with_answers_in_hand(Db::Sqlite).await;
+    stop_with_answers_in_hand(Db::Sqlite, Stop::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_with_answers_not_yet_committed_loses_nothing_on_postgres() {
-    sigkill_with_answers_in_hand(Db::Postgres).await;
+    stop_with_answers_in_hand(Db::Postgres, Stop::Kill).await;
 }
 
-async fn sigkill_with_answers_in_hand(db: Db) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_answers_not_yet_committed_keeps_them_for_the_next_start() {
+    stop_with_answers_in_hand(Db::Sqlite, Stop::Term).await;
+}
+
+async fn stop_with_answers_in_hand(db: Db, stop: Stop) {
     const MESSAGES: usize = 30;
     crate::support::init_tracing();
     let nats = crate::support::nats().await;
@@ -287,7 +300,23 @@ async fn sigkill_with_answers_in_hand(db: Db) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    relay.kill();
+    match stop {
+        Stop::Kill => relay.kill(),
+        Stop::Term => {
+            relay.signal("-TERM");
+            let mut child = relay.child.take().expect("relay running");
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(status.success(), "{status}: {}", relay.log_text());
+            assert!(
+                relay.log_text().contains("the poll journal keeps them"),
+                "{}",
+                relay.log_text()
+            );
+        }
+    }
     lock.release().await;
 
     relay.start();
