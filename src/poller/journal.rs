@@ -239,9 +239,7 @@ impl Journal {
         let mut path = self.base.clone().into_os_string();
         path.push(".rejected");
         let path = PathBuf::from(path);
-        OpenOptions::new()
-            .create(true)
-            .append(true)
+        append_only()
             .open(&path)?
             .write_all(&encode(header, body))?;
         Ok(path)
@@ -290,10 +288,17 @@ fn segment_path(base: &Path, n: u64) -> PathBuf {
 }
 
 fn open_segment(base: &Path, n: u64) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(segment_path(base, n))
+    append_only().open(segment_path(base, n))
+}
+
+/// Options of a journal file: appended to, created readable by its owner only (it holds
+/// customers' messages).
+fn append_only() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o
 }
 
 /// FNV-1a, 64 bits.
@@ -519,6 +524,20 @@ mod tests {
         let (dir, _) = location("postgres://db/x", Some(Path::new("/srv/j"))).unwrap();
         assert_eq!(dir, Path::new("/srv/j"));
         assert!(location("sqlite::memory:", None).is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn journal_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), "polls").unwrap();
+        let _t = j.append(&header("a"), b"{}").unwrap();
+        let rejected = j.reject(&header("b"), b"{}").unwrap();
+        for f in [segment_path(&j.base, 0), rejected] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{}: {mode:o}", f.display());
+        }
     }
 
     #[test]
