@@ -24,6 +24,9 @@
 //! | `ccrelay_store_errors_total` | counter | `retryable` |
 //! | `ccrelay_store_batches_total` | counter | (transactions of group commit) |
 //! | `ccrelay_store_writes_total` | counter | (writes in them; ÷ batches = mean batch size) |
+//! | `ccrelay_store_away` | gauge | (1 while the database is unreachable or refuses writes: polling paused) |
+//! | `ccrelay_poll_journal_errors_total` | counter | (poll answers the journal could not write) |
+//! | `ccrelay_poll_journal_replayed_total` | counter | (messages committed from the journal at start-up) |
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
@@ -254,4 +257,20 @@ pub fn store_commit(took: Duration, error: Option<bool>) {
 pub fn store_batch(writes: usize) {
     counter!("ccrelay_store_batches_total").increment(1);
     counter!("ccrelay_store_writes_total").increment(writes as u64);
+}
+
+/// The database went away (unreachable, or refusing writes) or came back.
+pub fn store_away(away: bool) {
+    gauge!("ccrelay_store_away").set(if away { 1.0 } else { 0.0 });
+}
+
+/// A poll answer the journal could not write.
+pub fn poll_journal_error() {
+    counter!("ccrelay_poll_journal_errors_total").increment(1);
+}
+
+/// Messages committed from the poll journal at start-up (polled by an earlier run, not
+/// committed when it stopped).
+pub fn poll_journal_replayed(messages: usize) {
+    counter!("ccrelay_poll_journal_replayed_total").increment(messages as u64);
 }

@@ -85,6 +85,7 @@ impl StoreHealth {
         });
         self.refusing.store(refusing, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
+            crate::instrument::store_away(true);
             tracing::warn!(error = %e, refusing_writes = refusing,
                 "Database unavailable: polling paused until it takes writes again");
         }
@@ -92,6 +93,7 @@ impl StoreHealth {
 
     fn set_up(&self) {
         if self.down.swap(false, Ordering::Relaxed) {
+            crate::instrument::store_away(false);
             tracing::info!("Database taking writes again: polling resumes");
         }
     }

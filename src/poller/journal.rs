@@ -172,6 +172,7 @@ impl Journal {
         let record = encode(header, body);
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = s.file.write_all(&record) {
+            crate::instrument::poll_journal_error();
             if !s.failing {
                 tracing::error!(file = %self.base.display(), error = %e,
                     "Cannot write the poll journal: polled answers are not covered against a crash until it works again");

@@ -266,6 +266,7 @@ pub async fn replay(relay: &Relay, leftover: Leftover) -> bool {
             }
         }
     }
+    crate::instrument::poll_journal_replayed(stored);
     tracing::info!(
         answers,
         stored,
