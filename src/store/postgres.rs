@@ -750,7 +750,6 @@ impl PgStore {
     }
 }
 
-/// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
 /// [`Store::write_batch`] on `conn`, in one transaction.
 async fn write_batch_on(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec<Written>> {
     let mut tx = sqlx::Connection::begin(conn).await.map_err(classify)?;
@@ -766,6 +765,7 @@ async fn write_batch_on(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec
     Applied::results(done, committed)
 }
 
+/// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
 async fn apply_write<'w>(conn: &mut PgConnection, w: &'w Write) -> Result<Applied<'w>> {
     Ok(match w {
         Write::Commit(c) => Applied::Commit(c),

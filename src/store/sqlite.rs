@@ -792,3 +792,29 @@ fn tim_callback_from_row(row: &SqliteRow) -> Result<TimCallbackRow> {
         created_at: ts(row, "created_at")?,
     })
 }
+
+#[cfg(test)]
+mod url_tests {
+    use super::take_max_page_count;
+
+    #[test]
+    fn max_page_count_is_taken_out_of_the_url_and_checked() {
+        assert_eq!(
+            take_max_page_count("sqlite://a.db").unwrap(),
+            ("sqlite://a.db".to_owned(), None)
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://a.db?max_page_count=300").unwrap(),
+            ("sqlite://a.db".to_owned(), Some(300))
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://a.db?mode=rwc&max_page_count=7").unwrap(),
+            ("sqlite://a.db?mode=rwc".to_owned(), Some(7))
+        );
+        for bad in ["0", "-1", "lots", ""] {
+            let url = format!("sqlite://a.db?max_page_count={bad}");
+            let err = take_max_page_count(&url).unwrap_err().to_string();
+            assert!(err.contains("max_page_count"), "{bad}: {err}");
+        }
+    }
+}
