@@ -6,9 +6,9 @@
 //! Each answer costs one `write` and no `fsync`: a power loss takes the page cache with it, and
 //! with it the journal's tail, as it takes the poll in flight. Records are trimmed once their
 //! answers are committed: the journal is a series of *segments* (`<name>.<n>`); the current one
-//! is truncated whenever every answer in it is committed, and when it grows past
-//! [`SEGMENT_BYTES`] a new one is started and the old one removed once its answers are. So it
-//! holds, at any time, about what polls have in flight.
+//! is truncated whenever every answer in it is committed, and when it grows past 1 MiB a new one
+//! is started and the old one removed once its answers are. So it holds, at any time, about what
+//! polls have in flight.
 //!
 //! A record is `CCJ1`, the header's and the body's lengths (u32, little-endian), a checksum of
 //! both (FNV-1a, 64 bits), the header (JSON: tenant, user, session, channel, state, receive time)
