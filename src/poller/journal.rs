@@ -98,6 +98,9 @@ struct State {
     open: HashMap<u64, usize>,
     /// Whether the last append failed (logged once per run of failures).
     failing: bool,
+    /// The current segment's file was removed ([`Journal::close`]): the next append makes it
+    /// again.
+    removed: bool,
 }
 
 impl Journal {
@@ -154,6 +157,7 @@ impl Journal {
                     size: 0,
                     open: HashMap::new(),
                     failing: false,
+                    removed: false,
                 })),
             },
             leftover,
@@ -171,6 +175,22 @@ impl Journal {
         let state = self.state.as_ref()?;
         let record = encode(header, body);
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.removed {
+            // A poll that ended after the stop (its shutdown deadline passed): not into the
+            // removed file, which nothing would read again.
+            match open_segment(&self.base, s.segment) {
+                Ok(file) => {
+                    s.file = file;
+                    s.size = 0;
+                    s.removed = false;
+                }
+                Err(e) => {
+                    crate::instrument::poll_journal_error();
+                    tracing::error!(file = %self.base.display(), error = %e, "Cannot write the poll journal");
+                    return None;
+                }
+            }
+        }
         if let Err(e) = s.file.write_all(&record) {
             crate::instrument::poll_journal_error();
             if !s.failing {
@@ -251,9 +271,10 @@ impl Journal {
         let Some(state) = self.state.as_ref() else {
             return;
         };
-        let s = state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.open.is_empty() {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.open.is_empty() && !s.removed {
             let _ = std::fs::remove_file(segment_path(&self.base, s.segment));
+            s.removed = true;
         }
     }
 }
@@ -420,6 +441,24 @@ mod tests {
         assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
         let (_, left) = Journal::open(dir.path(), "polls").unwrap();
         assert!(left.records.is_empty());
+    }
+
+    #[test]
+    fn an_answer_after_the_close_is_still_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), "polls").unwrap();
+        j.close();
+        assert!(files(dir.path()).is_empty());
+        // A poll that outlived the shutdown deadline.
+        let _late = j.append(&header("late"), b"{}").unwrap();
+        j.close();
+        let (_, left) = Journal::open(dir.path(), "polls").unwrap();
+        let users: Vec<&str> = left
+            .records
+            .iter()
+            .map(|r| r.header.user.as_str())
+            .collect();
+        assert_eq!(users, ["late"]);
     }
 
     #[test]
