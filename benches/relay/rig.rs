@@ -291,6 +291,8 @@ idle_timeout = "1h"
         let child = Command::new(env!("CARGO_BIN_EXE_ccrelay"))
             .args(["run", "--config"])
             .arg(&config)
+            // The run's directory holds its poll journal (with PostgreSQL, the working directory).
+            .current_dir(o.dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
