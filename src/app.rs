@@ -9,8 +9,8 @@
 //! 3. the outbox publishes what it holds, if NATS is there;
 //! 4. the HTTP server stops.
 //!
-//! What is not done by the deadline stays in the store and JetStream, and is picked up at the
-//! next start: nothing is lost by stopping early.
+//! What is not done by the deadline stays in the store, the poll journal and JetStream, and is
+//! picked up at the next start: nothing is lost by stopping early.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +67,13 @@ impl App {
             format!("opening the store {}", store::redact_url(&config.store.url))
         })?;
         store.migrate().await.context("migrating the store")?;
+        let (journal, journal_leftover) =
+            match poller::journal::location(&config.store.url, config.relay.journal_dir.as_deref())
+            {
+                Some((dir, name)) => poller::journal::Journal::open(&dir, &name)
+                    .with_context(|| format!("opening the poll journal in {}", dir.display()))?,
+                None => (poller::journal::Journal::disabled(), Default::default()),
+            };
 
         let nats = bus::connect::connect(&config.nats, "ccrelay")
             .await
@@ -96,6 +103,7 @@ impl App {
         let (poller_handle, poller_inbox) = poller::channel();
         let cancel = CancellationToken::new();
         let streams_ready = Arc::new(AtomicBool::new(false));
+        let store_health = Arc::new(crate::relay::StoreHealth::default());
         let relay = Arc::new(Relay {
             subjects: Subjects::new(config.nats.prefix.clone()),
             config,
@@ -105,7 +113,8 @@ impl App {
             poller: poller_handle,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
-            store_health: Default::default(),
+            store_health: store_health.clone(),
+            journal,
         });
 
         let intake = TaskTracker::new();
@@ -125,6 +134,7 @@ impl App {
             nats: nats.clone(),
             streams_ready,
             outbox: outbox_health.clone(),
+            store_health,
         })
         .merge(timlink::callback::router(tim.clone(), nats.clone()));
         {
@@ -148,6 +158,8 @@ impl App {
             outbox_cancel.clone(),
         ));
 
+        // What an earlier run polled and may not have committed, before polling resumes.
+        poller::replay(&relay, journal_leftover).await;
         intake.spawn(poller::run(relay.clone(), poller_inbox, intake.clone()));
         intake.spawn(timlink::run(tim, js.clone(), intake.clone()));
         intake.spawn(crate::media::run(relay.clone(), js.clone(), intake.clone()));
@@ -219,6 +231,7 @@ impl App {
                 "In-flight work did not finish before the shutdown deadline; it will be redone at the next start"
             );
         }
+        self.relay.journal.close();
         self.outbox_cancel.cancel();
         self.outbox_tracker.close();
         if tokio::time::timeout_at(deadline, self.outbox_tracker.wait())

@@ -273,6 +273,9 @@ pub struct RelayConfig {
     /// attempts left.
     #[serde(with = "humantime_serde")]
     pub up_max_age: Duration,
+    /// Directory of the poll journal (`crate::poller::journal`). Default: the SQLite database's
+    /// directory; for PostgreSQL the working directory (the systemd unit's `StateDirectory`).
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl Default for RelayConfig {
@@ -285,6 +288,7 @@ impl Default for RelayConfig {
             media_attempts: 5,
             media_deadline: Duration::from_secs(10 * 60),
             media_concurrency: 8,
+            journal_dir: None,
             outbox_attempts: 5,
             outbox_stuck_after: Duration::from_secs(60),
             up_attempts: 8,

@@ -31,6 +31,9 @@
 //! | `ccrelay_store_writes_total` | counter | (writes in them; ÷ batches = mean batch size) |
 //! | `ccrelay_callbacks_refused_total` | counter | `app` (empty for an unknown one), `reason` (`unsigned`, `sign`, `time`, `too_large`, `unknown_app`) |
 //! | `ccrelay_rpc_refused_total` | counter | `tenant` (empty for relay-wide or unknown), `reason` (`reply_subject`, `busy`) |
+//! | `ccrelay_store_away` | gauge | (1 while the database is unreachable or refuses writes: polling paused) |
+//! | `ccrelay_poll_journal_errors_total` | counter | (poll answers the journal could not write) |
+//! | `ccrelay_poll_journal_replayed_total` | counter | (messages committed from the journal at start-up) |
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
@@ -295,4 +298,20 @@ pub fn callback_refused(app: &str, reason: &'static str) {
 pub fn rpc_refused(tenant: &str, reason: &'static str) {
     counter!("ccrelay_rpc_refused_total", "tenant" => tenant.to_owned(), "reason" => reason)
         .increment(1);
+}
+
+/// The database went away (unreachable, or refusing writes) or came back.
+pub fn store_away(away: bool) {
+    gauge!("ccrelay_store_away").set(if away { 1.0 } else { 0.0 });
+}
+
+/// A poll answer the journal could not write.
+pub fn poll_journal_error() {
+    counter!("ccrelay_poll_journal_errors_total").increment(1);
+}
+
+/// Messages committed from the poll journal at start-up (polled by an earlier run, not
+/// committed when it stopped).
+pub fn poll_journal_replayed(messages: usize) {
+    counter!("ccrelay_poll_journal_replayed_total").increment(messages as u64);
 }

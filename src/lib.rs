@@ -14,7 +14,8 @@
 //! - [`uplink`]: turns an UpMessage from NATS into CEC calls and records the outcome.
 //! - [`timlink`]: NATS ↔ Tencent IM: Desk sends, the robot stream scheduler under the app's rate
 //!   limit, and the inbound callback endpoint.
-//! - [`poller`]: schedules and runs the polls of every active session; commits what comes back.
+//! - [`poller`]: schedules and runs the polls of every active session; journals and commits what
+//!   comes back, and replays the journal at start-up.
 //! - [`store`]: the store trait and its SQLite and PostgreSQL implementations; every step commits
 //!   in one transaction, outbox rows included.
 //! - [`media`]: downloads the files agents send into the NATS object store, then releases their

@@ -13,7 +13,7 @@ use crate::cec::CecClient;
 use crate::config::{CecTenant, Config};
 use crate::outbox::OutboxSignal;
 use crate::poller::PollerHandle;
-use crate::store::{Commit, Committed, DynStore};
+use crate::store::{Commit, Committed, DynStore, StoreError};
 
 /// One configured CEC tenant and its client.
 pub struct Tenant {
@@ -40,15 +40,22 @@ pub struct Relay {
     /// Set once the streams and the uplink consumer are set up (for `/readyz`).
     pub streams_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the database took the last commit; polling waits while it did not.
-    pub store_health: StoreHealth,
+    pub store_health: Arc<StoreHealth>,
+    /// Where poll answers go before they are committed.
+    pub journal: crate::poller::journal::Journal,
 }
 
 /// Whether the database is taking commits. While it is not, polling pauses ([`Self::wait_up`]),
 /// so no answer is taken from the upstream — which forgets what it returned — only to sit in
-/// memory until the database is back.
+/// memory until the database is back. `/readyz` names the cause ([`Self::cause`]).
 #[derive(Default)]
 pub struct StoreHealth {
     down: AtomicBool,
+    /// The database answers but refuses writes (full, read-only, failing I/O): a ping does not
+    /// tell when it is back, so only a commit going through ends the pause.
+    refusing: AtomicBool,
+    /// Why the last commit failed, while down.
+    cause: std::sync::Mutex<Option<String>>,
     /// One probe at a time, however many polls wait.
     probe: tokio::sync::Mutex<()>,
 }
@@ -61,23 +68,42 @@ impl StoreHealth {
         self.down.load(Ordering::Relaxed)
     }
 
-    fn set_down(&self) {
+    /// Why the database is taken for away, while it is.
+    pub fn cause(&self) -> Option<String> {
+        if !self.is_down() {
+            return None;
+        }
+        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_down(&self, e: &StoreError) {
+        let refusing = e.refuses_writes();
+        *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(if refusing {
+            format!("refusing writes: {e}")
+        } else {
+            e.to_string()
+        });
+        self.refusing.store(refusing, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
-            tracing::warn!("Database unavailable: polling paused until it is back");
+            crate::instrument::store_away(true);
+            tracing::warn!(error = %e, refusing_writes = refusing,
+                "Database unavailable: polling paused until it takes writes again");
         }
     }
 
     fn set_up(&self) {
         if self.down.swap(false, Ordering::Relaxed) {
-            tracing::info!("Database reachable again: polling resumes");
+            crate::instrument::store_away(false);
+            tracing::info!("Database taking writes again: polling resumes");
         }
     }
 
-    /// Returns at once while the database is up; otherwise waits until a probe (or a commit)
-    /// finds it back. `false` if `cancel` fired first.
+    /// Returns at once while the database is up; otherwise waits until a probe (a ping, when the
+    /// database was unreachable) or a commit finds it back. `false` if `cancel` fired first.
     pub async fn wait_up(&self, store: &DynStore, cancel: &CancellationToken) -> bool {
         while self.is_down() {
-            if let Ok(_probe) = self.probe.try_lock()
+            if !self.refusing.load(Ordering::Relaxed)
+                && let Ok(_probe) = self.probe.try_lock()
                 && tokio::time::timeout(PROBE_EVERY, store.ping())
                     .await
                     .is_ok_and(|r| r.is_ok())
@@ -119,7 +145,7 @@ impl Relay {
                     return Ok(c);
                 }
                 Err(e) if e.is_retryable() && !self.cancel.is_cancelled() => {
-                    self.store_health.set_down();
+                    self.store_health.set_down(&e);
                     tracing::warn!(error = %e, retry_in = ?delay, "Database unavailable; retrying the commit");
                     tokio::select! {
                         _ = self.cancel.cancelled() => {}
@@ -127,7 +153,13 @@ impl Relay {
                     }
                     delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if !e.is_retryable() {
+                        // The database answered about this write itself: it takes writes.
+                        self.store_health.set_up();
+                    }
+                    return Err(e);
+                }
             }
         }
     }

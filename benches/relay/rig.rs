@@ -292,6 +292,8 @@ max_sessions = 1000000
         let child = Command::new(env!("CARGO_BIN_EXE_ccrelay"))
             .args(["run", "--config"])
             .arg(&config)
+            // The run's directory holds its poll journal (with PostgreSQL, the working directory).
+            .current_dir(o.dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -230,6 +230,25 @@ impl CecClient {
         .await
     }
 
+    /// [`Self::poll`], with the body as the upstream sent it (what the poll journal keeps, see
+    /// [`crate::poller`]).
+    pub async fn poll_raw(
+        &self,
+        user: &str,
+    ) -> Result<(PollResponse, Box<serde_json::value::RawValue>), CecError> {
+        let raw: Box<serde_json::value::RawValue> = self
+            .call::<(), _>(
+                Endpoint::Poll,
+                reqwest::Method::GET,
+                &[("receiverId", user), ("channel", CHANNEL_WEB)],
+                None,
+                Auth::User(user),
+            )
+            .await?;
+        let rsp = parse_poll(raw.get().as_bytes())?;
+        Ok((rsp, raw))
+    }
+
     /// `POST queryQueueInfo` for `user` (doc §4).
     pub async fn query_queue_info(
         &self,
@@ -629,6 +648,18 @@ async fn read_body(
 pub fn download_limit(max_file_bytes: usize) -> usize {
     let b64 = max_file_bytes.div_ceil(3).saturating_mul(4);
     b64.saturating_add(b64 / 32).saturating_add(64 * 1024)
+}
+
+/// A poll answer's body (as [`CecClient::poll_raw`] returned it, or as the poll journal kept it).
+///
+/// # Errors
+/// [`CecError::Decode`] when it is not a poll answer.
+pub fn parse_poll(body: &[u8]) -> Result<PollResponse, CecError> {
+    serde_json::from_slice(body).map_err(|e| CecError::Decode {
+        endpoint: Endpoint::Poll,
+        reason: e.to_string(),
+        snippet: snippet(body, 160),
+    })
 }
 
 fn endpoint_url(base: &url::Url, endpoint: Endpoint) -> String {

@@ -1,7 +1,7 @@
 //! The relay's small HTTP surface: `/healthz` (the process answers), `/readyz` (the database
-//! and NATS are reachable, the streams are set up and the outbox keeps up) and `/metrics` (Prometheus text format, see
-//! [`crate::instrument`]). Tencent callbacks (`/tim/<a>/callback`) are
-//! merged in from [`crate::timlink::callback`].
+//! is reachable and takes writes, NATS is reachable, the streams are set up and the outbox keeps
+//! up) and `/metrics` (Prometheus text format, see [`crate::instrument`]). Tencent callbacks
+//! (`/tim/<a>/callback`) are merged in from [`crate::timlink::callback`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::relay::StoreHealth;
 use crate::store::DynStore;
 
 /// What `/readyz` looks at.
@@ -25,6 +26,8 @@ pub struct Health {
     pub streams_ready: Arc<AtomicBool>,
     /// Whether the outbox keeps up (a stuck outbox is not ready).
     pub outbox: crate::outbox::OutboxHealth,
+    /// Whether the database takes commits (it may answer a ping and refuse writes).
+    pub store_health: Arc<StoreHealth>,
 }
 
 pub fn router(health: Health) -> Router {
@@ -46,9 +49,10 @@ async fn metrics() -> impl IntoResponse {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    let db = match h.store.ping().await {
-        Ok(()) => "up".to_owned(),
-        Err(e) => format!("down: {e}"),
+    let db = match (h.store.ping().await, h.store_health.cause()) {
+        (Err(e), _) => format!("down: {e}"),
+        (Ok(()), Some(cause)) => format!("down: {cause}"),
+        (Ok(()), None) => "up".to_owned(),
     };
     let nats = match h.nats.connection_state() {
         async_nats::connection::State::Connected => "up".to_owned(),

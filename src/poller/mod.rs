@@ -21,8 +21,9 @@
 //! and back (no copy), ids are shared `Arc<str>`s, and each tenant's permits and metric handles
 //! are made once.
 //!
-//! What a poll returns is committed (transcript rows and outbox rows in one transaction) before
-//! anything else happens to it ([`poll`]).
+//! What a poll returns is journaled ([`journal`]) and committed (transcript rows and outbox rows
+//! in one transaction) before anything else happens to it ([`poll`]); at start-up, [`replay`]
+//! commits what an earlier run journaled and may not have committed.
 //!
 //! A session is idle `idle_timeout` after its last message either way, measured on the monotonic
 //! clock ([`Polled::idle_at`]): a step of the wall clock (NTP, a VM resumed) closes nothing. The
@@ -32,7 +33,10 @@
 //! The handle also counts each tenant's open sessions ([`PollerHandle::reserve`]), so a CONNECT
 //! beyond the tenant's `max_sessions` is refused before anything is opened.
 
+pub mod journal;
 mod poll;
+
+pub use poll::replay;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,12 @@
 //! One poll of one session: call `poll`, commit what came back, then decide what happens next.
 //!
-//! The order matters for loss: CEC's poll has no acknowledgement, so a message is safe only once
-//! committed. The answer is committed first — transcript rows, outbox rows, the session's close
-//! if the agent hung up — and everything else (publishing, idle checks, token bookkeeping) comes
-//! after.
+//! The order matters for loss: CEC's poll has no acknowledgement, so an answer is the relay's to
+//! keep from the moment it arrives. An answer with messages goes into the poll journal first
+//! ([`super::journal`]: a crash from then on does not lose it), then is committed — transcript
+//! rows, outbox rows, the session's close if the agent hung up — and everything else
+//! (publishing, idle checks, token bookkeeping) comes after. A database that is away (down,
+//! full, read-only) holds the commit, retried until it goes through; a shutdown leaves it in the
+//! journal; an answer the store refuses for good is set aside beside the journal.
 //!
 //! The common poll — nothing came back — is kept small and allocation-light: it copies no token
 //! or session, and the rarer paths (storing messages, closing, queue tracking, a paused
@@ -11,14 +14,17 @@
 
 use time::OffsetDateTime;
 
+use super::journal::{Header, Leftover};
 use super::{Next, Polled};
 use crate::bus::payload::{DownMessage, Event, event_type, new_id};
-use crate::cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, result_code};
+use crate::cec::wire::{CHANNEL_WEB, DownlinkMessage, SOURCE_CUSTOMER, SendRequest, result_code};
 use crate::cec::wire_ops::QueueInfoRequest;
 use crate::instrument::PollMetrics;
 use crate::outbox::{down_record, event_record, now};
 use crate::relay::Relay;
-use crate::store::{Commit, SessionChange, SessionState, kind};
+use crate::store::{
+    Commit, Session, SessionChange, SessionState, from_unix_micros, kind, unix_micros,
+};
 
 /// Consecutive final (non-retryable) failures after which a session is closed with reason `error`.
 const MAX_FINAL_FAILURES: u32 = 5;
@@ -49,9 +55,9 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
         );
     }
     let poll_started = std::time::Instant::now();
-    let polled = client.poll(&s.user_id).await;
+    let polled = client.poll_raw(&s.user_id).await;
     metrics.poll(poll_started.elapsed(), polled.is_ok());
-    let rsp = match polled {
+    let (rsp, raw) = match polled {
         Ok(r) => r,
         Err(e) => {
             p.failures += 1;
@@ -77,12 +83,29 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
     }
     p.failures = 0;
     if !rsp.downlink_messages.is_empty() {
-        match Box::pin(store_messages(relay, tenant, &mut p, rsp, received_at)).await {
+        // Into the journal before anything else is done with it: from here on a crash does not
+        // lose it.
+        let header = journal_header(&p.session, received_at);
+        let ticket = relay.journal.append(&header, raw.get().as_bytes());
+        tracing::trace!(tenant = %header.tenant, user = %header.user, journaled = ticket.is_some(),
+            codes = ?rsp.downlink_messages.iter().map(|m| m.message_code.as_deref()).collect::<Vec<_>>(),
+            "Poll answer in hand");
+        let stored = Box::pin(store_messages(relay, tenant, &mut p, rsp, received_at)).await;
+        if let Stored::Refused = stored {
+            set_aside(relay, &header, raw.get().as_bytes());
+        }
+        match (stored, ticket) {
+            // Left in the journal: the next start replays it.
+            (Stored::Interrupted, _) | (_, None) => {}
+            (_, Some(t)) => relay.journal.done(t),
+        }
+        match stored {
             Stored::Kept => {}
             Stored::Closed => return Next::Closed,
-            Stored::Lost => return Next::Again(p),
+            Stored::Refused | Stored::Interrupted => return Next::Again(p),
         }
     }
+    drop(raw);
     // Keep the stored token in step with the one the upstream last handed out.
     if let Some(current) = client.user_token_changed(&p.session.user_id, p.session.token.as_deref())
     {
@@ -112,13 +135,145 @@ async fn store_token(relay: &Relay, p: &mut Polled, current: &str) {
 }
 
 /// What became of the messages a poll returned.
+#[derive(Clone, Copy)]
 enum Stored {
     /// Committed; the session goes on.
     Kept,
     /// Committed with the session's close (the agent hung up).
     Closed,
-    /// Could not be committed (a non-retryable database error, or shutdown).
-    Lost,
+    /// Refused by the store for good (not for being away: that is retried until it takes it).
+    Refused,
+    /// Not committed: the relay is stopping. The journal keeps the answer for the next start.
+    Interrupted,
+}
+
+/// The journal's header of an answer polled for `s` at `at`.
+fn journal_header(s: &Session, at: OffsetDateTime) -> Header {
+    Header {
+        tenant: s.tenant.clone(),
+        user: s.user_id.clone(),
+        session: s.id.clone(),
+        channel: s.channel_config_id.clone(),
+        state: s.state.as_str().to_owned(),
+        at: unix_micros(at),
+    }
+}
+
+/// Keeps an answer the store refused for good beside the journal, and says where.
+fn set_aside(relay: &Relay, header: &Header, body: &[u8]) {
+    match relay.journal.reject(header, body) {
+        Ok(file) => tracing::error!(tenant = %header.tenant, user = %header.user,
+            file = %file.display(), "Polled messages the store refused were set aside in this file"),
+        Err(e) => tracing::error!(tenant = %header.tenant, user = %header.user, error = %e,
+            "Polled messages the store refused could not be set aside and are lost"),
+    }
+}
+
+/// The commit of the messages one poll answer brought for session `s`: transcript rows with
+/// their outbox rows (files held for download), the session's activity, and its close if the
+/// agent hung up or its activation if an agent spoke while it was queued. Also whether it closes
+/// the session and whether an agent spoke.
+fn answer_commit(
+    relay: &Relay,
+    s: &Session,
+    messages: Vec<DownlinkMessage>,
+    received_at: OffsetDateTime,
+) -> (Commit, bool, bool) {
+    let mut commit = Commit::default();
+    let down_subject = relay.subjects.cec_down(&s.tenant, &s.user_id);
+    let mut disconnected = false;
+    let mut agent_spoke = false;
+    for m in messages {
+        disconnected |= m.is_disconnect();
+        agent_spoke |= m.source_type.as_deref() == Some("AGENT");
+        let down = DownMessage {
+            id: new_id(),
+            tenant: s.tenant.clone(),
+            user_id: s.user_id.clone(),
+            channel_config_id: s.channel_config_id.clone(),
+            received_at,
+            file: None,
+            file_error: None,
+            message: m,
+        };
+        // A file message is committed held, its download left to the media task.
+        if let Some(f) = crate::media::pending_file(kind::CEC, &s.id, &down) {
+            commit.files.push(f);
+        }
+        commit
+            .down
+            .push(down_record(kind::CEC, down_subject.clone(), &s.id, &down));
+    }
+    commit.touch.push((s.id.clone(), received_at));
+    if disconnected {
+        add_close(relay, &mut commit, s, "agent", None, received_at);
+    } else if agent_spoke && s.state == SessionState::Queued {
+        commit.sessions.push(SessionChange::SetState {
+            id: s.id.clone(),
+            state: SessionState::Active,
+        });
+    }
+    (commit, disconnected, agent_spoke)
+}
+
+/// Commits the answers an earlier run journaled (and may not have committed), in the order they
+/// came; an answer committed already changes nothing (its messages' codes are known). `false`
+/// if the relay stopped first: the journal keeps them for the next start.
+pub async fn replay(relay: &Relay, leftover: Leftover) -> bool {
+    if leftover.records.is_empty() {
+        leftover.remove();
+        return true;
+    }
+    let answers = leftover.records.len();
+    tracing::info!(answers, "Replaying the poll journal of the previous run");
+    let (mut stored, mut duplicates) = (0, 0);
+    for r in &leftover.records {
+        let h = &r.header;
+        let rsp = match crate::cec::client::parse_poll(&r.body) {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                tracing::error!(tenant = %h.tenant, user = %h.user, error = %e, "A journaled poll answer does not parse");
+                set_aside(relay, h, &r.body);
+                continue;
+            }
+        };
+        let at = from_unix_micros(h.at).unwrap_or_else(|_| now());
+        let session = Session {
+            id: h.session.clone(),
+            kind: kind::CEC.to_owned(),
+            tenant: h.tenant.clone(),
+            user_id: h.user.clone(),
+            channel_config_id: h.channel.clone(),
+            state: SessionState::parse(&h.state).unwrap_or(SessionState::Active),
+            token: None,
+            opened_at: at,
+            closed_at: None,
+            close_reason: None,
+            last_activity_at: at,
+        };
+        let (commit, _, _) = answer_commit(relay, &session, rsp.downlink_messages, at);
+        match relay.commit(commit).await {
+            Ok(c) => {
+                crate::instrument::messages("cec", &h.tenant, "down", c.inserted_down.len());
+                stored += c.inserted_down.len();
+                duplicates += c.duplicate_down;
+            }
+            Err(_) if relay.cancel.is_cancelled() => return false,
+            Err(e) => {
+                tracing::error!(tenant = %h.tenant, user = %h.user, error = %e, "A journaled poll answer could not be stored");
+                set_aside(relay, h, &r.body);
+            }
+        }
+    }
+    crate::instrument::poll_journal_replayed(stored);
+    tracing::info!(
+        answers,
+        stored,
+        already_stored = duplicates,
+        "Poll journal replayed"
+    );
+    leftover.remove();
+    true
 }
 
 /// Commits the messages a poll returned (and the session's close, if the agent hung up).
@@ -132,40 +287,8 @@ async fn store_messages(
     let client = &tenant.client;
     let s = &p.session;
     {
-        let mut commit = Commit::default();
-        let down_subject = relay.subjects.cec_down(&s.tenant, &s.user_id);
-        let mut disconnected = false;
-        let mut agent_spoke = false;
-        for m in rsp.downlink_messages {
-            disconnected |= m.is_disconnect();
-            agent_spoke |= m.source_type.as_deref() == Some("AGENT");
-            let down = DownMessage {
-                id: new_id(),
-                tenant: s.tenant.clone(),
-                user_id: s.user_id.clone(),
-                channel_config_id: s.channel_config_id.clone(),
-                received_at,
-                file: None,
-                file_error: None,
-                message: m,
-            };
-            // A file message is committed held, its download left to the media task.
-            if let Some(f) = crate::media::pending_file(kind::CEC, &s.id, &down) {
-                commit.files.push(f);
-            }
-            commit
-                .down
-                .push(down_record(kind::CEC, down_subject.clone(), &s.id, &down));
-        }
-        commit.touch.push((s.id.clone(), received_at));
-        if disconnected {
-            add_close(relay, &mut commit, s, "agent", None, received_at);
-        } else if agent_spoke && s.state == SessionState::Queued {
-            commit.sessions.push(SessionChange::SetState {
-                id: s.id.clone(),
-                state: SessionState::Active,
-            });
-        }
+        let (commit, disconnected, agent_spoke) =
+            answer_commit(relay, s, rsp.downlink_messages, received_at);
         match relay.commit(commit).await {
             Ok(c) => {
                 crate::instrument::messages("cec", &s.tenant, "down", c.inserted_down.len());
@@ -174,11 +297,17 @@ async fn store_messages(
                         "Upstream returned messages it had returned before; published once");
                 }
             }
+            Err(e) if relay.cancel.is_cancelled() => {
+                tracing::warn!(tenant = %s.tenant, user = %s.user_id, error = %e,
+                    "Stopping before polled messages were stored; the poll journal keeps them for the next start");
+                return Stored::Interrupted;
+            }
             Err(e) => {
-                // Only a non-retryable database error (or shutdown) gets here.
+                // The database being away is retried until it is back: only a refusal for good
+                // (a bug, bad data) gets here.
                 tracing::error!(tenant = %s.tenant, user = %s.user_id, error = %e,
-                    "Polled messages could not be stored and are lost");
-                return Stored::Lost;
+                    "Polled messages could not be stored");
+                return Stored::Refused;
             }
         }
         if disconnected {

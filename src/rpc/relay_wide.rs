@@ -121,12 +121,12 @@ async fn read(relay: &Relay, op: &str, b: &Body, scope: Option<&str>) -> Result<
             Ok(reply)
         }
         "health" => {
-            let db = relay
-                .store
-                .ping()
-                .await
-                .map(|_| "up".to_owned())
-                .unwrap_or_else(|e| format!("down: {e}"));
+            // A full or read-only database answers a ping: its refusals are in `store_health`.
+            let db = match (relay.store.ping().await, relay.store_health.cause()) {
+                (Err(e), _) => format!("down: {e}"),
+                (Ok(()), Some(cause)) => format!("down: {cause}"),
+                (Ok(()), None) => "up".to_owned(),
+            };
             let streams = relay
                 .streams_ready
                 .load(std::sync::atomic::Ordering::Relaxed);

@@ -91,13 +91,39 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the same call may succeed later (connection problems, pool timeouts, busy).
+    /// Whether the same call may succeed later: connection problems, pool timeouts, busy, and a
+    /// database that refuses writes for now ([`Self::refuses_writes`]).
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
             StoreError::Query(e) => is_transient(e),
             StoreError::Batch(e) => e.is_retryable(),
             StoreError::Sqlite { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+
+    /// Whether the database answers but takes no writes for now: its disk is full, it is
+    /// read-only (a demoted primary, a read-only file), or its I/O fails. Such a database is away
+    /// for the relay like an unreachable one, but a ping does not tell when it is back: only a
+    /// write does.
+    pub fn refuses_writes(&self) -> bool {
+        match self {
+            StoreError::Unavailable(e) | StoreError::Query(e) => match e {
+                sqlx::Error::Database(db) => {
+                    let code = db.code().unwrap_or_default();
+                    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                        code.parse::<i32>().is_ok_and(sqlite_refuses_writes)
+                    } else {
+                        pg_refuses_writes(&code)
+                    }
+                }
+                _ => false,
+            },
+            StoreError::Batch(e) => e.refuses_writes(),
+            StoreError::Sqlite { error, .. } => error
+                .sqlite_error()
+                .is_some_and(|e| sqlite_refuses_writes(e.extended_code)),
             _ => false,
         }
     }
@@ -112,6 +138,27 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// SQLite result codes (primary or extended) that mean "try again later": busy and locked (5,
+/// 6), and the database refusing writes for now ([`sqlite_refuses_writes`]), or the file not
+/// opening (14, `SQLITE_CANTOPEN`: its disk unmounted, say).
+pub(crate) fn sqlite_transient(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6 | 14) || sqlite_refuses_writes(code)
+}
+
+/// SQLite result codes of a database that takes no writes for now: `SQLITE_READONLY` (8),
+/// `SQLITE_IOERR` (10) and `SQLITE_FULL` (13, the disk or `max_page_count`).
+pub(crate) fn sqlite_refuses_writes(code: i32) -> bool {
+    matches!(code & 0xff, 8 | 10 | 13)
+}
+
+/// PostgreSQL SQLSTATEs of a server that takes no writes for now: class 53 (insufficient
+/// resources: 53100 disk full, 53200 out of memory, …) but 53300 (too many connections, which a
+/// ping meets too), 25006 (read-only transaction: a standby, a demoted primary, or
+/// `default_transaction_read_only`) and 58030 (I/O error).
+fn pg_refuses_writes(code: &str) -> bool {
+    (code.starts_with("53") && code != "53300") || code == "25006" || code == "58030"
+}
+
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -122,21 +169,18 @@ fn is_transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                // SQLite reports numeric (extended) result codes: primary SQLITE_BUSY (5) and
-                // SQLITE_LOCKED (6) mean "try again".
-                code.parse::<u32>()
-                    .map(|n| matches!(n & 0xff, 5 | 6))
-                    .unwrap_or(false)
+                // SQLite reports numeric (extended) result codes.
+                code.parse::<i32>().is_ok_and(sqlite_transient)
             } else {
-                // PostgreSQL SQLSTATEs: class 08 (connection), 57P0x (shutting down),
-                // 53300 (too many connections), 40001/40P01 (serialisation, deadlock).
-                {
-                    code.starts_with("08")
-                        || code.starts_with("57P0")
-                        || code == "53300"
-                        || code == "40001"
-                        || code == "40P01"
-                }
+                // PostgreSQL SQLSTATEs: class 08 (connection), 57P0x (shutting down), 53300 (too
+                // many connections), 40001/40P01 (serialisation, deadlock), and a server that
+                // takes no writes for now.
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || code == "53300"
+                    || code == "40001"
+                    || code == "40P01"
+                    || pg_refuses_writes(&code)
             }
         }
         _ => false,
@@ -1247,3 +1291,33 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    #[test]
+    fn postgres_resource_read_only_and_io_errors_refuse_writes() {
+        for code in ["53000", "53100", "53200", "53400", "25006", "58030"] {
+            assert!(pg_refuses_writes(code), "{code}");
+        }
+        for code in ["53300", "08006", "40001", "23505", "42P01", ""] {
+            assert!(!pg_refuses_writes(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn sqlite_full_read_only_and_io_errors_are_transient() {
+        // Primary and extended codes: SQLITE_FULL, SQLITE_IOERR_WRITE (10 | 3 << 8),
+        // SQLITE_READONLY_DBMOVED (8 | 4 << 8).
+        for code in [13, 10, 778, 8, 1032] {
+            assert!(
+                sqlite_transient(code) && sqlite_refuses_writes(code),
+                "{code}"
+            );
+        }
+        assert!(sqlite_transient(5) && !sqlite_refuses_writes(5));
+        // SQLITE_CONSTRAINT_UNIQUE (19 | 8 << 8).
+        assert!(!sqlite_transient(2067));
+    }
+}

@@ -777,6 +777,21 @@ impl PgStore {
     }
 }
 
+/// [`Store::write_batch`] on `conn`, in one transaction.
+async fn write_batch_on(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec<Written>> {
+    let mut tx = sqlx::Connection::begin(conn).await.map_err(classify)?;
+    // On error `tx` is dropped, which rolls everything back.
+    let mut done = Vec::with_capacity(writes.len());
+    let mut commits = Vec::new();
+    for w in writes {
+        let applied = apply_write(&mut tx, w).await?;
+        done.push(applied.keep_commit(&mut commits));
+    }
+    let committed = apply(&mut tx, &commits).await?;
+    tx.commit().await.map_err(classify)?;
+    Applied::results(done, committed)
+}
+
 /// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
 async fn apply_write<'w>(conn: &mut PgConnection, w: &'w Write) -> Result<Applied<'w>> {
     Ok(match w {
@@ -940,17 +955,17 @@ impl Store for PgStore {
         for w in writes.iter_mut() {
             super::pg_text::write(w);
         }
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        // On error `tx` is dropped, which rolls everything back.
-        let mut done = Vec::with_capacity(writes.len());
-        let mut commits = Vec::new();
-        for w in writes.iter() {
-            let applied = apply_write(&mut tx, w).await?;
-            done.push(applied.keep_commit(&mut commits));
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        let result = write_batch_on(&mut conn, writes).await;
+        if let Err(e) = &result
+            && e.refuses_writes()
+        {
+            // A read-only server (a demoted primary, a standby) or one out of resources: this
+            // connection is not used again, so the next attempt connects afresh — to the new
+            // primary, once the address points to it.
+            conn.close_on_drop();
         }
-        let committed = apply(&mut tx, &commits).await?;
-        tx.commit().await.map_err(classify)?;
-        Applied::results(done, committed)
+        result
     }
 
     async fn up_lookup(

@@ -67,6 +67,8 @@ impl SqliteStore {
     /// [`StoreError::Query`] for a malformed URL, [`StoreError::Unavailable`] or `Query` when
     /// the file cannot be opened.
     pub async fn connect(url: &str) -> Result<Self> {
+        let (url, max_page_count) = take_max_page_count(url)?;
+        let url = url.as_str();
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let (options, temp) = if in_memory {
             let dir = tempfile::Builder::new()
@@ -94,6 +96,10 @@ impl SqliteStore {
             // the same settings.
             .pragma("temp_store", "memory")
             .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
+        let options = match max_page_count {
+            Some(n) => options.pragma("max_page_count", n.to_string()),
+            None => options,
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(BUSY_TIMEOUT)
@@ -107,7 +113,7 @@ impl SqliteStore {
             .await
             .map_err(classify)?;
         // The pool created the file; opening it again is quick (no I/O beyond the header).
-        let batches = Arc::new(write::Writer::open(options.get_filename())?);
+        let batches = Arc::new(write::Writer::open(options.get_filename(), max_page_count)?);
         let lookups = lookup::Lookups::spawn(pool.clone());
         Ok(SqliteStore {
             pool,
@@ -128,6 +134,34 @@ impl SqliteStore {
     pub(crate) fn writer_pragma(&self, name: &str) -> Result<i64> {
         self.batches.pragma(name)
     }
+}
+
+/// `url` without its `max_page_count=N` query parameter, and `N`: the most pages the database
+/// may grow to (SQLite's `PRAGMA max_page_count`, set on every connection). Beyond it, writes fail
+/// with `SQLITE_FULL` as on a full disk — polling pauses until pages are freed — which caps the
+/// database's size and lets the tests fill it.
+fn take_max_page_count(url: &str) -> Result<(String, Option<u32>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut max = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("max_page_count", n)) => {
+                max = Some(n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid(format!(
+                        "store.url: max_page_count={n:?} is not a positive number of pages"
+                    ))
+                })?);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    Ok(match rest.is_empty() {
+        true => (base.to_owned(), max),
+        false => (format!("{base}?{}", rest.join("&")), max),
+    })
 }
 
 const SESSION_COLUMNS: &str = "id, kind, tenant, user_id, channel_config_id, state, token, \
@@ -989,4 +1023,30 @@ fn tim_callback_from_row(row: &SqliteRow) -> Result<TimCallbackRow> {
         published: get::<i64>(row, "published")? != 0,
         created_at: ts(row, "created_at")?,
     })
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::take_max_page_count;
+
+    #[test]
+    fn max_page_count_is_taken_out_of_the_url_and_checked() {
+        assert_eq!(
+            take_max_page_count("sqlite://a.db").unwrap(),
+            ("sqlite://a.db".to_owned(), None)
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://a.db?max_page_count=300").unwrap(),
+            ("sqlite://a.db".to_owned(), Some(300))
+        );
+        assert_eq!(
+            take_max_page_count("sqlite://a.db?mode=rwc&max_page_count=7").unwrap(),
+            ("sqlite://a.db?mode=rwc".to_owned(), Some(7))
+        );
+        for bad in ["0", "-1", "lots", ""] {
+            let url = format!("sqlite://a.db?max_page_count={bad}");
+            let err = take_max_page_count(&url).unwrap_err().to_string();
+            assert!(err.contains("max_page_count"), "{bad}: {err}");
+        }
+    }
 }

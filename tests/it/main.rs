@@ -7,6 +7,7 @@ mod cec_relay;
 mod chaos;
 mod cli;
 mod crash;
+mod durable;
 mod fuzz_nats;
 mod harness_smoke;
 mod logs;

@@ -20,14 +20,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{BUSY_TIMEOUT, WAL_CHECKPOINT_PAGES};
 use crate::store::{
     Applied, Commit, Committed, Direction, MessageRow, MessageStatus, Result, SessionChange,
     SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome, Write, Written,
-    check_commits, committed_each, invalid, unix_micros,
+    check_commits, committed_each, invalid, sqlite_transient, unix_micros,
 };
 
 /// Prepared statements the writer keeps: one per statement below, with room.
@@ -117,8 +117,9 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Opens the database file at `path` (created and migrated by the pool already).
-    pub(super) fn open(path: &Path) -> Result<Self> {
+    /// Opens the database file at `path` (created and migrated by the pool already), at most
+    /// `max_page_count` pages big when given.
+    pub(super) fn open(path: &Path, max_page_count: Option<u32>) -> Result<Self> {
         let conn = Connection::open(path).map_err(sqlite_error)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -137,6 +138,10 @@ impl Writer {
             ("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string()),
         ] {
             conn.pragma_update(None, pragma, value)
+                .map_err(sqlite_error)?;
+        }
+        if let Some(n) = max_page_count {
+            conn.pragma_update(None, "max_page_count", n)
                 .map_err(sqlite_error)?;
         }
         Ok(Writer {
@@ -187,12 +192,13 @@ impl Writer {
     }
 }
 
-/// A rusqlite error as the store reports it: busy and locked are retryable, as sqlx's are.
+/// A rusqlite error as the store reports it, retryable as sqlx's are: busy, locked, and a
+/// database that takes no writes for now (full, read-only, failing I/O; see
+/// [`crate::store::sqlite_transient`]).
 pub(super) fn sqlite_error(e: rusqlite::Error) -> StoreError {
-    let retryable = matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    );
+    let retryable = e
+        .sqlite_error()
+        .is_some_and(|f| sqlite_transient(f.extended_code));
     StoreError::Sqlite {
         error: e,
         retryable,
@@ -615,9 +621,29 @@ mod tests {
     }
 
     #[test]
+    fn a_full_read_only_or_failing_database_is_away_not_final() {
+        for code in [
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_IOERR_WRITE,
+            rusqlite::ffi::SQLITE_IOERR_FSYNC,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_READONLY_DBMOVED,
+        ] {
+            let e = sqlite_error(failure(code));
+            assert!(e.is_retryable(), "{code}: {e}");
+            assert!(e.refuses_writes(), "{code}: {e}");
+        }
+        let busy = sqlite_error(failure(rusqlite::ffi::SQLITE_BUSY));
+        assert!(!busy.refuses_writes(), "a ping tells when busy ends");
+        let cant_open = sqlite_error(failure(rusqlite::ffi::SQLITE_CANTOPEN));
+        assert!(cant_open.is_retryable() && !cant_open.refuses_writes());
+    }
+
+    #[test]
     fn a_closed_writer_refuses_writes_as_unavailable() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let writer = Writer::open(&dir.path().join("w.db")).expect("open");
+        let writer = Writer::open(&dir.path().join("w.db"), None).expect("open");
         assert_eq!(writer.pragma("synchronous").expect("pragma"), 2, "FULL");
         writer.close();
         let err = writer

@@ -76,6 +76,8 @@ pub async fn spawn_app_configured(
     let db_path = dir.path().join("relay.db");
     let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
     let mut config = test_config(&nats_server.url(), &db_url, &sim);
+    // Beside the test's SQLite file; for PostgreSQL not in the working directory (the crate's).
+    config.relay.journal_dir = Some(dir.path().to_owned());
     configure(&mut config, &sim);
     let app = App::start(config).await.expect("relay starts");
     let client = async_nats::connect(nats_server.url()).await.unwrap();

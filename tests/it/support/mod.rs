@@ -21,7 +21,8 @@ use std::sync::Once;
 
 #[allow(unused_imports)]
 pub use nats::{
-    ConfiguredNats, MIN_NATS_VERSION, nats, nats_server_binary, nats_with_config, nats_with_password,
+    ConfiguredNats, MIN_NATS_VERSION, nats, nats_server_binary, nats_with_config,
+    nats_with_password,
 };
 #[allow(unused_imports)]
 pub use postgres::{TestPg, admin_pg_url, fresh_pg_database};

@@ -39,6 +39,9 @@ impl RelayProcess {
             .args(args)
             .args(["run", "--config"])
             .arg(&self.config)
+            // The configuration's directory is the relay's state directory (its poll journal,
+            // with PostgreSQL, goes into the working directory).
+            .current_dir(self.config.parent().unwrap_or(Path::new(".")))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
