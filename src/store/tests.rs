@@ -2029,21 +2029,43 @@ async fn a_closed_store_fails_with_retryable_errors(db: Db) {
 
 #[tokio::test]
 async fn a_write_whose_caller_gave_up_before_its_batch_is_not_applied() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let (_dir, url) = sqlite_file_url("store.db");
     let store = connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    // Polled once (queued), then dropped: on this single-threaded runtime the writer cannot run
-    // in between, so when it takes the write its caller is gone.
+    // The writer runs on a thread of its own, so the test keeps it busy instead of relying on
+    // scheduling: another connection holds the write lock, and the writer waits on it with a
+    // first write ("blocker") while the second ("quitter") is queued behind it and dropped.
+    let other = crate::store::sqlite::SqliteStore::connect(&url)
+        .await
+        .unwrap();
+    let held = other.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let blocker = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .commit(downs(vec![down("blocker", None, "b", at(0))]))
+                .await
+        })
+    };
+    // Long enough for the writer to take the blocker's batch and wait for the lock (5 s).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!blocker.is_finished(), "the blocker must wait for the lock");
     let mut given_up = Box::pin(store.commit(downs(vec![down("quitter", None, "x", at(0))])));
     assert!(futures::poll!(&mut given_up).is_pending());
     drop(given_up);
+    held.rollback().await.unwrap();
+    blocker
+        .await
+        .unwrap()
+        .expect("the blocker commits once the lock is free");
     store
         .commit(downs(vec![down("stayer", None, "y", at(1))]))
         .await
         .unwrap();
     assert!(transcript(&store, "quitter").await.is_empty());
     assert_eq!(transcript(&store, "stayer").await.len(), 1);
+    assert_eq!(transcript(&store, "blocker").await.len(), 1);
+    other.close().await;
 }
 
 #[test]
