@@ -75,14 +75,19 @@ impl App {
             .await
             .context("starting a local nats-server")?;
 
-        let store = store::connect(&config.store.url).await.with_context(|| {
-            format!("opening the store {}", store::redact_url(&config.store.url))
-        })?;
+        // Nothing is committed for publishing that the connected server cannot take.
+        let publish_limit = outbox::PublishLimit::new(Subjects::new(config.nats.prefix.clone()));
+        let store = store::connect_within(&config.store.url, publish_limit.clone())
+            .await
+            .with_context(|| {
+                format!("opening the store {}", store::redact_url(&config.store.url))
+            })?;
         store.migrate().await.context("migrating the store")?;
 
         let nats = bus::connect::connect(&config.nats, "ccrelay")
             .await
             .context("connecting to NATS")?;
+        publish_limit.connected(nats.clone());
         let js = async_nats::jetstream::new(nats.clone());
 
         let http_client = CecClient::http_client().context("building the HTTP client")?;

@@ -11,8 +11,10 @@
 //! `relay.outbox_attempts` moves to `dead_letters` ([`crate::deadletter`]). A row that cannot
 //! fit the connected server at all (its subject or size) goes there at once.
 
+mod fit;
 mod records;
 
+pub use fit::{DEFAULT_MAX_PAYLOAD, PublishLimit};
 pub use records::{down_record, event_record, now};
 
 use std::sync::Arc;
