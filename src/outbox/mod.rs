@@ -383,8 +383,9 @@ impl Round<'_> {
             .await
     }
 
-    /// Moves `row` to `dead_letters`, and announces it with an `error` event on `P.error`. An
-    /// error when the row cannot be moved (it stays, and is tried again after a backoff).
+    /// Moves `row` to `dead_letters` and commits the `error` event announcing it on `P.error`,
+    /// in one transaction. An error when that cannot be done (the row stays, and is tried again
+    /// after a backoff).
     async fn give_up(
         &self,
         row: &OutboxRow,
@@ -392,7 +393,6 @@ impl Round<'_> {
         error: &str,
         attempts: i64,
     ) -> Result<(), crate::store::StoreError> {
-        let id = self.store.outbox_dead(row.seq, reason, error).await?;
         let routable = |t: &str| crate::bus::subjects::check_token(t).is_ok();
         let parsed = self
             .subjects
@@ -404,8 +404,8 @@ impl Round<'_> {
                     .map(|(a, _, u)| (crate::store::kind::TIM, a, u))
             })
             .filter(|(_, t, u)| routable(t) && routable(u));
-        let letter = DeadLetter {
-            id: id.unwrap_or_default(),
+        let mut letter = DeadLetter {
+            id: 0,
             source: crate::store::dead_source::OUTBOX.to_owned(),
             msg_id: row.msg_id.clone(),
             subject: row.subject.clone(),
@@ -425,10 +425,14 @@ impl Round<'_> {
             created_at: row.created_at,
             dead_at: now(),
         };
-        crate::deadletter::logged(&letter, id);
-        let commit = crate::deadletter::event_commit(self.subjects, &letter, id);
-        if let Err(e) = self.store.commit(commit).await {
-            tracing::warn!(error = %e, "Cannot commit the error event of a dead letter");
+        let event = crate::deadletter::event(self.subjects, &letter, None);
+        let id = self
+            .store
+            .outbox_dead(row.seq, reason, error, Some(&event))
+            .await?;
+        if id.is_some() {
+            letter.id = id.unwrap_or_default();
+            crate::deadletter::logged(&letter, id);
         }
         Ok(())
     }

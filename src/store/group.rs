@@ -389,8 +389,14 @@ impl Store for GroupCommit {
             .await
     }
 
-    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>> {
-        self.inner.outbox_dead(seq, reason, error).await
+    async fn outbox_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        event: Option<&EventRecord>,
+    ) -> Result<Option<i64>> {
+        self.inner.outbox_dead(seq, reason, error, event).await
     }
 
     async fn dead_letter_add(&self, dead: &DeadLetter) -> Result<Option<i64>> {

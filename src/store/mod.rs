@@ -941,9 +941,17 @@ pub trait Store: Send + Sync + 'static {
         next_attempt_at: OffsetDateTime,
         error: &str,
     ) -> Result<()>;
-    /// Moves outbox row `seq` into `dead_letters` (source `outbox`) with `reason` and `error`, in
-    /// one transaction. Returns the dead letter's id; `None` if the row is gone.
-    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>>;
+    /// Moves outbox row `seq` into `dead_letters` (source `outbox`) with `reason` and `error`, and
+    /// stores `event` (the `error` event announcing it, given the dead letter's id as
+    /// `deadLetter`) with its outbox row, in one transaction. Returns the dead letter's id; `None`
+    /// (storing nothing) if the row is gone.
+    async fn outbox_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        event: Option<&EventRecord>,
+    ) -> Result<Option<i64>>;
     /// Stores a dead letter; `None` (changing nothing) if its (source, msg_id) is stored already.
     async fn dead_letter_add(&self, dead: &DeadLetter) -> Result<Option<i64>>;
     /// The oldest `limit` dead letters.

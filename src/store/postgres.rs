@@ -1173,7 +1173,13 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>> {
+    async fn outbox_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        event: Option<&EventRecord>,
+    ) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, attempts, \
@@ -1191,6 +1197,37 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
+        if let (Some(id), Some(e)) = (id, event) {
+            let body = super::pg_text::json(&with_dead_letter(&e.body, Some(id)));
+            sqlx::query(
+                "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, \
+                   body, subject, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)",
+            )
+            .bind(&e.relay_id)
+            .bind(&e.kind)
+            .bind(&e.tenant)
+            .bind(&e.user_id)
+            .bind(&e.session_id)
+            .bind(&e.event_type)
+            .bind(e.ok)
+            .bind(&body)
+            .bind(&e.subject)
+            .bind(Ts::of(e.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query(
+                "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&e.relay_id)
+            .bind(&e.subject)
+            .bind(body.as_bytes())
+            .bind(Ts::of(OffsetDateTime::now_utc()))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         sqlx::query("DELETE FROM outbox WHERE seq = $1")
             .bind(seq)
             .execute(&mut *tx)

@@ -2983,7 +2983,7 @@ async fn a_failing_outbox_row_backs_off_alone_then_becomes_a_dead_letter(db: Db)
 
     // Given up: a dead letter with its subject, payload and error; a2 goes on.
     let dead_id = store
-        .outbox_dead(pending[0].seq, "publish_failed", "refused for good")
+        .outbox_dead(pending[0].seq, "publish_failed", "refused for good", None)
         .await
         .unwrap()
         .expect("moved");
@@ -3016,7 +3016,10 @@ async fn a_failing_outbox_row_backs_off_alone_then_becomes_a_dead_letter(db: Db)
     assert_eq!(d.created_at, pending[0].created_at);
     assert_eq!(store.outbox_stats().await.unwrap().dead_letters, 1);
     assert_eq!(
-        store.outbox_dead(pending[0].seq, "x", "y").await.unwrap(),
+        store
+            .outbox_dead(pending[0].seq, "x", "y", None)
+            .await
+            .unwrap(),
         None,
         "gone"
     );
@@ -3229,5 +3232,55 @@ async fn what_the_server_cannot_take_is_committed_as_a_dead_letter_and_an_error_
     // A store without a limit (tools, tests) commits as before.
     let plain = db.reopen().await;
     let big2 = down("big", Some("c-big2"), &"x".repeat(MAX + 10), at(4));
-    assert_eq!(plain.commit(downs(vec![big2])).await.unwrap().outboxed, 1);
+    assert_eq!(
+        plain
+            .commit(downs(vec![big2.clone()]))
+            .await
+            .unwrap()
+            .outboxed,
+        1
+    );
+
+    // Set aside at publish time (the server's limit shrank after the commit): the row becomes a
+    // dead letter and its error event is committed with it, in one transaction.
+    let row = plain
+        .outbox_pending(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.msg_id == big2.publish.msg_id)
+        .expect("the big row");
+    let announce = event("big", "error", at(5));
+    let id = store
+        .outbox_dead(row.seq, "too_large", "over", Some(&announce))
+        .await
+        .unwrap()
+        .expect("moved");
+    let outbox = store.outbox_pending(100).await.unwrap();
+    assert!(outbox.iter().all(|r| r.msg_id != big2.publish.msg_id));
+    let published = outbox
+        .iter()
+        .find(|r| r.msg_id == announce.relay_id)
+        .expect("the event's outbox row");
+    let e: serde_json::Value = serde_json::from_slice(&published.payload).unwrap();
+    assert_eq!(e["deadLetter"], json!(id), "{e}");
+    let events = store.events(kind::CEC, TENANT, "big").await.unwrap();
+    assert!(events.iter().any(|e| e.relay_id == announce.relay_id));
+    // Gone already: nothing is stored.
+    let again = event("big", "error", at(6));
+    assert_eq!(
+        store
+            .outbox_dead(row.seq, "too_large", "over", Some(&again))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .outbox_pending(100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.msg_id != again.relay_id)
+    );
 }
