@@ -8,8 +8,11 @@
 //! row back with one backoff; a row that fails for a reason of its own — over the server's
 //! `max_payload`, refused by JetStream — is retried on its own backoff (`attempts`,
 //! `next_attempt_at`; later rows of its subject wait for it, other subjects pass), and after
-//! `relay.outbox_attempts` moves to `dead_letters` ([`crate::deadletter`]). A row that cannot
-//! fit the connected server at all (its subject or size) goes there at once.
+//! `relay.outbox_attempts` moves to `dead_letters` ([`crate::deadletter`]). What cannot fit the
+//! connected server at all (its subject or size) is not committed to the outbox in the first
+//! place ([`PublishLimit`]); a row that no longer fits (a server with a smaller `max_payload`)
+//! goes to `dead_letters` at once. Either way its `error` event is committed in the same
+//! transaction as its dead letter.
 
 mod fit;
 mod records;

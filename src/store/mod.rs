@@ -34,7 +34,8 @@
 //! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
 //! records, the events, the satisfactions, the offline messages, the files, the touches; its
 //! outbox rows follow the inserted downs (held when the commit has a file for them), then the
-//! events. Transcripts, events, satisfactions and offline
+//! events; a message set aside ([`Commit::set_aside`]) has no outbox row, and its dead letter and
+//! `error` event are stored with the commit's events instead. Transcripts, events, satisfactions and offline
 //! messages read back ordered by `created_at`, ties in insertion order.
 //!
 //! **Group commit.** The writes ([`Write`]) of many tasks share transactions: [`connect`] wraps
