@@ -191,3 +191,61 @@ struct Letter<'a> {
 fn unfit(subject: &str, len: usize, max_payload: usize) -> Option<(&'static str, String)> {
     crate::deadletter::unpublishable_len(subject, len, max_payload)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::payload::Event;
+
+    fn commit_of(bodies: &[usize]) -> Commit {
+        let events = bodies
+            .iter()
+            .map(|n| {
+                let e = Event::new("session.opened", true)
+                    .for_user("t", "u")
+                    .with("pad", "p".repeat(*n));
+                event_record(kind::CEC, "p.cec.t.event.u".into(), None, &e)
+            })
+            .collect();
+        Commit {
+            events,
+            ..Commit::default()
+        }
+    }
+
+    #[test]
+    fn only_what_does_not_fit_is_set_aside_once() {
+        let limit = PublishLimit::fixed(Subjects::new("p"), 4096);
+        assert_eq!(limit.max_payload(), 4096);
+        let mut c = commit_of(&[10, 5000]);
+        limit.fit(&mut c);
+        limit.fit(&mut c);
+        assert_eq!(c.set_aside.len(), 1);
+        let s = &c.set_aside[0];
+        assert_eq!(s.dead.msg_id, c.events[1].relay_id);
+        assert_eq!(
+            (s.dead.reason.as_str(), s.dead.tenant.as_deref()),
+            ("too_large", Some("t"))
+        );
+        let e = s.event.as_ref().expect("an error event");
+        assert_eq!(e.subject, "p.error");
+        assert!(e.body.len() < 1024 && !e.body.contains("ppp"), "{}", e.body);
+    }
+
+    #[test]
+    fn a_server_taking_almost_nothing_gets_the_dead_letter_without_its_event() {
+        let limit = PublishLimit::fixed(Subjects::new("p"), 300);
+        let mut c = commit_of(&[400]);
+        limit.fit(&mut c);
+        assert_eq!(c.set_aside.len(), 1);
+        assert!(c.set_aside[0].event.is_none());
+    }
+
+    #[test]
+    fn nats_default_before_connecting() {
+        assert_eq!(
+            PublishLimit::new(Subjects::new("p")).max_payload(),
+            DEFAULT_MAX_PAYLOAD
+        );
+    }
+}
