@@ -63,9 +63,13 @@ impl App {
             None
         };
 
-        let store = store::connect(&config.store.url).await.with_context(|| {
-            format!("opening the store {}", store::redact_url(&config.store.url))
-        })?;
+        // Nothing is committed for publishing that the connected server cannot take.
+        let publish_limit = outbox::PublishLimit::new(Subjects::new(config.nats.prefix.clone()));
+        let store = store::connect_within(&config.store.url, publish_limit.clone())
+            .await
+            .with_context(|| {
+                format!("opening the store {}", store::redact_url(&config.store.url))
+            })?;
         store.migrate().await.context("migrating the store")?;
         let (journal, journal_leftover) =
             match poller::journal::location(&config.store.url, config.relay.journal_dir.as_deref())
@@ -78,6 +82,7 @@ impl App {
         let nats = bus::connect::connect(&config.nats, "ccrelay")
             .await
             .context("connecting to NATS")?;
+        publish_limit.connected(nats.clone());
         let js = async_nats::jetstream::new(nats.clone());
 
         let http_client = CecClient::http_client().context("building the HTTP client")?;

@@ -131,6 +131,15 @@ pub fn unpublishable(
     payload: &Bytes,
     max_payload: usize,
 ) -> Option<(&'static str, String)> {
+    unpublishable_len(subject, payload.len(), max_payload)
+}
+
+/// [`unpublishable`] of a payload of `len` bytes.
+pub fn unpublishable_len(
+    subject: &str,
+    len: usize,
+    max_payload: usize,
+) -> Option<(&'static str, String)> {
     use crate::bus::subjects::MAX_SUBJECT_BYTES;
     if subject.len() > MAX_SUBJECT_BYTES {
         return Some((
@@ -142,13 +151,12 @@ pub fn unpublishable(
         ));
     }
     // The headers (Nats-Msg-Id) count towards max_payload; a generous allowance for them.
-    let size = payload.len() + HEADER_ALLOWANCE;
+    let size = len + HEADER_ALLOWANCE;
     if max_payload > 0 && size > max_payload {
         return Some((
             "too_large",
             format!(
-                "the message is {} bytes; the NATS server takes at most {max_payload} (max_payload)",
-                payload.len()
+                "the message is {len} bytes; the NATS server takes at most {max_payload} (max_payload)"
             ),
         ));
     }

@@ -8,11 +8,16 @@
 //! row back with one backoff; a row that fails for a reason of its own — over the server's
 //! `max_payload`, refused by JetStream — is retried on its own backoff (`attempts`,
 //! `next_attempt_at`; later rows of its subject wait for it, other subjects pass), and after
-//! `relay.outbox_attempts` moves to `dead_letters` ([`crate::deadletter`]). A row that cannot
-//! fit the connected server at all (its subject or size) goes there at once.
+//! `relay.outbox_attempts` moves to `dead_letters` ([`crate::deadletter`]). What cannot fit the
+//! connected server at all (its subject or size) is not committed to the outbox in the first
+//! place ([`PublishLimit`]); a row that no longer fits (a server with a smaller `max_payload`)
+//! goes to `dead_letters` at once. Either way its `error` event is committed in the same
+//! transaction as its dead letter.
 
+mod fit;
 mod records;
 
+pub use fit::{DEFAULT_MAX_PAYLOAD, PublishLimit};
 pub use records::{down_record, event_record, now};
 
 use std::sync::Arc;
@@ -381,8 +386,9 @@ impl Round<'_> {
             .await
     }
 
-    /// Moves `row` to `dead_letters`, and announces it with an `error` event on `P.error`. An
-    /// error when the row cannot be moved (it stays, and is tried again after a backoff).
+    /// Moves `row` to `dead_letters` and commits the `error` event announcing it on `P.error`,
+    /// in one transaction. An error when that cannot be done (the row stays, and is tried again
+    /// after a backoff).
     async fn give_up(
         &self,
         row: &OutboxRow,
@@ -390,7 +396,6 @@ impl Round<'_> {
         error: &str,
         attempts: i64,
     ) -> Result<(), crate::store::StoreError> {
-        let id = self.store.outbox_dead(row.seq, reason, error).await?;
         let routable = |t: &str| crate::bus::subjects::check_token(t).is_ok();
         let parsed = self
             .subjects
@@ -402,8 +407,8 @@ impl Round<'_> {
                     .map(|(a, _, u)| (crate::store::kind::TIM, a, u))
             })
             .filter(|(_, t, u)| routable(t) && routable(u));
-        let letter = DeadLetter {
-            id: id.unwrap_or_default(),
+        let mut letter = DeadLetter {
+            id: 0,
             source: crate::store::dead_source::OUTBOX.to_owned(),
             msg_id: row.msg_id.clone(),
             subject: row.subject.clone(),
@@ -423,10 +428,14 @@ impl Round<'_> {
             created_at: row.created_at,
             dead_at: now(),
         };
-        crate::deadletter::logged(&letter, id);
-        let commit = crate::deadletter::event_commit(self.subjects, &letter, id);
-        if let Err(e) = self.store.commit(commit).await {
-            tracing::warn!(error = %e, "Cannot commit the error event of a dead letter");
+        let event = crate::deadletter::event(self.subjects, &letter, None);
+        let id = self
+            .store
+            .outbox_dead(row.seq, reason, error, Some(&event))
+            .await?;
+        if id.is_some() {
+            letter.id = id.unwrap_or_default();
+            crate::deadletter::logged(&letter, id);
         }
         Ok(())
     }

@@ -36,6 +36,8 @@ use futures::FutureExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::outbox::PublishLimit;
+
 use super::{
     Commit, Committed, DeadLetter, EventRecord, FileDone, FileRow, MessagePage, MessageRow,
     OfflineRow, OutboxRow, OutboxStats, PendingFile, Result, SatisfactionRow, Session,
@@ -81,6 +83,8 @@ pub struct GroupCommit {
     closed: AtomicBool,
     /// Transactions applied so far (tests, diagnostics).
     batches: Arc<AtomicU64>,
+    /// What the connected NATS server takes: each commit is fitted to it before it is queued.
+    limit: Option<PublishLimit>,
 }
 
 impl GroupCommit {
@@ -100,6 +104,7 @@ impl GroupCommit {
             queues,
             closed: AtomicBool::new(false),
             batches,
+            limit: None,
         }
     }
 
@@ -132,7 +137,16 @@ impl GroupCommit {
             queues: vec![queue],
             closed: AtomicBool::new(false),
             batches,
+            limit: None,
         })
+    }
+
+    /// Fits every commit to `limit` before queueing it ([`PublishLimit::fit`]): an outbox
+    /// message the connected NATS server cannot take is committed as a dead letter and an
+    /// `error` event instead, in the same transaction, and logged and counted once committed.
+    pub fn publishing_within(mut self, limit: PublishLimit) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// How many batches (transactions, retries of a failed batch's writes not counted) the
@@ -141,8 +155,37 @@ impl GroupCommit {
         self.batches.load(Ordering::Relaxed)
     }
 
+    /// Queues `write` (fitted to the limit, if there is one) and waits for its result; logs and
+    /// counts the dead letters of the outbox messages it set aside.
+    async fn submit(&self, mut write: Write) -> Result<Written> {
+        let Some(limit) = &self.limit else {
+            return self.queue(write).await;
+        };
+        limit.fit_write(&mut write);
+        let letters: Vec<DeadLetter> = match &write {
+            Write::Commit(c) | Write::TimStream(_, c) | Write::TimCallback(_, c) => c
+                .set_aside
+                .iter()
+                .map(|s| DeadLetter {
+                    payload: Vec::new(),
+                    ..s.dead.clone()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let written = self.queue(write).await?;
+        if let Written::Committed(c) = &written {
+            for (msg_id, id) in &c.set_aside {
+                if let Some(d) = letters.iter().find(|d| &d.msg_id == msg_id) {
+                    crate::deadletter::logged(d, *id);
+                }
+            }
+        }
+        Ok(written)
+    }
+
     /// Queues `write` and waits for its result.
-    async fn submit(&self, write: Write) -> Result<Written> {
+    async fn queue(&self, write: Write) -> Result<Written> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
         }
@@ -346,8 +389,14 @@ impl Store for GroupCommit {
             .await
     }
 
-    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>> {
-        self.inner.outbox_dead(seq, reason, error).await
+    async fn outbox_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        event: Option<&EventRecord>,
+    ) -> Result<Option<i64>> {
+        self.inner.outbox_dead(seq, reason, error, event).await
     }
 
     async fn dead_letter_add(&self, dead: &DeadLetter) -> Result<Option<i64>> {

@@ -34,7 +34,8 @@
 //! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
 //! records, the events, the satisfactions, the offline messages, the files, the touches; its
 //! outbox rows follow the inserted downs (held when the commit has a file for them), then the
-//! events. Transcripts, events, satisfactions and offline
+//! events; a message set aside ([`Commit::set_aside`]) has no outbox row, and its dead letter and
+//! `error` event are stored with the commit's events instead. Transcripts, events, satisfactions and offline
 //! messages read back ordered by `created_at`, ties in insertion order.
 //!
 //! **Group commit.** The writes ([`Write`]) of many tasks share transactions: [`connect`] wraps
@@ -652,6 +653,58 @@ pub struct Commit {
     /// whose down was skipped as a duplicate is skipped too; one whose down is not in the
     /// commit is refused.
     pub files: Vec<FileRow>,
+    /// Outbox messages of this commit that cannot be published (too large for the connected
+    /// server, or on a subject no server routes), as [`crate::outbox::PublishLimit::fit`] found them: the down
+    /// or event whose `msg_id` it names is stored without its outbox row, and instead its dead
+    /// letter and the `error` event announcing it are stored — the event with the dead letter's
+    /// id, and published — unless the down was skipped as a duplicate (then nothing of it is).
+    pub set_aside: Vec<SetAside>,
+}
+
+/// An outbox message a commit does not publish: its dead letter (source
+/// [`dead_source::OUTBOX`], `msg_id` the message's) and the `error` event that replaces it on
+/// `P.error`. See [`Commit::set_aside`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetAside {
+    pub dead: DeadLetter,
+    /// The event announcing it; its body gets the dead letter's id (`deadLetter`) when stored.
+    /// `None` when even that event could not be published (a server taking almost nothing).
+    pub event: Option<EventRecord>,
+}
+
+impl Commit {
+    /// Whether the outbox message `msg_id` of this commit is set aside ([`Commit::set_aside`]).
+    pub(crate) fn is_set_aside(&self, msg_id: &str) -> bool {
+        self.set_aside.iter().any(|s| s.dead.msg_id == msg_id)
+    }
+
+    /// Its set-aside messages that are stored, given the relay ids of the downs inserted: all
+    /// but those of downs skipped as duplicates.
+    pub(crate) fn set_aside_stored<'c>(
+        &'c self,
+        inserted: &'c std::collections::HashSet<String>,
+    ) -> impl Iterator<Item = &'c SetAside> + 'c {
+        self.set_aside.iter().filter(move |s| {
+            !self
+                .down
+                .iter()
+                .any(|d| d.publish.msg_id == s.dead.msg_id && !inserted.contains(&d.row.relay_id))
+        })
+    }
+}
+
+/// `body` (a JSON object: an event of [`SetAside`]) with `"deadLetter": id` added.
+pub(crate) fn with_dead_letter(body: &str, id: Option<i64>) -> String {
+    let Some(id) = id else {
+        return body.to_owned();
+    };
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(mut m) => {
+            m.insert("deadLetter".to_owned(), id.into());
+            serde_json::to_string(&m).unwrap_or_else(|_| body.to_owned())
+        }
+        Err(_) => body.to_owned(),
+    }
 }
 
 impl Commit {
@@ -702,6 +755,7 @@ impl Commit {
             && self.offline.is_empty()
             && self.touch.is_empty()
             && self.files.is_empty()
+            && self.set_aside.is_empty()
     }
 }
 
@@ -714,6 +768,9 @@ pub struct Committed {
     pub duplicate_down: usize,
     /// How many outbox rows were added.
     pub outboxed: usize,
+    /// The outbox messages set aside ([`Commit::set_aside`]) and stored, by `msg_id`, with
+    /// their dead letter's id (`None` if one of that msg_id was stored before).
+    pub set_aside: Vec<(String, Option<i64>)>,
 }
 
 /// What [`Store::up_lookup`] found.
@@ -929,9 +986,17 @@ pub trait Store: Send + Sync + 'static {
         next_attempt_at: OffsetDateTime,
         error: &str,
     ) -> Result<()>;
-    /// Moves outbox row `seq` into `dead_letters` (source `outbox`) with `reason` and `error`, in
-    /// one transaction. Returns the dead letter's id; `None` if the row is gone.
-    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>>;
+    /// Moves outbox row `seq` into `dead_letters` (source `outbox`) with `reason` and `error`, and
+    /// stores `event` (the `error` event announcing it, given the dead letter's id as
+    /// `deadLetter`) with its outbox row, in one transaction. Returns the dead letter's id; `None`
+    /// (storing nothing) if the row is gone.
+    async fn outbox_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        event: Option<&EventRecord>,
+    ) -> Result<Option<i64>>;
     /// Stores a dead letter; `None` (changing nothing) if its (source, msg_id) is stored already.
     async fn dead_letter_add(&self, dead: &DeadLetter) -> Result<Option<i64>>;
     /// The oldest `limit` dead letters.
@@ -1173,11 +1238,14 @@ pub(crate) fn check_commits(commits: &[&Commit]) -> Result<()> {
     Ok(())
 }
 
-/// What each of a batch's commits did, given the relay ids of the downs the batch inserted: its
-/// downs inserted (in its order) and skipped, and its outbox rows (those downs and its events).
+/// What each of a batch's commits did, given the relay ids of the downs the batch inserted and
+/// the ids of the dead letters of its set-aside messages: its downs inserted (in its order) and
+/// skipped, its outbox rows (those downs and its events, less those set aside, plus the events
+/// announcing them) and its set-aside messages.
 pub(crate) fn committed_each(
     commits: &[&Commit],
     inserted: &std::collections::HashSet<String>,
+    dead_ids: &std::collections::HashMap<String, i64>,
 ) -> Vec<Committed> {
     commits
         .iter()
@@ -1190,7 +1258,25 @@ pub(crate) fn committed_each(
                     d.duplicate_down += 1;
                 }
             }
-            d.outboxed = d.inserted_down.len() + c.events.len();
+            let published_downs = c
+                .down
+                .iter()
+                .filter(|down| {
+                    inserted.contains(&down.row.relay_id) && !c.is_set_aside(&down.publish.msg_id)
+                })
+                .count();
+            let published_events = c
+                .events
+                .iter()
+                .filter(|e| !c.is_set_aside(&e.relay_id))
+                .count();
+            let mut announced = 0;
+            for s in c.set_aside_stored(inserted) {
+                announced += usize::from(s.event.is_some());
+                d.set_aside
+                    .push((s.dead.msg_id.clone(), dead_ids.get(&s.dead.msg_id).copied()));
+            }
+            d.outboxed = published_downs + published_events + announced;
             d
         })
         .collect()
@@ -1251,15 +1337,27 @@ pub type DynStore = Arc<dyn Store>;
 
 /// Opens the store named by `url` (`sqlite:` or `postgres:`), without migrating, behind group
 /// commit ([`group::GroupCommit`]; SQLite with one writer on a thread of its own, PostgreSQL with [`group::PG_WRITERS`]).
+/// Its commits are not checked against a NATS server's limits (tools, tests): the relay opens
+/// its store with [`connect_within`].
 pub async fn connect(url: &str) -> Result<DynStore> {
+    Ok(Arc::new(connect_group(url).await?))
+}
+
+/// [`connect`], with every commit fitted to `limit` before it is applied: an outbox message
+/// the connected NATS server cannot take is committed as a dead letter and an `error` event
+/// instead ([`crate::outbox::PublishLimit`]).
+pub async fn connect_within(url: &str, limit: crate::outbox::PublishLimit) -> Result<DynStore> {
+    Ok(Arc::new(connect_group(url).await?.publishing_within(limit)))
+}
+
+async fn connect_group(url: &str) -> Result<group::GroupCommit> {
     if url.starts_with("sqlite:") {
         let inner = Arc::new(sqlite::SqliteStore::connect(url).await?);
-        let group = group::GroupCommit::on_own_thread(inner)
-            .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-        Ok(Arc::new(group))
+        group::GroupCommit::on_own_thread(inner)
+            .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let inner = Arc::new(postgres::PgStore::connect(url).await?);
-        Ok(Arc::new(group::GroupCommit::new(inner, group::PG_WRITERS)))
+        Ok(group::GroupCommit::new(inner, group::PG_WRITERS))
     } else {
         Err(StoreError::UnsupportedUrl(redact_url(url)))
     }

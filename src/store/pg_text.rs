@@ -117,6 +117,9 @@ fn fix_commit(c: &mut Commit) {
     for e in &mut c.events {
         fix_json(&mut e.body);
     }
+    for e in c.set_aside.iter_mut().filter_map(|s| s.event.as_mut()) {
+        fix_json(&mut e.body);
+    }
     if let Some(up) = &mut c.up {
         fix_opt(&mut up.result_code);
         fix_opt(&mut up.result_desc);

@@ -25,7 +25,7 @@ use super::{
     OutboxStats, PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange,
     SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, UpOutcome,
     Write, Written, check_commits, classify, committed_each, from_unix_micros, invalid,
-    unix_micros,
+    unix_micros, with_dead_letter,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -188,7 +188,7 @@ const INSERT_DOWNS: &str = "WITH input AS ( \
      ), outboxed AS ( \
        INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
        SELECT msg_id, subject, payload, $23, held FROM input \
-       WHERE relay_id IN (SELECT relay_id FROM ins) ORDER BY ord \
+       WHERE relay_id IN (SELECT relay_id FROM ins) AND NOT (msg_id = ANY($24)) ORDER BY ord \
      ) \
      SELECT relay_id FROM ins";
 
@@ -206,7 +206,20 @@ const INSERT_EVENTS: &str = "WITH input AS ( \
        FROM input ORDER BY ord \
      ) \
      INSERT INTO outbox (msg_id, subject, payload, created_at) \
-     SELECT relay_id, subject, convert_to(body, 'UTF8'), $11 FROM input ORDER BY ord";
+     SELECT relay_id, subject, convert_to(body, 'UTF8'), $11 FROM input \
+     WHERE NOT (relay_id = ANY($12)) ORDER BY ord";
+
+/// Inserts dead letters, skipping those whose (source, msg_id) is stored; their msg_ids and ids.
+const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (source, msg_id, subject, payload, \
+       kind, tenant, user_id, message_id, reason, error, attempts, created_at, dead_at) \
+     SELECT source, msg_id, subject, payload, kind, tenant, user_id, message_id, reason, error, \
+       attempts, created_at, dead_at \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], \
+       $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::timestamptz[], \
+       $13::timestamptz[]) WITH ORDINALITY AS t(source, msg_id, subject, payload, kind, tenant, \
+       user_id, message_id, reason, error, attempts, created_at, dead_at, ord) \
+     ORDER BY ord \
+     ON CONFLICT (source, msg_id) DO NOTHING RETURNING msg_id, id";
 
 /// Inserts the satisfaction rows, in the order given.
 const INSERT_SATISFACTIONS: &str = "INSERT INTO satisfactions (relay_id, kind, tenant, user_id, \
@@ -599,6 +612,12 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
         .flat_map(|c| &c.files)
         .map(|f| f.relay_id.as_str())
         .collect();
+    // Outbox messages set aside: stored without their outbox rows.
+    let set_aside: Vec<String> = commits
+        .iter()
+        .flat_map(|c| &c.set_aside)
+        .map(|s| s.dead.msg_id.clone())
+        .collect();
     let downs: Vec<&DownRecord> = commits.iter().flat_map(|c| &c.down).collect();
     let mut inserted_downs = std::collections::HashSet::new();
     if !downs.is_empty() {
@@ -629,12 +648,58 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
                 downs.iter().map(|d| held.contains(d.row.relay_id.as_str())),
             ))
             .bind(now)
+            .bind(&set_aside)
             .fetch_all(&mut *conn)
             .await
             .map_err(classify)?;
         inserted_downs.extend(inserted);
     }
-    let events: Vec<&EventRecord> = commits.iter().flat_map(|c| &c.events).collect();
+    // The dead letters of the messages set aside, then the events announcing them (with the
+    // dead letters' ids) beside the commits' own events.
+    let dead: Vec<&DeadLetter> = commits
+        .iter()
+        .flat_map(|c| c.set_aside_stored(&inserted_downs))
+        .map(|s| &s.dead)
+        .collect();
+    let mut dead_ids = std::collections::HashMap::new();
+    if !dead.is_empty() {
+        let rows = || dead.iter();
+        let clean = |s: Option<&String>| s.map(|s| DeadLetter::clean(s));
+        let ids: Vec<(String, i64)> = sqlx::query_as(INSERT_DEAD_LETTERS)
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.source))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.msg_id))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.subject))))
+            .bind(column(rows().map(|d| d.payload.as_slice())))
+            .bind(column(rows().map(|d| clean(d.kind.as_ref()))))
+            .bind(column(rows().map(|d| clean(d.tenant.as_ref()))))
+            .bind(column(rows().map(|d| clean(d.user_id.as_ref()))))
+            .bind(column(rows().map(|d| clean(d.message_id.as_ref()))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.reason))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.error))))
+            .bind(column(
+                rows().map(|d| i32::try_from(d.attempts).unwrap_or(i32::MAX)),
+            ))
+            .bind(column(rows().map(|d| Ts::of(d.created_at))))
+            .bind(column(rows().map(|d| Ts::of(d.dead_at))))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+        dead_ids.extend(ids);
+    }
+    let announced: Vec<EventRecord> = commits
+        .iter()
+        .flat_map(|c| c.set_aside_stored(&inserted_downs))
+        .filter_map(|s| {
+            let mut e = s.event.clone()?;
+            e.body = with_dead_letter(&e.body, dead_ids.get(&s.dead.msg_id).copied());
+            Some(e)
+        })
+        .collect();
+    let events: Vec<&EventRecord> = commits
+        .iter()
+        .flat_map(|c| &c.events)
+        .chain(&announced)
+        .collect();
     if !events.is_empty() {
         let events = || events.iter();
         sqlx::query(INSERT_EVENTS)
@@ -649,6 +714,7 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
             .bind(column(events().map(|e| e.subject.as_str())))
             .bind(column(events().map(|e| Ts::of(e.created_at))))
             .bind(now)
+            .bind(&set_aside)
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
@@ -746,7 +812,7 @@ async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Commi
     }
 
     // RETURNING comes in no particular order: each commit's downs are reported in its order.
-    Ok(committed_each(commits, &inserted_downs))
+    Ok(committed_each(commits, &inserted_downs, &dead_ids))
 }
 
 impl PgStore {
@@ -1126,7 +1192,13 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>> {
+    async fn outbox_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        event: Option<&EventRecord>,
+    ) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, attempts, \
@@ -1144,6 +1216,37 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
+        if let (Some(id), Some(e)) = (id, event) {
+            let body = super::pg_text::json(&with_dead_letter(&e.body, Some(id)));
+            sqlx::query(
+                "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, \
+                   body, subject, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)",
+            )
+            .bind(&e.relay_id)
+            .bind(&e.kind)
+            .bind(&e.tenant)
+            .bind(&e.user_id)
+            .bind(&e.session_id)
+            .bind(&e.event_type)
+            .bind(e.ok)
+            .bind(&body)
+            .bind(&e.subject)
+            .bind(Ts::of(e.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query(
+                "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&e.relay_id)
+            .bind(&e.subject)
+            .bind(body.as_bytes())
+            .bind(Ts::of(OffsetDateTime::now_utc()))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         sqlx::query("DELETE FROM outbox WHERE seq = $1")
             .bind(seq)
             .execute(&mut *tx)

@@ -560,7 +560,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn outbox_dead(&self, seq: i64, reason: &str, error: &str) -> Result<Option<i64>> {
+    async fn outbox_dead(
+        &self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        event: Option<&EventRecord>,
+    ) -> Result<Option<i64>> {
         let mut tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")
@@ -582,6 +588,37 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
+        if let (Some(id), Some(e)) = (id, event) {
+            let body = super::with_dead_letter(&e.body, Some(id));
+            sqlx::query(
+                "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, \
+                   body, subject, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .bind(e.relay_id.clone())
+            .bind(e.kind.clone())
+            .bind(e.tenant.clone())
+            .bind(e.user_id.clone())
+            .bind(e.session_id.clone())
+            .bind(e.event_type.clone())
+            .bind(e.ok)
+            .bind(body.clone())
+            .bind(e.subject.clone())
+            .bind(unix_micros(e.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query(
+                "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
+                 VALUES (?1, ?2, ?3, ?4, 0)",
+            )
+            .bind(e.relay_id.clone())
+            .bind(e.subject.clone())
+            .bind(body.into_bytes())
+            .bind(unix_micros(OffsetDateTime::now_utc()))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         sqlx::query("DELETE FROM outbox WHERE seq = ?1")
             .bind(seq)
             .execute(&mut *tx)

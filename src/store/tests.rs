@@ -199,6 +199,7 @@ contract_tests!(
     the_commits_of_one_batch_are_applied_together_and_answered_apart,
     a_failing_outbox_row_backs_off_alone_then_becomes_a_dead_letter,
     dead_letters_are_kept_once_retried_and_dropped,
+    what_the_server_cannot_take_is_committed_as_a_dead_letter_and_an_error_event,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -918,6 +919,7 @@ async fn down_messages_are_deduplicated_by_message_code(db: Db) {
             inserted_down: vec![a.row.relay_id.clone(), b.row.relay_id.clone()],
             duplicate_down: 0,
             outboxed: 2,
+            set_aside: Vec::new(),
         }
     );
 
@@ -935,6 +937,7 @@ async fn down_messages_are_deduplicated_by_message_code(db: Db) {
             inserted_down: vec![b_twin.row.relay_id.clone(), c.row.relay_id.clone()],
             duplicate_down: 1,
             outboxed: 2,
+            set_aside: Vec::new(),
         }
     );
 
@@ -1778,6 +1781,7 @@ async fn the_commits_of_one_batch_are_applied_together_and_answered_apart(db: Db
             inserted_down: inserted.iter().map(|d| d.row.relay_id.clone()).collect(),
             duplicate_down,
             outboxed,
+            set_aside: Vec::new(),
         })
     };
     assert_eq!(
@@ -3004,7 +3008,7 @@ async fn a_failing_outbox_row_backs_off_alone_then_becomes_a_dead_letter(db: Db)
 
     // Given up: a dead letter with its subject, payload and error; a2 goes on.
     let dead_id = store
-        .outbox_dead(pending[0].seq, "publish_failed", "refused for good")
+        .outbox_dead(pending[0].seq, "publish_failed", "refused for good", None)
         .await
         .unwrap()
         .expect("moved");
@@ -3037,7 +3041,10 @@ async fn a_failing_outbox_row_backs_off_alone_then_becomes_a_dead_letter(db: Db)
     assert_eq!(d.created_at, pending[0].created_at);
     assert_eq!(store.outbox_stats().await.unwrap().dead_letters, 1);
     assert_eq!(
-        store.outbox_dead(pending[0].seq, "x", "y").await.unwrap(),
+        store
+            .outbox_dead(pending[0].seq, "x", "y", None)
+            .await
+            .unwrap(),
         None,
         "gone"
     );
@@ -3134,4 +3141,171 @@ async fn dead_letters_are_kept_once_retried_and_dropped(db: Db) {
     assert!(store.dead_letter_drop(again).await.unwrap());
     assert!(!store.dead_letter_drop(again).await.unwrap());
     assert!(store.dead_letters(10).await.unwrap().is_empty());
+}
+
+async fn what_the_server_cannot_take_is_committed_as_a_dead_letter_and_an_error_event(db: Db) {
+    const MAX: usize = 4096;
+    let limit = crate::outbox::PublishLimit::fixed(crate::bus::Subjects::new("ccrelay"), MAX);
+    let store: DynStore = Arc::new(group_on(&db).await.publishing_within(limit));
+    let t0 = at(0);
+    let small = down("big", Some("c-small"), "hello", t0);
+    let big = down("big", Some("c-big"), &"x".repeat(MAX + 10), at(1));
+    let ok_event = event("big", "session.opened", t0);
+    let mut big_event = event("big", "session.closed", at(2));
+    big_event.body =
+        json!({"id": big_event.relay_id, "type": "session.closed", "pad": "y".repeat(MAX)})
+            .to_string();
+    let done = store
+        .commit(Commit {
+            down: vec![small.clone(), big.clone()],
+            events: vec![ok_event.clone(), big_event.clone()],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.inserted_down.len(), 2, "{done:?}");
+    let set_aside: Vec<&str> = done.set_aside.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(
+        set_aside,
+        [big.publish.msg_id.as_str(), big_event.relay_id.as_str()]
+    );
+    assert!(
+        done.set_aside.iter().all(|(_, id)| id.is_some()),
+        "{done:?}"
+    );
+    assert_eq!(
+        done.outboxed, 4,
+        "the small down and event, and two error events"
+    );
+
+    // Both transcripts rows and both events are stored: only the publication is replaced.
+    let rows = transcript(&store, "big").await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].content, big.row.content);
+    let events = store.events(kind::CEC, TENANT, "big").await.unwrap();
+    assert!(events.iter().any(|e| e.relay_id == big_event.relay_id));
+
+    // The outbox holds nothing over the limit: the small messages, then the error events.
+    let outbox = store.outbox_pending(100).await.unwrap();
+    let ids: Vec<&str> = outbox.iter().map(|r| r.msg_id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(
+        ids[..2],
+        [small.publish.msg_id.as_str(), ok_event.relay_id.as_str()]
+    );
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for (row, (d, original)) in outbox[2..]
+        .iter()
+        .zip(dead.iter().zip([&big.publish.msg_id, &big_event.relay_id]))
+    {
+        assert!(row.payload.len() < MAX, "{}", row.payload.len());
+        assert_eq!(row.subject, "ccrelay.error");
+        let e: serde_json::Value = serde_json::from_slice(&row.payload).unwrap();
+        assert_eq!(
+            (
+                &e["type"],
+                &e["resultCode"],
+                &e["source"],
+                &e["msgId"],
+                &e["deadLetter"],
+                &e["maxPayload"]
+            ),
+            (
+                &json!("error"),
+                &json!("too_large"),
+                &json!("outbox"),
+                &json!(original),
+                &json!(d.id),
+                &json!(MAX)
+            ),
+            "{e}"
+        );
+        assert!(e["size"].as_u64().is_some_and(|n| n > MAX as u64), "{e}");
+        assert_eq!(
+            (d.source.as_str(), d.reason.as_str(), d.attempts),
+            ("outbox", "too_large", 0)
+        );
+        assert_eq!(&d.msg_id, original);
+        assert_eq!(d.tenant.as_deref(), Some(TENANT));
+    }
+    assert_eq!(dead[0].payload, big.publish.payload);
+    assert_eq!(dead[0].subject, big.publish.subject);
+    assert!(
+        outbox
+            .iter()
+            .all(|r| !String::from_utf8_lossy(&r.payload).contains("xxxx"))
+    );
+
+    // The same big message again (a duplicate code): nothing of it is stored a second time.
+    let again = store
+        .commit(downs(vec![down(
+            "big",
+            Some("c-big"),
+            &"x".repeat(MAX + 10),
+            at(3),
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.duplicate_down, again.outboxed, again.set_aside.len()),
+        (1, 0, 0)
+    );
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 2);
+    assert_eq!(store.outbox_pending(100).await.unwrap().len(), 4);
+
+    // A store without a limit (tools, tests) commits as before.
+    let plain = db.reopen().await;
+    let big2 = down("big", Some("c-big2"), &"x".repeat(MAX + 10), at(4));
+    assert_eq!(
+        plain
+            .commit(downs(vec![big2.clone()]))
+            .await
+            .unwrap()
+            .outboxed,
+        1
+    );
+
+    // Set aside at publish time (the server's limit shrank after the commit): the row becomes a
+    // dead letter and its error event is committed with it, in one transaction.
+    let row = plain
+        .outbox_pending(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.msg_id == big2.publish.msg_id)
+        .expect("the big row");
+    let announce = event("big", "error", at(5));
+    let id = store
+        .outbox_dead(row.seq, "too_large", "over", Some(&announce))
+        .await
+        .unwrap()
+        .expect("moved");
+    let outbox = store.outbox_pending(100).await.unwrap();
+    assert!(outbox.iter().all(|r| r.msg_id != big2.publish.msg_id));
+    let published = outbox
+        .iter()
+        .find(|r| r.msg_id == announce.relay_id)
+        .expect("the event's outbox row");
+    let e: serde_json::Value = serde_json::from_slice(&published.payload).unwrap();
+    assert_eq!(e["deadLetter"], json!(id), "{e}");
+    let events = store.events(kind::CEC, TENANT, "big").await.unwrap();
+    assert!(events.iter().any(|e| e.relay_id == announce.relay_id));
+    // Gone already: nothing is stored.
+    let again = event("big", "error", at(6));
+    assert_eq!(
+        store
+            .outbox_dead(row.seq, "too_large", "over", Some(&again))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .outbox_pending(100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.msg_id != again.relay_id)
+    );
 }

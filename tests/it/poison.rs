@@ -537,3 +537,86 @@ async fn a_row_jetstream_refuses_backs_off_alone_then_is_a_dead_letter() {
             .is_some_and(|p| p.contains("zzzz"))
     );
 }
+
+/// A message over the server's `max_payload` is never committed to the outbox: its transcript
+/// row is stored, and in the same transaction its dead letter and an `error` event naming it.
+/// A trigger records every row the outbox is ever given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_max_payload_never_enters_the_outbox() {
+    let t = spawn_app().await;
+    let audit = rusqlite::Connection::open(&t.db_path).unwrap();
+    audit
+        .execute_batch(
+            "CREATE TABLE outbox_audit (msg_id TEXT NOT NULL, size INTEGER NOT NULL); \
+             CREATE TRIGGER outbox_audit AFTER INSERT ON outbox BEGIN \
+               INSERT INTO outbox_audit VALUES (new.msg_id, length(new.payload)); END;",
+        )
+        .unwrap();
+    let mut errors = Watcher::new(&t.js, &format!("{PREFIX}.error")).await;
+    let mut w = t.watch(TENANT, "big").await;
+    t.up(
+        "big",
+        json!({"controlType": "CONNECT", "messageId": "big-c"}),
+    )
+    .await;
+    w.until(30, "connected", is_result_for("big-c")).await;
+    let max_payload = t.client.server_info().max_payload;
+    t.sim.agent_say("big", &"x".repeat(max_payload + 1000));
+    t.sim.agent_say("big", "after the big one");
+    w.until(
+        30,
+        "the next message",
+        is_down_containing("after the big one"),
+    )
+    .await;
+    let e = errors
+        .until(30, "the error event", |_, v| v["resultCode"] == "too_large")
+        .await;
+    let msg_id = e["msgId"].as_str().unwrap().to_owned();
+
+    // Never in the outbox, and nothing the outbox was given is over the limit.
+    let given: Vec<(String, i64)> = audit
+        .prepare("SELECT msg_id, size FROM outbox_audit")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(given.len() >= 3, "{given:?}");
+    assert!(!given.iter().any(|(m, _)| *m == msg_id), "{given:?}");
+    assert!(
+        given.iter().all(|(_, n)| (*n as usize) < max_payload),
+        "{given:?}"
+    );
+    assert_eq!(
+        (&e["source"], &e["maxPayload"], &e["tenant"], &e["userId"]),
+        (
+            &json!("outbox"),
+            &json!(max_payload),
+            &json!(TENANT),
+            &json!("big")
+        ),
+        "{e}"
+    );
+    assert!(
+        e["size"].as_u64().is_some_and(|n| n > max_payload as u64),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("xxxx"), "no content in the event");
+    let dead = dead_letters(&t.db_url);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (&dead[0]["reason"], &dead[0]["msgId"], &dead[0]["id"]),
+        (&json!("too_large"), &json!(msg_id), &e["deadLetter"]),
+        "{:?}",
+        dead[0]
+    );
+    // The transcript keeps the message whole.
+    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let rows = store.transcript("cec", TENANT, "big").await.unwrap();
+    let kept = rows.iter().find(|r| r.relay_id == msg_id).expect("kept");
+    assert_eq!(
+        kept.content.as_deref().map(str::len),
+        Some(max_payload + 1000)
+    );
+}

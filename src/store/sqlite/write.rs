@@ -25,9 +25,10 @@ use time::OffsetDateTime;
 
 use super::{BUSY_TIMEOUT, WAL_CHECKPOINT_PAGES};
 use crate::store::{
-    Applied, Commit, Committed, Direction, MessageRow, MessageStatus, Result, SessionChange,
-    SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome, Write, Written,
-    check_commits, committed_each, invalid, sqlite_transient, unix_micros,
+    Applied, Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, Result,
+    SessionChange, SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome,
+    Write, Written, check_commits, committed_each, invalid, sqlite_transient, unix_micros,
+    with_dead_letter,
 };
 
 /// Prepared statements the writer keeps: one per statement below, with room.
@@ -71,6 +72,12 @@ const INSERT_OFFLINE: &str = "INSERT INTO offline_messages (relay_id, kind, tena
      session_id, source, message_id, caller, content, tip_text, result_code, result_desc, \
      created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
      ON CONFLICT (kind, tenant, user_id, message_id) WHERE message_id IS NOT NULL DO NOTHING";
+
+/// A dead letter, unless its (source, msg_id) is stored; its id.
+const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (source, msg_id, subject, payload, \
+     kind, tenant, user_id, message_id, reason, error, attempts, created_at, dead_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+     ON CONFLICT (source, msg_id) DO NOTHING RETURNING id";
 
 const INSERT_OUTBOX: &str =
     "INSERT INTO outbox (msg_id, subject, payload, created_at, held) VALUES (?1, ?2, ?3, ?4, ?5)";
@@ -363,7 +370,57 @@ fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
         }
     }
 
-    for e in commits.iter().flat_map(|c| &c.events) {
+    // The dead letters of the messages set aside, then the events announcing them (with the
+    // dead letters' ids) beside the commits' own events.
+    let mut dead_ids = HashMap::new();
+    for s in commits.iter().flat_map(|c| c.set_aside_stored(&inserted)) {
+        let d = &s.dead;
+        let id: Option<i64> = conn
+            .prepare_cached(INSERT_DEAD_LETTER)
+            .and_then(|mut st| {
+                st.query_row(
+                    params![
+                        d.source,
+                        d.msg_id,
+                        d.subject,
+                        d.payload,
+                        d.kind,
+                        d.tenant,
+                        d.user_id,
+                        d.message_id,
+                        d.reason,
+                        d.error,
+                        d.attempts,
+                        unix_micros(d.created_at),
+                        unix_micros(d.dead_at),
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .map_err(sqlite_error)?;
+        if let Some(id) = id {
+            dead_ids.insert(d.msg_id.clone(), id);
+        }
+    }
+    let announced: Vec<Vec<EventRecord>> = commits
+        .iter()
+        .map(|c| {
+            c.set_aside_stored(&inserted)
+                .filter_map(|s| {
+                    let mut e = s.event.clone()?;
+                    e.body = with_dead_letter(&e.body, dead_ids.get(&s.dead.msg_id).copied());
+                    Some(e)
+                })
+                .collect()
+        })
+        .collect();
+
+    for e in commits
+        .iter()
+        .flat_map(|c| &c.events)
+        .chain(announced.iter().flatten())
+    {
         exec(
             conn,
             INSERT_EVENT,
@@ -427,8 +484,12 @@ fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
 
     // What to publish, commit by commit: its downs inserted, then its events. Each row's seq
     // follows the one before it.
-    for c in commits {
-        for down in c.down.iter().filter(|d| inserted.contains(&d.row.relay_id)) {
+    for (c, announced) in commits.iter().zip(&announced) {
+        for down in c
+            .down
+            .iter()
+            .filter(|d| inserted.contains(&d.row.relay_id) && !c.is_set_aside(&d.publish.msg_id))
+        {
             let held = c.files.iter().any(|f| f.relay_id == down.row.relay_id);
             let p = &down.publish;
             exec(
@@ -437,7 +498,12 @@ fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
                 params![p.msg_id, p.subject, p.payload, now, held],
             )?;
         }
-        for e in &c.events {
+        for e in c
+            .events
+            .iter()
+            .filter(|e| !c.is_set_aside(&e.relay_id))
+            .chain(announced)
+        {
             exec(
                 conn,
                 INSERT_OUTBOX,
@@ -478,7 +544,7 @@ fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
     }
 
     touch_sessions(conn, commits.iter().flat_map(|c| &c.touch))?;
-    Ok(committed_each(commits, &inserted))
+    Ok(committed_each(commits, &inserted, &dead_ids))
 }
 
 /// Moves each session's `last_activity_at` forward to the latest time it is given; a session
