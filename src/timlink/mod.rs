@@ -404,6 +404,10 @@ impl Workers {
                     user,
                     chunk,
                     seq: stream_seq(&msg),
+                    received_at: msg
+                        .info()
+                        .map(|i| i.published)
+                        .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
                     done: Some(tx),
                 });
                 let heartbeat = self.heartbeat;

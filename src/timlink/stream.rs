@@ -10,7 +10,9 @@
 //!   without a chunk, a call the relay makes itself with what is pending (maybe nothing);
 //! - a retryable answer (rate limit, internal error, transport) puts the chunks back and retries
 //!   after a backoff (exponential, jitter, capped), through the limiter again; a final answer
-//!   fails the stream;
+//!   fails the stream, and so does the [`super::Budget`] of sends: `relay.up_attempts` retryable
+//!   answers (rate limits not counted) or an oldest pending chunk older than `relay.up_max_age`
+//!   (since it reached `_IN`) end it with `reason` `attempts` / `age` and a dead letter;
 //! - after every call the stream's row (assembled text, `MsgKey`, counts) is saved, with the
 //!   `stream.result` event when it ended, and only then are the chunks acknowledged.
 //!
@@ -34,16 +36,15 @@ use super::ratelimit::RateLimiter;
 use super::{Sink, TimUpstream, error_fields};
 use crate::bus::payload::{Event, event_type};
 use crate::bus::tim_payload::TimChunk;
+use crate::deadletter::{Received, Why};
 use crate::outbox::{event_record, now};
-use crate::store::{Commit, MessageStatus, TimStreamRow, kind};
+use crate::store::{Commit, DeadLetter, MessageStatus, TimStreamRow, dead_source, kind};
 use crate::tim::TimError;
 use crate::tim::wire::{MAX_BODY_BYTES, StreamMsgRequest};
 use crate::uplink::handle::Disposition;
 
 /// Most bytes of chunk text merged into one call (the request must stay under 12 KB).
 pub const MAX_MERGED_BYTES: usize = MAX_BODY_BYTES - 1024;
-/// Retries of a non-rate-limit retryable failure before the stream fails.
-const MAX_RETRIES: u32 = 8;
 /// How long a finished stream is remembered in memory (later chunks are refused from it).
 const TOMBSTONE: Duration = Duration::from_secs(600);
 
@@ -53,6 +54,8 @@ pub struct ChunkIn {
     pub chunk: TimChunk,
     /// JetStream stream sequence (0: unknown; never skipped as a redelivery).
     pub seq: u64,
+    /// When it reached the `_IN` stream (its age counts against the budget).
+    pub received_at: OffsetDateTime,
     /// Told once the chunk's outcome is committed. Dropped unanswered: deliver it again.
     pub done: Option<oneshot::Sender<Disposition>>,
 }
@@ -135,6 +138,7 @@ struct Pending {
     seq: u64,
     text: String,
     finish: bool,
+    received_at: OffsetDateTime,
     done: Option<oneshot::Sender<Disposition>>,
 }
 
@@ -265,6 +269,7 @@ impl Scheduler {
             seq: c.seq,
             text: std::mem::take(&mut c.chunk.chunk),
             finish: c.chunk.finish,
+            received_at: c.received_at,
             done: c.done.take(),
         };
         let Some(s) = self.streams.get_mut(&key) else {
@@ -570,7 +575,7 @@ impl Scheduler {
                         .into(),
             };
             self.tracker.spawn(async move {
-                let outcome = fail(&ctx, row, taken, &error).await;
+                let outcome = fail(&ctx, row, taken, &error, None).await;
                 let _ = tx.send(Msg::Done { key, outcome });
             });
             return;
@@ -626,15 +631,24 @@ impl Scheduler {
                 if !error.is_rate_limited() {
                     s.retries += 1;
                 }
-                if s.retries > MAX_RETRIES {
-                    // Give up: fail the stream with what is pending.
+                let budget = self.ctx.sink.budget;
+                let aged = s
+                    .pending
+                    .iter()
+                    .map(|p| p.received_at)
+                    .min()
+                    .is_some_and(|t| OffsetDateTime::now_utc() - t > budget.max_age);
+                if aged || s.retries >= budget.attempts {
+                    // The budget is spent: fail the stream with what is pending, as a dead letter.
+                    let why = if aged { "age" } else { "attempts" };
                     let taken: Vec<Pending> = s.pending.drain(..).collect();
                     s.phase = Phase::InFlight;
+                    let letter = self.dead_letter(&key, &taken, why, &error);
                     let row = self.failed_row(&key);
                     let ctx = self.ctx.clone();
                     let tx = self.tx.clone();
                     self.tracker.spawn(async move {
-                        let outcome = fail(&ctx, row, taken, &error).await;
+                        let outcome = fail(&ctx, row, taken, &error, Some((why, letter))).await;
                         let _ = tx.send(Msg::Done { key, outcome });
                     });
                     return;
@@ -684,6 +698,42 @@ impl Scheduler {
             s.phase = Phase::Queued;
             self.ready.push_back(key.to_owned());
         }
+    }
+
+    /// The dead letter of stream `key` given up for `why` with `taken` pending: its subject, and
+    /// a TimChunk of the text Tencent never took.
+    fn dead_letter(&self, key: &str, taken: &[Pending], why: &str, e: &TimError) -> DeadLetter {
+        let s = &self.streams[key];
+        let chunk = TimChunk {
+            stream_id: key.to_owned(),
+            from: s.from.clone(),
+            chunk: taken.iter().map(|p| p.text.as_str()).collect(),
+            finish: taken.iter().any(|p| p.finish),
+        };
+        let payload = serde_json::to_vec(&chunk).unwrap_or_default();
+        let subject = self.ctx.sink.subjects.tim_stream(&self.ctx.app, &s.user);
+        let msg_id = format!("tim-stream-{}-{key}", self.ctx.app);
+        let received_at = taken
+            .iter()
+            .map(|p| p.received_at)
+            .min()
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        Received {
+            source: dead_source::TIM_STREAM,
+            msg_id: &msg_id,
+            subject: &subject,
+            payload: &payload,
+            kind: kind::TIM,
+            tenant: Some(&self.ctx.app),
+            user: Some(&s.user),
+            message_id: Some(key),
+            received_at,
+        }
+        .letter(Why {
+            reason: why,
+            error: format!("given up after {} attempts: {e}", s.retries),
+            attempts: i64::from(s.retries),
+        })
     }
 
     fn failed_row(&self, key: &str) -> TimStreamRow {
@@ -748,7 +798,7 @@ async fn call(
                 row.msg_key = a.msg_key.clone().filter(|k| !k.is_empty());
             }
             let commit = if row.finished {
-                result_commit(ctx, &row, None)
+                result_commit(ctx, &row, None, None)
             } else {
                 Commit::default()
             };
@@ -784,17 +834,19 @@ async fn call(
             row.calls -= 1;
             row.text.truncate(row.text.len() - req.chunk.len());
             row.chunks -= taken.len() as i64;
-            fail(ctx, row, taken, &e).await
+            fail(ctx, row, taken, &e, None).await
         }
     }
 }
 
-/// Saves the stream as failed with its `stream.result`, and acknowledges `taken`.
+/// Saves the stream as failed with its `stream.result`, and acknowledges `taken`. `dead`: the
+/// budget spent (`attempts` / `age`) and the dead letter recorded first, named in the event.
 async fn fail(
     ctx: &StreamCtx,
     mut row: TimStreamRow,
     mut taken: Vec<Pending>,
     e: &TimError,
+    dead: Option<(&str, DeadLetter)>,
 ) -> CallOutcome {
     tracing::warn!(app = %ctx.app, stream_id = row.stream_id, code = %e.code(), error = %e, "Tencent stream failed");
     row.finished = true;
@@ -804,7 +856,23 @@ async fn fail(
     row.last_seq = row
         .last_seq
         .max(taken.iter().map(|p| p.seq).max().unwrap_or(0) as i64);
-    let commit = result_commit(ctx, &row, Some(e));
+    let dead = match dead {
+        None => None,
+        Some((why, letter)) => match crate::deadletter::record(&ctx.sink.store, &letter).await {
+            Ok(id) => Some((why, id)),
+            Err(err) if err.is_retryable() => {
+                tracing::warn!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+                    "Cannot store the dead letter of a Tencent stream; its chunks will be redelivered");
+                return CallOutcome::Unsaved;
+            }
+            Err(err) => {
+                tracing::error!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+                    "Cannot store the dead letter of a Tencent stream");
+                Some((why, None))
+            }
+        },
+    };
+    let commit = result_commit(ctx, &row, Some(e), dead);
     let store = ctx.sink.store.clone();
     match ctx
         .sink
@@ -825,8 +893,14 @@ async fn fail(
     }
 }
 
-/// The `stream.result` event of a stream that ended.
-fn result_commit(ctx: &StreamCtx, row: &TimStreamRow, e: Option<&TimError>) -> Commit {
+/// The `stream.result` event of a stream that ended; `dead` names the budget spent and the dead
+/// letter, as a `send.result` does.
+fn result_commit(
+    ctx: &StreamCtx,
+    row: &TimStreamRow,
+    e: Option<&TimError>,
+    dead: Option<(&str, Option<i64>)>,
+) -> Commit {
     let mut ev = Event::new(event_type::STREAM_RESULT, e.is_none())
         .for_user(&ctx.app, &row.user_id)
         .with("app", &*ctx.app)
@@ -846,6 +920,12 @@ fn result_commit(ctx: &StreamCtx, row: &TimStreamRow, e: Option<&TimError>) -> C
                 .with("errorInfo", info)
         }
     };
+    if let Some((why, id)) = dead {
+        ev = ev.with("reason", why);
+        if let Some(id) = id {
+            ev = ev.with("deadLetter", id);
+        }
+    }
     let subject = ctx.sink.subjects.tim_event_or_error(&ctx.app, &row.user_id);
     Commit {
         events: vec![event_record(kind::TIM, subject, None, &ev)],

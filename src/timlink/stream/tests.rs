@@ -33,6 +33,16 @@ async fn rig_on(store: DynStore, fake_limit: usize, limiter: u32, idle: Duration
 }
 
 fn rig_with(store: DynStore, fake: Arc<FakeTim>, limiter: u32, idle: Duration) -> Rig {
+    rig_budget(store, fake, limiter, idle, Default::default())
+}
+
+fn rig_budget(
+    store: DynStore,
+    fake: Arc<FakeTim>,
+    limiter: u32,
+    idle: Duration,
+    budget: crate::timlink::Budget,
+) -> Rig {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let handle = spawn(
@@ -45,7 +55,7 @@ fn rig_with(store: DynStore, fake: Arc<FakeTim>, limiter: u32, idle: Duration) -
                 outbox: OutboxSignal::default(),
                 subjects: Subjects::new("ccrelay"),
                 cancel: cancel.clone(),
-                budget: Default::default(),
+                budget,
             },
             idle_timeout: idle,
         },
@@ -79,6 +89,7 @@ impl Rig {
                 finish,
             },
             seq,
+            received_at: time::OffsetDateTime::now_utc(),
             done: Some(tx),
         });
         assert!(pushed.is_ok());
@@ -353,6 +364,7 @@ async fn a_stream_without_a_robot_account_fails_before_any_call() {
             finish: true,
         },
         seq: 1,
+        received_at: time::OffsetDateTime::now_utc(),
         done: Some(tx),
     });
     all_acked(vec![rx]).await;
@@ -378,5 +390,80 @@ async fn a_stream_id_of_another_user_is_refused() {
     );
     let st = r.fake.with(|s| s.streams.values().next().cloned()).unwrap();
     assert_eq!(st.text, "mine");
+    r.stop().await;
+}
+
+/// A rig whose calls answer `faults` first, with `budget`.
+async fn failing(faults: &[i64], budget: crate::timlink::Budget) -> Rig {
+    let store = crate::store::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let fake = Arc::new(FakeTim::new(100, Duration::from_millis(1)));
+    fake.with(|s| s.stream_faults.extend(faults));
+    rig_budget(store, fake, 100, Duration::from_secs(30), budget)
+}
+
+/// The one `stream.result` of `u1` (asserted failed) and the one dead letter.
+async fn given_up(r: &Rig) -> (serde_json::Value, crate::store::DeadLetter) {
+    let row = r.store.tim_stream("shop", "st1").await.unwrap().unwrap();
+    assert_eq!(row.status, MessageStatus::Failed);
+    let events = r.store.events(kind::TIM, "shop", "u1").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(!events[0].ok);
+    let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+    assert_eq!(body["type"], "stream.result");
+    let mut dead = r.store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let dead = dead.remove(0);
+    assert_eq!(body["deadLetter"], dead.id);
+    assert_eq!(
+        (dead.source.as_str(), dead.message_id.as_deref()),
+        ("tim_stream", Some("st1"))
+    );
+    assert_eq!(dead.subject, "ccrelay.tim.shop.stream.u1");
+    (body, dead)
+}
+
+#[tokio::test]
+async fn a_stream_that_spends_its_attempts_is_given_up_as_a_dead_letter() {
+    // Rate-limit answers cost no attempt; three internal errors spend the budget.
+    let faults = [
+        60007, 10002, 60007, 10002, 10002, 10002, 10002, 10002, 10002, 10002, 10002,
+    ];
+    let budget = crate::timlink::Budget {
+        attempts: 3,
+        max_age: Duration::from_secs(600),
+    };
+    let r = failing(&faults, budget).await;
+    let rxs = vec![
+        r.push("u1", "st1", "a", false, 1),
+        r.push("u1", "st1", "b", true, 2),
+    ];
+    all_acked(rxs).await;
+    assert_eq!(
+        r.fake.with(|s| s.calls),
+        5,
+        "two rate limits and three attempts"
+    );
+    let (body, dead) = given_up(&r).await;
+    assert_eq!(body["reason"], "attempts");
+    assert_eq!(body["errorCode"], 10002);
+    assert_eq!((dead.reason.as_str(), dead.attempts), ("attempts", 3));
+    let chunk: TimChunk = serde_json::from_slice(&dead.payload).unwrap();
+    assert_eq!((chunk.chunk.as_str(), chunk.finish), ("ab", true));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_older_than_its_max_age_is_given_up_as_a_dead_letter() {
+    // Rate limited for ever: no attempt is spent, the age is.
+    let budget = crate::timlink::Budget {
+        attempts: 8,
+        max_age: Duration::from_millis(300),
+    };
+    let r = failing(&[60007; 1000], budget).await;
+    all_acked(vec![r.push("u1", "st1", "a", true, 1)]).await;
+    let (body, dead) = given_up(&r).await;
+    assert_eq!(body["reason"], "age");
+    assert_eq!(dead.reason, "age");
     r.stop().await;
 }
