@@ -231,22 +231,17 @@ impl CecClient {
     }
 
     /// [`Self::poll`], with the body as the upstream sent it (what the poll journal keeps, see
-    /// [`crate::poller`]).
-    pub async fn poll_raw(
-        &self,
-        user: &str,
-    ) -> Result<(PollResponse, Box<serde_json::value::RawValue>), CecError> {
-        let raw: Box<serde_json::value::RawValue> = self
-            .call::<(), _>(
-                Endpoint::Poll,
-                reqwest::Method::GET,
-                &[("receiverId", user), ("channel", CHANNEL_WEB)],
-                None,
-                Auth::User(user),
-            )
-            .await?;
-        let rsp = parse_poll(raw.get().as_bytes())?;
-        Ok((rsp, raw))
+    /// [`crate::poller`]): the bytes read once, parsed once, and shared, not copied.
+    pub async fn poll_raw(&self, user: &str) -> Result<(PollResponse, bytes::Bytes), CecError> {
+        self.call_decoded::<(), _>(
+            Endpoint::Poll,
+            reqwest::Method::GET,
+            &[("receiverId", user), ("channel", CHANNEL_WEB)],
+            None,
+            Auth::User(user),
+            |body| Ok((parse_poll(&body)?, body)),
+        )
+        .await
     }
 
     /// `POST queryQueueInfo` for `user` (doc §4).
@@ -508,10 +503,28 @@ impl CecClient {
         body: Option<&B>,
         auth: Auth<'_>,
     ) -> Result<R, CecError> {
+        self.call_decoded(endpoint, method, query, body, auth, |bytes| {
+            decode(endpoint, &bytes)
+        })
+        .await
+    }
+
+    /// [`Self::call`], with the answer's body turned into `T` by `decode` (and the metrics of
+    /// the call recorded with its outcome, decoding included).
+    async fn call_decoded<B: Serialize, T>(
+        &self,
+        endpoint: Endpoint,
+        method: reqwest::Method,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+        auth: Auth<'_>,
+        decode: impl FnOnce(bytes::Bytes) -> Result<T, CecError>,
+    ) -> Result<T, CecError> {
         let started = std::time::Instant::now();
         let r = self
             .call_renewing(endpoint, method, query, body, auth)
-            .await;
+            .await
+            .and_then(decode);
         self.inner.metrics.record(
             endpoint as usize,
             endpoint.as_str(),
@@ -521,14 +534,15 @@ impl CecClient {
         r
     }
 
-    async fn call_renewing<B: Serialize, R: DeserializeOwned>(
+    /// One call, renewing an expired token once; the body of a 2xx answer.
+    async fn call_renewing<B: Serialize>(
         &self,
         endpoint: Endpoint,
         method: reqwest::Method,
         query: &[(&str, &str)],
         body: Option<&B>,
         auth: Auth<'_>,
-    ) -> Result<R, CecError> {
+    ) -> Result<bytes::Bytes, CecError> {
         let mut retried = false;
         loop {
             let access = self.access_token().await?;
@@ -586,15 +600,7 @@ impl CecClient {
                     snippet: snippet(&bytes, 160),
                 });
             }
-            return serde_json::from_slice(&bytes).map_err(|e| CecError::Decode {
-                endpoint,
-                reason: e.to_string(),
-                snippet: if endpoint == Endpoint::ApplyToken {
-                    String::new()
-                } else {
-                    snippet(&bytes, 160)
-                },
-            });
+            return Ok(bytes);
         }
     }
 
@@ -650,16 +656,26 @@ pub fn download_limit(max_file_bytes: usize) -> usize {
     b64.saturating_add(b64 / 32).saturating_add(64 * 1024)
 }
 
+/// An answer of `endpoint` as `R`. An applyToken answer is not quoted in the error: it carries
+/// the customer's token.
+fn decode<R: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<R, CecError> {
+    serde_json::from_slice(body).map_err(|e| CecError::Decode {
+        endpoint,
+        reason: e.to_string(),
+        snippet: if endpoint == Endpoint::ApplyToken {
+            String::new()
+        } else {
+            snippet(body, 160)
+        },
+    })
+}
+
 /// A poll answer's body (as [`CecClient::poll_raw`] returned it, or as the poll journal kept it).
 ///
 /// # Errors
 /// [`CecError::Decode`] when it is not a poll answer.
 pub fn parse_poll(body: &[u8]) -> Result<PollResponse, CecError> {
-    serde_json::from_slice(body).map_err(|e| CecError::Decode {
-        endpoint: Endpoint::Poll,
-        reason: e.to_string(),
-        snippet: snippet(body, 160),
-    })
+    decode(Endpoint::Poll, body)
 }
 
 fn endpoint_url(base: &url::Url, endpoint: Endpoint) -> String {

@@ -86,13 +86,13 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
         // Into the journal before anything else is done with it: from here on a crash does not
         // lose it.
         let header = journal_header(&p.session, received_at);
-        let ticket = relay.journal.append(&header, raw.get().as_bytes());
+        let ticket = relay.journal.append(&header, &raw);
         tracing::trace!(tenant = %header.tenant, user = %header.user, journaled = ticket.is_some(),
             codes = ?rsp.downlink_messages.iter().map(|m| m.message_code.as_deref()).collect::<Vec<_>>(),
             "Poll answer in hand");
         let stored = Box::pin(store_messages(relay, tenant, &mut p, rsp, received_at)).await;
         if let Stored::Refused = stored {
-            set_aside(relay, &header, raw.get().as_bytes());
+            set_aside(relay, &header, &raw);
         }
         match (stored, ticket) {
             // Left in the journal: the next start replays it.
