@@ -16,7 +16,7 @@ use crate::telemetry::LogFormat;
 pub struct Cli {
     /// Configuration file. Without one, the defaults: SQLite in ./ccrelay.db, NATS at
     /// 127.0.0.1:4222 (and `demo` adds a local nats-server and the built-in simulator).
-    #[arg(long, short, global = true, env = "CCRELAY_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    #[arg(long, short, global = true, env = "CCRELAY_CONFIG", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// Log format: text (for a terminal) or json.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -12,9 +12,9 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::app::{App, Install, shutdown_signal};
-use crate::config::{CecTenant, Config, DEMO_TENANT};
-use crate::store::{Direction, kind};
+use config::{CecTenant, Config, DEMO_TENANT};
+use relay::app::{App, shutdown_signal};
+use store::{Direction, kind};
 
 /// Runs the demo; see the module docs.
 pub async fn run(mut config: Config, keep_running: bool) -> anyhow::Result<()> {
@@ -24,14 +24,21 @@ pub async fn run(mut config: Config, keep_running: bool) -> anyhow::Result<()> {
              Run it without a config file (or with one that has no [[cec]] section)."
         );
     }
-    let mut local_nats = crate::app::local_nats(&config.nats, Install::IfMissing)
-        .await
-        .context("starting a local nats-server")?;
+    let mut local_nats = relay::app::local_nats(
+        &config.nats,
+        Box::new(|| {
+            let cache = natsd::default_cache_dir()
+                .unwrap_or_else(|| std::path::PathBuf::from(".ccrelay-cache"));
+            Ok(devkit::ensure_nats_server((2, 9), &cache)?)
+        }),
+    )
+    .await
+    .context("starting a local nats-server")?;
     // Started above if needed: the relay must not try again.
     config.nats.embedded = false;
 
-    let sim_cfg = crate::sim::SimConfig::default();
-    let simulator = crate::sim::spawn(sim_cfg.clone())
+    let sim_cfg = sim::SimConfig::default();
+    let simulator = sim::spawn(sim_cfg.clone())
         .await
         .context("starting the built-in simulator")?;
     tracing::info!(url = %simulator.base_url(), tenant = DEMO_TENANT,
@@ -69,7 +76,7 @@ async fn relay_and_talk(config: Config, keep_running: bool) -> anyhow::Result<()
         println!("  nats pub {p}.cec.{DEMO_TENANT}.up.alice '{{\"content\":\"hello\"}}'");
         println!("  nats sub '{p}.cec.{DEMO_TENANT}.*.alice'");
         println!("Health: http://{}/readyz", app.http_addr());
-        if app.run_until(shutdown_signal()).await == crate::app::Stopped::Forced {
+        if app.run_until(shutdown_signal()).await == relay::app::Stopped::Forced {
             std::process::exit(130);
         }
     } else {
@@ -84,7 +91,7 @@ async fn conversation(app: &App) -> anyhow::Result<()> {
         if started.elapsed() > Duration::from_secs(30) {
             bail!(
                 "NATS streams were not ready after 30s: is NATS reachable at {}?",
-                crate::bus::connect::redact_nats_url(&app.relay().config.nats.url)
+                config::redact::nats_url(&app.relay().config.nats.url)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -179,7 +186,7 @@ async fn conversation(app: &App) -> anyhow::Result<()> {
         .await?;
     println!(
         "\nTranscript stored in {} ({} rows):",
-        crate::store::redact_url(&relay.config.store.url),
+        config::redact::database_url(&relay.config.store.url),
         rows.len()
     );
     for r in rows {

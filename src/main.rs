@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use ccrelay::cli::{Cli, Command};
-use ccrelay::config::Config;
+use config::Config;
 
 /// mimalloc instead of glibc's malloc: measured in S1 and S3 (docs/BENCHMARKS.md, sixth round).
 #[global_allocator]
@@ -27,13 +27,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The default path may be absent (embedded defaults); a path given explicitly must exist.
-    let explicit = cli.config.as_os_str() != ccrelay::config::DEFAULT_PATH;
+    let explicit = cli.config.as_os_str() != config::DEFAULT_PATH;
     let load = || Config::load(&cli.config, explicit).context("invalid configuration");
     match cli.command {
         Command::Run => {
-            let app = ccrelay::app::App::start(load()?).await?;
-            if app.run_until(ccrelay::app::shutdown_signal()).await == ccrelay::app::Stopped::Forced
-            {
+            let app = relay::app::App::start(load()?).await?;
+            if app.run_until(relay::app::shutdown_signal()).await == relay::app::Stopped::Forced {
                 // Exit without waiting for anything, as a second Ctrl-C asks.
                 std::process::exit(130);
             }
@@ -46,10 +45,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     use figment::providers::Format as _;
                     figment::Figment::new()
                         .merge(figment::providers::Toml::file(&p))
-                        .extract::<ccrelay::sim::SimConfig>()
+                        .extract::<sim::SimConfig>()
                         .with_context(|| format!("simulator settings {}", p.display()))?
                 }
-                None => ccrelay::sim::SimConfig::default(),
+                None => sim::SimConfig::default(),
             };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -58,19 +57,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cancel = tokio_util::sync::CancellationToken::new();
             let c = cancel.clone();
             tokio::spawn(async move {
-                ccrelay::app::shutdown_signal().await;
+                relay::app::shutdown_signal().await;
                 c.cancel();
             });
-            ccrelay::sim::Simulator::new(cfg)
-                .serve(listener, cancel)
-                .await?;
+            sim::Simulator::new(cfg).serve(listener, cancel).await?;
             Ok(())
         }
         Command::Migrate => {
             let config = load()?;
-            let store = ccrelay::store::connect(&config.store.url).await?;
+            let store = store::connect(&config.store.url).await?;
             store.migrate().await?;
-            println!("migrated {}", ccrelay::store::redact_url(&config.store.url));
+            println!(
+                "migrated {}",
+                config::redact::database_url(&config.store.url)
+            );
             Ok(())
         }
         Command::Sessions {
@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = load()?;
             let store = open_store(&config).await?;
-            let nats = ccrelay::bus::connect::connect(&config.nats, "ccrelay-replay")
+            let nats = relay::bus::connect::connect(&config.nats, "ccrelay-replay")
                 .await
                 .context("connecting to NATS")?;
             let range = ccrelay::admin::Range {
@@ -157,8 +157,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The configured database, for the commands that only read it.
-async fn open_store(config: &Config) -> anyhow::Result<ccrelay::store::DynStore> {
-    ccrelay::store::connect(&config.store.url)
-        .await
-        .with_context(|| format!("opening {}", ccrelay::store::redact_url(&config.store.url)))
+async fn open_store(config: &Config) -> anyhow::Result<store::DynStore> {
+    store::connect(&config.store.url).await.with_context(|| {
+        format!(
+            "opening {}",
+            config::redact::database_url(&config.store.url)
+        )
+    })
 }

@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use ccrelay::natsd::{self, LocalNatsServer, NatsServerOptions};
-use ccrelay::sim::{Endpoint, SimConfig, Simulator};
+use natsd::{self, LocalNatsServer, NatsServerOptions};
+use sim::{Endpoint, SimConfig, Simulator};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Starts a nats-server ≥ 2.10 (found, or installed into `target/test-deps`) on a free port.
 pub async fn start_nats() -> Result<LocalNatsServer> {
     let deps = target_dir().join("test-deps");
-    let binary = tokio::task::spawn_blocking(move || natsd::ensure_nats_server((2, 10), &deps))
+    let binary = tokio::task::spawn_blocking(move || devkit::ensure_nats_server((2, 10), &deps))
         .await?
         .context("nats-server >= 2.10")?;
     LocalNatsServer::start(&binary, NatsServerOptions::default())
@@ -588,10 +588,10 @@ impl Drop for BaselineProcess {
 }
 
 /// A CEC client on the simulator, with the relay's own HTTP client settings
-/// ([`ccrelay::cec::CecClient::http_client`]).
-pub fn cec_client(sim_url: &str) -> Result<ccrelay::cec::CecClient> {
+/// ([`cec::CecClient::http_client`]).
+pub fn cec_client(sim_url: &str) -> Result<cec::CecClient> {
     let sc = SimConfig::default();
-    let tenant = ccrelay::config::CecTenant {
+    let tenant = config::CecTenant {
         name: TENANT.to_owned(),
         base_url: sim_url.parse()?,
         app_key: sc.app_key,
@@ -606,8 +606,5 @@ pub fn cec_client(sim_url: &str) -> Result<ccrelay::cec::CecClient> {
         max_sessions: 1_000_000,
         max_file_bytes: 20 * 1024 * 1024,
     };
-    Ok(ccrelay::cec::CecClient::new(
-        ccrelay::cec::CecClient::http_client()?,
-        tenant,
-    ))
+    Ok(cec::CecClient::new(cec::CecClient::http_client()?, tenant))
 }

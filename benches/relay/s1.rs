@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ccrelay::sim::Endpoint;
+use sim::Endpoint;
 
 use crate::rig::{self, BaselineProcess, CpuMeter, Relay, RelayOptions, Sim};
 

@@ -10,9 +10,7 @@ use sqlx::Connection;
 
 use crate::rig::{self, CpuMeter, Relay, RelayOptions, Sim};
 
-#[path = "../../tests/common/pg_provision.rs"]
-#[allow(dead_code)]
-mod pg_provision;
+use devkit::pg_provision;
 
 /// Rows per transaction and publishes per batch in the baseline: the relay's `outbox_batch`.
 const BATCH: usize = 512;
@@ -137,7 +135,7 @@ async fn relay_side(backend: &str, m: usize, k: usize, interval: Duration) -> Re
 async fn baseline_side(backend: &str, m: usize, k: usize) -> Result<f64> {
     let db = Db::new(backend).await?;
     // The relay's own schema, by its own migrations.
-    ccrelay::store::connect(db.url()).await?.migrate().await?;
+    store::connect(db.url()).await?.migrate().await?;
     let nats = rig::start_nats().await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     js.create_stream(async_nats::jetstream::stream::Config {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ccrelay::sim::Endpoint;
 use futures::StreamExt;
+use sim::Endpoint;
 
 use crate::rig::{self, BaselineProcess, CpuMeter, Relay, RelayOptions, Sim};
 use crate::s2::Db;
@@ -278,8 +278,8 @@ fn send_request(
     control_type: &str,
     content: &str,
     message_id: Option<String>,
-) -> ccrelay::cec::wire::SendRequest {
-    ccrelay::cec::wire::SendRequest {
+) -> cec::wire::SendRequest {
+    cec::wire::SendRequest {
         channel: "WEB".into(),
         content: content.into(),
         control_type: control_type.into(),

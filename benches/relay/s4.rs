@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream;
-use ccrelay::sim::SimConfig;
-use ccrelay::tim::TimClient;
-use ccrelay::tim::wire::{MAX_BODY_BYTES, StreamMsgRequest};
-use ccrelay::timlink::ratelimit::RateLimiter;
 use futures::StreamExt;
+use relay::timlink::ratelimit::RateLimiter;
+use sim::SimConfig;
+use tim::TimClient;
+use tim::wire::{MAX_BODY_BYTES, StreamMsgRequest};
 
 use crate::rig::{self, CpuMeter, Relay, RelayOptions, Sim};
 
@@ -195,7 +195,7 @@ stream_idle_timeout = "30s"
 }
 
 /// The same app for the baseline's client.
-fn tim_app(sim_url: &str) -> Result<ccrelay::config::TimApp> {
+fn tim_app(sim_url: &str) -> Result<config::TimApp> {
     let t = SimConfig::default().tim;
     Ok(serde_json::from_value(serde_json::json!({
         "name": APP,
@@ -405,7 +405,7 @@ struct BaseStream {
 /// are merged per `streamId`, streams are served round-robin under the relay's limiter, and a
 /// call's chunks are acked once Tencent accepted it.
 pub async fn baseline(nats_url: &str, sim_url: &str, max_ack_pending: i64) -> Result<()> {
-    let client = TimClient::new(ccrelay::cec::CecClient::http_client()?, tim_app(sim_url)?);
+    let client = TimClient::new(cec::CecClient::http_client()?, tim_app(sim_url)?);
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {

@@ -1,13 +1,13 @@
-//! `ccrelay deadletter list | retry ID | drop ID`: the dead letters ([`crate::deadletter`]).
+//! `ccrelay deadletter list | retry ID | drop ID`: the dead letters ([`store::deadletter`]).
 
 use std::io::Write;
 
 use anyhow::Context as _;
 
 use super::format;
-use crate::bus::subjects::excerpt;
 use crate::cli::DeadletterAction;
-use crate::store::{DeadLetter, DynStore};
+use contract::subjects::excerpt;
+use store::{DeadLetter, DynStore};
 
 /// Runs one `deadletter` action, writing what it did to `out`.
 ///
@@ -52,7 +52,7 @@ pub async fn deadletter(
         }
         DeadletterAction::Retry { id } => {
             let d = store
-                .dead_letter_retry(id, &crate::bus::payload::new_id())
+                .dead_letter_retry(id, &contract::payload::new_id())
                 .await?
                 .with_context(|| format!("there is no dead letter {id}"))?;
             writeln!(

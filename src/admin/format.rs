@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::store::MessageRow;
+use store::MessageRow;
 
 /// `--format` of `ccrelay export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,11 +79,11 @@ pub(super) fn json_line(r: &MessageRow) -> Value {
 /// `2026-12-01 08:00:00  down AGENT  CHAT/TEXT  你好` — for a person reading a conversation.
 pub(super) fn text_line(r: &MessageRow) -> String {
     let who = match r.direction {
-        crate::store::Direction::Up => "CUSTOMER",
-        crate::store::Direction::Down => r.source_type.as_deref().unwrap_or("?"),
+        store::Direction::Up => "CUSTOMER",
+        store::Direction::Down => r.source_type.as_deref().unwrap_or("?"),
     };
     let status = match (r.status, r.result_code.as_deref()) {
-        (crate::store::MessageStatus::Failed, code) => format!("  [failed {}]", code.unwrap_or("")),
+        (store::MessageStatus::Failed, code) => format!("  [failed {}]", code.unwrap_or("")),
         _ => String::new(),
     };
     format!(
@@ -210,7 +210,7 @@ mod tests {
             tenant: "acme".into(),
             user_id: "ann".into(),
             session_id: None,
-            direction: crate::store::Direction::Up,
+            direction: store::Direction::Up,
             message_id: Some("m1".into()),
             message_code: None,
             source_type: Some("CUSTOMER".into()),
@@ -218,7 +218,7 @@ mod tests {
             media_type: Some("TEXT".into()),
             content: Some(content.into()),
             body: "{}".into(),
-            status: crate::store::MessageStatus::Sent,
+            status: store::MessageStatus::Sent,
             result_code: Some("-1".into()),
             result_desc: None,
             stream_seq: None,

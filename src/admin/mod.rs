@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use time::OffsetDateTime;
 
-use crate::store::{DynStore, MessagePage, MessageRow, SessionState};
+use store::{DynStore, MessagePage, MessageRow, SessionState};
 
 pub use dead::deadletter;
 pub use format::{ExportFormat, parse_time};
@@ -145,7 +145,7 @@ pub async fn replay(
             "--prefix {prefix:?} is the relay's own prefix: replay onto another one (e.g. {live_prefix}-replay)"
         );
     }
-    crate::bus::subjects::check_token(prefix.replace('.', "_").as_str())
+    contract::subjects::check_token(prefix.replace('.', "_").as_str())
         .map_err(|e| anyhow::anyhow!("--prefix {prefix:?}: {e}"))?;
     let mut progress = Progress::new("replayed");
     let mut total = 0u64;

@@ -174,6 +174,6 @@ async fn the_admin_commands_read_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_commands_read_postgres() {
     let pg = crate::support::fresh_pg_database().await;
-    let t = spawn_app_on(ccrelay::sim::SimConfig::default(), Some(pg.url.clone())).await;
+    let t = spawn_app_on(sim::SimConfig::default(), Some(pg.url.clone())).await;
     every_command_reads_what_was_stored(t).await;
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::RetentionPolicy};
-use ccrelay::bus::streams;
+use relay::bus::streams;
 use serde_json::{Value, json};
 
 use crate::support::app::*;
@@ -82,7 +82,7 @@ async fn sessions_are_capped_in_drains_and_the_files_bucket_is_bounded() {
     let error = w.until(10, "u3's error", event_of("u3", "error")).await;
     assert_eq!(error["error"]["code"], "session_limit", "{error}");
     assert!(t.sim.received("u3").is_empty(), "nothing reached CEC");
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let open: Vec<String> = store
         .open_sessions()
         .await
@@ -131,14 +131,14 @@ async fn sessions_are_capped_in_drains_and_the_files_bucket_is_bounded() {
 async fn an_in_stream_of_an_earlier_version_is_migrated_without_losing_a_message() {
     crate::support::init_tracing();
     let nats = crate::support::nats().await;
-    let sim = ccrelay::sim::spawn(Default::default()).await.unwrap();
+    let sim = sim::spawn(Default::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}", dir.path().join("relay.db").display());
     let mut config = test_config(&nats.url(), &db_url, &sim);
     config.nats.files_max_age = Duration::from_secs(7200);
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client);
-    let subjects = ccrelay::bus::Subjects::new(PREFIX.to_owned());
+    let subjects = contract::Subjects::new(PREFIX.to_owned());
 
     // `_IN` and the files bucket as an earlier version made them: limits retention, no limits on
     // the bucket; the CEC consumer only.
@@ -206,9 +206,7 @@ async fn an_in_stream_of_an_earlier_version_is_migrated_without_losing_a_message
         RetentionPolicy::Limits
     );
 
-    let app = ccrelay::app::App::start(config)
-        .await
-        .expect("relay starts");
+    let app = relay::app::App::start(config).await.expect("relay starts");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !app.streams_ready() {
         assert!(tokio::time::Instant::now() < deadline, "streams not ready");

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use ccrelay::store::{Direction, MessageStatus, kind};
 use serde_json::json;
+use store::{Direction, MessageStatus, kind};
 
 use crate::support::app::*;
 
@@ -311,7 +311,7 @@ async fn bad_input_gets_a_clear_error_and_the_relay_keeps_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_transfer_reports_a_falling_position_then_the_agent_answers() {
-    let mut t = spawn_app_with(ccrelay::sim::SimConfig {
+    let mut t = spawn_app_with(sim::SimConfig {
         queue_length: 3,
         queue_step: Duration::from_millis(400),
         ..Default::default()
@@ -357,7 +357,7 @@ async fn a_queued_transfer_reports_a_falling_position_then_the_agent_answers() {
         .unwrap();
     assert_eq!(
         sessions[0].state,
-        ccrelay::store::SessionState::Active,
+        store::SessionState::Active,
         "back to active once the agent answers"
     );
     t.stop().await;
@@ -365,7 +365,7 @@ async fn a_queued_transfer_reports_a_falling_position_then_the_agent_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_answer_is_stored_once_and_announced() {
-    let mut t = spawn_app_with(ccrelay::sim::SimConfig {
+    let mut t = spawn_app_with(sim::SimConfig {
         offline_mode: true,
         ..Default::default()
     })
@@ -459,7 +459,7 @@ async fn a_message_with_a_file_is_uploaded_then_sent_in_the_documented_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_send_result_codes_reach_the_caller_unchanged() {
-    use ccrelay::sim::Endpoint;
+    use sim::Endpoint;
     let mut t = spawn_app().await;
     let user = "rick";
     let mut w = t.watch(TENANT, user).await;
@@ -520,7 +520,7 @@ async fn documented_send_result_codes_reach_the_caller_unchanged() {
         .unwrap();
     assert_eq!(
         (r3.status, r3.result_code.as_deref()),
-        (ccrelay::store::MessageStatus::Failed, Some("12"))
+        (store::MessageStatus::Failed, Some("12"))
     );
     t.stop().await;
 }

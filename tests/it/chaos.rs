@@ -27,9 +27,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccrelay::sim::{Endpoint, Fault, SimConfig};
 use rand::Rng;
 use serde_json::json;
+use sim::{Endpoint, Fault, SimConfig};
 
 use crate::support::app::*;
 use crate::support::private_pg::PrivatePg;
@@ -42,7 +42,7 @@ const POLL_WINDOW: Duration = Duration::from_millis(500);
 
 /// The relay's log filter: `info`, and the poller's trace line for each answer in hand (with its
 /// messages' codes), which tells a message lost in the poll window from one never read.
-const RELAY_LOG: &str = "info,ccrelay::poller=trace";
+const RELAY_LOG: &str = "info,relay::poller=trace";
 
 /// The Tencent app of the harness, on the simulator's Tencent side.
 const TIM_APP: &str = "shop";
@@ -210,7 +210,7 @@ async fn run(plan: Plan) -> Report {
         Db::Postgres => Some(PrivatePg::start().await),
         Db::Sqlite => None,
     };
-    let sim = ccrelay::sim::spawn(SimConfig {
+    let sim = sim::spawn(SimConfig {
         robot: false,
         ..SimConfig::default()
     })

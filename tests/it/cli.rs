@@ -205,7 +205,7 @@ async fn simulate_serves_the_cec_api_and_its_control_api() {
         }
     };
     let http = reqwest::Client::new();
-    let sc = ccrelay::sim::SimConfig::default();
+    let sc = sim::SimConfig::default();
     let r = http
         .post(format!("http://{addr}/apigovernance/api/oauth/tokenByAkSk"))
         .header("X-Token-Expire", "60")
@@ -311,7 +311,7 @@ async fn metrics_count_what_the_relay_did() {
     .await;
     w.until(10, "connected", is_result_for("mt0")).await;
     t.sim
-        .inject_fault(ccrelay::sim::Fault::status(ccrelay::sim::Endpoint::Send, 503).times(1));
+        .inject_fault(sim::Fault::status(sim::Endpoint::Send, 503).times(1));
     t.up(
         "meter",
         serde_json::json!({"content": "hi", "messageId": "mt1"}),

@@ -9,7 +9,7 @@ use crate::support::relay_proc::{RelayConfig, RelayProcess, write_config};
 
 fn config<'a>(
     nats_url: &'a str,
-    sim: &'a ccrelay::sim::SimHandle,
+    sim: &'a sim::SimHandle,
     relay_section: &'a str,
     request_timeout: &'a str,
 ) -> RelayConfig<'a> {
@@ -28,9 +28,7 @@ fn config<'a>(
 async fn killed_relay_resumes_without_losing_or_duplicating() {
     crate::support::init_tracing();
     let nats = crate::support::nats().await;
-    let sim = ccrelay::sim::spawn(ccrelay::sim::SimConfig::default())
-        .await
-        .unwrap();
+    let sim = sim::spawn(sim::SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let nats_url = nats.url();
     let config = write_config(dir.path(), &config(&nats_url, &sim, "", "2s"));
@@ -115,9 +113,7 @@ async fn killed_relay_resumes_without_losing_or_duplicating() {
 async fn a_second_sigterm_exits_at_once_and_loses_nothing() {
     crate::support::init_tracing();
     let nats = crate::support::nats().await;
-    let sim = ccrelay::sim::spawn(ccrelay::sim::SimConfig::default())
-        .await
-        .unwrap();
+    let sim = sim::spawn(sim::SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let nats_url = nats.url();
     let config = write_config(
@@ -132,9 +128,7 @@ async fn a_second_sigterm_exits_at_once_and_loses_nothing() {
     let mut w = Watcher::new(&js, &format!("{PREFIX}.cec.{TENANT}.*.sam")).await;
 
     // A send the upstream takes 20 s to answer keeps the first shutdown waiting.
-    sim.inject_fault(
-        ccrelay::sim::Fault::delay(ccrelay::sim::Endpoint::Send, Duration::from_secs(20)).times(1),
-    );
+    sim.inject_fault(sim::Fault::delay(sim::Endpoint::Send, Duration::from_secs(20)).times(1));
     js.publish(
         format!("{PREFIX}.cec.{TENANT}.up.sam"),
         serde_json::to_vec(&json!({"controlType": "CONNECT", "messageId": "q1"}))

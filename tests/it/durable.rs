@@ -103,7 +103,7 @@ async fn a_full_sqlite_database_pauses_polling_and_loses_nothing() {
     let url = format!("sqlite://{}", dir.path().join("full.db").display());
     // The relay's database, migrated, with 4 MB of ballast the test frees once it is full.
     let pages: i64 = {
-        let store = ccrelay::store::connect(&url).await.unwrap();
+        let store = store::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
         drop(store);
         let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -127,7 +127,7 @@ async fn a_full_sqlite_database_pauses_polling_and_loses_nothing() {
     };
     // Room for the sessions, not for the messages.
     let relay_url = format!("{url}?max_page_count={}", pages + 24);
-    let mut t = spawn_app_on(ccrelay::sim::SimConfig::default(), Some(relay_url)).await;
+    let mut t = spawn_app_on(sim::SimConfig::default(), Some(relay_url)).await;
     let users = open_sessions(&t, "full").await;
     assert_eq!(t.readyz().await.0, 200);
 
@@ -161,7 +161,7 @@ async fn a_read_only_postgres_pauses_polling_and_loses_nothing() {
     let mut admin = sqlx::PgConnection::connect(&crate::support::admin_pg_url().await)
         .await
         .unwrap();
-    let mut t = spawn_app_on(ccrelay::sim::SimConfig::default(), Some(pg.url.clone())).await;
+    let mut t = spawn_app_on(sim::SimConfig::default(), Some(pg.url.clone())).await;
     let users = open_sessions(&t, "ro").await;
     assert_eq!(t.readyz().await.0, 200);
 
@@ -232,9 +232,7 @@ async fn stop_with_answers_in_hand(db: Db, stop: Stop) {
     const MESSAGES: usize = 30;
     crate::support::init_tracing();
     let nats = crate::support::nats().await;
-    let sim = ccrelay::sim::spawn(ccrelay::sim::SimConfig::default())
-        .await
-        .unwrap();
+    let sim = sim::spawn(sim::SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pg = match db {
         Db::Postgres => Some(crate::support::fresh_pg_database().await),

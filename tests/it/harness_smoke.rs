@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use ccrelay::natsd::{self, LocalNatsServer};
+use natsd::{self, LocalNatsServer};
 use sqlx::{Connection, PgConnection};
 
 use crate::support::{MIN_NATS_VERSION, admin_pg_url, fresh_pg_database, nats, nats_server_binary};
@@ -143,7 +143,7 @@ fn installing_nats_server_into_an_empty_directory_works_even_from_several_thread
 
     let installed: Vec<_> = std::thread::scope(|s| {
         let installs: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| natsd::install_nats_server(dir.path())))
+            .map(|_| s.spawn(|| devkit::install_nats_server(dir.path())))
             .collect();
         installs
             .into_iter()
@@ -165,7 +165,7 @@ fn installing_nats_server_into_an_empty_directory_works_even_from_several_thread
         "staging directories left behind: {leftovers:?}"
     );
     // Installed now, so ensuring finds it without installing again.
-    let ensured = natsd::ensure_nats_server(MIN_NATS_VERSION, dir.path()).unwrap();
+    let ensured = devkit::ensure_nats_server(MIN_NATS_VERSION, dir.path()).unwrap();
     assert!(natsd::binary_version(&ensured).is_some());
 }
 

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ccrelay::sim::{Endpoint, Fault, SimConfig};
 use serde_json::{Value, json};
+use sim::{Endpoint, Fault, SimConfig};
 
 use crate::support::app::*;
 use crate::support::relay_proc::{RelayConfig, RelayProcess, write_config};
@@ -25,7 +25,7 @@ fn unix_now() -> u64 {
 async fn no_secret_or_token_reaches_the_logs() {
     crate::support::init_tracing();
     let nats = crate::support::nats().await;
-    let sim = ccrelay::sim::spawn(SimConfig::default()).await.unwrap();
+    let sim = sim::spawn(SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -160,7 +160,7 @@ sig_expire = "1h"
     }
     secrets.extend(tokens_in_db);
     for t in started.saturating_sub(2)..=ended + 2 {
-        secrets.push(ccrelay::tim::usersig::sign(
+        secrets.push(tim::usersig::sign(
             TIM_KEY,
             1_400_000_000,
             "administrator",
@@ -202,7 +202,7 @@ sig_expire = "1h"
 /// The ccmessaging-tokens the relay stored for its sessions.
 async fn session_tokens(dir: &std::path::Path) -> Vec<String> {
     let url = format!("sqlite://{}", dir.join("relay.db").display());
-    let store = ccrelay::store::connect(&url).await.unwrap();
+    let store = store::connect(&url).await.unwrap();
     store
         .list_sessions(None, None, 100)
         .await

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use ccrelay::sim::{Endpoint, Fault};
-use ccrelay::store::{FileRow, FileStatus, kind};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use sim::{Endpoint, Fault};
+use store::{FileRow, FileStatus, kind};
 use tokio::io::AsyncReadExt;
 
 use crate::support::app::*;
@@ -51,7 +51,7 @@ async fn object_bytes_in(t: &TestApp, bucket: &str, object: &str) -> Vec<u8> {
 }
 
 async fn files_of(t: &TestApp, user: &str) -> Vec<FileRow> {
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let files = store.files(kind::CEC, TENANT, user).await.unwrap();
     store.close().await;
     files
@@ -113,7 +113,7 @@ async fn a_file_of_each_media_type_reaches_the_object_store_and_its_down_message
         assert_eq!(row.error_code, None);
 
         // The transcript keeps the DownMessage as published, `file` included.
-        let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+        let store = store::connect(&t.db_url).await.unwrap();
         let rows = store.transcript(kind::CEC, TENANT, user).await.unwrap();
         store.close().await;
         let kept = rows.iter().find(|m| m.relay_id == row.relay_id).unwrap();
@@ -266,7 +266,7 @@ async fn a_pending_download_is_resumed_after_a_restart() {
 
     t.sim.clear_faults();
     let config = test_config(&t.nats_server.url(), &t.db_url, &t.sim);
-    t.app = Some(ccrelay::app::App::start(config).await.expect("restart"));
+    t.app = Some(relay::app::App::start(config).await.expect("restart"));
     let down = w
         .until(
             20,
@@ -355,14 +355,10 @@ async fn a_final_refusal_is_published_at_once_and_a_passing_one_is_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_with_its_own_bucket_and_attempts_files_are_stored_or_given_up_in_order() {
     let pg = crate::support::fresh_pg_database().await;
-    let mut t = spawn_app_configured(
-        ccrelay::sim::SimConfig::default(),
-        Some(pg.url.clone()),
-        |c, _| {
-            c.relay.media_attempts = 2;
-            c.nats.files_bucket = Some("MEDIA_IT".to_owned());
-        },
-    )
+    let mut t = spawn_app_configured(sim::SimConfig::default(), Some(pg.url.clone()), |c, _| {
+        c.relay.media_attempts = 2;
+        c.nats.files_bucket = Some("MEDIA_IT".to_owned());
+    })
     .await;
     let user = "kim";
     let mut w = t.watch(TENANT, user).await;

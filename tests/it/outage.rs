@@ -104,7 +104,7 @@ fn tally(downs: Vec<&Value>) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_while_sessions_are_active_loses_nothing() {
     let pg = crate::support::private_pg::PrivatePg::start().await;
-    let mut t = spawn_app_on(ccrelay::sim::SimConfig::default(), Some(pg.url())).await;
+    let mut t = spawn_app_on(sim::SimConfig::default(), Some(pg.url())).await;
     let users: Vec<String> = (0..5).map(|i| format!("db{i}")).collect();
     let mut w = Watcher::new(&t.js, &format!("{PREFIX}.cec.{TENANT}.event.*")).await;
     for (i, u) in users.iter().enumerate() {
@@ -129,7 +129,7 @@ async fn database_down_while_sessions_are_active_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     // …and from then on polling pauses, for every session: nothing more is taken from the
     // upstream that could not be stored.
-    let polls = || t.sim.stats().calls(ccrelay::sim::Endpoint::Poll);
+    let polls = || t.sim.stats().calls(sim::Endpoint::Poll);
     let paused_at = polls();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(polls(), paused_at, "no poll while the database is down");

@@ -98,7 +98,7 @@ fn make_server_cert(dir: &Path, ca: &str) {
 }
 
 async fn connects(url: &str) -> Result<(), String> {
-    match ccrelay::store::connect(url).await {
+    match store::connect(url).await {
         Ok(store) => store.ping().await.map_err(|e| e.to_string()),
         Err(e) => Err(format!("{e:#}")),
     }

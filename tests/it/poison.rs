@@ -7,9 +7,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ccrelay::config::{CecTenant, Config};
-use ccrelay::sim::{SimConfig, SimHandle};
+use config::{CecTenant, Config};
 use serde_json::{Value, json};
+use sim::{SimConfig, SimHandle};
 
 use crate::support::app::*;
 
@@ -298,7 +298,7 @@ async fn poison_does_not_stall_other_users(db_url: Option<String>) {
     let mut config = test_config(&t.nats_server.url(), &t.db_url, &t.sim);
     configure(&mut config, &bad_url, &t.sim);
     t.app = Some(
-        ccrelay::app::App::start(config)
+        relay::app::App::start(config)
             .await
             .expect("relay restarts"),
     );
@@ -612,7 +612,7 @@ async fn a_message_over_max_payload_never_enters_the_outbox() {
         dead[0]
     );
     // The transcript keeps the message whole.
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let rows = store.transcript("cec", TENANT, "big").await.unwrap();
     let kept = rows.iter().find(|r| r.relay_id == msg_id).expect("kept");
     assert_eq!(

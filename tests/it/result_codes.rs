@@ -2,8 +2,8 @@
 //! resultCode and resultDesc in RPC replies and events, HTTP statuses as `upstreamCode` with
 //! whether a retry may help. (`send`'s own codes: `cec_relay::documented_send_result_codes_…`.)
 
-use ccrelay::sim::{Endpoint, Fault};
 use serde_json::json;
+use sim::{Endpoint, Fault};
 
 use crate::support::app::*;
 
@@ -160,7 +160,7 @@ async fn http_statuses_reach_the_caller_as_upstream_codes_with_their_retryabilit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_over_the_upstream_s_size_limit_is_refused_clearly() {
     use base64::Engine as _;
-    let mut t = spawn_app_with(ccrelay::sim::SimConfig {
+    let mut t = spawn_app_with(sim::SimConfig {
         max_file_bytes: 1_000,
         ..Default::default()
     })

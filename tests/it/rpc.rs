@@ -90,10 +90,7 @@ async fn requests_the_relay_refuses_get_a_coded_error() {
     let r = rpc(&t, TENANT, "launchRocket", b"{}").await;
     assert_eq!(r["error"]["code"], "invalid_request");
     // None of this reached the upstream.
-    assert_eq!(
-        t.sim.stats().calls(ccrelay::sim::Endpoint::QueryQueueInfo),
-        0
-    );
+    assert_eq!(t.sim.stats().calls(sim::Endpoint::QueryQueueInfo), 0);
     t.stop().await;
 }
 
@@ -108,14 +105,10 @@ async fn queue_info_is_answered_by_the_upstream() {
     // Not queued: the upstream answers with a non-zero code, passed through unchanged.
     assert!(r.get("resultCode").is_some(), "{r}");
     assert_eq!(r["ok"], r["resultCode"] == "0");
-    assert_eq!(
-        t.sim.stats().calls(ccrelay::sim::Endpoint::QueryQueueInfo),
-        1
-    );
+    assert_eq!(t.sim.stats().calls(sim::Endpoint::QueryQueueInfo), 1);
     // An upstream fault becomes a coded error.
-    t.sim.inject_fault(
-        ccrelay::sim::Fault::status(ccrelay::sim::Endpoint::QueryQueueInfo, 503).times(1),
-    );
+    t.sim
+        .inject_fault(sim::Fault::status(sim::Endpoint::QueryQueueInfo, 503).times(1));
     let r = rpc(&t, TENANT, "queueInfo", br#"{"userId":"qq"}"#).await;
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
     t.stop().await;
@@ -192,7 +185,7 @@ async fn every_stateless_operation_works_through_nats() {
 
     // A documented failure code reaches the caller unchanged.
     t.sim.force_result(
-        ccrelay::sim::Endpoint::MobileAgentCreateCall,
+        sim::Endpoint::MobileAgentCreateCall,
         "30010019999",
         "CCM其他异常",
         1,
@@ -453,12 +446,7 @@ async fn send_answers_inline_and_is_idempotent_by_message_id() {
 /// The last request the simulator received on `path`, checked for its method and headers: the
 /// app key, the AccessToken (`Authorization: Bearer …`), and the customer's `ccmessaging-token`
 /// when the endpoint takes one.
-fn upstream(
-    t: &TestApp,
-    method: &str,
-    path: &str,
-    user_token: bool,
-) -> ccrelay::sim::LoggedRequest {
+fn upstream(t: &TestApp, method: &str, path: &str, user_token: bool) -> sim::LoggedRequest {
     let reqs = t.sim.requests();
     let r = reqs
         .iter()
@@ -467,7 +455,7 @@ fn upstream(
         .unwrap_or_else(|| panic!("no request to {path}"))
         .clone();
     assert_eq!(r.method, method, "{path}");
-    let sc = ccrelay::sim::SimConfig::default();
+    let sc = sim::SimConfig::default();
     assert_eq!(r.header("x-app-key"), Some(sc.app_key.as_str()), "{path}");
     let auth = r.header("authorization").unwrap_or_default();
     assert!(
@@ -492,7 +480,7 @@ async fn every_operation_sends_the_documented_upstream_request() {
     use base64::Engine as _;
     let mut t = spawn_app().await;
     let user = "req";
-    let sc = ccrelay::sim::SimConfig::default();
+    let sc = sim::SimConfig::default();
     let cfg_id = sc.channel_config_id.clone();
     let locale = t.app().relay().config.cec[0].locale.clone();
     let store = t.app().relay().store.clone();
@@ -540,7 +528,7 @@ async fn every_operation_sends_the_documented_upstream_request() {
         .iter()
         .find(|m| m.message_id.as_deref() == Some("e2"))
         .expect("the up row");
-    assert_eq!(up.status, ccrelay::store::MessageStatus::Sent);
+    assert_eq!(up.status, store::MessageStatus::Sent);
     assert_eq!(up.result_code.as_deref(), Some("0"));
     assert_eq!(up.content.as_deref(), Some("hello there"));
     assert!(up.session_id.is_some(), "{up:?}");
@@ -733,7 +721,7 @@ async fn every_operation_sends_the_documented_upstream_request() {
             .collect::<Vec<_>>(),
         vec![
             (
-                ccrelay::store::SatisfactionSource::Customer,
+                store::SatisfactionSource::Customer,
                 "4",
                 Some("fine"),
                 None,
@@ -741,7 +729,7 @@ async fn every_operation_sends_the_documented_upstream_request() {
                 session_id.clone()
             ),
             (
-                ccrelay::store::SatisfactionSource::Robot,
+                store::SatisfactionSource::Robot,
                 "0",
                 Some("wrong"),
                 Some("3"),
@@ -752,7 +740,7 @@ async fn every_operation_sends_the_documented_upstream_request() {
     );
     let off = store.offline_messages("cec", TENANT, user).await.unwrap();
     assert_eq!(off.len(), 1);
-    assert_eq!(off[0].source, ccrelay::store::OfflineSource::LeaveMessage);
+    assert_eq!(off[0].source, store::OfflineSource::LeaveMessage);
     assert_eq!(
         (
             off[0].caller.as_deref(),
@@ -782,7 +770,7 @@ async fn metric(t: &TestApp, metric: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_go_only_to_inboxes_and_work_is_bounded_per_tenant() {
-    let mut t = spawn_app_configured(ccrelay::sim::SimConfig::default(), None, |c, _| {
+    let mut t = spawn_app_configured(sim::SimConfig::default(), None, |c, _| {
         c.rpc.max_concurrent = 1;
     })
     .await;
@@ -835,20 +823,14 @@ async fn replies_go_only_to_inboxes_and_work_is_bounded_per_tenant() {
     );
     // No request reached the upstream.
     assert_eq!(
-        t.sim
-            .stats()
-            .calls(ccrelay::sim::Endpoint::CheckClickToCallSupport),
+        t.sim.stats().calls(sim::Endpoint::CheckClickToCallSupport),
         0
     );
 
     // One request of the tenant at a time: a second one is answered `unavailable` at once,
     // while the relay-wide requests (their own bucket) are served.
     t.sim.inject_fault(
-        ccrelay::sim::Fault::delay(
-            ccrelay::sim::Endpoint::QueryQueueInfo,
-            Duration::from_secs(2),
-        )
-        .times(1),
+        sim::Fault::delay(sim::Endpoint::QueryQueueInfo, Duration::from_secs(2)).times(1),
     );
     let slow = {
         let c = t.client.clone();

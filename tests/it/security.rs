@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use ccrelay::app::App;
-use ccrelay::config::CecTenant;
-use ccrelay::sim::SimConfig;
+use config::CecTenant;
 use futures::StreamExt;
+use relay::app::App;
 use serde_json::{Value, json};
+use sim::SimConfig;
 
 use crate::support::app::{PREFIX, test_config};
 use crate::support::nats_with_config;
@@ -80,7 +80,7 @@ async fn a_tenant_s_service_can_neither_read_nor_speak_for_another_tenant() {
         ],
     )
     .await;
-    let sim = ccrelay::sim::spawn(SimConfig::default()).await.unwrap();
+    let sim = sim::spawn(SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}", dir.path().join("relay.db").display());
     let mut config = test_config(&server.url(), &db_url, &sim);

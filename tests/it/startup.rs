@@ -6,7 +6,7 @@ use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ccrelay::natsd::{LocalNatsServer, NatsServerOptions, nats_reachable};
+use natsd::{LocalNatsServer, NatsServerOptions, nats_reachable};
 
 fn ccrelay() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ccrelay"));

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use ccrelay::store::kind;
-use ccrelay::timlink::callback::sign;
+use relay::timlink::callback::sign;
 use serde_json::{Value, json};
+use store::kind;
 
 use crate::support::tim::{APP, SIM_CALLBACK_TOKEN, SIM_SDKAPPID, spawn_tim_app};
 
@@ -82,7 +82,7 @@ async fn a_signed_callback_is_answered_ok_stored_and_published() {
     assert_eq!(m["MsgBody"][0]["MsgContent"]["Text"], "hello");
     assert!(m["id"].is_string() && m["receivedAt"].is_string());
 
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let cbs = store.tim_callbacks(APP, 10).await.unwrap();
     assert_eq!(cbs.len(), 1);
     assert!(cbs[0].published);
@@ -147,7 +147,7 @@ async fn callbacks_with_a_bad_or_stale_signature_or_an_unknown_app_are_refused()
     )
     .await;
     assert_eq!(unknown, 404);
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     assert!(store.tim_callbacks(APP, 10).await.unwrap().is_empty());
     t.stop().await;
 }
@@ -180,7 +180,7 @@ async fn the_robot_s_own_messages_are_stored_but_not_echoed() {
     let ins: Vec<_> = w.seen.iter().filter(|(s, _)| s.contains(".in.")).collect();
     assert_eq!(ins.len(), 1, "only the user's message: {ins:?}");
     assert_eq!(ins[0].1["From_Account"], "u3");
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let cbs = store.tim_callbacks(APP, 10).await.unwrap();
     assert_eq!(cbs.len(), 2);
     assert!(!cbs[0].published);
@@ -222,7 +222,7 @@ async fn desk_sends_reach_the_simulator_by_session_and_by_account() {
     assert_eq!(msgs.len(), 2);
     assert_eq!(msgs[0]["SessionId"], "sess-1");
     assert_eq!(msgs[0]["MsgBody"][0]["MsgContent"]["Text"], "by session");
-    assert_eq!(msgs[0]["MsgRandom"], ccrelay::tim::wire::msg_random("m1"));
+    assert_eq!(msgs[0]["MsgRandom"], tim::wire::msg_random("m1"));
     assert_eq!(msgs[1]["FromAccount"], "@customer_service_account");
     assert_eq!(msgs[1]["ToAccount"], "u4");
     assert_eq!(msgs[1]["MsgBody"][0]["MsgType"], "TIMCustomElem");
@@ -288,7 +288,7 @@ async fn a_stream_arrives_whole_in_order_and_finished() {
     let stats = t.sim_get("/sim/tim/stats").await;
     assert_eq!(stats["rateLimited"], 0);
     assert_eq!(stats["sigRejected"], 0);
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let row = store.tim_stream(APP, "st-1").await.unwrap().unwrap();
     assert_eq!(row.text, "Hello, world!");
     assert!(row.finished);
@@ -391,7 +391,7 @@ async fn five_hundred_streams_at_20_chunks_per_second_through_nats_stay_under_th
         stats["calls"].as_u64().unwrap() < (STREAMS * CHUNKS) as u64,
         "chunks are merged: {stats}"
     );
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let row = store.tim_stream(APP, "load-250").await.unwrap().unwrap();
     assert!(row.finished);
     assert_eq!(row.chunks, CHUNKS as i64);
@@ -401,7 +401,7 @@ async fn five_hundred_streams_at_20_chunks_per_second_through_nats_stay_under_th
 #[tokio::test]
 async fn callbacks_fail_closed_without_a_token_ahead_of_time_or_too_large() {
     let mut t = crate::support::app::spawn_app_configured(
-        ccrelay::sim::SimConfig::default(),
+        sim::SimConfig::default(),
         None,
         |config, sim| {
             config
@@ -498,7 +498,7 @@ async fn callbacks_fail_closed_without_a_token_ahead_of_time_or_too_large() {
         .until(10, "the refusal", |_, v| v["type"] == "error")
         .await;
     assert_eq!(e["app"], APP, "{e}");
-    let store = ccrelay::store::connect(&t.db_url).await.unwrap();
+    let store = store::connect(&t.db_url).await.unwrap();
     let cbs = store.tim_callbacks(APP, 10).await.unwrap();
     assert_eq!(cbs.len(), 1, "only the signed one in the window: {cbs:?}");
     assert_eq!(store.tim_callbacks("open", 10).await.unwrap().len(), 1);

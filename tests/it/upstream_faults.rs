@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use ccrelay::config::CecTenant;
-use ccrelay::sim::{Endpoint, Fault, FaultBody, SimConfig};
+use config::CecTenant;
 use serde_json::json;
+use sim::{Endpoint, Fault, FaultBody, SimConfig};
 
 use crate::support::app::*;
 
@@ -82,7 +82,7 @@ async fn a_burst_of_faults_is_retried_and_the_upstream_sees_each_message_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_s_failing_upstream_does_not_slow_the_others() {
-    let healthy = ccrelay::sim::spawn(SimConfig::default()).await.unwrap();
+    let healthy = sim::spawn(SimConfig::default()).await.unwrap();
     let sc = SimConfig::default();
     let beta = CecTenant::simulated(
         "beta",
@@ -122,7 +122,7 @@ async fn one_tenant_s_failing_upstream_does_not_slow_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_s_hanging_polls_do_not_delay_the_others() {
-    let healthy = ccrelay::sim::spawn(SimConfig::default()).await.unwrap();
+    let healthy = sim::spawn(SimConfig::default()).await.unwrap();
     let sc = SimConfig::default();
     let mut beta = CecTenant::simulated(
         "beta",

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use ccrelay::app::App;
-use ccrelay::config::{CecTenant, Config};
-use ccrelay::natsd::LocalNatsServer;
-use ccrelay::sim::{SimConfig, SimHandle};
+use config::{CecTenant, Config};
 use futures::StreamExt;
+use natsd::LocalNatsServer;
+use relay::app::App;
 use serde_json::Value;
+use sim::{SimConfig, SimHandle};
 
 pub const TENANT: &str = "acme";
 pub const PREFIX: &str = "ccrelay";
@@ -71,7 +71,7 @@ pub async fn spawn_app_configured(
 ) -> TestApp {
     super::init_tracing();
     let nats_server = super::nats().await;
-    let sim = ccrelay::sim::spawn(sim_cfg).await.expect("simulator");
+    let sim = sim::spawn(sim_cfg).await.expect("simulator");
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("relay.db");
     let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}", db_path.display()));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ccrelay::natsd::{self, LocalNatsServer, NatsServerOptions};
+use natsd::{self, LocalNatsServer, NatsServerOptions};
 
 use super::{init_tracing, test_deps_dir};
 
@@ -21,7 +21,8 @@ pub fn nats_server_binary() -> PathBuf {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            natsd::ensure_nats_server(MIN_NATS_VERSION, &test_deps_dir()).map_err(|e| e.to_string())
+            devkit::ensure_nats_server(MIN_NATS_VERSION, &test_deps_dir())
+                .map_err(|e| e.to_string())
         })
         .clone()
         .unwrap_or_else(|e| panic!("the tests need nats-server ≥ 2.10: {e}"))
@@ -104,9 +105,7 @@ pub async fn nats_with_config(conf: &str, env: &[(&str, &str)]) -> ConfiguredNat
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        if ccrelay::natsd::nats_reachable(&server.url(), std::time::Duration::from_millis(500))
-            .await
-        {
+        if natsd::nats_reachable(&server.url(), std::time::Duration::from_millis(500)).await {
             return server;
         }
         if let Ok(Some(status)) = server.child.try_wait() {

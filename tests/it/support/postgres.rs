@@ -11,8 +11,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use super::{init_tracing, test_deps_dir};
 
-#[path = "../../common/pg_provision.rs"]
-mod pg_provision;
+use devkit::pg_provision;
 
 use pg_provision::redact;
 

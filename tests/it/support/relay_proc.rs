@@ -103,7 +103,7 @@ pub struct RelayConfig<'a> {
     /// Default: SQLite in the directory.
     pub store_url: Option<String>,
     pub nats_url: &'a str,
-    pub sim: &'a ccrelay::sim::SimHandle,
+    pub sim: &'a sim::SimHandle,
     /// Keys of the `[relay]` section.
     pub relay_section: &'a str,
     pub request_timeout: &'a str,
@@ -114,7 +114,7 @@ pub struct RelayConfig<'a> {
 
 /// The relay's configuration file in `dir`: the simulator as tenant `acme`, polled every 100 ms.
 pub fn write_config(dir: &Path, c: &RelayConfig<'_>) -> PathBuf {
-    let sc = ccrelay::sim::SimConfig::default();
+    let sc = sim::SimConfig::default();
     let config = dir.join("ccrelay.toml");
     let store = c
         .store_url

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use ccrelay::config::TimApp;
-use ccrelay::sim::SimConfig;
+use config::TimApp;
 use serde_json::{Value, json};
+use sim::SimConfig;
 
 use super::app::{PREFIX, TestApp, Watcher};
 
