@@ -417,7 +417,7 @@ impl CecTenant {
     }
 }
 
-/// One `[[tim]]` application: a Tencent Cloud IM app (issue 4).
+/// One `[[tim]]` application: a Tencent Cloud IM app (Desk sends, robot streams, callbacks).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimApp {
