@@ -233,8 +233,8 @@ impl CecClient {
         .await
     }
 
-    /// [`Self::poll`], with the body as the upstream sent it (what the poll journal keeps, see
-    /// [`crate::poller`]): the bytes read once, parsed once, and shared, not copied.
+    /// [`Self::poll`], with the body as the upstream sent it (what the relay's poll journal
+    /// keeps): the bytes read once, parsed once, and shared, not copied.
     pub async fn poll_raw(&self, user: &str) -> Result<(PollResponse, bytes::Bytes), CecError> {
         self.call_decoded::<(), _>(
             Endpoint::Poll,
