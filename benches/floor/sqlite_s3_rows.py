@@ -35,7 +35,7 @@ for f in sorted(glob.glob(os.path.join(root, "*.sql"))):
         continue
     c.executescript(f"BEGIN; {open(f).read()} COMMIT;")
 K=200; now=lambda: int(time.time()*1e6)
-# Relay ids are UUIDv7 (time first, src/bus/payload.rs): new ones go to the end of their unique
+# Relay ids are UUIDv7 (time first, crates/contract/src/payload.rs): new ones go to the end of their unique
 # indexes. Same order here, without Python 3.14's uuid7.
 seq=itertools.count()
 rid=lambda: f"{time.time_ns():016x}-{next(seq):012x}"

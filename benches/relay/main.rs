@@ -1,5 +1,5 @@
 //! `cargo bench --bench relay -- <scenario> [options]`: ccrelay's capacity and overhead, each
-//! figure beside a bare baseline measured in the same run (issue 6; see `benches/README.md` and
+//! figure beside a bare baseline measured in the same run (see `benches/README.md` and
 //! `docs/BENCHMARKS.md`).
 //!
 //! # Layout

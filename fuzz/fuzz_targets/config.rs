@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Err(e) = ccrelay::config::Config::from_toml(text) {
+    if let Err(e) = config::Config::from_toml(text) {
         assert!(!e.to_string().is_empty());
     }
 });

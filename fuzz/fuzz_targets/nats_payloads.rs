@@ -3,9 +3,9 @@
 //! names a field.
 #![no_main]
 
-use ccrelay::bus::Subjects;
-use ccrelay::bus::payload::UpMessage;
-use ccrelay::uplink::validate::check_up;
+use contract::Subjects;
+use contract::payload::UpMessage;
+use relay::uplink::validate::check_up;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

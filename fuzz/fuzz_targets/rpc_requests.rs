@@ -3,7 +3,7 @@
 //! subject is allowed only under an inbox prefix. Never a panic.
 #![no_main]
 
-use ccrelay::rpc::{Body, own_user_field, reply_allowed};
+use relay::rpc::{Body, own_user_field, reply_allowed};
 use libfuzzer_sys::fuzz_target;
 
 const OPS: &[&str] = &[

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use ccrelay::bus::tim_payload::inbound;
-use ccrelay::timlink::callback::{MAX_AGE_SECS, MAX_AHEAD_SECS, body_limit, check_sign, sign};
+use contract::tim_payload::inbound;
+use relay::timlink::callback::{MAX_AGE_SECS, MAX_AHEAD_SECS, body_limit, check_sign, sign};
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_700_000_000;

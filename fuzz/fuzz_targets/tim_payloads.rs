@@ -2,7 +2,8 @@
 //! send_msg request), and callback bodies from Tencent. Never a panic; every refusal names a field.
 #![no_main]
 
-use ccrelay::bus::tim_payload::{inbound, parse_chunk, parse_send, send_request};
+use contract::tim_payload::{inbound, parse_chunk, parse_send};
+use relay::timlink::request::send_request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

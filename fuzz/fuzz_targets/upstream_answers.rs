@@ -2,12 +2,12 @@
 //! and what parses survives a round trip through the relay's own serialisation.
 #![no_main]
 
-use ccrelay::cec::wire::{ApplyTokenResponse, PollResponse, SendResponse, TokenByAkSkResponse};
-use ccrelay::cec::wire_ops::{
+use cec::wire::{ApplyTokenResponse, PollResponse, SendResponse, TokenByAkSkResponse};
+use cec::wire_ops::{
     ClickToCallEventsResponse, ClickToCallSupportResponse, DownloadResponse,
     MobileAgentCallResponse, PhraseResponse, QueueInfoResponse, ResultResponse, UploadResponse,
 };
-use ccrelay::tim::wire::TimAnswer;
+use tim::wire::TimAnswer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,6 +5,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|sig: &str| {
-    let _ = ccrelay::tim::usersig::decode(sig);
-    let _ = ccrelay::tim::usersig::verify(sig, "key", 1_400_000_000, "administrator", 1_700_000_000);
+    let _ = tim::usersig::decode(sig);
+    let _ = tim::usersig::verify(sig, "key", 1_400_000_000, "administrator", 1_700_000_000);
 });

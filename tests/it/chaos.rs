@@ -89,7 +89,7 @@ struct Report {
     tim_results: Tally,
     kills: usize,
     /// Down messages the relay committed from its poll journal at a restart: polled, not
-    /// committed when it was killed (what was lost before the journal).
+    /// committed when it was killed (what a relay without the journal would have lost).
     replayed: usize,
 }
 

@@ -1,7 +1,8 @@
 //! Every NATS input the relay parses, fuzzed through the running relay: random bytes and random
 //! JSON shaped like the contract's payloads, on every RPC op and on `up` subjects. Each request
 //! must get a well-formed reply, each UpMessage exactly one `up.result` (and a refused one at most
-//! one `error` event besides), and the relay must stay ready. (The parsers' own property tests are beside them in `src/`.)
+//! one `error` event besides), and the relay must stay ready.
+//! (The parsers' own property tests are beside them, in their crates.)
 
 use std::time::Duration;
 

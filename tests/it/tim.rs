@@ -339,7 +339,7 @@ async fn simulator_callbacks_good_bad_and_stale() {
     t.stop().await;
 }
 
-/// The load test, black-box: 500 concurrent streams at 20 chunks per second each through
+/// The streaming load test, black-box: 500 concurrent streams at 20 chunks per second each through
 /// NATS, against the simulator's 200 calls per second.
 #[tokio::test]
 async fn five_hundred_streams_at_20_chunks_per_second_through_nats_stay_under_the_limit() {

@@ -5,7 +5,7 @@
 //! - the AccessToken is fetched before first use and refreshed before it expires, one refresh at a
 //!   time ([`AccessTokenCache`]);
 //! - a user's token comes from applyToken; when a response header `ccmessaging-token` carries a new
-//!   one, it replaces the old (doc §3.1.2);
+//!   one, it replaces the old (web channel document §3.1.2);
 //! - on HTTP 401 the token that was refused is dropped, a new one obtained, and the call retried
 //!   once. A 401 from applyToken itself means the AccessToken was refused.
 //!
@@ -17,6 +17,9 @@
 //! A call does as little as it can per request, since polls run tens of thousands of times a
 //! second: each endpoint's URL is parsed once (a call clones it and appends its query), the
 //! `x-app-key` and token header values are kept ready-made, and the call metrics are held handles.
+//!
+//! "doc §N" cites chapter N of the web channel document: Huawei Cloud CEC 2.5.0.0.0, *User Access —
+//! Web Client Access (RESTful)*.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -230,8 +233,8 @@ impl CecClient {
         .await
     }
 
-    /// [`Self::poll`], with the body as the upstream sent it (what the poll journal keeps, see
-    /// [`crate::poller`]): the bytes read once, parsed once, and shared, not copied.
+    /// [`Self::poll`], with the body as the upstream sent it (what the relay's poll journal
+    /// keeps): the bytes read once, parsed once, and shared, not copied.
     pub async fn poll_raw(&self, user: &str) -> Result<(PollResponse, bytes::Bytes), CecError> {
         self.call_decoded::<(), _>(
             Endpoint::Poll,

@@ -1,5 +1,8 @@
-//! Huawei CEC web-channel wire types, field for field as the API documents them
-//! (`shared/api-docs/huawei-cec-webchannel-restful.txt`, `huawei-cec-send.txt`).
+//! Huawei CEC web-channel wire types, field for field as the API documents them, in two published
+//! documents: the web channel document — Huawei Cloud CEC 2.5.0.0.0, *User Access — Web Client
+//! Access (RESTful)*, document version 01 (2024-03-01), whose chapters the `§` numbers here cite —
+//! and the send page — the Huawei Cloud CEC API reference page *Send Message (send)*,
+//! `POST /apiaccess/ccmessaging/send` (updated 2024-09-24), whose tables "send doc table N" cites.
 //!
 //! The documents disagree with themselves in places. The rule everywhere in this file:
 //! **accept every form the documents show, send the documented one**, and say so beside the field.
@@ -296,7 +299,7 @@ impl std::fmt::Debug for ApplyTokenResponse {
 #[serde(rename_all = "camelCase")]
 pub struct SendRequest {
     pub channel: String,
-    /// Documented optional in the send page, required in the older page: always sent.
+    /// Documented optional in the send page, required in the web channel document: always sent.
     #[serde(default, deserialize_with = "lenient::string")]
     pub content: String,
     pub control_type: String,

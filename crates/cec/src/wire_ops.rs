@@ -1,4 +1,5 @@
-//! Wire types of the web-channel endpoints that are not messages (doc §4, §6, §8–§17):
+//! Wire types of the web-channel endpoints that are not messages (§4, §6, §8–§17 of Huawei Cloud
+//! CEC 2.5.0.0.0, *User Access — Web Client Access (RESTful)*, which every `§` here cites):
 //! queue info, satisfaction, files, phrases, click-to-call, leave-messages, mobile-agent calls and
 //! robot feedback. The rules of [`super::wire`] apply: accept every form the documents show, send
 //! the documented one.

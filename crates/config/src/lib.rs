@@ -275,8 +275,9 @@ pub struct RelayConfig {
     /// attempts left.
     #[serde(with = "humantime_serde")]
     pub up_max_age: Duration,
-    /// Directory of the poll journal (`crate::poller::journal`). Default: the SQLite database's
-    /// directory; for PostgreSQL the working directory (the systemd unit's `StateDirectory`).
+    /// Directory of the poll journal (the relay's `poller::journal`). Default: the SQLite
+    /// database's directory; for PostgreSQL the working directory (the systemd unit's
+    /// `StateDirectory`).
     pub journal_dir: Option<PathBuf>,
 }
 
@@ -417,7 +418,7 @@ impl CecTenant {
     }
 }
 
-/// One `[[tim]]` application: a Tencent Cloud IM app (issue 4).
+/// One `[[tim]]` application: a Tencent Cloud IM app (Desk sends, robot streams, callbacks).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimApp {

@@ -38,7 +38,7 @@ pub struct UpMessage {
     /// For CONNECT: applyToken `locale` (default: the tenant's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
-    /// A file to upload before sending (issue 3).
+    /// A file to upload (uploadFileStream) before sending; its fileId becomes the content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<UpFile>,
 }
@@ -63,7 +63,7 @@ impl UpMessage {
     }
 }
 
-/// Metadata of a downloaded file stored in the NATS object store (issue 3).
+/// Metadata of a downloaded file stored in the NATS object store: where it is and what it holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileRef {
     pub bucket: String,
@@ -177,7 +177,7 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The reply to a request the relay refuses (contract § RPC).
+/// The reply to a request the relay refuses (README, *Subjects*, **RPC**).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorReply {
     pub ok: bool,

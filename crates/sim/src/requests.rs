@@ -1,7 +1,7 @@
 //! The log of the CEC API requests the simulator received — method, path, query, headers and
 //! JSON body — so tests can check the exact upstream request of every endpoint
 //! ([`crate::Simulator::requests`]). The `/sim/` control API is not logged. Bounded: the
-//! oldest entries go first, and a body over [`MAX_BODY`] bytes is kept as its length only.
+//! oldest entries go first, and a body over 64 KiB (`MAX_BODY`) is kept as its length only.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -29,7 +29,7 @@ pub struct LoggedRequest {
     pub query: Option<String>,
     /// Header names in lower case.
     pub headers: BTreeMap<String, String>,
-    /// The body as JSON, when it is JSON of at most [`MAX_BODY`] bytes.
+    /// The body as JSON, when it is JSON of at most 64 KiB (`MAX_BODY`).
     pub body: Option<serde_json::Value>,
     pub body_len: usize,
 }

@@ -1,6 +1,6 @@
 //! `POST /apiaccess/ccmessaging/send`: validation, idempotency by `messageId`, the per-user rate
 //! limit, and what each controlType does to the session, with the resultCodes and the exact
-//! resultDesc strings of `huawei-cec-send.txt`.
+//! resultDesc strings of the Huawei Cloud CEC API reference page *Send Message (send)*.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;

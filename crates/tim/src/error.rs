@@ -211,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_s_retryable_and_final_codes() {
+    fn the_readme_s_retryable_and_final_codes() {
         for c in [141002, 10002, 60007, 60011, 60018, 60019, 70001, 60008] {
             assert!(api(c).is_retryable(), "{c} should be retryable");
         }

@@ -1,6 +1,7 @@
 //! The simulator's Tencent Cloud IM side: one app ([`TimSimConfig`]) answering Desk
 //! `POST /v4/desk_http_svc/send_msg` and robot `POST /v4/openim_robot_http_svc/send_stream_msg`
-//! as `shared/api-docs/tencent-*.txt` document them, served by the same server as the CEC side.
+//! as Tencent Cloud IM documents them (the Desk REST API's *send_msg* and the robot REST API's
+//! *send_stream_msg*), served by the same server as the CEC side.
 //!
 //! Every call, in this order:
 //! 1. is counted, in `calls` and in its wall-clock second (`maxCallsInOneSecond`);
