@@ -14,7 +14,7 @@
 
 pub mod callback;
 pub mod ratelimit;
-mod request;
+pub mod request;
 pub mod send;
 pub mod stream;
 
