@@ -7,7 +7,8 @@ use clap::Parser;
 use ccrelay::cli::{Cli, Command};
 use config::Config;
 
-/// mimalloc instead of glibc's malloc: measured in S1 and S3 (docs/BENCHMARKS.md, sixth round).
+/// mimalloc instead of glibc's malloc: faster and leaner in the S1 and S3 benchmarks
+/// (docs/BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

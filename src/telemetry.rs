@@ -1,9 +1,23 @@
 //! Logs: human-readable on a terminal, JSON with `--log-format json`; filtered by `RUST_LOG`
 //! (default `info`). Secrets are kept out by construction: they are `SecretString`s or have
 //! redacting `Debug` impls, and HTTP headers carrying tokens are marked sensitive.
+//!
+//! The engine logs the ids of what it works on (`tenant`, `user`, `message_id`, …) as fields of
+//! spans around a poll, a message, a send, a download. A JSON line is flat ([`FlatJson`]): the
+//! fields of every span it was logged in, then its own, side by side with `timestamp`, `level`,
+//! `message` and `target`, so a line names its tenant and user wherever they were recorded. In
+//! text, spans show as `name{field=value}:` before the message.
 
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,10 +36,95 @@ where
         .with_env_filter(filter)
         .with_writer(sink);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .try_init(),
         LogFormat::Text => builder
             .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
     };
+}
+
+/// One JSON object per line: `timestamp`, `level`, the fields of the spans the event was logged
+/// in (outermost first), the event's own fields (`message` among them; they win over a span's
+/// field of the same name) and `target`.
+pub struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = Map::new();
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        line.insert("timestamp".into(), Value::String(timestamp));
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                // With `JsonFields`, a span's fields are kept formatted as a JSON object.
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(fields)) = serde_json::from_str(fields.as_str())
+                {
+                    line.extend(fields);
+                }
+            }
+        }
+        event.record(&mut EventFields(&mut line));
+        line.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_owned()),
+        );
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// Records an event's fields into a JSON object, as tracing-subscriber's JSON format does:
+/// numbers and booleans as such, everything else as its `Debug` (or `Display`) text.
+struct EventFields<'a>(&'a mut Map<String, Value>);
+
+impl EventFields<'_> {
+    fn put(&mut self, field: &Field, value: Value) {
+        // Fields `tracing-log` adds to events from the `log` crate.
+        if !field.name().starts_with("log.") {
+            self.0.insert(field.name().to_owned(), value);
+        }
+    }
+}
+
+impl Visit for EventFields<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, Value::String(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
 }

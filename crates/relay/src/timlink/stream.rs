@@ -31,10 +31,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use super::ratelimit::RateLimiter;
 use super::{Sink, TimUpstream, error_fields};
-use crate::uplink::handle::Disposition;
+use crate::bus::ack::Disposition;
 use contract::payload::{Event, event_type};
 use contract::tim_payload::TimChunk;
 use store::deadletter::{Received, Why};
@@ -785,8 +786,23 @@ impl Scheduler {
     }
 }
 
-/// One `send_stream_msg` call, then the save of its outcome.
+/// The span of the work on one stream: `app`, `stream_id`.
+fn stream_span(ctx: &StreamCtx, row: &TimStreamRow) -> tracing::Span {
+    tracing::error_span!("stream", app = %ctx.app, stream_id = %row.stream_id)
+}
+
+/// One `send_stream_msg` call, then the save of its outcome, in the stream's span.
 async fn call(
+    ctx: &StreamCtx,
+    req: StreamMsgRequest,
+    row: TimStreamRow,
+    taken: Vec<Pending>,
+) -> CallOutcome {
+    let span = stream_span(ctx, &row);
+    call_in_span(ctx, req, row, taken).instrument(span).await
+}
+
+async fn call_in_span(
     ctx: &StreamCtx,
     req: StreamMsgRequest,
     mut row: TimStreamRow,
@@ -815,7 +831,7 @@ async fn call(
                     CallOutcome::Sent { row }
                 }
                 Err(e) => {
-                    tracing::error!(app = %ctx.app, stream_id = row.stream_id, error = %e,
+                    tracing::error!(error = %e,
                         "Cannot save the stream after Tencent accepted a call; its chunks will be redelivered");
                     CallOutcome::Unsaved
                 }
@@ -834,7 +850,7 @@ async fn call(
             row.calls -= 1;
             row.text.truncate(row.text.len() - req.chunk.len());
             row.chunks -= taken.len() as i64;
-            fail(ctx, row, taken, &e, None).await
+            fail_in_span(ctx, row, taken, &e, None).await
         }
     }
 }
@@ -843,12 +859,25 @@ async fn call(
 /// budget spent (`attempts` / `age`) and the dead letter recorded first, named in the event.
 async fn fail(
     ctx: &StreamCtx,
+    row: TimStreamRow,
+    taken: Vec<Pending>,
+    e: &TimError,
+    dead: Option<(&str, DeadLetter)>,
+) -> CallOutcome {
+    let span = stream_span(ctx, &row);
+    fail_in_span(ctx, row, taken, e, dead)
+        .instrument(span)
+        .await
+}
+
+async fn fail_in_span(
+    ctx: &StreamCtx,
     mut row: TimStreamRow,
     mut taken: Vec<Pending>,
     e: &TimError,
     dead: Option<(&str, DeadLetter)>,
 ) -> CallOutcome {
-    tracing::warn!(app = %ctx.app, stream_id = row.stream_id, code = %e.code(), error = %e, "Tencent stream failed");
+    tracing::warn!(code = %e.code(), error = %e, "Tencent stream failed");
     row.finished = true;
     row.status = MessageStatus::Failed;
     row.error_code = Some(e.code());
@@ -861,12 +890,12 @@ async fn fail(
         Some((why, letter)) => match store::deadletter::record(&ctx.sink.store, &letter).await {
             Ok(id) => Some((why, id)),
             Err(err) if err.is_retryable() => {
-                tracing::warn!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+                tracing::warn!(error = %err,
                     "Cannot store the dead letter of a Tencent stream; its chunks will be redelivered");
                 return CallOutcome::Unsaved;
             }
             Err(err) => {
-                tracing::error!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+                tracing::error!(error = %err,
                     "Cannot store the dead letter of a Tencent stream");
                 Some((why, None))
             }
@@ -886,7 +915,7 @@ async fn fail(
             CallOutcome::Failed
         }
         Err(err) => {
-            tracing::error!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+            tracing::error!(error = %err,
                 "Cannot save the failed stream; its chunks will be redelivered");
             CallOutcome::Unsaved
         }
