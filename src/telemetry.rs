@@ -128,3 +128,76 @@ impl Visit for EventFields<'_> {
         self.put(field, Value::String(format!("{value:?}")));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'a self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_json_line_carries_its_spans_fields_at_the_top() {
+        let out = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::error_span!(
+                "up",
+                tenant = "acme",
+                user = "bob",
+                message_id = tracing::field::Empty
+            );
+            let _o = outer.enter();
+            outer.record("message_id", "m1");
+            let inner = tracing::error_span!("call", attempt = 2);
+            let _i = inner.enter();
+            tracing::warn!(code = "503", retry_in = ?std::time::Duration::from_secs(1), "CEC send failed; retrying");
+            tracing::info!("no span field repeated");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let v = &lines[0];
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["message"], "CEC send failed; retrying");
+        assert_eq!(v["tenant"], "acme");
+        assert_eq!(v["user"], "bob");
+        assert_eq!(v["message_id"], "m1");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(v["code"], "503");
+        assert_eq!(v["retry_in"], "1s");
+        assert!(v["timestamp"].is_string() && v["target"].is_string(), "{v}");
+        assert!(v.get("span").is_none() && v.get("spans").is_none(), "{v}");
+        assert_eq!(lines[1]["tenant"], "acme");
+    }
+}
