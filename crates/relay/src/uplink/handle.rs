@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use time::OffsetDateTime;
-
 use tracing::Instrument as _;
 
 use super::Uplink;
