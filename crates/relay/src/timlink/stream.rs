@@ -20,6 +20,9 @@
 //! A redelivered chunk (JetStream sequence at or below the stream's last) is acknowledged and
 //! skipped; a stream seen for the first time since start is looked up in the store, so a restart
 //! continues it with its `MsgKey`.
+//!
+//! The scheduler logs in the span `streams` (`app`), a call and its save in the span `stream`
+//! (`app`, `stream_id`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -89,9 +92,11 @@ impl StreamHandle {
 #[error("the stream scheduler has stopped")]
 pub struct SchedulerStopped;
 
-/// Starts the scheduler on `tracker`; it stops when the sink's token is cancelled.
+/// Starts the scheduler on `tracker`, in the span `streams` (`app`); it stops when the sink's
+/// token is cancelled.
 pub fn spawn(ctx: StreamCtx, tracker: &TaskTracker) -> StreamHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let span = tracing::error_span!("streams", app = %ctx.app);
     let sched = Scheduler {
         ctx: Arc::new(ctx),
         tx: tx.clone(),
@@ -100,7 +105,7 @@ pub fn spawn(ctx: StreamCtx, tracker: &TaskTracker) -> StreamHandle {
         delayed: BinaryHeap::new(),
         tracker: tracker.clone(),
     };
-    tracker.spawn(sched.run(rx));
+    tracker.spawn(sched.run(rx).instrument(span));
     StreamHandle { tx }
 }
 
@@ -354,7 +359,7 @@ impl Scheduler {
 
     /// Refuses one chunk with an `error` event (committed, then acknowledged).
     fn refuse(&self, user: &str, stream_id: &str, p: &mut Pending, reason: String) {
-        tracing::warn!(app = %self.ctx.app, user, stream_id, reason, "Tencent stream chunk refused");
+        tracing::warn!(user, stream_id, reason, "Tencent stream chunk refused");
         let sink = self.ctx.sink.clone();
         let (field, why) = reason.split_once(": ").unwrap_or(("streamId", &reason));
         let mut commit = sink.refusal(&self.ctx.app, user, "invalid_request", field, why);
@@ -446,7 +451,11 @@ impl Scheduler {
         };
         match row {
             Err(e) => {
-                tracing::warn!(app = %self.ctx.app, stream_id = key, error = e, "Cannot read the stream's state; its chunks will be redelivered");
+                tracing::warn!(
+                    stream_id = key,
+                    error = e,
+                    "Cannot read the stream's state; its chunks will be redelivered"
+                );
                 // Dropping the pending chunks' senders hands them back to JetStream.
                 self.streams.remove(&key);
             }
@@ -666,7 +675,7 @@ impl Scheduler {
                     })
                     .next()
                     .unwrap_or(Duration::from_secs(5));
-                tracing::debug!(app = %self.ctx.app, stream_id = key, code = %error.code(), retry_in = ?delay, "send_stream_msg failed; retrying");
+                tracing::debug!(stream_id = key, code = %error.code(), retry_in = ?delay, "send_stream_msg failed; retrying");
                 s.phase = Phase::Waiting;
                 self.delayed.push(Reverse((Instant::now() + delay, key)));
             }
@@ -766,7 +775,7 @@ impl Scheduler {
         for (key, s) in &mut self.streams {
             match s.phase {
                 Phase::Idle if now.duration_since(s.last_chunk) >= idle => {
-                    tracing::debug!(app = %self.ctx.app, stream_id = key, "Stream idle; finishing it");
+                    tracing::debug!(stream_id = key, "Stream idle; finishing it");
                     s.idle_finish = true;
                     s.phase = Phase::Queued;
                     self.ready.push_back(key.clone());
