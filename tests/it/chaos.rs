@@ -42,7 +42,7 @@ const POLL_WINDOW: Duration = Duration::from_millis(500);
 
 /// The relay's log filter: `info`, and the poller's trace line for each answer in hand (with its
 /// messages' codes), which tells a message lost in the poll window from one never read.
-const RELAY_LOG: &str = "info,relay::poller=trace";
+const RELAY_LOG: &str = "info,ccrelay_relay::poller=trace";
 
 /// The Tencent app of the harness, on the simulator's Tencent side.
 const TIM_APP: &str = "shop";

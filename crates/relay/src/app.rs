@@ -32,6 +32,8 @@ use store::DynStore;
 /// A running relay.
 pub struct App {
     relay: Arc<Relay>,
+    /// Closed once the polls in flight have finished.
+    journal: Arc<poller::journal::Journal>,
     intake: TaskTracker,
     outbox_tracker: TaskTracker,
     outbox_cancel: CancellationToken,
@@ -119,18 +121,25 @@ impl App {
             store: store.clone(),
             tenants,
             outbox: OutboxSignal::default(),
-            poller: poller_handle,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
             store_health: store_health.clone(),
-            journal,
         });
+        let journal = Arc::new(journal);
 
         let intake = TaskTracker::new();
         // Tencent IM: one client per [[tim]] app on the shared HTTP client; its stream
         // schedulers run with the intake tasks.
+        let sink = timlink::Sink {
+            store: store.clone(),
+            outbox: relay.outbox.clone(),
+            subjects: relay.subjects.clone(),
+            cancel: cancel.clone(),
+            budget: timlink::Budget::of(&relay.config.relay),
+        };
         let tim = Arc::new(timlink::TimLink::new(
-            relay.clone(),
+            &relay.config,
+            sink,
             http_client.clone(),
             &intake,
         ));
@@ -168,13 +177,22 @@ impl App {
         ));
 
         // What an earlier run polled and may not have committed, before polling resumes.
-        poller::replay(&relay, journal_leftover).await;
-        intake.spawn(poller::run(relay.clone(), poller_inbox, intake.clone()));
+        poller::replay(&relay, &journal, journal_leftover).await;
+        intake.spawn(poller::run(
+            relay.clone(),
+            journal.clone(),
+            poller_inbox,
+            intake.clone(),
+        ));
         intake.spawn(timlink::run(tim, js.clone(), intake.clone()));
         intake.spawn(crate::media::run(relay.clone(), js.clone(), intake.clone()));
-        intake.spawn(uplink::run(relay.clone(), js, intake.clone()));
-        intake.spawn(crate::rpc::run(relay.clone(), nats.clone()));
-        resume_sessions(&relay, &store).await?;
+        let up = Arc::new(uplink::Uplink {
+            relay: relay.clone(),
+            poller: poller_handle.clone(),
+        });
+        intake.spawn(uplink::run(up.clone(), js, intake.clone()));
+        intake.spawn(crate::rpc::run(up, nats.clone()));
+        resume_sessions(&poller_handle, &store).await?;
 
         tracing::info!(http = %http_addr, nats = %config::redact::nats_url(&relay.config.nats.url), prefix = %relay.subjects.prefix(),
             store = %config::redact::database_url(&relay.config.store.url), tenants = relay.tenants.len(), "ccrelay started");
@@ -182,6 +200,7 @@ impl App {
         http_tracker.spawn(metrics_upkeep(http_cancel.clone()));
         Ok(App {
             relay,
+            journal,
             intake,
             outbox_tracker,
             outbox_cancel,
@@ -240,7 +259,7 @@ impl App {
                 "In-flight work did not finish before the shutdown deadline; it will be redone at the next start"
             );
         }
-        self.relay.journal.close();
+        self.journal.close();
         self.outbox_cancel.cancel();
         self.outbox_tracker.close();
         if tokio::time::timeout_at(deadline, self.outbox_tracker.wait())
@@ -385,14 +404,14 @@ async fn warn_if_unreachable(url: &str) {
     }
 }
 
-async fn resume_sessions(relay: &Arc<Relay>, store: &DynStore) -> anyhow::Result<()> {
+async fn resume_sessions(poller: &poller::PollerHandle, store: &DynStore) -> anyhow::Result<()> {
     let open = store
         .open_sessions()
         .await
         .context("reading open sessions")?;
     let n = open.len();
     for s in open {
-        relay.poller.add(s);
+        poller.add(s);
     }
     if n > 0 {
         tracing::info!(sessions = n, "Resumed polling of open sessions");

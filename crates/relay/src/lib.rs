@@ -14,6 +14,20 @@
 //! (`/healthz`, `/readyz`, `/metrics`, the Tencent callbacks), [`instrument`] (metrics),
 //! [`systemd`] (readiness and watchdog), and [`app`], which wires every task
 //! under one cancellation token and task tracker.
+//!
+//! The modules depend on each other in one direction only; each uses only those listed before it:
+//! 1. [`instrument`], [`systemd`], [`bus`] (with [`bus::ack`]: what becomes of a consumed message);
+//! 2. [`outbox`];
+//! 3. [`relay`]: what the CEC tasks share (store, subjects, tenants' clients, the outbox signal,
+//!    the store's health, the cancellation token);
+//! 4. [`media`]; 5. [`poller`]; 6. [`uplink`] (given the poller's handle);
+//! 7. [`timlink`] (its own narrow [`timlink::Sink`]: it uses nothing of [`relay`]);
+//! 8. [`rpc`] (its `send` is the uplink's handler); 9. [`http`]; 10. [`app`].
+//!
+//! Tasks take what they use: the outbox its store, subjects and signal; the Tencent link a
+//! [`timlink::Sink`]; the poller the poll journal; the uplink and RPC the poller's handle
+//! ([`uplink::Uplink`]). The CEC tasks share [`relay::Relay`] for the store's commit path and
+//! the tenants' clients.
 
 pub mod app;
 pub mod bus;

@@ -1,5 +1,9 @@
-//! The state every task of a running relay shares: configuration, store, subjects, one CEC client
-//! per tenant, the outbox signal, the poller's handle and the cancellation token.
+//! What the CEC tasks of a running relay share ([`Relay`]): configuration, store, subjects, one
+//! CEC client per tenant, the outbox signal, the store's health and the cancellation token.
+//!
+//! It holds no task's handle: the poller's handle and journal go to the tasks that use them (the
+//! uplink's context, the poller's task), so this module depends on nothing of the engine but the
+//! outbox's signal, and every task module may depend on it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +13,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::OutboxSignal;
-use crate::poller::PollerHandle;
 use cec::CecClient;
 use config::{CecTenant, Config};
 use contract::Subjects;
@@ -34,15 +37,12 @@ pub struct Relay {
     pub subjects: Subjects,
     pub tenants: HashMap<String, Tenant>,
     pub outbox: OutboxSignal,
-    pub poller: PollerHandle,
     /// Fires when the relay is shutting down.
     pub cancel: CancellationToken,
     /// Set once the streams and the uplink consumer are set up (for `/readyz`).
     pub streams_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the database took the last commit; polling waits while it did not.
     pub store_health: Arc<StoreHealth>,
-    /// Where poll answers go before they are committed.
-    pub journal: crate::poller::journal::Journal,
 }
 
 /// Whether the database is taking commits. While it is not, polling pauses ([`Self::wait_up`]),

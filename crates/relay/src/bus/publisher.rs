@@ -1,5 +1,6 @@
 //! Publishing to JetStream with `Nats-Msg-Id` and waiting for the PubAcks, pipelined: a batch is
-//! sent in one go and its acks awaited together.
+//! sent in one go and its acks awaited together. Each message's result is typed
+//! ([`PublishFailure`]), so the outbox can tell NATS being away from a message of its own.
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
@@ -11,8 +12,10 @@ pub struct Outgoing<'a> {
     pub payload: Bytes,
 }
 
-/// Why one message was not stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why one message was not stored: whose fault it is ([`FailureKind`], what the outbox acts on)
+/// and what NATS said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct PublishFailure {
     pub kind: FailureKind,
     pub message: String,

@@ -1,11 +1,11 @@
 //! Where a downlink message's media is: the `fileId` and `fileType` to ask `downloadFileStream`
 //! for, read from the poll answer's `mediaType` and `content`.
 //!
-//! The documents give several forms, all accepted:
-//! - poll (webchannel doc, table 5-1): for IMAGE / VIDEO / AUDIO, `content` is "the media
-//!   resource id", nothing else: the `fileType` is then the usual one of the media type
+//! Huawei Cloud CEC's web channel API reference gives several forms, all accepted:
+//! - `poll` (its response parameters, table 5-1): for IMAGE / VIDEO / AUDIO, `content` is "the
+//!   media resource id", nothing else: the `fileType` is then the usual one of the media type
 //!   (IMAGE → jpg, AUDIO → mp3, VIDEO → mp4), which is what the simulator serves;
-//! - send (table 7-1): `"fileId,mediaType"`, e.g. `"objectKey,mp4"`, `"objectKey,mp3"`, and for an
+//! - `send` (its request parameters, table 7-1): `"fileId,mediaType"`, e.g. `"objectKey,mp4"`, `"objectKey,mp3"`, and for an
 //!   image `"objectKey.jpg"` — taken to be the same form with a dot (the id is what comes
 //!   before the last dot, when what follows is a documented file type);
 //! - FILE: `"name,size,fileId,type"`, read from the right so a name may hold commas;
@@ -13,7 +13,8 @@
 //!
 //! Other media types (TEXT, LOCATE, WEBCARD…) carry no file.
 
-/// The documented `fileType`s of downloadFileStream (table 9-1 writes "bpm", surely bmp).
+/// The documented `fileType`s of `downloadFileStream` (the web channel API reference's table 9-1
+/// writes "bpm", surely bmp).
 pub const FILE_TYPES: &[&str] = &["jpg", "png", "bmp", "mp3", "aac", "mp4", "txt", "csv"];
 
 /// The media types whose messages carry a file.
@@ -70,7 +71,7 @@ pub fn media_ref(media_type: &str, content: &str) -> Option<MediaRef> {
         .map(|t| t.trim_start_matches('.').to_ascii_lowercase())
         .filter(|t| !t.is_empty() && !MEDIA_TYPES.contains(&t.to_ascii_uppercase().as_str()))
         .unwrap_or_else(|| default_type.to_owned());
-    // "bpm" is how the document spells bmp.
+    // "bpm" is how the API reference spells bmp.
     let file_type = if file_type == "bpm" {
         "bmp".to_owned()
     } else {

@@ -1,7 +1,7 @@
 //! Media coming down: the files agents send (a DownMessage whose `mediaType` is a file),
 //! downloaded with `downloadFileStream` into a NATS object store bucket.
 //!
-//! The poll answer is committed at once ([`crate::poller`]): a file message's outbox row is
+//! The poll answer is committed at once (by the poller): a file message's outbox row is
 //! committed *held*, with a pending `files` row, so nothing waits for a download before CEC's
 //! un-acknowledged poll is safe in the database. The outbox publishes no row of that user's down
 //! subject after a held one, so DownMessages still go out in the order the upstream returned them.
@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::bus::streams::{self, SetupError};
 use crate::relay::Relay;
@@ -190,12 +191,21 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
                     }
                     let (relay, os, bucket) = (relay.clone(), os.clone(), bucket.clone());
                     let (permits, in_flight) = (permits.clone(), in_flight.clone());
-                    tracker.spawn(async move {
-                        fetch(&relay, &os, &bucket, pf, &permits).await;
-                        if let Ok(mut s) = in_flight.lock() {
-                            s.remove(&id);
+                    let span = tracing::error_span!(
+                        "download",
+                        tenant = %pf.file.tenant,
+                        user = %pf.file.user_id,
+                        file_id = %pf.file.file_id
+                    );
+                    tracker.spawn(
+                        async move {
+                            fetch(&relay, &os, &bucket, pf, &permits).await;
+                            if let Ok(mut s) = in_flight.lock() {
+                                s.remove(&id);
+                            }
                         }
-                    });
+                        .instrument(span),
+                    );
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Cannot read pending files; will retry"),
@@ -207,10 +217,10 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
     }
 }
 
-/// Downloads one file, retrying, then releases its DownMessage. Returns early (leaving the file
-/// pending, for the next start) when the relay is cancelled.
-/// Downloads and stores one file, retrying; a permit of `permits` is held during each attempt
-/// only, so files waiting out a backoff do not keep the others from being fetched.
+/// Downloads and stores one file, retrying, then releases its DownMessage; runs in the span
+/// `download` (`tenant`, `user`, `file_id`). A permit of `permits` is held during each attempt
+/// only, so files waiting out a backoff do not keep the others from being fetched. Returns early
+/// (leaving the file pending, for the next start) when the relay is cancelled.
 async fn fetch(
     relay: &Relay,
     os: &object_store::ObjectStore,
@@ -262,8 +272,7 @@ async fn fetch(
             Ok(file) => break Ok(file),
             Err(e) if e.retryable && attempts < max_attempts => {
                 let delay = delays.next().unwrap_or(RETRY_MAX);
-                tracing::warn!(tenant = %f.tenant, user = %f.user_id, file_id = %f.file_id,
-                    code = %e.code, error = %e, attempts, retry_in = ?delay,
+                tracing::warn!(code = %e.code, error = %e, attempts, retry_in = ?delay,
                     "File download failed; will retry");
                 if let Err(se) = relay
                     .store
@@ -296,8 +305,7 @@ async fn fetch(
             at,
         },
         Err(e) => {
-            tracing::warn!(tenant = %f.tenant, user = %f.user_id, file_id = %f.file_id,
-                code = %e.code, error = %e, attempts,
+            tracing::warn!(code = %e.code, error = %e, attempts,
                 "File not downloaded; its message is published with fileError");
             let err = FileError {
                 code: e.code.clone(),
@@ -374,7 +382,8 @@ async fn attempt(
         .await
         .map_err(|e| MediaError::new(e.code(), e.to_string(), e.is_retryable()))?;
     let code = rsp.result_code.trim();
-    // The document's sample answer has no resultCode: a stream without a code is a success.
+    // The web channel API reference's sample answer of downloadFileStream has no resultCode: a
+    // stream without a code is a success.
     let ok = code == result_code::OK || (code.is_empty() && rsp.file_stream.is_some());
     if !ok {
         let desc = rsp.result_desc.unwrap_or_default();

@@ -8,9 +8,9 @@
 //! row back with one backoff; a row that fails for a reason of its own — over the server's
 //! `max_payload`, refused by JetStream — is retried on its own backoff (`attempts`,
 //! `next_attempt_at`; later rows of its subject wait for it, other subjects pass), and after
-//! `relay.outbox_attempts` moves to `dead_letters` ([`crate::deadletter`]). What cannot fit the
+//! `relay.outbox_attempts` moves to `dead_letters` ([`store::deadletter`]). What cannot fit the
 //! connected server at all (its subject or size) is not committed to the outbox in the first
-//! place ([`PublishLimit`]); a row that no longer fits (a server with a smaller `max_payload`)
+//! place ([`store::PublishLimit`]); a row that no longer fits (a server with a smaller `max_payload`)
 //! goes to `dead_letters` at once. Either way its `error` event is committed in the same
 //! transaction as its dead letter.
 
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::publisher::{FailureKind, Outgoing, publish_batch};
+use crate::bus::publisher::{FailureKind, Outgoing, PublishFailure, publish_batch};
 use contract::Subjects;
 use store::{DeadLetter, DynStore, OutboxRow};
 
@@ -244,7 +244,7 @@ pub enum OutboxError {
     Publish {
         failed: usize,
         total: usize,
-        first: String,
+        first: PublishFailure,
     },
 }
 
@@ -333,7 +333,7 @@ impl Round<'_> {
                 }
                 Err(e) => {
                     failed += 1;
-                    first_err.get_or_insert(e.message);
+                    first_err.get_or_insert(e);
                 }
             }
         }

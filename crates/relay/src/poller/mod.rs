@@ -32,6 +32,21 @@
 //!
 //! The handle also counts each tenant's open sessions ([`PollerHandle::reserve`]), so a CONNECT
 //! beyond the tenant's `max_sessions` is refused before anything is opened.
+//!
+//! Who owns a session's state: the store. A session is opened, changes state and is closed by a
+//! commit, and only by one; the store's row is the truth, and what a new run resumes. The
+//! scheduler keeps a copy of each open session ([`Polled`]) so that a poll reads no row: a cache,
+//! written in two ways only.
+//! - A poll updates the copy it holds with what the same poll committed (the session's
+//!   activity, its activation by an agent, its close), after the commit.
+//! - Other tasks tell the scheduler, through [`PollerHandle`], what they committed: a session
+//!   opened or put in the queue (`add`), activity (`touch`), a close (`remove`). The handle is
+//!   called after the commit, never instead of it. These reports reach the copy at one point
+//!   ([`Entry::report`]): at once, or — while a poll holds the copy — when the poll returns,
+//!   applied on top of what the poll did.
+//!
+//! The copy's `idle_at` (the monotonic idle deadline) and the poll bookkeeping (`failures`,
+//! `queue_position`) are the scheduler's own and exist nowhere else.
 
 pub mod journal;
 mod poll;
@@ -50,9 +65,11 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::instrument::PollMetrics;
+use tracing::Instrument as _;
 
+use crate::instrument::PollMetrics;
 use crate::relay::Relay;
+use journal::Journal;
 use store::{Session, SessionState};
 
 /// Commands to the scheduler.
@@ -238,24 +255,64 @@ struct Entry {
     /// When the current (or next) poll is due.
     due: Instant,
     removed: bool,
-    /// What `add` changed while a poll was in flight: the poll returns its own (older) copy of
-    /// the session, so these are applied again on top of it.
-    changed_state: Option<SessionState>,
-    /// The latest activity `touch` reported while a poll was in flight (same reason).
-    touched: Option<OffsetDateTime>,
-    /// The idle deadline that activity reported while a poll was in flight sets.
-    touched_idle_at: Option<Instant>,
+    /// What others committed while a poll was in flight: the poll owns the copy then, and
+    /// returns it without these, so they are applied when it comes back.
+    reported: Reported,
 }
 
 impl Entry {
     fn in_flight(&self) -> bool {
         self.polled.is_none()
     }
+
+    /// The one place the poller's copy of a session takes what others committed: at once when
+    /// the copy is here, when its poll returns while the poll has it.
+    fn report(&mut self, r: Reported) {
+        match self.polled.as_mut() {
+            Some(p) => r.apply(p),
+            None => self.reported.merge(r),
+        }
+    }
+}
+
+/// What another task committed about a session ([`PollerHandle::add`], [`PollerHandle::touch`]):
+/// its new state, its latest activity, and the idle deadline that activity sets.
+#[derive(Default)]
+struct Reported {
+    state: Option<SessionState>,
+    last_activity: Option<OffsetDateTime>,
+    idle_at: Option<Instant>,
+}
+
+impl Reported {
+    /// `later` on top of `self`: its state if it has one, the latest activity and deadline.
+    fn merge(&mut self, later: Reported) {
+        self.state = later.state.or(self.state.take());
+        self.last_activity = self.last_activity.max(later.last_activity);
+        self.idle_at = self.idle_at.max(later.idle_at);
+    }
+
+    fn apply(self, p: &mut Polled) {
+        if let Some(state) = self.state {
+            p.session.state = state;
+        }
+        if let Some(at) = self.last_activity {
+            p.session.last_activity_at = p.session.last_activity_at.max(at);
+        }
+        if let Some(at) = self.idle_at {
+            p.idle_at = p.idle_at.max(at);
+        }
+    }
 }
 
 /// Runs the scheduler until the relay is cancelled. Polls run on `tracker`, so shutdown waits for
-/// those in flight to commit what they received.
-pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker) {
+/// those in flight to commit what they received; what they receive goes into `journal` first.
+pub async fn run(
+    relay: Arc<Relay>,
+    journal: Arc<Journal>,
+    mut inbox: PollerInbox,
+    tracker: TaskTracker,
+) {
     let mut queue: DelayQueue<Arc<str>> = DelayQueue::new();
     let mut sessions: HashMap<Arc<str>, Entry> = HashMap::new();
     let mut tenants: HashMap<String, Arc<TenantPolls>> = HashMap::new();
@@ -270,15 +327,7 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 let Some(entry) = sessions.get_mut(&id) else { continue };
                 match next {
                     Next::Again(mut p) if !entry.removed => {
-                        if let Some(state) = entry.changed_state.take() {
-                            p.session.state = state;
-                        }
-                        if let Some(at) = entry.touched.take() {
-                            p.session.last_activity_at = p.session.last_activity_at.max(at);
-                        }
-                        if let Some(at) = entry.touched_idle_at.take() {
-                            p.idle_at = p.idle_at.max(at);
-                        }
+                        std::mem::take(&mut entry.reported).apply(&mut p);
                         let due = next_due(entry.tenant.interval, entry.due, p.failures, Instant::now());
                         entry.due = due;
                         entry.key = Some(queue.insert_at(id, due));
@@ -294,17 +343,11 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                     Some(e) => {
                         e.removed = false;
                         let idle_at = idle_deadline(s.last_activity_at, e.tenant.idle);
-                        match e.polled.as_mut() {
-                            Some(p) => {
-                                p.session = *s;
-                                p.idle_at = p.idle_at.max(idle_at);
-                            }
-                            None => {
-                                e.changed_state = Some(s.state);
-                                e.touched = e.touched.max(Some(s.last_activity_at));
-                                e.touched_idle_at = e.touched_idle_at.max(Some(idle_at));
-                            }
-                        }
+                        e.report(Reported {
+                            state: Some(s.state),
+                            last_activity: Some(s.last_activity_at),
+                            idle_at: Some(idle_at),
+                        });
                     }
                     None => {
                         let tenant = tenant_polls(&relay, &mut tenants, &s.tenant);
@@ -326,9 +369,7 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                             key: Some(key),
                             due,
                             removed: false,
-                            changed_state: None,
-                            touched: None,
-                            touched_idle_at: None,
+                            reported: Reported::default(),
                         });
                     }
                 },
@@ -347,19 +388,12 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 Cmd::Touch(id, at) => {
                     if let Some(e) = sessions.get_mut(id.as_str()) {
                         // Activity now, whatever the wall clock says `at` is.
-                        let idle = e.tenant.idle;
-                        match e.polled.as_mut() {
-                            Some(p) => {
-                                if at > p.session.last_activity_at {
-                                    p.session.last_activity_at = at;
-                                }
-                                p.active_now(idle);
-                            }
-                            None => {
-                                e.touched = e.touched.max(Some(at));
-                                e.touched_idle_at = Some(Instant::now() + idle);
-                            }
-                        }
+                        let idle_at = Instant::now() + e.tenant.idle;
+                        e.report(Reported {
+                            state: None,
+                            last_activity: Some(at),
+                            idle_at: Some(idle_at),
+                        });
                     }
                 }
             },
@@ -369,18 +403,23 @@ pub async fn run(relay: Arc<Relay>, mut inbox: PollerInbox, tracker: TaskTracker
                 entry.key = None;
                 let Some(polled) = entry.polled.take() else { continue };
                 let (due, tenant) = (entry.due, entry.tenant.clone());
-                let relay = relay.clone();
+                let (relay, journal) = (relay.clone(), journal.clone());
                 let done = done_tx.clone();
+                let span = tracing::error_span!(
+                    "poll",
+                    tenant = %polled.session.tenant,
+                    user = %polled.session.user_id
+                );
                 tracker.spawn(async move {
                     let next = match tenant.permits.acquire().await {
                         Ok(_permit) => {
                             tenant.metrics.lag(Instant::now().saturating_duration_since(due));
-                            poll::poll_session(&relay, &tenant.metrics, polled).await
+                            poll::poll_session(&relay, &journal, &tenant.metrics, polled).await
                         }
                         Err(_) => Next::Again(polled),
                     };
                     let _ = done.send((id, next));
-                });
+                }.instrument(span));
             }
         }
     }

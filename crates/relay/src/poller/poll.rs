@@ -1,4 +1,6 @@
 //! One poll of one session: call `poll`, commit what came back, then decide what happens next.
+//! A poll runs in the span `poll` (`tenant`, `user`), a journaled answer replayed at start-up in
+//! the span `replay` (the same fields), so their log lines do not repeat them.
 //!
 //! The order matters for loss: CEC's poll has no acknowledgement, so an answer is the relay's to
 //! keep from the moment it arrives. An answer with messages goes into the poll journal first
@@ -13,8 +15,9 @@
 //! database) are boxed futures, so the task every poll spawns holds only the poll's own state.
 
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 
-use super::journal::{Header, Leftover};
+use super::journal::{Header, Journal, Leftover};
 use super::{Next, Polled};
 use crate::instrument::PollMetrics;
 use crate::relay::Relay;
@@ -27,9 +30,14 @@ use store::{Direction, DownRecord, MessageRow, MessageStatus, OutboxMsg, event_r
 /// Consecutive final (non-retryable) failures after which a session is closed with reason `error`.
 const MAX_FINAL_FAILURES: u32 = 5;
 
-pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Box<Polled>) -> Next {
+pub(crate) async fn poll_session(
+    relay: &Relay,
+    journal: &Journal,
+    metrics: &PollMetrics,
+    mut p: Box<Polled>,
+) -> Next {
     let Some(tenant) = relay.tenant(&p.session.tenant) else {
-        tracing::warn!(tenant = %p.session.tenant, session = %p.session.id,
+        tracing::warn!(session = %p.session.id,
             "Session of a tenant that is no longer configured; not polled");
         return Next::Closed;
     };
@@ -60,10 +68,10 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
         Err(e) => {
             p.failures += 1;
             if e.is_retryable() {
-                tracing::warn!(tenant = %s.tenant, user = %s.user_id, endpoint = %e.endpoint(), code = %e.code(),
+                tracing::warn!(endpoint = %e.endpoint(), code = %e.code(),
                     error = %e, failures = p.failures, "Poll failed; will retry");
             } else {
-                tracing::error!(tenant = %s.tenant, user = %s.user_id, endpoint = %e.endpoint(), code = %e.code(),
+                tracing::error!(endpoint = %e.endpoint(), code = %e.code(),
                     error = %e, failures = p.failures, "Poll refused");
                 if p.failures >= MAX_FINAL_FAILURES {
                     return Box::pin(close(relay, p, "error", Some(e.to_string()))).await;
@@ -75,7 +83,7 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
     let received_at = now();
     if rsp.result_code != result_code::OK {
         p.failures += 1;
-        tracing::warn!(tenant = %s.tenant, user = %s.user_id, code = %rsp.result_code,
+        tracing::warn!(code = %rsp.result_code,
             desc = rsp.result_desc.as_deref().unwrap_or(""), "Poll answered with a failure code");
         return Next::Again(p);
     }
@@ -84,18 +92,18 @@ pub(crate) async fn poll_session(relay: &Relay, metrics: &PollMetrics, mut p: Bo
         // Into the journal before anything else is done with it: from here on a crash does not
         // lose it.
         let header = journal_header(&p.session, received_at);
-        let ticket = relay.journal.append(&header, &raw);
-        tracing::trace!(tenant = %header.tenant, user = %header.user, journaled = ticket.is_some(),
+        let ticket = journal.append(&header, &raw);
+        tracing::trace!(journaled = ticket.is_some(),
             codes = ?rsp.downlink_messages.iter().map(|m| m.message_code.as_deref()).collect::<Vec<_>>(),
             "Poll answer in hand");
         let stored = Box::pin(store_messages(relay, tenant, &mut p, rsp, received_at)).await;
         if let Stored::Refused = stored {
-            set_aside(relay, &header, &raw);
+            set_aside(journal, &header, &raw);
         }
         match (stored, ticket) {
             // Left in the journal: the next start replays it.
             (Stored::Interrupted, _) | (_, None) => {}
-            (_, Some(t)) => relay.journal.done(t),
+            (_, Some(t)) => journal.done(t),
         }
         match stored {
             Stored::Kept => {}
@@ -158,11 +166,12 @@ fn journal_header(s: &Session, at: OffsetDateTime) -> Header {
 }
 
 /// Keeps an answer the store refused for good beside the journal, and says where.
-fn set_aside(relay: &Relay, header: &Header, body: &[u8]) {
-    match relay.journal.reject(header, body) {
-        Ok(file) => tracing::error!(tenant = %header.tenant, user = %header.user,
-            file = %file.display(), "Polled messages the store refused were set aside in this file"),
-        Err(e) => tracing::error!(tenant = %header.tenant, user = %header.user, error = %e,
+fn set_aside(journal: &Journal, header: &Header, body: &[u8]) {
+    match journal.reject(header, body) {
+        Ok(file) => {
+            tracing::error!(file = %file.display(), "Polled messages the store refused were set aside in this file")
+        }
+        Err(e) => tracing::error!(error = %e,
             "Polled messages the store refused could not be set aside and are lost"),
     }
 }
@@ -217,7 +226,7 @@ fn answer_commit(
 /// Commits the answers an earlier run journaled (and may not have committed), in the order they
 /// came; an answer committed already changes nothing (its messages' codes are known). `false`
 /// if the relay stopped first: the journal keeps them for the next start.
-pub async fn replay(relay: &Relay, leftover: Leftover) -> bool {
+pub async fn replay(relay: &Relay, journal: &Journal, leftover: Leftover) -> bool {
     if leftover.records.is_empty() {
         leftover.remove();
         return true;
@@ -227,11 +236,14 @@ pub async fn replay(relay: &Relay, leftover: Leftover) -> bool {
     let (mut stored, mut duplicates) = (0, 0);
     for r in &leftover.records {
         let h = &r.header;
+        let span = tracing::error_span!("replay", tenant = %h.tenant, user = %h.user);
         let rsp = match cec::client::parse_poll(&r.body) {
             Ok(rsp) => rsp,
             Err(e) => {
-                tracing::error!(tenant = %h.tenant, user = %h.user, error = %e, "A journaled poll answer does not parse");
-                set_aside(relay, h, &r.body);
+                span.in_scope(|| {
+                    tracing::error!(error = %e, "A journaled poll answer does not parse");
+                    set_aside(journal, h, &r.body);
+                });
                 continue;
             }
         };
@@ -250,17 +262,17 @@ pub async fn replay(relay: &Relay, leftover: Leftover) -> bool {
             last_activity_at: at,
         };
         let (commit, _, _) = answer_commit(relay, &session, rsp.downlink_messages, at);
-        match relay.commit(commit).await {
+        match relay.commit(commit).instrument(span.clone()).await {
             Ok(c) => {
                 crate::instrument::messages("cec", &h.tenant, "down", c.inserted_down.len());
                 stored += c.inserted_down.len();
                 duplicates += c.duplicate_down;
             }
             Err(_) if relay.cancel.is_cancelled() => return false,
-            Err(e) => {
-                tracing::error!(tenant = %h.tenant, user = %h.user, error = %e, "A journaled poll answer could not be stored");
-                set_aside(relay, h, &r.body);
-            }
+            Err(e) => span.in_scope(|| {
+                tracing::error!(error = %e, "A journaled poll answer could not be stored");
+                set_aside(journal, h, &r.body);
+            }),
         }
     }
     crate::instrument::poll_journal_replayed(stored);
@@ -291,25 +303,27 @@ async fn store_messages(
             Ok(c) => {
                 crate::instrument::messages("cec", &s.tenant, "down", c.inserted_down.len());
                 if c.duplicate_down > 0 {
-                    tracing::info!(tenant = %s.tenant, user = %s.user_id, duplicates = c.duplicate_down,
-                        "Upstream returned messages it had returned before; published once");
+                    tracing::info!(
+                        duplicates = c.duplicate_down,
+                        "Upstream returned messages it had returned before; published once"
+                    );
                 }
             }
             Err(e) if relay.cancel.is_cancelled() => {
-                tracing::warn!(tenant = %s.tenant, user = %s.user_id, error = %e,
+                tracing::warn!(error = %e,
                     "Stopping before polled messages were stored; the poll journal keeps them for the next start");
                 return Stored::Interrupted;
             }
             Err(e) => {
                 // The database being away is retried until it is back: only a refusal for good
                 // (a bug, bad data) gets here.
-                tracing::error!(tenant = %s.tenant, user = %s.user_id, error = %e,
+                tracing::error!(error = %e,
                     "Polled messages could not be stored");
                 return Stored::Refused;
             }
         }
         if disconnected {
-            tracing::info!(tenant = %s.tenant, user = %s.user_id, session = %s.id, reason = "agent", "Session closed");
+            tracing::info!(session = %s.id, reason = "agent", "Session closed");
             client.forget_user(&s.user_id);
             return Stored::Closed;
         }
@@ -356,7 +370,7 @@ async fn close(relay: &Relay, p: Box<Polled>, reason: &str, detail: Option<Strin
     add_close(relay, &mut commit, s, reason, detail, now());
     match relay.commit(commit).await {
         Ok(_) => {
-            tracing::info!(tenant = %s.tenant, user = %s.user_id, session = %s.id, reason, "Session closed");
+            tracing::info!(session = %s.id, reason, "Session closed");
             if let Some(t) = relay.tenant(&s.tenant) {
                 t.client.forget_user(&s.user_id);
             }
@@ -392,7 +406,7 @@ async fn close_idle(relay: &Relay, p: Box<Polled>) -> Next {
             trans_data: None,
         };
         if let Err(e) = t.client.send(&req).await {
-            tracing::warn!(tenant = %s.tenant, user = %s.user_id, error = %e, "Idle DISCONNECT failed upstream; closing anyway");
+            tracing::warn!(error = %e, "Idle DISCONNECT failed upstream; closing anyway");
         }
     }
     close(relay, p, "idle", None).await
@@ -410,7 +424,7 @@ async fn track_queue(relay: &Relay, tenant: &crate::relay::Tenant, p: &mut Polle
     let info = match tenant.client.query_queue_info(&s.user_id, &req).await {
         Ok(i) => i,
         Err(e) => {
-            tracing::debug!(tenant = %s.tenant, user = %s.user_id, error = %e, "queryQueueInfo failed");
+            tracing::debug!(error = %e, "queryQueueInfo failed");
             return;
         }
     };

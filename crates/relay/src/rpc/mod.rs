@@ -20,11 +20,12 @@
 //! with their events — `satisfaction`, `robotFeedback`, `leaveMessage` ([`stored`]). Requests are
 //! handled concurrently (a queue group, so several relays share the load); they are not stored.
 
+mod body;
 mod ops;
 mod relay_wide;
 mod stored;
 
-pub use ops::{Body, own_user_field};
+pub use body::{Body, own_user_field};
 pub use relay_wide::{PAGE_DEFAULT, PAGE_MAX};
 
 use std::collections::HashMap;
@@ -33,8 +34,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 use crate::relay::Relay;
+use crate::uplink::Uplink;
 use cec::CecError;
 use contract::payload::{ErrorBody, ErrorReply};
 
@@ -117,8 +120,10 @@ impl From<CecError> for RpcError {
     }
 }
 
-/// Serves `P.cec.*.rpc.>` until the relay is cancelled.
-pub async fn run(relay: Arc<Relay>, nats: async_nats::Client) {
+/// Serves `P.cec.*.rpc.>` and `P.rpc.>` until the relay is cancelled. `send` is handled by the
+/// uplink's handler, so the RPC task takes the uplink's context.
+pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
+    let relay = up.relay.clone();
     let subject = format!("{}.cec.*.rpc.>", relay.subjects.prefix());
     let wide = format!("{}.rpc.>", relay.subjects.prefix());
     let mut sub = loop {
@@ -188,10 +193,10 @@ pub async fn run(relay: Arc<Relay>, nats: async_nats::Client) {
             }
             continue;
         };
-        let relay = relay.clone();
+        let up = up.clone();
         let nats = nats.clone();
         tracker.spawn(async move {
-            let body = handle(&relay, msg.subject.as_str(), &msg.payload).await;
+            let body = handle(&up, msg.subject.as_str(), &msg.payload).await;
             drop(permit);
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             if let Err(e) = nats.publish(reply_to, bytes.into()).await {
@@ -203,22 +208,28 @@ pub async fn run(relay: Arc<Relay>, nats: async_nats::Client) {
     tracker.wait().await;
 }
 
-/// Handles one request and returns the reply body.
-pub async fn handle(relay: &Relay, subject: &str, payload: &[u8]) -> Value {
-    match dispatch(relay, subject, payload).await {
-        Ok(v) => v,
-        Err(e) => {
-            if let RpcError::Upstream(u) = &e {
-                tracing::warn!(subject, endpoint = %u.endpoint(), code = %u.code(), error = %u, "RPC failed upstream");
+/// Handles one request and returns the reply body; runs in the span `rpc` (`subject`).
+pub async fn handle(up: &Uplink, subject: &str, payload: &[u8]) -> Value {
+    let span = tracing::error_span!("rpc", subject);
+    async {
+        match dispatch(up, subject, payload).await {
+            Ok(v) => v,
+            Err(e) => {
+                if let RpcError::Upstream(u) = &e {
+                    tracing::warn!(endpoint = %u.endpoint(), code = %u.code(), error = %u, "RPC failed upstream");
+                }
+                serde_json::to_value(e.reply()).unwrap_or_else(|_| json!({"ok": false}))
             }
-            serde_json::to_value(e.reply()).unwrap_or_else(|_| json!({"ok": false}))
         }
     }
+    .instrument(span)
+    .await
 }
 
-async fn dispatch(relay: &Relay, subject: &str, payload: &[u8]) -> Result<Value, RpcError> {
+async fn dispatch(up: &Uplink, subject: &str, payload: &[u8]) -> Result<Value, RpcError> {
+    let relay: &Relay = &up.relay;
     if let Some(op) = subject.strip_prefix(&format!("{}.rpc.", relay.subjects.prefix())) {
-        return relay_wide::call(relay, op, &ops::Body::parse(payload)?).await;
+        return relay_wide::call(relay, op, &Body::parse(payload)?).await;
     }
     let prefix = format!("{}.cec.", relay.subjects.prefix());
     let rest = subject.strip_prefix(&prefix).ok_or_else(|| {
@@ -234,10 +245,14 @@ async fn dispatch(relay: &Relay, subject: &str, payload: &[u8]) -> Result<Value,
     let tenant = relay
         .tenant(tenant_name)
         .ok_or_else(|| RpcError::UnknownTenant(tenant_name.to_owned()))?;
+    let body = Body::parse(payload)?;
     if relay_wide::TENANT_SCOPED.contains(&op) {
-        return relay_wide::call_scoped(relay, tenant_name, op, &ops::Body::parse(payload)?).await;
+        return relay_wide::call_scoped(relay, tenant_name, op, &body).await;
     }
-    ops::call(relay, tenant, op, ops::Body::parse(payload)?).await
+    if stored::OPS.contains(&op) {
+        return stored::call(relay, tenant, op, &body).await;
+    }
+    ops::call(up, tenant, op, body).await
 }
 
 #[cfg(test)]

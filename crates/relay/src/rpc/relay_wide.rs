@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use super::RpcError;
-use super::ops::Body;
+use super::body::Body;
 use crate::relay::Relay;
 use store::{MessageRow, Session, SessionState, kind};
 

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::RpcError;
-use super::ops::{Body, reply};
+use super::body::{Body, reply};
 use crate::relay::{Relay, Tenant};
 use cec::wire::CHANNEL_WEB;
 use cec::wire_ops::{
@@ -21,7 +21,20 @@ pub const COMMENT_MAX_CHARS: usize = 511;
 /// `feedbackContent`: "最大长度限制64字节" (64 bytes).
 pub const FEEDBACK_CONTENT_MAX_BYTES: usize = 64;
 
-pub(super) async fn satisfaction(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
+/// The ops served here.
+pub(super) const OPS: &[&str] = &["satisfaction", "robotFeedback", "leaveMessage"];
+
+/// Calls `op` (one of [`OPS`]) of tenant `t` with the request `b`.
+pub(super) async fn call(relay: &Relay, t: &Tenant, op: &str, b: &Body) -> Result<Value, RpcError> {
+    match op {
+        "satisfaction" => satisfaction(relay, t, b).await,
+        "robotFeedback" => robot_feedback(relay, t, b).await,
+        "leaveMessage" => leave_message(relay, t, b).await,
+        other => Err(RpcError::UnknownOp(other.to_owned())),
+    }
+}
+
+async fn satisfaction(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
     let user = b.user()?;
     let evaluation = b.str("evaluation")?;
     if !matches!(evaluation.as_str(), "1" | "2" | "3" | "4" | "5") {
@@ -64,8 +77,9 @@ pub(super) async fn satisfaction(relay: &Relay, t: &Tenant, b: &Body) -> Result<
     reply(&rsp, None)
 }
 
-pub(super) async fn robot_feedback(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
-    // The document names the customer `from`; `userId` is accepted as everywhere else.
+async fn robot_feedback(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
+    // The web channel API reference names the customer `from`; `userId` is accepted as everywhere
+    // else.
     let user = b.customer("robotFeedback")?;
     let feedback = match b.opt_str("feedback")?.as_deref() {
         Some("1") => 1,
@@ -118,7 +132,7 @@ pub(super) async fn robot_feedback(relay: &Relay, t: &Tenant, b: &Body) -> Resul
     reply(&rsp, None)
 }
 
-pub(super) async fn leave_message(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
+async fn leave_message(relay: &Relay, t: &Tenant, b: &Body) -> Result<Value, RpcError> {
     // `callId` is documented as "用户ID", the customer's id: `userId` or `callId` names them.
     let user = b.customer("leaveMessage")?;
     let caller = b.bounded("caller", 1, 64)?;

@@ -27,6 +27,7 @@ use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tracing::Instrument as _;
 
 use super::TimLink;
 use contract::payload::new_id;
@@ -182,15 +183,26 @@ fn answer(status: StatusCode, code: i64, info: &str) -> Response {
         .into_response()
 }
 
+/// One callback, in the span `callback` (`app`).
 async fn callback(
     State(cb): State<Callbacks>,
     Path(app): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let span = tracing::error_span!("callback", app = %app);
+    handle_callback(cb, app, query, body).instrument(span).await
+}
+
+async fn handle_callback(
+    cb: Callbacks,
+    app: String,
+    query: HashMap<String, String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let link = &cb.link;
     let Some(a) = link.app(&app) else {
-        tracing::warn!(app, "Tencent callback for an unknown app; refused");
+        tracing::warn!("Tencent callback for an unknown app; refused");
         crate::instrument::callback_refused("", "unknown_app");
         return answer(
             StatusCode::NOT_FOUND,
@@ -203,7 +215,7 @@ async fn callback(
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             if let Err(e) = check_sign(token.expose_secret(), &query, now) {
                 // The token never reaches the log; the query's own fields are not secret.
-                tracing::warn!(app, reason = %e, request_time = query.get("RequestTime").map(String::as_str),
+                tracing::warn!(reason = %e, request_time = query.get("RequestTime").map(String::as_str),
                     "Tencent callback with a bad signature; refused");
                 let reason = match e {
                     SignError::Stale(_) | SignError::Ahead(_) | SignError::BadTime => "time",
@@ -216,7 +228,6 @@ async fn callback(
         (None, true) => {}
         (None, false) => {
             tracing::warn!(
-                app,
                 "Tencent callback refused: the app has no callback_token (and unsigned callbacks are not allowed)"
             );
             crate::instrument::callback_refused(&app, "unsigned");
@@ -235,7 +246,7 @@ async fn callback(
             return refuse_too_large(link, &app, None, limit).await;
         }
         Err(e) => {
-            tracing::warn!(app, reason = %e.body_text(), "Tencent callback body unreadable; refused");
+            tracing::warn!(reason = %e.body_text(), "Tencent callback body unreadable; refused");
             return answer(StatusCode::BAD_REQUEST, 400, &e.body_text());
         }
     };
@@ -255,7 +266,7 @@ async fn callback(
     let inb = match inbound(&body, &id, &app, &command, received_at) {
         Ok(i) => i,
         Err(e) => {
-            tracing::warn!(app, command, reason = %e, "Tencent callback body refused");
+            tracing::warn!(command, reason = %e, "Tencent callback body refused");
             return answer(StatusCode::BAD_REQUEST, 400, &e.to_string());
         }
     };
@@ -305,7 +316,6 @@ async fn callback(
         });
     } else if !routable {
         tracing::warn!(
-            app,
             command,
             user = inb.user.as_deref(),
             "Tencent callback names no routable user; stored, not published"
@@ -337,7 +347,7 @@ async fn callback(
             answer(StatusCode::OK, 0, "")
         }
         Ok(Err(e)) => {
-            tracing::error!(app, command, error = %e, "Cannot store a Tencent callback");
+            tracing::error!(command, error = %e, "Cannot store a Tencent callback");
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 503,
@@ -345,7 +355,7 @@ async fn callback(
             )
         }
         Err(_) => {
-            tracing::warn!(app, command, "Storing a Tencent callback took too long");
+            tracing::warn!(command, "Storing a Tencent callback took too long");
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 503,
@@ -365,19 +375,16 @@ async fn refuse_too_large(
 ) -> Response {
     let size_text = size.map_or_else(|| "more than 2 MiB".to_owned(), |n| format!("{n} bytes"));
     let reason = format!("is {size_text}; at most {limit} bytes fit the NATS server's max_payload");
-    tracing::warn!(app, reason = %reason, "Tencent callback body too large; refused");
+    tracing::warn!(reason = %reason, "Tencent callback body too large; refused");
     crate::instrument::callback_refused(app, "too_large");
     let sink = link.sink();
     let event = sink.refusal(app, "", "too_large", "body", &reason);
     match tokio::time::timeout(COMMIT_BUDGET, sink.commit(event)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
-            tracing::warn!(app, error = %e, "Cannot record the refusal of a Tencent callback")
+            tracing::warn!(error = %e, "Cannot record the refusal of a Tencent callback")
         }
-        Err(_) => tracing::warn!(
-            app,
-            "Recording the refusal of a Tencent callback took too long"
-        ),
+        Err(_) => tracing::warn!("Recording the refusal of a Tencent callback took too long"),
     }
     answer(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -25,18 +25,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bus::ack::{self, Disposition, settle};
 use crate::bus::streams;
 use crate::outbox::OutboxSignal;
-use crate::relay::Relay;
-use crate::uplink::handle::Disposition;
-use config::TimApp;
+use config::{NatsConfig, TimApp};
 use contract::Subjects;
 use contract::payload::{Event, event_type};
 use store::event_record;
@@ -96,7 +95,10 @@ pub struct AppLink {
 
 /// Every app, and what the handlers share.
 pub struct TimLink {
-    pub relay: Arc<Relay>,
+    /// The store, subjects, outbox signal and cancellation token every handler uses.
+    sink: Sink,
+    /// The streams and consumer settings (`[nats]`).
+    nats: NatsConfig,
     pub apps: HashMap<String, AppLink>,
 }
 
@@ -190,18 +192,16 @@ impl Sink {
 }
 
 impl TimLink {
-    /// Builds one [`AppLink`] per `[[tim]]` app (one [`TimClient`] each, on the shared `http`
-    /// client) and starts their stream schedulers on `tracker`.
-    pub fn new(relay: Arc<Relay>, http: reqwest::Client, tracker: &TaskTracker) -> TimLink {
-        let sink = Sink {
-            store: relay.store.clone(),
-            outbox: relay.outbox.clone(),
-            subjects: relay.subjects.clone(),
-            cancel: relay.cancel.clone(),
-            budget: Budget::of(&relay.config.relay),
-        };
-        let apps = relay
-            .config
+    /// Builds one [`AppLink`] per `[[tim]]` app of `config` (one [`TimClient`] each, on the
+    /// shared `http` client) and starts their stream schedulers on `tracker`. `sink` is what
+    /// every handler commits through.
+    pub fn new(
+        config: &config::Config,
+        sink: Sink,
+        http: reqwest::Client,
+        tracker: &TaskTracker,
+    ) -> TimLink {
+        let apps = config
             .tim
             .iter()
             .map(|app| {
@@ -228,17 +228,15 @@ impl TimLink {
                 (app.name.clone(), link)
             })
             .collect();
-        TimLink { relay, apps }
+        TimLink {
+            sink,
+            nats: config.nats.clone(),
+            apps,
+        }
     }
 
     pub fn sink(&self) -> Sink {
-        Sink {
-            store: self.relay.store.clone(),
-            outbox: self.relay.outbox.clone(),
-            subjects: self.relay.subjects.clone(),
-            cancel: self.relay.cancel.clone(),
-            budget: Budget::of(&self.relay.config.relay),
-        }
+        self.sink.clone()
     }
 
     pub fn app(&self, name: &str) -> Option<&AppLink> {
@@ -252,18 +250,17 @@ pub async fn run(link: Arc<TimLink>, js: jetstream::Context, tracker: TaskTracke
     if link.apps.is_empty() {
         return;
     }
-    let relay = link.relay.clone();
-    let cancel = relay.cancel.clone();
-    let cfg = relay.config.nats.clone();
+    let cancel = link.sink.cancel.clone();
+    let subjects = link.sink.subjects.clone();
+    let cfg = link.nats.clone();
     let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || {
-        streams::ensure_streams(&js, &relay.subjects, &cfg)
+        streams::ensure_streams(&js, &subjects, &cfg)
     })
     .await
     else {
         return;
     };
-    // Derived ids must not repeat when the stream is recreated and its sequence restarts.
-    let stamp = crate::uplink::base36(stream_info.created.unix_timestamp().max(0) as u64);
+    let stamp = ack::stream_stamp(stream_info.created);
     let workers = Workers {
         stamp: Arc::from(stamp.as_str()),
         link: link.clone(),
@@ -273,7 +270,7 @@ pub async fn run(link: Arc<TimLink>, js: jetstream::Context, tracker: TaskTracke
     };
     while !cancel.is_cancelled() {
         let Some(consumer) = streams::until_ok("Setting up the Tencent consumer", &cancel, || {
-            streams::ensure_tim_consumer(&js, &relay.subjects, &cfg)
+            streams::ensure_tim_consumer(&js, &subjects, &cfg)
         })
         .await
         else {
@@ -324,7 +321,7 @@ fn stream_seq(msg: &jetstream::Message) -> u64 {
 
 impl Workers {
     fn dispatch(&self, msg: jetstream::Message) {
-        let subjects = &self.link.relay.subjects;
+        let subjects = &self.link.sink.subjects;
         let parsed = subjects
             .parse_tim(msg.subject.as_str())
             .map(|(a, k, u)| (a.to_owned(), k.to_owned(), u.to_owned()));
@@ -486,7 +483,8 @@ impl Workers {
                     continue;
                 }
             };
-            if self.link.relay.cancel.is_cancelled() {
+            let cancel = &self.link.sink.cancel;
+            if cancel.is_cancelled() {
                 settle(&msg, Disposition::Retry(Duration::from_secs(1))).await;
                 continue;
             }
@@ -495,10 +493,8 @@ impl Workers {
                 .info()
                 .map(|i| i.published)
                 .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-            let mut beat = tokio::time::interval(self.heartbeat);
-            beat.tick().await;
-            let d = loop {
-                let work = send::handle(
+            let d = ack::work_beating(&msg, self.heartbeat, cancel, || {
+                send::handle(
                     &self.link,
                     send::Delivery {
                         subject: msg.subject.as_str(),
@@ -507,31 +503,9 @@ impl Workers {
                         stream_seq: seq,
                         received_at,
                     },
-                );
-                tokio::pin!(work);
-                let d = loop {
-                    tokio::select! {
-                        d = &mut work => break d,
-                        _ = beat.tick() => crate::uplink::progress(&msg).await,
-                    }
-                };
-                // Not now (the database away): again, in place, unless the relay is stopping.
-                let Disposition::Retry(delay) = d else {
-                    break d;
-                };
-                if self.link.relay.cancel.is_cancelled() {
-                    break d;
-                }
-                let wait = tokio::time::sleep(delay);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        _ = &mut wait => break,
-                        _ = self.link.relay.cancel.cancelled() => break,
-                        _ = beat.tick() => crate::uplink::progress(&msg).await,
-                    }
-                }
-            };
+                )
+            })
+            .await;
             settle(&msg, d).await;
         }
     }
@@ -549,22 +523,8 @@ async fn wait_beating(
     loop {
         tokio::select! {
             d = &mut rx => return d.unwrap_or(Disposition::Retry(Duration::from_secs(1))),
-            _ = beat.tick() => {
-                let _ = msg.ack_with(AckKind::Progress).await;
-            }
+            _ = beat.tick() => ack::progress(msg).await,
         }
-    }
-}
-
-async fn settle(msg: &jetstream::Message, d: Disposition) {
-    let sent = match d {
-        Disposition::Ack => msg.ack().await,
-        Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-        Disposition::Term => msg.ack_with(AckKind::Term).await,
-    };
-    if let Err(e) = sent {
-        // Lost acks are harmless: the redelivered message finds its outcome committed.
-        tracing::debug!(error = %e, "Could not send the ack");
     }
 }
 

@@ -2,13 +2,14 @@
 //! (retrying what is retryable, with the same `MsgRandom`), commit the outcome with its
 //! `send.result` event, and only then let the caller acknowledge it.
 //!
-//! Idempotency: the up row is keyed by (kind `tim`, app, user, `id`). A redelivered message whose
+//! Idempotency: the up row is keyed by (kind `tim`, `id`). A redelivered message whose
 //! row is finished is acknowledged without a call; one still pending (the relay stopped mid-way)
 //! is sent again with the same `MsgRandom`, which Tencent de-duplicates.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tracing::Instrument as _;
 
 use super::{Sink, TimLink, TimUpstream, error_fields};
 use contract::payload::{Event, event_type, new_id};
@@ -16,8 +17,8 @@ use contract::subjects::{check_token, excerpt};
 use contract::tim_payload::{TimPayloadError, TimSend, parse_send};
 
 use super::request::send_request;
+use crate::bus::ack::Disposition;
 use crate::timlink::ratelimit::RateLimiter;
-use crate::uplink::handle::Disposition;
 use store::deadletter::{Received, Why};
 use store::{Commit, Direction, MessageRow, MessageStatus, UpBegin, UpOutcome, dead_source, kind};
 use store::{event_record, now};
@@ -95,6 +96,23 @@ pub async fn handle_with(
         .ok()
         .and_then(|m| m.id.clone())
         .unwrap_or_else(|| d.derived_id.clone());
+    let span = tracing::error_span!("send", app, user, id = %id);
+    send_parsed(sink, app, user, upstream, &d, parsed, &id)
+        .instrument(span)
+        .await
+}
+
+/// [`handle_with`] of a routable send whose idempotency key is `id`; runs in the span `send`
+/// (`app`, `user`, `id`).
+async fn send_parsed(
+    sink: &Sink,
+    app: &str,
+    user: &str,
+    upstream: Option<(&dyn TimUpstream, &RateLimiter)>,
+    d: &Delivery<'_>,
+    parsed: Result<TimSend, TimPayloadError>,
+    id: &str,
+) -> Disposition {
     let built: Result<(TimSend, SendMsgRequest), (&str, TimPayloadError)> = match (parsed, upstream)
     {
         (Err(e), _) => Err(("invalid_request", e)),
@@ -105,7 +123,7 @@ pub async fn handle_with(
                 reason: format!("no [[tim]] app is named {app:?}"),
             },
         )),
-        (Ok(m), Some(_)) => match send_request(&m, user, &id) {
+        (Ok(m), Some(_)) => match send_request(&m, user, id) {
             Ok(req) => Ok((m, req)),
             Err(e) => Err(("invalid_request", e)),
         },
@@ -114,8 +132,8 @@ pub async fn handle_with(
         sink,
         app,
         user,
-        id: &id,
-        d: &d,
+        id,
+        d,
     };
     let body = match &built {
         Ok((_, req)) => serde_json::to_string(req).unwrap_or_else(|_| "{}".into()),
@@ -129,36 +147,28 @@ pub async fn handle_with(
     let row = ctx.row(built.as_ref().ok(), body, d.stream_seq);
     match sink.store.begin_up(&row).await {
         Ok(UpBegin::Done(status)) => {
-            tracing::debug!(
-                app,
-                user,
-                id,
-                ?status,
-                "Redelivered Tencent send already handled"
-            );
+            tracing::debug!(?status, "Redelivered Tencent send already handled");
             return Disposition::Ack;
         }
         Ok(UpBegin::New | UpBegin::Pending) => {}
         Err(e) if e.is_retryable() => {
-            tracing::warn!(app, user, error = %e, "Cannot record Tencent send; will retry");
+            tracing::warn!(error = %e, "Cannot record Tencent send; will retry");
             return Disposition::Retry(Duration::from_secs(1));
         }
         Err(e) => {
-            tracing::error!(app, user, id, error = %e, "Cannot record Tencent send; it is terminated");
-            let letter = d
-                .received(Some(app), Some(user), Some(id.as_str()))
-                .letter(Why {
-                    reason: "unstorable",
-                    error: e.to_string(),
-                    attempts: 0,
-                });
+            tracing::error!(error = %e, "Cannot record Tencent send; it is terminated");
+            let letter = d.received(Some(app), Some(user), Some(id)).letter(Why {
+                reason: "unstorable",
+                error: e.to_string(),
+                attempts: 0,
+            });
             return give_up(sink, &letter).await;
         }
     }
     let (req, (upstream, limiter)) = match (built, upstream) {
         (Ok((_, req)), Some(u)) => (req, u),
         (Err((code, e)), _) => {
-            tracing::warn!(app, user, id, code, reason = %e, "Tencent send refused");
+            tracing::warn!(code, reason = %e, "Tencent send refused");
             return ctx.refused(code, &e).await;
         }
         (Ok(_), None) => return Disposition::Ack, // unreachable: no app is a refusal above
@@ -192,7 +202,7 @@ pub async fn handle_with(
                 }
                 crate::instrument::retry("tim", "send");
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(app, user, id, code = %e.code(), error = %e, retry_in = ?delay, "Tencent send_msg failed; retrying");
+                tracing::warn!(code = %e.code(), error = %e, retry_in = ?delay, "Tencent send_msg failed; retrying");
                 tokio::select! {
                     _ = sink.cancel.cancelled() => return Disposition::Retry(Duration::from_secs(1)),
                     _ = tokio::time::sleep(delay) => {}
@@ -207,18 +217,16 @@ pub async fn handle_with(
         && e.is_retryable()
     {
         let aged = time::OffsetDateTime::now_utc() - d.received_at > sink.budget.max_age;
-        let letter = d
-            .received(Some(app), Some(user), Some(id.as_str()))
-            .letter(Why {
-                reason: if aged { "age" } else { "attempts" },
-                error: format!("given up after {} attempts: {e}", retries + 1),
-                attempts: i64::from(retries + 1),
-            });
+        let letter = d.received(Some(app), Some(user), Some(id)).letter(Why {
+            reason: if aged { "age" } else { "attempts" },
+            error: format!("given up after {} attempts: {e}", retries + 1),
+            attempts: i64::from(retries + 1),
+        });
         match store::deadletter::record(&sink.store, &letter).await {
             Ok(dl) => dead = Some((if aged { "age" } else { "attempts" }, dl)),
             Err(e) if e.is_retryable() => return Disposition::Retry(Duration::from_secs(2)),
             Err(e) => {
-                tracing::error!(app, user, error = %e, "Cannot store the dead letter of a Tencent send")
+                tracing::error!(error = %e, "Cannot store the dead letter of a Tencent send")
             }
         }
     }
@@ -339,7 +347,7 @@ impl Ctx<'_> {
                 "OK".to_owned(),
             ),
             Some(e) => {
-                tracing::warn!(app = self.app, user = self.user, id = self.id, code = %e.code(), error = %e, "Tencent send failed");
+                tracing::warn!(code = %e.code(), error = %e, "Tencent send failed");
                 let (code, info) = error_fields(e);
                 (
                     MessageStatus::Failed,
@@ -378,12 +386,12 @@ impl Ctx<'_> {
                 Disposition::Ack
             }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(app = self.app, user = self.user, id = self.id, error = %e,
+                tracing::warn!(error = %e,
                     "Cannot commit the outcome of a Tencent send; it will be tried again");
                 Disposition::Retry(Duration::from_secs(2))
             }
             Err(e) => {
-                tracing::error!(app = self.app, user = self.user, id = self.id, error = %e,
+                tracing::error!(error = %e,
                     "Cannot store the outcome of a Tencent send; it is terminated");
                 let letter = self
                     .d

@@ -20,6 +20,9 @@
 //! A redelivered chunk (JetStream sequence at or below the stream's last) is acknowledged and
 //! skipped; a stream seen for the first time since start is looked up in the store, so a restart
 //! continues it with its `MsgKey`.
+//!
+//! The scheduler logs in the span `streams` (`app`), a call and its save in the span `stream`
+//! (`app`, `stream_id`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -31,10 +34,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use super::ratelimit::RateLimiter;
 use super::{Sink, TimUpstream, error_fields};
-use crate::uplink::handle::Disposition;
+use crate::bus::ack::Disposition;
 use contract::payload::{Event, event_type};
 use contract::tim_payload::TimChunk;
 use store::deadletter::{Received, Why};
@@ -88,9 +92,11 @@ impl StreamHandle {
 #[error("the stream scheduler has stopped")]
 pub struct SchedulerStopped;
 
-/// Starts the scheduler on `tracker`; it stops when the sink's token is cancelled.
+/// Starts the scheduler on `tracker`, in the span `streams` (`app`); it stops when the sink's
+/// token is cancelled.
 pub fn spawn(ctx: StreamCtx, tracker: &TaskTracker) -> StreamHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let span = tracing::error_span!("streams", app = %ctx.app);
     let sched = Scheduler {
         ctx: Arc::new(ctx),
         tx: tx.clone(),
@@ -99,7 +105,7 @@ pub fn spawn(ctx: StreamCtx, tracker: &TaskTracker) -> StreamHandle {
         delayed: BinaryHeap::new(),
         tracker: tracker.clone(),
     };
-    tracker.spawn(sched.run(rx));
+    tracker.spawn(sched.run(rx).instrument(span));
     StreamHandle { tx }
 }
 
@@ -353,7 +359,7 @@ impl Scheduler {
 
     /// Refuses one chunk with an `error` event (committed, then acknowledged).
     fn refuse(&self, user: &str, stream_id: &str, p: &mut Pending, reason: String) {
-        tracing::warn!(app = %self.ctx.app, user, stream_id, reason, "Tencent stream chunk refused");
+        tracing::warn!(user, stream_id, reason, "Tencent stream chunk refused");
         let sink = self.ctx.sink.clone();
         let (field, why) = reason.split_once(": ").unwrap_or(("streamId", &reason));
         let mut commit = sink.refusal(&self.ctx.app, user, "invalid_request", field, why);
@@ -445,7 +451,11 @@ impl Scheduler {
         };
         match row {
             Err(e) => {
-                tracing::warn!(app = %self.ctx.app, stream_id = key, error = e, "Cannot read the stream's state; its chunks will be redelivered");
+                tracing::warn!(
+                    stream_id = key,
+                    error = e,
+                    "Cannot read the stream's state; its chunks will be redelivered"
+                );
                 // Dropping the pending chunks' senders hands them back to JetStream.
                 self.streams.remove(&key);
             }
@@ -665,7 +675,7 @@ impl Scheduler {
                     })
                     .next()
                     .unwrap_or(Duration::from_secs(5));
-                tracing::debug!(app = %self.ctx.app, stream_id = key, code = %error.code(), retry_in = ?delay, "send_stream_msg failed; retrying");
+                tracing::debug!(stream_id = key, code = %error.code(), retry_in = ?delay, "send_stream_msg failed; retrying");
                 s.phase = Phase::Waiting;
                 self.delayed.push(Reverse((Instant::now() + delay, key)));
             }
@@ -765,7 +775,7 @@ impl Scheduler {
         for (key, s) in &mut self.streams {
             match s.phase {
                 Phase::Idle if now.duration_since(s.last_chunk) >= idle => {
-                    tracing::debug!(app = %self.ctx.app, stream_id = key, "Stream idle; finishing it");
+                    tracing::debug!(stream_id = key, "Stream idle; finishing it");
                     s.idle_finish = true;
                     s.phase = Phase::Queued;
                     self.ready.push_back(key.clone());
@@ -785,8 +795,23 @@ impl Scheduler {
     }
 }
 
-/// One `send_stream_msg` call, then the save of its outcome.
+/// The span of the work on one stream: `app`, `stream_id`.
+fn stream_span(ctx: &StreamCtx, row: &TimStreamRow) -> tracing::Span {
+    tracing::error_span!("stream", app = %ctx.app, stream_id = %row.stream_id)
+}
+
+/// One `send_stream_msg` call, then the save of its outcome, in the stream's span.
 async fn call(
+    ctx: &StreamCtx,
+    req: StreamMsgRequest,
+    row: TimStreamRow,
+    taken: Vec<Pending>,
+) -> CallOutcome {
+    let span = stream_span(ctx, &row);
+    call_in_span(ctx, req, row, taken).instrument(span).await
+}
+
+async fn call_in_span(
     ctx: &StreamCtx,
     req: StreamMsgRequest,
     mut row: TimStreamRow,
@@ -815,7 +840,7 @@ async fn call(
                     CallOutcome::Sent { row }
                 }
                 Err(e) => {
-                    tracing::error!(app = %ctx.app, stream_id = row.stream_id, error = %e,
+                    tracing::error!(error = %e,
                         "Cannot save the stream after Tencent accepted a call; its chunks will be redelivered");
                     CallOutcome::Unsaved
                 }
@@ -834,7 +859,7 @@ async fn call(
             row.calls -= 1;
             row.text.truncate(row.text.len() - req.chunk.len());
             row.chunks -= taken.len() as i64;
-            fail(ctx, row, taken, &e, None).await
+            fail_in_span(ctx, row, taken, &e, None).await
         }
     }
 }
@@ -843,12 +868,25 @@ async fn call(
 /// budget spent (`attempts` / `age`) and the dead letter recorded first, named in the event.
 async fn fail(
     ctx: &StreamCtx,
+    row: TimStreamRow,
+    taken: Vec<Pending>,
+    e: &TimError,
+    dead: Option<(&str, DeadLetter)>,
+) -> CallOutcome {
+    let span = stream_span(ctx, &row);
+    fail_in_span(ctx, row, taken, e, dead)
+        .instrument(span)
+        .await
+}
+
+async fn fail_in_span(
+    ctx: &StreamCtx,
     mut row: TimStreamRow,
     mut taken: Vec<Pending>,
     e: &TimError,
     dead: Option<(&str, DeadLetter)>,
 ) -> CallOutcome {
-    tracing::warn!(app = %ctx.app, stream_id = row.stream_id, code = %e.code(), error = %e, "Tencent stream failed");
+    tracing::warn!(code = %e.code(), error = %e, "Tencent stream failed");
     row.finished = true;
     row.status = MessageStatus::Failed;
     row.error_code = Some(e.code());
@@ -861,12 +899,12 @@ async fn fail(
         Some((why, letter)) => match store::deadletter::record(&ctx.sink.store, &letter).await {
             Ok(id) => Some((why, id)),
             Err(err) if err.is_retryable() => {
-                tracing::warn!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+                tracing::warn!(error = %err,
                     "Cannot store the dead letter of a Tencent stream; its chunks will be redelivered");
                 return CallOutcome::Unsaved;
             }
             Err(err) => {
-                tracing::error!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+                tracing::error!(error = %err,
                     "Cannot store the dead letter of a Tencent stream");
                 Some((why, None))
             }
@@ -886,7 +924,7 @@ async fn fail(
             CallOutcome::Failed
         }
         Err(err) => {
-            tracing::error!(app = %ctx.app, stream_id = row.stream_id, error = %err,
+            tracing::error!(error = %err,
                 "Cannot save the failed stream; its chunks will be redelivered");
             CallOutcome::Unsaved
         }

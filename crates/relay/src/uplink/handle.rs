@@ -14,8 +14,12 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 
+use super::Uplink;
 use super::validate::{Refusal, check_up};
+pub use crate::bus::ack::Disposition;
+use crate::poller::PollerHandle;
 use crate::relay::{Relay, Tenant};
 use cec::outcome::SendOutcome;
 use cec::wire::{CHANNEL_WEB, SOURCE_CUSTOMER, SendRequest, SendResponse};
@@ -29,18 +33,6 @@ use store::{
     SessionChange, SessionState, dead_source, kind,
 };
 use store::{event_record, now};
-
-/// What to tell JetStream about the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Its outcome is committed.
-    Ack,
-    /// Not handled now (shutting down, database down): try it again after the delay.
-    Retry(Duration),
-    /// Cannot be handled ever (it cannot even be stored): never deliver it again. Its error
-    /// event and dead letter are committed, as far as the database allowed.
-    Term,
-}
 
 /// One delivered uplink message.
 pub struct Delivery<'a> {
@@ -76,8 +68,10 @@ impl Delivery<'_> {
     }
 }
 
-/// Handles one message; see the module docs.
-pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
+/// Handles one message; see the module docs. Everything logged about a routable message is
+/// logged within its span `up`, which carries `tenant`, `user` and (once known) `message_id`.
+pub async fn handle(up: &Uplink, d: Delivery<'_>) -> Disposition {
+    let relay = &*up.relay;
     let Some((tenant_name, _, user)) = relay.subjects.parse_cec(d.subject) else {
         // The consumer's filter makes this impossible; refuse loudly rather than drop.
         tracing::error!(
@@ -95,6 +89,25 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
     {
         return refuse_unroutable(relay, &d, e).await;
     }
+    let span = tracing::error_span!(
+        "up",
+        tenant = tenant_name,
+        user,
+        message_id = tracing::field::Empty
+    );
+    handle_routed(relay, &up.poller, &d, tenant_name, user)
+        .instrument(span)
+        .await
+}
+
+/// [`handle`] of a message whose subject names a routable tenant and user.
+async fn handle_routed(
+    relay: &Relay,
+    poller: &PollerHandle,
+    d: &Delivery<'_>,
+    tenant_name: &str,
+    user: &str,
+) -> Disposition {
     let parsed = serde_json::from_slice::<UpMessage>(d.payload);
     let message_id = match &parsed {
         Ok(m) => m
@@ -104,6 +117,7 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
             .unwrap_or_else(|| d.derived_id.clone()),
         Err(_) => d.derived_id.clone(),
     };
+    tracing::Span::current().record("message_id", message_id.as_str());
     let tenant = relay.tenant(tenant_name);
     let refusal: Option<(&str, Refusal)> = match (&parsed, tenant) {
         (Err(e), _) => Some((
@@ -133,25 +147,19 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
     {
         Ok(l) => l,
         Err(e) if e.is_retryable() => {
-            tracing::warn!(tenant = tenant_name, user, error = %e, "Cannot look up uplink message; will retry");
+            tracing::warn!(error = %e, "Cannot look up uplink message; will retry");
             return Disposition::Retry(Duration::from_secs(1));
         }
         Err(e) => {
             // Not a passing fault: an operator must look. The message stays in the stream.
-            tracing::error!(tenant = tenant_name, user, message_id, error = %e,
+            tracing::error!(error = %e,
                 "Cannot look up uplink message; it is left unacknowledged");
             return Disposition::Retry(Duration::from_secs(30));
         }
     };
     match lookup.status {
         Some(status) if status != MessageStatus::Pending => {
-            tracing::debug!(
-                tenant = tenant_name,
-                user,
-                message_id,
-                ?status,
-                "Redelivered uplink message already handled"
-            );
+            tracing::debug!(?status, "Redelivered uplink message already handled");
             return Disposition::Ack;
         }
         // New, or Pending (a row an earlier version began before its send): send, same id.
@@ -177,17 +185,18 @@ pub async fn handle(relay: &Relay, d: Delivery<'_>) -> Disposition {
     };
     let ctx = UpCtx {
         relay,
+        poller,
         tenant_name,
         user,
         message_id: &message_id,
         row: up_row(tenant_name, user, &message_id, &parsed, body, d.stream_seq),
-        d: &d,
+        d,
         attempts: AtomicU32::new(0),
         spent: OnceLock::new(),
     };
 
     if let Some((code, refusal)) = refusal {
-        tracing::warn!(tenant = tenant_name, user, message_id, code, reason = %refusal, "Uplink message refused");
+        tracing::warn!(code, reason = %refusal, "Uplink message refused");
         return ctx.commit_refusal(code, &refusal).await;
     }
     let (Ok(m), Some(t), Some(req)) = (parsed, tenant, request) else {
@@ -257,6 +266,7 @@ fn up_row(
 
 struct UpCtx<'a> {
     relay: &'a Relay,
+    poller: &'a PollerHandle,
     tenant_name: &'a str,
     user: &'a str,
     message_id: &'a str,
@@ -357,7 +367,7 @@ impl<'a> UpCtx<'a> {
     /// The message cannot be stored (a non-retryable database error): an `error` event on
     /// `P.error` and a dead letter, as far as the database takes them, and never again.
     async fn unstorable(&self, e: &store::StoreError) -> Disposition {
-        tracing::error!(tenant = self.tenant_name, user = self.user, message_id = self.message_id, error = %e,
+        tracing::error!(error = %e,
             "Cannot store the outcome of an uplink message; it is terminated");
         let letter = self
             .d
@@ -386,7 +396,7 @@ impl<'a> UpCtx<'a> {
                 Disposition::Ack
             }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id, error = %e,
+                tracing::warn!(error = %e,
                     "Cannot commit the outcome of an uplink message; it will be tried again");
                 Disposition::Retry(Duration::from_secs(2))
             }
@@ -418,8 +428,7 @@ impl<'a> UpCtx<'a> {
                 Err(e) if e.is_retryable() => {
                     crate::instrument::retry("cec", "call");
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                    tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
-                        endpoint = %e.endpoint(), code = %e.code(), error = %e, retry_in = ?delay, "CEC {what} failed; retrying");
+                    tracing::warn!(                        endpoint = %e.endpoint(), code = %e.code(), error = %e, retry_in = ?delay, "CEC {what} failed; retrying");
                     tokio::select! {
                         _ = self.relay.cancel.cancelled() => return Err(CallFailed::Cancelled),
                         _ = tokio::time::sleep(delay) => {}
@@ -456,8 +465,7 @@ impl<'a> UpCtx<'a> {
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(10));
             crate::instrument::retry("cec", "send_too_quick");
-            tracing::info!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
-                code = %rsp.result_code, retry_in = ?delay, "CEC asked to slow down; retrying");
+            tracing::info!(                code = %rsp.result_code, retry_in = ?delay, "CEC asked to slow down; retrying");
             tokio::select! {
                 _ = self.relay.cancel.cancelled() => return Err(CallFailed::Cancelled),
                 _ = tokio::time::sleep(delay) => {}
@@ -468,8 +476,7 @@ impl<'a> UpCtx<'a> {
     /// Commits a final upstream failure as a failed up row with its events. When the message's
     /// budget is spent, its dead letter is recorded first, and the result says so.
     async fn commit_failure(&self, e: CecError, session: Option<&Session>) -> Disposition {
-        tracing::warn!(tenant = self.tenant_name, user = self.user, message_id = self.message_id,
-            endpoint = %e.endpoint(), code = %e.code(), error = %e, "Uplink message failed upstream");
+        tracing::warn!(            endpoint = %e.endpoint(), code = %e.code(), error = %e, "Uplink message failed upstream");
         let mut desc = e.to_string();
         let mut dead = None;
         if let Some(why) = self.spent.get().copied() {
@@ -652,16 +659,10 @@ impl<'a> UpCtx<'a> {
         // is handed to the poller (or this CONNECT fails): refused before anything is opened.
         let _slot = match existing {
             Some(_) => None,
-            None => match self
-                .relay
-                .poller
-                .reserve(self.tenant_name, cfg.max_sessions)
-            {
+            None => match self.poller.reserve(self.tenant_name, cfg.max_sessions) {
                 Ok(slot) => Some(slot),
                 Err(open) => {
                     tracing::warn!(
-                        tenant = self.tenant_name,
-                        user = self.user,
                         open,
                         max_sessions = cfg.max_sessions,
                         "CONNECT refused: the tenant has as many open sessions as it may"
@@ -769,8 +770,8 @@ impl<'a> UpCtx<'a> {
         if d == Disposition::Ack {
             match opened {
                 Some(s) => {
-                    tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, "Session opened");
-                    self.relay.poller.add(s);
+                    tracing::info!(session = %s.id, "Session opened");
+                    self.poller.add(s);
                 }
                 // No session: its token is not kept.
                 None if existing.is_none() => t.client.forget_user(self.user),
@@ -791,7 +792,7 @@ impl<'a> UpCtx<'a> {
             Err(CallFailed::Cancelled) => return Disposition::Retry(Duration::from_secs(1)),
             // The customer wants out: the session ends here whatever the upstream says.
             Err(CallFailed::Final(e)) if existing.is_some() => {
-                tracing::warn!(tenant = self.tenant_name, user = self.user, error = %e, "DISCONNECT failed upstream; closing the session anyway");
+                tracing::warn!(error = %e, "DISCONNECT failed upstream; closing the session anyway");
                 None
             }
             Err(CallFailed::Final(e)) => return self.commit_failure(e, None).await,
@@ -859,8 +860,8 @@ impl<'a> UpCtx<'a> {
         let d = self.finish(commit).await;
         if d == Disposition::Ack {
             if let Some(s) = existing {
-                tracing::info!(tenant = self.tenant_name, user = self.user, session = %s.id, reason = "customer", "Session closed");
-                self.relay.poller.remove(&s.id);
+                tracing::info!(session = %s.id, reason = "customer", "Session closed");
+                self.poller.remove(&s.id);
             }
             t.client.forget_user(self.user);
         }
@@ -938,13 +939,13 @@ impl<'a> UpCtx<'a> {
         {
             if outcome == SendOutcome::Queued && s.state != SessionState::Queued {
                 // The poller keeps its own copy: tell it, so it starts tracking the queue.
-                self.relay.poller.add(Session {
+                self.poller.add(Session {
                     state: SessionState::Queued,
                     last_activity_at: at,
                     ..s.clone()
                 });
             }
-            self.relay.poller.touch(&s.id, at);
+            self.poller.touch(&s.id, at);
         }
         d
     }

@@ -12,7 +12,7 @@
 //! redelivered behind its own back. What cannot be done now (the database away) is tried again
 //! in place, not handed back to JetStream, so that a message's deliveries count restarts only and
 //! the consumer's `max_deliver` can be bounded (`nats.max_deliver`). A message that cannot be
-//! stored at all is terminated, its dead letter recorded ([`crate::deadletter`]). On shutdown,
+//! stored at all is terminated, its dead letter recorded ([`store::deadletter`]). On shutdown,
 //! unfinished messages are left unacknowledged (negative-acknowledged when possible) and come
 //! back at the next start.
 
@@ -29,12 +29,21 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
-use crate::bus::streams;
+use crate::bus::{ack, streams};
+use crate::poller::PollerHandle;
 use crate::relay::Relay;
-use handle::{Delivery, Disposition};
+use handle::Delivery;
+
+/// What the uplink's handlers use: the relay's shared parts, and the poller's handle, to hand it
+/// the sessions a CONNECT opened and tell it of the others' activity.
+pub struct Uplink {
+    pub relay: Arc<Relay>,
+    pub poller: PollerHandle,
+}
 
 /// Runs the CEC uplink consumer until the relay is cancelled.
-pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker) {
+pub async fn run(ctx: Arc<Uplink>, js: jetstream::Context, tracker: TaskTracker) {
+    let relay = ctx.relay.clone();
     let cancel = relay.cancel.clone();
     let cfg = relay.config.nats.clone();
     let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || {
@@ -44,12 +53,10 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
     else {
         return;
     };
-    // Derived message ids must never repeat, even if the stream is deleted and recreated (its
-    // sequence restarts): they carry the stream's creation time.
-    let stamp = base36(stream_info.created.unix_timestamp().max(0) as u64);
+    let stamp = ack::stream_stamp(stream_info.created);
     tracker.spawn(advisory::run(relay.clone(), js.clone()));
     let workers = Workers {
-        relay: relay.clone(),
+        ctx,
         stamp: Arc::from(stamp.as_str()),
         queues: Arc::new(Mutex::new(HashMap::new())),
         permits: Arc::new(Mutex::new(HashMap::new())),
@@ -101,7 +108,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
 /// The per-user workers.
 #[derive(Clone)]
 struct Workers {
-    relay: Arc<Relay>,
+    ctx: Arc<Uplink>,
     stamp: Arc<str>,
     queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<jetstream::Message>>>>,
     /// Send permits per tenant (by subject token), made on first use.
@@ -143,7 +150,7 @@ impl Workers {
                     continue;
                 }
             };
-            if self.relay.cancel.is_cancelled() {
+            if self.ctx.relay.cancel.is_cancelled() {
                 // Hand it back for the next run.
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
@@ -162,17 +169,20 @@ impl Workers {
         // Configured tenants only: a subject naming an unknown one shares one pool (it is refused
         // at once anyway), so made-up names cannot grow the map.
         let tenant = self
+            .ctx
             .relay
             .subjects
             .parse_cec(subject)
             .map(|(t, _, _)| t)
-            .filter(|t| self.relay.tenant(t).is_some())
+            .filter(|t| self.ctx.relay.tenant(t).is_some())
             .unwrap_or("");
         let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
         permits
             .entry(tenant.to_owned())
             .or_insert_with(|| {
-                Arc::new(Semaphore::new(self.relay.config.relay.max_concurrent_sends))
+                Arc::new(Semaphore::new(
+                    self.ctx.relay.config.relay.max_concurrent_sends,
+                ))
             })
             .clone()
     }
@@ -197,73 +207,22 @@ impl Workers {
                 time::OffsetDateTime::now_utc(),
             ),
         };
-        let mut beat = tokio::time::interval(self.heartbeat.max(Duration::from_millis(500)));
-        beat.tick().await; // the first tick is immediate
-        let disposition = loop {
-            let delivery = Delivery {
-                subject: msg.subject.as_str(),
-                payload: &msg.payload,
-                derived_id: derived_id.clone(),
-                stream_seq: seq,
-                received_at,
-            };
-            let work = handle::handle(&self.relay, delivery);
-            tokio::pin!(work);
-            let d = loop {
-                tokio::select! {
-                    d = &mut work => break d,
-                    _ = beat.tick() => progress(msg).await,
-                }
-            };
-            // Not now (the database away): again, in place, unless the relay is stopping.
-            let Disposition::Retry(delay) = d else {
-                break d;
-            };
-            if self.relay.cancel.is_cancelled() {
-                break d;
-            }
-            let wait = tokio::time::sleep(delay);
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    _ = &mut wait => break,
-                    _ = self.relay.cancel.cancelled() => break,
-                    _ = beat.tick() => progress(msg).await,
-                }
-            }
-        };
-        let sent = match disposition {
-            Disposition::Ack => msg.ack().await,
-            Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-            Disposition::Term => msg.ack_with(AckKind::Term).await,
-        };
-        if let Err(e) = sent {
-            // Lost acks are harmless: the redelivered message finds its outcome committed.
-            tracing::debug!(error = %e, "Could not send the ack");
-        }
+        let heartbeat = self.heartbeat.max(Duration::from_millis(500));
+        let disposition = ack::work_beating(msg, heartbeat, &self.ctx.relay.cancel, || {
+            handle::handle(
+                &self.ctx,
+                Delivery {
+                    subject: msg.subject.as_str(),
+                    payload: &msg.payload,
+                    derived_id: derived_id.clone(),
+                    stream_seq: seq,
+                    received_at,
+                },
+            )
+        })
+        .await;
+        ack::settle(msg, disposition).await;
     }
-}
-
-/// Tells JetStream the message is still being worked on.
-pub(crate) async fn progress(msg: &jetstream::Message) {
-    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-        tracing::debug!(error = %e, "Could not extend the ack deadline");
-    }
-}
-
-/// `n` in base 36, for compact derived ids.
-pub(crate) fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -272,10 +231,11 @@ mod tests {
 
     #[test]
     fn derived_ids_fit_the_message_id_limit() {
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "z");
-        assert_eq!(base36(36), "10");
-        let id = format!("s{}-{}", base36(u32::MAX as u64 * 4), u64::MAX);
+        let id = format!(
+            "s{}-{}",
+            crate::bus::ack::base36(u32::MAX as u64 * 4),
+            u64::MAX
+        );
         assert!(id.len() <= 32, "{id} is {} long", id.len());
         assert!(validate::check_message_id(&id).is_ok());
     }

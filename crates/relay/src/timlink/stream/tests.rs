@@ -131,7 +131,7 @@ async fn all_acked(rxs: Vec<oneshot::Receiver<Disposition>>) {
     }
 }
 
-/// The load test: 500 concurrent streams at 20 chunks per second against a limit of 200
+/// The scheduler under load: 500 concurrent streams at 20 chunks per second against a limit of 200
 /// calls per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_streams_at_20_chunks_per_second_stay_under_200_calls_per_second() {
