@@ -39,7 +39,7 @@
 //! process (tests run several).
 //!
 //! Metrics recorded on every poll are not looked up by name and labels each time (that builds
-//! label strings and hashes them per call): [`PollMetrics`] and [`UpstreamCalls`] hold the
+//! label strings and hashes them per call): [`PollMetrics`] and the clients' `UpstreamCalls` (crate `upstream`) hold the
 //! registered handles of one tenant, made on first use (after the recorder is installed).
 
 use std::sync::OnceLock;

@@ -103,7 +103,7 @@ impl OutboxHealth {
 }
 
 /// Publishes outbox rows until `cancel` fires, then makes one last attempt to empty it.
-/// Meanwhile it measures the outbox every [`SWEEP`] for the metrics and `health`.
+/// Meanwhile it measures the outbox every `SWEEP` for the metrics and `health`.
 ///
 /// Deleting a published batch's rows overlaps publishing the next: the delete is a write that
 /// waits for its turn in group commit, and awaiting it before reading the next batch made the

@@ -22,11 +22,11 @@
 //! are made once.
 //!
 //! What a poll returns is journaled ([`journal`]) and committed (transcript rows and outbox rows
-//! in one transaction) before anything else happens to it ([`poll`]); at start-up, [`replay`]
+//! in one transaction) before anything else happens to it (`poll`); at start-up, [`replay`]
 //! commits what an earlier run journaled and may not have committed.
 //!
 //! A session is idle `idle_timeout` after its last message either way, measured on the monotonic
-//! clock ([`Polled::idle_at`]): a step of the wall clock (NTP, a VM resumed) closes nothing. The
+//! clock (`Polled::idle_at`): a step of the wall clock (NTP, a VM resumed) closes nothing. The
 //! stored `last_activity_at` (wall clock) only seeds that deadline when a session is added — at
 //! start-up, for the sessions a previous run left open.
 //!
@@ -35,14 +35,14 @@
 //!
 //! Who owns a session's state: the store. A session is opened, changes state and is closed by a
 //! commit, and only by one; the store's row is the truth, and what a new run resumes. The
-//! scheduler keeps a copy of each open session ([`Polled`]) so that a poll reads no row: a cache,
+//! scheduler keeps a copy of each open session (`Polled`) so that a poll reads no row: a cache,
 //! written in two ways only.
 //! - A poll updates the copy it holds with what the same poll committed (the session's
 //!   activity, its activation by an agent, its close), after the commit.
 //! - Other tasks tell the scheduler, through [`PollerHandle`], what they committed: a session
 //!   opened or put in the queue (`add`), activity (`touch`), a close (`remove`). The handle is
 //!   called after the commit, never instead of it. These reports reach the copy at one point
-//!   ([`Entry::report`]): at once, or — while a poll holds the copy — when the poll returns,
+//!   (`Entry::report`): at once, or — while a poll holds the copy — when the poll returns,
 //!   applied on top of what the poll did.
 //!
 //! The copy's `idle_at` (the monotonic idle deadline) and the poll bookkeeping (`failures`,

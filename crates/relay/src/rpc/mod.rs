@@ -4,7 +4,7 @@
 //! answer plus `"ok"`, or `{"ok": false, "error": {"code", "message"}}` for a request the relay
 //! refuses (`invalid_request`, `unknown_tenant`, `upstream`, `unavailable`, `timeout`).
 //!
-//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health` ([`relay_wide`]). The
+//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health` (`relay_wide`). The
 //! reads about a tenant's customers are also served tenant-scoped, as
 //! `P.cec.<t>.rpc.sessions.list` and `P.cec.<t>.rpc.transcript.get`, the tenant taken from the
 //! subject, so that NATS permissions on subjects can confine a service to its tenant.
@@ -17,7 +17,7 @@
 //!
 //! Ops served here: `queueInfo`, `phrases`, `upload`, `download`, `clickToCall.support`,
 //! `clickToCall.create`, `clickToCall.events`, `clickToCall.drop`, `mobileAgentCall`, and — stored,
-//! with their events — `satisfaction`, `robotFeedback`, `leaveMessage` ([`stored`]). Requests are
+//! with their events — `satisfaction`, `robotFeedback`, `leaveMessage` (`stored`). Requests are
 //! handled concurrently (a queue group, so several relays share the load); they are not stored.
 
 mod body;

@@ -297,8 +297,17 @@ async fn a_stream_left_open_by_a_restart_is_finished_after_it() {
     assert_eq!(fake.with(|s| s.bad_keys), 0, "the same MsgKey was carried");
     // The upstream sees the finish before the relay commits it: wait for the commit.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !store.tim_stream("shop", "st1").await.unwrap().unwrap().finished {
-        assert!(Instant::now() < deadline, "the finished stream was never saved");
+    while !store
+        .tim_stream("shop", "st1")
+        .await
+        .unwrap()
+        .unwrap()
+        .finished
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the finished stream was never saved"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(store.tim_open_streams("shop", 10).await.unwrap().is_empty());
