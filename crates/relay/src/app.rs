@@ -65,14 +65,26 @@ impl App {
 
         // Nothing is committed for publishing that the connected server cannot take.
         let publish_limit = store::PublishLimit::new(Subjects::new(config.nats.prefix.clone()));
-        let store = store::connect_within(&config.store.url, publish_limit.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "opening the store {}",
-                    config::redact::database_url(&config.store.url)
-                )
-            })?;
+        let cancel = CancellationToken::new();
+        let outbox_signal = OutboxSignal::default();
+        let store = store::connect_with(
+            &config.store.url,
+            store::Options {
+                limit: Some(publish_limit.clone()),
+                cancel: cancel.clone(),
+                on_outboxed: Some({
+                    let signal = outbox_signal.clone();
+                    Arc::new(move || signal.notify())
+                }),
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "opening the store {}",
+                config::redact::database_url(&config.store.url)
+            )
+        })?;
         store.migrate().await.context("migrating the store")?;
         let (journal, journal_leftover) =
             match poller::journal::location(&config.store.url, config.relay.journal_dir.as_deref())
@@ -110,15 +122,14 @@ impl App {
         let http_addr = listener.local_addr()?;
 
         let (poller_handle, poller_inbox) = poller::channel();
-        let cancel = CancellationToken::new();
         let streams_ready = Arc::new(AtomicBool::new(false));
-        let store_health = Arc::new(crate::relay::StoreHealth::default());
+        let store_health = store.health().clone();
         let relay = Arc::new(Relay {
             subjects: Subjects::new(config.nats.prefix.clone()),
             config,
             store: store.clone(),
             tenants,
-            outbox: OutboxSignal::default(),
+            outbox: outbox_signal,
             poller: poller_handle,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),

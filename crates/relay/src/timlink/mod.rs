@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::streams;
-use crate::outbox::OutboxSignal;
 use crate::relay::Relay;
 use crate::uplink::handle::Disposition;
 use config::TimApp;
@@ -104,7 +103,6 @@ pub struct TimLink {
 #[derive(Clone)]
 pub struct Sink {
     pub store: DynStore,
-    pub outbox: OutboxSignal,
     pub subjects: Subjects,
     pub cancel: CancellationToken,
     /// How long a send is retried before it is given up.
@@ -136,32 +134,14 @@ impl Budget {
 
 impl Sink {
     /// Runs `save` until it succeeds, fails for good, or the relay is cancelled (retrying while
-    /// the database is unreachable); wakes the outbox when rows were added.
-    pub async fn save<F, Fut>(&self, mut save: F) -> Result<Committed, StoreError>
+    /// the database is away: [`store::Store::save_retrying`], which wakes the outbox when rows
+    /// were added).
+    pub async fn save<F, Fut>(&self, save: F) -> Result<Committed, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Committed, StoreError>>,
     {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match save().await {
-                Ok(c) => {
-                    if c.outboxed > 0 {
-                        self.outbox.notify();
-                    }
-                    return Ok(c);
-                }
-                Err(e) if e.is_retryable() && !self.cancel.is_cancelled() => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "Database unavailable; retrying the commit");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => {}
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.store.save_retrying("the commit", save).await
     }
 
     /// Commits `commit` with [`Self::save`].
@@ -195,7 +175,6 @@ impl TimLink {
     pub fn new(relay: Arc<Relay>, http: reqwest::Client, tracker: &TaskTracker) -> TimLink {
         let sink = Sink {
             store: relay.store.clone(),
-            outbox: relay.outbox.clone(),
             subjects: relay.subjects.clone(),
             cancel: relay.cancel.clone(),
             budget: Budget::of(&relay.config.relay),
@@ -234,7 +213,6 @@ impl TimLink {
     pub fn sink(&self) -> Sink {
         Sink {
             store: self.relay.store.clone(),
-            outbox: self.relay.outbox.clone(),
             subjects: self.relay.subjects.clone(),
             cancel: self.relay.cancel.clone(),
             budget: Budget::of(&self.relay.config.relay),
