@@ -123,7 +123,6 @@ impl App {
 
         let (poller_handle, poller_inbox) = poller::channel();
         let streams_ready = Arc::new(AtomicBool::new(false));
-        let store_health = store.health().clone();
         let relay = Arc::new(Relay {
             subjects: Subjects::new(config.nats.prefix.clone()),
             config,
@@ -133,7 +132,6 @@ impl App {
             poller: poller_handle,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
-            store_health: store_health.clone(),
             journal,
         });
 
@@ -154,7 +152,6 @@ impl App {
             nats: nats.clone(),
             streams_ready,
             outbox: outbox_health.clone(),
-            store_health,
         })
         .merge(timlink::callback::router(tim.clone(), nats.clone()));
         {

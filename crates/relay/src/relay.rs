@@ -11,7 +11,6 @@ use crate::poller::PollerHandle;
 use cec::CecClient;
 use config::{CecTenant, Config};
 use contract::Subjects;
-pub use store::StoreHealth;
 use store::{Commit, Committed, DynStore, StoreError};
 
 /// One configured CEC tenant and its client.
@@ -38,8 +37,6 @@ pub struct Relay {
     pub cancel: CancellationToken,
     /// Set once the streams and the uplink consumer are set up (for `/readyz`).
     pub streams_ready: Arc<std::sync::atomic::AtomicBool>,
-    /// Whether the database took the last commit; polling waits while it did not.
-    pub store_health: Arc<StoreHealth>,
     /// Where poll answers go before they are committed.
     pub journal: crate::poller::journal::Journal,
 }

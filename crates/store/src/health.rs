@@ -70,7 +70,7 @@ impl StoreHealth {
 
     /// Returns at once while the database is up; otherwise waits until a probe (a ping, when the
     /// database was unreachable) or a commit finds it back. `false` if `cancel` fired first.
-    pub async fn wait_up(&self, store: &Store, cancel: &CancellationToken) -> bool {
+    pub(crate) async fn wait_up(&self, store: &Store, cancel: &CancellationToken) -> bool {
         while self.is_down() {
             if !self.is_refusing()
                 && let Ok(_probe) = self.probe.try_lock()

@@ -59,7 +59,7 @@ pub struct Store {
 struct Shared {
     backend: Arc<dyn Backend>,
     group: GroupCommit,
-    health: Arc<StoreHealth>,
+    health: StoreHealth,
     options: Options,
 }
 
@@ -92,7 +92,7 @@ impl Store {
             shared: Arc::new(Shared {
                 backend,
                 group,
-                health: Arc::default(),
+                health: StoreHealth::default(),
                 options,
             }),
         })
@@ -116,8 +116,14 @@ impl Store {
     }
 
     /// Whether the database takes writes, as the retrying calls found it.
-    pub fn health(&self) -> &Arc<StoreHealth> {
+    pub fn health(&self) -> &StoreHealth {
         &self.shared.health
+    }
+
+    /// Returns at once while the database takes writes; otherwise waits until a probe or a
+    /// write finds it back ([`StoreHealth::wait_up`]). `false` if `cancel` fired first.
+    pub async fn wait_up(&self, cancel: &CancellationToken) -> bool {
+        self.shared.health.wait_up(self, cancel).await
     }
 
     /// How many batches (transactions, retries of a failed batch's writes not counted) the

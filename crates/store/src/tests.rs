@@ -3280,3 +3280,63 @@ async fn what_the_server_cannot_take_is_committed_as_a_dead_letter_and_an_error_
             .all(|r| r.msg_id != again.relay_id)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The commit-and-retry path
+
+#[tokio::test]
+async fn a_retrying_commit_wakes_the_outbox_and_keeps_the_database_up() {
+    let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let options = Options {
+        on_outboxed: Some({
+            let woken = woken.clone();
+            Arc::new(move || {
+                woken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+        }),
+        ..Options::default()
+    };
+    let store = connect_with("sqlite::memory:", options).await.unwrap();
+    store.migrate().await.unwrap();
+    let done = store
+        .commit_retrying(downs(vec![down("r1", None, "x", at(0))]))
+        .await
+        .unwrap();
+    assert_eq!(done.outboxed, 1);
+    assert_eq!(woken.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(!store.health().is_down());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_retrying_commit_takes_the_database_for_away_until_cancelled() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let options = Options {
+        cancel: cancel.clone(),
+        ..Options::default()
+    };
+    let store = connect_with("sqlite::memory:", options).await.unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+    let retrying = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .commit_retrying(downs(vec![down("r2", None, "x", at(0))]))
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !store.health().is_down() {
+        assert!(std::time::Instant::now() < deadline, "never taken for away");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(store.health().cause().is_some());
+    assert!(
+        !retrying.is_finished(),
+        "retried while the database is away"
+    );
+    cancel.cancel();
+    let err = retrying.await.unwrap().unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
