@@ -67,14 +67,26 @@ impl App {
 
         // Nothing is committed for publishing that the connected server cannot take.
         let publish_limit = store::PublishLimit::new(Subjects::new(config.nats.prefix.clone()));
-        let store = store::connect_within(&config.store.url, publish_limit.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "opening the store {}",
-                    config::redact::database_url(&config.store.url)
-                )
-            })?;
+        let cancel = CancellationToken::new();
+        let outbox_signal = OutboxSignal::default();
+        let store = store::connect_with(
+            &config.store.url,
+            store::Options {
+                limit: Some(publish_limit.clone()),
+                cancel: cancel.clone(),
+                on_outboxed: Some({
+                    let signal = outbox_signal.clone();
+                    Arc::new(move || signal.notify())
+                }),
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "opening the store {}",
+                config::redact::database_url(&config.store.url)
+            )
+        })?;
         store.migrate().await.context("migrating the store")?;
         let (journal, journal_leftover) =
             match poller::journal::location(&config.store.url, config.relay.journal_dir.as_deref())
@@ -112,18 +124,15 @@ impl App {
         let http_addr = listener.local_addr()?;
 
         let (poller_handle, poller_inbox) = poller::channel();
-        let cancel = CancellationToken::new();
         let streams_ready = Arc::new(AtomicBool::new(false));
-        let store_health = Arc::new(crate::relay::StoreHealth::default());
         let relay = Arc::new(Relay {
             subjects: Subjects::new(config.nats.prefix.clone()),
             config,
             store: store.clone(),
             tenants,
-            outbox: OutboxSignal::default(),
+            outbox: outbox_signal,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
-            store_health: store_health.clone(),
         });
         let journal = Arc::new(journal);
 
@@ -132,7 +141,6 @@ impl App {
         // schedulers run with the intake tasks.
         let sink = timlink::Sink {
             store: store.clone(),
-            outbox: relay.outbox.clone(),
             subjects: relay.subjects.clone(),
             cancel: cancel.clone(),
             budget: timlink::Budget::of(&relay.config.relay),
@@ -152,7 +160,6 @@ impl App {
             nats: nats.clone(),
             streams_ready,
             outbox: outbox_health.clone(),
-            store_health,
         })
         .merge(timlink::callback::router(tim.clone(), nats.clone()));
         {

@@ -78,9 +78,8 @@ impl PublishLimit {
     /// `write` with the outbox messages of its commit that cannot be published set aside
     /// ([`Commit::set_aside`]).
     pub fn fit_write(&self, write: &mut Write) {
-        match write {
-            Write::Commit(c) | Write::TimStream(_, c) | Write::TimCallback(_, c) => self.fit(c),
-            Write::BeginUp(_) | Write::SessionToken { .. } | Write::OutboxDone(_) => {}
+        if let Write::Commit(c) | Write::TimStream(_, c) | Write::TimCallback(_, c) = write {
+            self.fit(c);
         }
     }
 

@@ -1,5 +1,9 @@
-//! Persistence: one [`Store`] trait, a SQLite implementation ([`sqlite`]) and a PostgreSQL one
-//! ([`postgres`]), chosen by the `store.url` scheme ([`connect`]).
+//! Persistence: one [`Store`] — group commit, the commit-and-retry path and the database's
+//! health — over a [`Backend`]: SQLite ([`sqlite`]) or PostgreSQL ([`postgres`]), chosen by the
+//! `store.url` scheme ([`connect`]). A backend does two things: it applies a batch of [`Write`]s
+//! in one transaction ([`Backend::write_batch`]) and it answers the reads ([`Queries`]). The rows
+//! ([`MessageRow`], [`Session`], …), the errors and their classification ([`StoreError`]) are
+//! defined here, once for both; the migrations are the top-level `migrations/`, embedded.
 //!
 //! The relay never writes piecemeal. Everything one step of work produces — transcript rows,
 //! session changes, events and the outbox rows that will publish them — goes into one [`Commit`],
@@ -24,7 +28,7 @@
 //! - `outbox`: what is still to be published, in commit order. A row is deleted once JetStream
 //!   acknowledged it; so a transcript row is published exactly when no outbox row holds its id.
 //!   A *held* row (a DownMessage whose file is being downloaded) is not published, nor is any
-//!   later row of the same subject, until [`Store::finish_file`] releases it.
+//!   later row of the same subject, until [`Queries::finish_file`] releases it.
 //!
 //! Timestamps are kept at microsecond precision (PostgreSQL `timestamptz`; in SQLite an INTEGER of
 //! microseconds since the Unix epoch) and read back in UTC: finer digits are dropped, rounding
@@ -35,16 +39,16 @@
 //! records, the events, the satisfactions, the offline messages, the files, the touches; its
 //! outbox rows follow the inserted downs (held when the commit has a file for them), then the
 //! events; a message set aside ([`Commit::set_aside`]) has no outbox row, and its dead letter and
-//! `error` event are stored with the commit's events instead. Transcripts, events, satisfactions and offline
-//! messages read back ordered by `created_at`, ties in insertion order.
+//! `error` event are stored with the commit's events instead. Transcripts, events, satisfactions
+//! and offline messages read back ordered by `created_at`, ties in insertion order.
 //!
-//! **Group commit.** The writes ([`Write`]) of many tasks share transactions: [`connect`] wraps
-//! the backend in [`group::GroupCommit`], which queues each caller's write and applies what has
-//! queued up in order in one transaction ([`Store::write_batch`]), so a thousand callers cost a
-//! handful of commits (fsyncs) instead of a thousand, and SQLite's one write lock is never fought
-//! over. Each caller still gets its own result, and its write is still all or nothing: when a
-//! batch fails for a reason other than the database being away, its writes are applied again one
-//! by one, so a bad write fails alone.
+//! **Group commit.** The writes ([`Write`]) of many tasks share transactions: the [`Store`]
+//! queues each caller's write and a writer applies what has queued up, in order, in one
+//! transaction ([`Backend::write_batch`]; see [`group`]), so a thousand callers cost a handful of
+//! commits (fsyncs) instead of a thousand, and SQLite's one write lock is never fought over. Each
+//! caller still gets its own result, and its write is still all or nothing: when a batch fails
+//! for a reason other than the database being away, its writes are applied again one by one, so a
+//! bad write fails alone. Every write goes this way, the updates of one row included.
 //!
 //! Bodies must be JSON (both stores refuse anything else; PostgreSQL's `jsonb` also refuses the
 //! escape `\u0000`). A commit that names a session which does not exist (`SetState`, `Close`, a
@@ -55,14 +59,17 @@
 pub mod deadletter;
 mod fit;
 pub mod group;
+mod health;
 pub mod metrics;
-mod pg_text;
 pub mod postgres;
 mod records;
 pub mod sqlite;
+mod store;
 
 pub use fit::{DEFAULT_MAX_PAYLOAD, PublishLimit};
+pub use health::StoreHealth;
 pub use records::{event_record, now};
+pub use store::{Options, Store};
 
 use std::sync::Arc;
 
@@ -616,7 +623,7 @@ pub struct PendingFile {
     pub payload: Vec<u8>,
 }
 
-/// The end of a file's download, applied by [`Store::finish_file`] in one transaction.
+/// The end of a file's download, applied by [`Queries::finish_file`] in one transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileDone {
     pub relay_id: String,
@@ -656,7 +663,7 @@ pub struct Commit {
     /// Sessions whose `last_activity_at` moves to the given time.
     pub touch: Vec<(String, OffsetDateTime)>,
     /// Pending files (status Pending) of down records in this commit, by the down's relay id:
-    /// the down's outbox row is committed held, and released by [`Store::finish_file`]. A file
+    /// the down's outbox row is committed held, and released by [`Queries::finish_file`]. A file
     /// whose down was skipped as a duplicate is skipped too; one whose down is not in the
     /// commit is refused.
     pub files: Vec<FileRow>,
@@ -780,7 +787,7 @@ pub struct Committed {
     pub set_aside: Vec<(String, Option<i64>)>,
 }
 
-/// What [`Store::up_lookup`] found.
+/// What [`Queries::up_lookup`] found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UpLookup {
     /// The status of the message's row; `None` if it has none.
@@ -843,7 +850,7 @@ pub mod dead_source {
 }
 
 /// Something the relay gave up on, as stored (table `dead_letters`). Kept with its subject and
-/// payload, so that it can be published again ([`Store::dead_letter_retry`]).
+/// payload, so that it can be published again ([`Queries::dead_letter_retry`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     /// Its id in the table (0 before it is stored).
@@ -916,9 +923,10 @@ impl MessagePage {
     }
 }
 
-/// The store interface. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
+/// A database the [`Store`] commits to: the [`Queries`], the migrations, and a batch of writes
+/// applied in one transaction. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Backend: Queries {
     /// Runs the embedded migrations of this backend.
     async fn migrate(&self) -> Result<()>;
     /// Checks that the database answers.
@@ -929,17 +937,19 @@ pub trait Store: Send + Sync + 'static {
     /// place into what its database can store (PostgreSQL replaces NULs), which is why it takes
     /// them mutably: after an error they can be applied again as they are.
     async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>>;
+    /// How group commit is to run this backend's writers; with [`group::Writers::OwnThread`],
+    /// `write_batch` blocks the calling thread for the batch.
+    fn writers(&self) -> group::Writers;
 
-    /// Applies everything in `commit` in one transaction.
-    async fn commit(&self, commit: Commit) -> Result<Committed> {
-        committed("commit", one(self, Write::Commit(commit)).await?)
-    }
+    /// Closes the connections, after waiting for those in use to be returned. Every later call
+    /// fails with a retryable [`StoreError::Unavailable`].
+    async fn close(&self);
+}
 
-    /// Records an uplink message as Pending, unless its (kind, tenant, user, message_id) exists.
-    async fn begin_up(&self, row: &MessageRow) -> Result<UpBegin> {
-        begun(one(self, Write::BeginUp(row.clone())).await?)
-    }
-
+/// The reads: what [`Store`] reads straight from its backend (through `Deref`, one accessor), so
+/// that a read query is written once per backend and nowhere else. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
+#[async_trait]
+pub trait Queries: Send + Sync + 'static {
     /// What handling an uplink message needs to know before its send, in one read (no write, so
     /// no wait for a commit): the status of its row, if it has one — how a redelivered message
     /// is recognised — and the user's not-closed session.
@@ -967,58 +977,14 @@ pub trait Store: Send + Sync + 'static {
         state: Option<SessionState>,
         limit: i64,
     ) -> Result<Vec<Session>>;
-    /// Stores a user's new `ccmessaging-token` (or clears it) on `session` (by its id; its
-    /// tenant and user keep the write on the user's group-commit writer).
-    async fn set_session_token(&self, session: &Session, token: Option<&str>) -> Result<()> {
-        let w = Write::session_token(session, token);
-        one(self, w).await.map(drop)
-    }
-
     /// The oldest `limit` outbox rows, in commit order.
     async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>>;
-    /// Deletes published rows.
-    async fn outbox_done(&self, seqs: &[i64]) -> Result<()> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        one(self, Write::OutboxDone(seqs.to_vec())).await.map(drop)
-    }
     async fn outbox_stats(&self) -> Result<OutboxStats>;
-    /// Records a failed publish of row `seq` (a failure of its own): its attempts so far, the
-    /// error, and when it may be tried again. Its subject's later rows wait for it.
-    async fn outbox_failed(
-        &self,
-        seq: i64,
-        attempts: i64,
-        next_attempt_at: OffsetDateTime,
-        error: &str,
-    ) -> Result<()>;
-    /// Moves outbox row `seq` into `dead_letters` (source `outbox`) with `reason` and `error`, and
-    /// stores `event` (the `error` event announcing it, given the dead letter's id as
-    /// `deadLetter`) with its outbox row, in one transaction. Returns the dead letter's id; `None`
-    /// (storing nothing) if the row is gone.
-    async fn outbox_dead(
-        &self,
-        seq: i64,
-        reason: &str,
-        error: &str,
-        event: Option<&EventRecord>,
-    ) -> Result<Option<i64>>;
-    /// Stores a dead letter; `None` (changing nothing) if its (source, msg_id) is stored already.
-    async fn dead_letter_add(&self, dead: &DeadLetter) -> Result<Option<i64>>;
     /// The oldest `limit` dead letters.
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>>;
-    /// Publishes dead letter `id` again, in one transaction: an outbox row with its subject and
-    /// payload (Nats-Msg-Id: its own for an outbox row, else `fresh_msg_id`), the uplink row of
-    /// its `message_id` (if failed) set back to pending so that the relay sends it again, and the
-    /// dead letter deleted. Returns it; `None` if there is no such dead letter.
-    async fn dead_letter_retry(&self, id: i64, fresh_msg_id: &str) -> Result<Option<DeadLetter>>;
-    /// Deletes dead letter `id`; false if there is none.
-    async fn dead_letter_drop(&self, id: i64) -> Result<bool>;
-
     /// A user's transcript, both directions, oldest first.
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>>;
-    /// A page of [`Store::transcript`]: at most `limit` rows, in the same order, after the row
+    /// A page of [`Queries::transcript`]: at most `limit` rows, in the same order, after the row
     /// whose relay id is `after` (from the first row without it). `None` when `after` names no
     /// row of this transcript.
     async fn transcript_page(
@@ -1048,18 +1014,8 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
     ) -> Result<Vec<OfflineRow>>;
 
-    /// Closes the connections, after waiting for those in use to be returned. Every later call
-    /// fails with a retryable [`StoreError::Unavailable`].
-    async fn close(&self);
+    // Tencent IM: streams and callbacks.
 
-    // --- Tencent IM (issue 4, T-relay): streams and callbacks -----------------------------
-
-    /// Inserts or updates the stream `row` (keyed by (app, stream_id)) and applies `commit`
-    /// (its events) in the same transaction.
-    async fn tim_stream_save(&self, row: &TimStreamRow, commit: Commit) -> Result<Committed> {
-        let w = Write::TimStream(row.clone(), commit);
-        committed("tim_stream_save", one(self, w).await?)
-    }
     /// One stream, by app and `streamId`.
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>>;
     /// A user's streams, oldest first.
@@ -1067,36 +1023,18 @@ pub trait Store: Send + Sync + 'static {
     /// An app's streams neither finished nor failed, oldest first, at most `limit` (to finish
     /// them after a restart).
     async fn tim_open_streams(&self, app: &str, limit: i64) -> Result<Vec<TimStreamRow>>;
-    /// Stores a callback and applies `commit` (its transcript row and outbox message, when it
-    /// is published) in the same transaction.
-    async fn tim_callback_save(&self, row: &TimCallbackRow, commit: Commit) -> Result<Committed> {
-        let w = Write::TimCallback(row.clone(), commit);
-        committed("tim_callback_save", one(self, w).await?)
-    }
     /// The callbacks of an app, oldest first, at most `limit`.
     async fn tim_callbacks(&self, app: &str, limit: i64) -> Result<Vec<TimCallbackRow>>;
 
-    // Media coming down (issue 3): the `files` table and held outbox rows.
+    // Media coming down: the `files` table and held outbox rows.
 
     /// The oldest `limit` pending files, with their held outbox payloads.
     async fn pending_files(&self, limit: i64) -> Result<Vec<PendingFile>>;
-    /// Records a failed download attempt of a pending file (it stays pending).
-    async fn file_attempt_failed(
-        &self,
-        relay_id: &str,
-        attempts: i64,
-        error_code: &str,
-        error_message: &str,
-    ) -> Result<()>;
-    /// In one transaction: fills the pending file's row, rewrites its DownMessage (outbox payload
-    /// and transcript body) to `done.payload`, and releases the held outbox row. Returns false
-    /// (changing nothing) when the file is not pending.
-    async fn finish_file(&self, done: &FileDone) -> Result<bool>;
     /// Files of a user, oldest first.
     async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>>;
 }
 
-/// One caller's write: what [`Store::write_batch`] applies, many to a transaction.
+/// One caller's write: what [`Backend::write_batch`] applies, many to a transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// [`Store::commit`].
@@ -1116,6 +1054,35 @@ pub enum Write {
     TimStream(TimStreamRow, Commit),
     /// [`Store::tim_callback_save`].
     TimCallback(TimCallbackRow, Commit),
+    /// [`Store::outbox_failed`].
+    OutboxFailed {
+        seq: i64,
+        attempts: i64,
+        next_attempt_at: OffsetDateTime,
+        error: String,
+    },
+    /// [`Store::outbox_dead`].
+    OutboxDead {
+        seq: i64,
+        reason: String,
+        error: String,
+        event: Option<EventRecord>,
+    },
+    /// [`Store::dead_letter_add`].
+    DeadLetterAdd(DeadLetter),
+    /// [`Store::dead_letter_retry`].
+    DeadLetterRetry { id: i64, fresh_msg_id: String },
+    /// [`Store::dead_letter_drop`].
+    DeadLetterDrop(i64),
+    /// [`Store::file_attempt_failed`].
+    FileAttemptFailed {
+        relay_id: String,
+        attempts: i64,
+        error_code: String,
+        error_message: String,
+    },
+    /// [`Store::finish_file`].
+    FinishFile(FileDone),
 }
 
 impl Write {
@@ -1141,7 +1108,15 @@ impl Write {
             Write::SessionToken {
                 tenant, user_id, ..
             } => Some((tenant, user_id)),
-            Write::Commit(_) | Write::OutboxDone(_) => None,
+            Write::Commit(_)
+            | Write::OutboxDone(_)
+            | Write::OutboxFailed { .. }
+            | Write::OutboxDead { .. }
+            | Write::DeadLetterAdd(_)
+            | Write::DeadLetterRetry { .. }
+            | Write::DeadLetterDrop(_)
+            | Write::FileAttemptFailed { .. }
+            | Write::FinishFile(_) => None,
             Write::BeginUp(row) => Some((&row.tenant, &row.user_id)),
             Write::TimStream(row, _) => Some((&row.app, &row.user_id)),
             Write::TimCallback(row, _) => row.user_id.as_deref().map(|u| (row.app.as_str(), u)),
@@ -1150,24 +1125,20 @@ impl Write {
 }
 
 /// What one [`Write`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Written {
     /// A commit (also of a stream or a callback save).
     Committed(Committed),
     /// What `begin_up` found.
     Begun(UpBegin),
-    /// A token set or outbox rows deleted.
+    /// A token set, outbox rows deleted or a failure recorded.
     Done,
-}
-
-/// Applies one write as a batch of its own.
-async fn one<S: Store + ?Sized>(store: &S, w: Write) -> Result<Written> {
-    let mut writes = [w];
-    store
-        .write_batch(&mut writes)
-        .await?
-        .pop()
-        .ok_or_else(|| StoreError::Corrupt("a batch of one write returned nothing".into()))
+    /// The dead letter stored (`outbox_dead`, `dead_letter_add`), if one was.
+    Id(Option<i64>),
+    /// The dead letter published again, if there was one (`dead_letter_retry`).
+    Retried(Option<Box<DeadLetter>>),
+    /// Whether anything changed (`dead_letter_drop`, `finish_file`).
+    Changed(bool),
 }
 
 /// The result of `what`, a write that commits; another kind of result is a bug.
@@ -1289,6 +1260,11 @@ pub(crate) fn committed_each(
         .collect()
 }
 
+/// What `what` answered, picked by `pick`; another kind of result is a bug.
+fn answer<T>(what: &str, got: Written, pick: impl FnOnce(&Written) -> Option<T>) -> Result<T> {
+    pick(&got).ok_or_else(|| StoreError::Corrupt(format!("{what} was answered with {got:?}")))
+}
+
 /// The result of a `begin_up`; another kind of result is a bug.
 fn begun(got: Written) -> Result<UpBegin> {
     match got {
@@ -1339,32 +1315,26 @@ pub struct TimCallbackRow {
     pub created_at: OffsetDateTime,
 }
 
-/// A shared handle to whichever store the configuration names.
-pub type DynStore = Arc<dyn Store>;
+/// The name the relay's tasks give the [`Store`] they share.
+pub type DynStore = Store;
 
 /// Opens the store named by `url` (`sqlite:` or `postgres:`), without migrating, behind group
-/// commit ([`group::GroupCommit`]; SQLite with one writer on a thread of its own, PostgreSQL with [`group::PG_WRITERS`]).
-/// Its commits are not checked against a NATS server's limits (tools, tests): the relay opens
-/// its store with [`connect_within`].
-pub async fn connect(url: &str) -> Result<DynStore> {
-    Ok(Arc::new(connect_group(url).await?))
+/// commit (SQLite with one writer on a thread of its own, PostgreSQL with [`group::PG_WRITERS`]),
+/// with default [`Options`]: its commits are not checked against a NATS server's limits and its
+/// retrying calls are never cancelled (tools, tests). The relay opens its store with
+/// [`connect_with`].
+pub async fn connect(url: &str) -> Result<Store> {
+    connect_with(url, Options::default()).await
 }
 
-/// [`connect`], with every commit fitted to `limit` before it is applied: an outbox message
-/// the connected NATS server cannot take is committed as a dead letter and an `error` event
-/// instead ([`crate::fit::PublishLimit`]).
-pub async fn connect_within(url: &str, limit: crate::fit::PublishLimit) -> Result<DynStore> {
-    Ok(Arc::new(connect_group(url).await?.publishing_within(limit)))
-}
-
-async fn connect_group(url: &str) -> Result<group::GroupCommit> {
+/// [`connect`], with `options`.
+pub async fn connect_with(url: &str, options: Options) -> Result<Store> {
     if url.starts_with("sqlite:") {
-        let inner = Arc::new(sqlite::SqliteStore::connect(url).await?);
-        group::GroupCommit::on_own_thread(inner)
-            .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))
+        let backend = Arc::new(sqlite::SqliteStore::connect(url).await?);
+        Store::new(backend, options).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let inner = Arc::new(postgres::PgStore::connect(url).await?);
-        Ok(group::GroupCommit::new(inner, group::PG_WRITERS))
+        let backend = Arc::new(postgres::PgStore::connect(url).await?);
+        Store::new(backend, options).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))
     } else {
         Err(StoreError::UnsupportedUrl(config::redact::database_url(
             url,

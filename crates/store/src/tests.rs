@@ -1673,7 +1673,7 @@ async fn concurrent_writers_all_commit(db: Db) {
     const COMMITS: usize = 25;
     let mut handles = Vec::new();
     for task in 0..TASKS {
-        let store = Arc::clone(&db.store);
+        let store = db.store.clone();
         handles.push(tokio::spawn(async move {
             let user = format!("w{task}");
             let s = session(&user, SessionState::Active, at(0));
@@ -1712,12 +1712,12 @@ async fn concurrent_writers_all_commit(db: Db) {
 }
 
 /// A group-commit store of its own on `db`'s database, to count its batches.
-async fn group_on(db: &Db) -> group::GroupCommit {
-    group::GroupCommit::new(backend_of(db).await, 2)
+async fn group_on(db: &Db) -> Store {
+    Store::new(backend_of(db).await, Options::default()).unwrap()
 }
 
 /// The backend alone (no group commit in front), to hand it a batch of writes.
-async fn backend_of(db: &Db) -> DynStore {
+async fn backend_of(db: &Db) -> Arc<dyn Backend> {
     if db.url.starts_with("sqlite:") {
         Arc::new(crate::sqlite::SqliteStore::connect(&db.url).await.unwrap())
     } else {
@@ -1828,7 +1828,7 @@ async fn the_commits_of_one_batch_are_applied_together_and_answered_apart(db: Db
 async fn many_writers_share_transactions_and_a_bad_write_fails_alone(db: Db) {
     const WRITERS: usize = 300;
     const BAD: usize = 137;
-    let group = Arc::new(group_on(&db).await);
+    let group = group_on(&db).await;
     let store: DynStore = group.clone();
     let s = session("shared", SessionState::Active, at(0));
     store.commit(open(&s)).await.unwrap();
@@ -1939,7 +1939,7 @@ async fn store_outbox_len(store: &DynStore) -> i64 {
 async fn concurrent_begin_up_of_one_message_is_new_once(db: Db) {
     let mut handles = Vec::new();
     for _ in 0..8 {
-        let store = Arc::clone(&db.store);
+        let store = db.store.clone();
         handles.push(tokio::spawn(async move {
             store.begin_up(&up_row("u1", "m-1", at(0))).await.unwrap()
         }));
@@ -1979,7 +1979,7 @@ async fn concurrent_up_lookups_each_get_their_own_answer(db: Db) {
     }
     let mut handles = Vec::new();
     for i in 0..400 {
-        let store = Arc::clone(&db.store);
+        let store = db.store.clone();
         let (user, message) = (format!("u{}", i % 10), format!("m-{}", i % 20));
         handles.push(tokio::spawn(async move {
             let found = store
@@ -2033,7 +2033,7 @@ async fn a_write_whose_caller_gave_up_before_its_batch_is_not_applied() {
     let other = crate::sqlite::SqliteStore::connect(&url).await.unwrap();
     let held = other.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
     let blocker = {
-        let store = Arc::clone(&store);
+        let store = store.clone();
         tokio::spawn(async move {
             store
                 .commit(downs(vec![down("blocker", None, "b", at(0))]))
@@ -2258,7 +2258,7 @@ async fn migration_0005_leaves_the_per_user_indexes_and_drops_the_session_ones()
 #[tokio::test]
 async fn a_sqlite_commit_waits_for_another_writer_instead_of_failing() {
     let (_dir, url) = sqlite_file_url("w.db");
-    let store: DynStore = Arc::new(crate::sqlite::SqliteStore::connect(&url).await.unwrap());
+    let store = connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     // Another process (here: another pool) holds the write lock for a while.
     let other = crate::sqlite::SqliteStore::connect(&url).await.unwrap();
@@ -2270,7 +2270,7 @@ async fn a_sqlite_commit_waits_for_another_writer_instead_of_failing() {
     .await
     .unwrap();
     let writer = {
-        let store = Arc::clone(&store);
+        let store = store.clone();
         tokio::spawn(async move {
             store
                 .commit(downs(vec![down("u1", Some("c1"), "x", at(0))]))
@@ -2721,7 +2721,7 @@ async fn messages_pages_cover_a_range_once_in_order(db: Db) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tencent IM (issue 4, T-relay): streams and callbacks.
+// Tencent IM: streams and callbacks.
 
 mod tim {
     use super::*;
@@ -3113,7 +3113,11 @@ async fn dead_letters_are_kept_once_retried_and_dropped(db: Db) {
 async fn what_the_server_cannot_take_is_committed_as_a_dead_letter_and_an_error_event(db: Db) {
     const MAX: usize = 4096;
     let limit = crate::fit::PublishLimit::fixed(contract::Subjects::new("ccrelay"), MAX);
-    let store: DynStore = Arc::new(group_on(&db).await.publishing_within(limit));
+    let options = Options {
+        limit: Some(limit),
+        ..Options::default()
+    };
+    let store = Store::new(backend_of(&db).await, options).unwrap();
     let t0 = at(0);
     let small = down("big", Some("c-small"), "hello", t0);
     let big = down("big", Some("c-big"), &"x".repeat(MAX + 10), at(1));
@@ -3275,4 +3279,64 @@ async fn what_the_server_cannot_take_is_committed_as_a_dead_letter_and_an_error_
             .iter()
             .all(|r| r.msg_id != again.relay_id)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The commit-and-retry path
+
+#[tokio::test]
+async fn a_retrying_commit_wakes_the_outbox_and_keeps_the_database_up() {
+    let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let options = Options {
+        on_outboxed: Some({
+            let woken = woken.clone();
+            Arc::new(move || {
+                woken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+        }),
+        ..Options::default()
+    };
+    let store = connect_with("sqlite::memory:", options).await.unwrap();
+    store.migrate().await.unwrap();
+    let done = store
+        .commit_retrying(downs(vec![down("r1", None, "x", at(0))]))
+        .await
+        .unwrap();
+    assert_eq!(done.outboxed, 1);
+    assert_eq!(woken.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(!store.health().is_down());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_retrying_commit_takes_the_database_for_away_until_cancelled() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let options = Options {
+        cancel: cancel.clone(),
+        ..Options::default()
+    };
+    let store = connect_with("sqlite::memory:", options).await.unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+    let retrying = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .commit_retrying(downs(vec![down("r2", None, "x", at(0))]))
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !store.health().is_down() {
+        assert!(std::time::Instant::now() < deadline, "never taken for away");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(store.health().cause().is_some());
+    assert!(
+        !retrying.is_finished(),
+        "retried while the database is away"
+    );
+    cancel.cancel();
+    let err = retrying.await.unwrap().unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
 }

@@ -14,20 +14,18 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::StoreHealth;
 use store::DynStore;
 
 /// What `/readyz` looks at.
 #[derive(Clone)]
 pub struct Health {
+    /// The store, and whether it takes commits (it may answer a ping and refuse writes).
     pub store: DynStore,
     pub nats: async_nats::Client,
     /// Set once the streams and the uplink consumer exist.
     pub streams_ready: Arc<AtomicBool>,
     /// Whether the outbox keeps up (a stuck outbox is not ready).
     pub outbox: crate::outbox::OutboxHealth,
-    /// Whether the database takes commits (it may answer a ping and refuse writes).
-    pub store_health: Arc<StoreHealth>,
 }
 
 pub fn router(health: Health) -> Router {
@@ -49,7 +47,7 @@ async fn metrics() -> impl IntoResponse {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    let db = match (h.store.ping().await, h.store_health.cause()) {
+    let db = match (h.store.ping().await, h.store.health().cause()) {
         (Err(e), _) => format!("down: {e}"),
         (Ok(()), Some(cause)) => format!("down: {cause}"),
         (Ok(()), None) => "up".to_owned(),

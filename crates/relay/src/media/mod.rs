@@ -329,30 +329,15 @@ async fn fetch(
     finish(relay, &done).await;
 }
 
-/// Commits the end of a download, retrying while the database is unavailable.
+/// Commits the end of a download, retrying while the database is away
+/// ([`store::Store::finish_file_retrying`], which wakes the outbox when it released the row).
 async fn finish(relay: &Relay, done: &FileDone) {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match relay.store.finish_file(done).await {
-            Ok(released) => {
-                if released {
-                    relay.outbox.notify();
-                }
-                return;
-            }
-            Err(e) if e.is_retryable() && !relay.cancel.is_cancelled() => {
-                tracing::warn!(error = %e, retry_in = ?delay, "Database unavailable; retrying");
-                tokio::select! {
-                    _ = relay.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, relay_id = %done.relay_id,
-                    "Could not release a downloaded file's message; it is retried at the next start");
-                return;
-            }
+    match relay.store.finish_file_retrying(done).await {
+        Ok(_) => {}
+        Err(e) if e.is_retryable() => {} // cancelled while the database is away
+        Err(e) => {
+            tracing::error!(error = %e, relay_id = %done.relay_id,
+                "Could not release a downloaded file's message; it is retried at the next start");
         }
     }
 }

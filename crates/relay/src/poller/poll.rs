@@ -42,9 +42,7 @@ pub(crate) async fn poll_session(
         return Next::Closed;
     };
     // Take nothing from the upstream that could not be stored now.
-    if relay.store_health.is_down()
-        && !Box::pin(relay.store_health.wait_up(&relay.store, &relay.cancel)).await
-    {
+    if relay.store.health().is_down() && !Box::pin(relay.store.wait_up(&relay.cancel)).await {
         return Next::Again(p);
     }
     let s = &p.session;

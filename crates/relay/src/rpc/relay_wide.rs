@@ -121,8 +121,8 @@ async fn read(relay: &Relay, op: &str, b: &Body, scope: Option<&str>) -> Result<
             Ok(reply)
         }
         "health" => {
-            // A full or read-only database answers a ping: its refusals are in `store_health`.
-            let db = match (relay.store.ping().await, relay.store_health.cause()) {
+            // A full or read-only database answers a ping: its refusals are in its health.
+            let db = match (relay.store.ping().await, relay.store.health().cause()) {
                 (Err(e), _) => format!("down: {e}"),
                 (Ok(()), Some(cause)) => format!("down: {cause}"),
                 (Ok(()), None) => "up".to_owned(),

@@ -34,7 +34,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::ack::{self, Disposition, settle};
 use crate::bus::streams;
-use crate::outbox::OutboxSignal;
 use config::{NatsConfig, TimApp};
 use contract::Subjects;
 use contract::payload::{Event, event_type};
@@ -95,7 +94,7 @@ pub struct AppLink {
 
 /// Every app, and what the handlers share.
 pub struct TimLink {
-    /// The store, subjects, outbox signal and cancellation token every handler uses.
+    /// The store (which wakes the outbox), subjects and cancellation token every handler uses.
     sink: Sink,
     /// The streams and consumer settings (`[nats]`).
     nats: NatsConfig,
@@ -106,7 +105,6 @@ pub struct TimLink {
 #[derive(Clone)]
 pub struct Sink {
     pub store: DynStore,
-    pub outbox: OutboxSignal,
     pub subjects: Subjects,
     pub cancel: CancellationToken,
     /// How long a send is retried before it is given up.
@@ -138,32 +136,14 @@ impl Budget {
 
 impl Sink {
     /// Runs `save` until it succeeds, fails for good, or the relay is cancelled (retrying while
-    /// the database is unreachable); wakes the outbox when rows were added.
-    pub async fn save<F, Fut>(&self, mut save: F) -> Result<Committed, StoreError>
+    /// the database is away: [`store::Store::save_retrying`], which wakes the outbox when rows
+    /// were added).
+    pub async fn save<F, Fut>(&self, save: F) -> Result<Committed, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Committed, StoreError>>,
     {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match save().await {
-                Ok(c) => {
-                    if c.outboxed > 0 {
-                        self.outbox.notify();
-                    }
-                    return Ok(c);
-                }
-                Err(e) if e.is_retryable() && !self.cancel.is_cancelled() => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "Database unavailable; retrying the commit");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => {}
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.store.save_retrying("the commit", save).await
     }
 
     /// Commits `commit` with [`Self::save`].

@@ -414,7 +414,6 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::outbox::OutboxSignal;
     use crate::timlink::fake::FakeTim;
     use contract::Subjects;
 
@@ -423,7 +422,6 @@ mod tests {
         store.migrate().await.unwrap();
         Sink {
             store,
-            outbox: OutboxSignal::default(),
             subjects: Subjects::new("ccrelay"),
             cancel: CancellationToken::new(),
             budget: Default::default(),

@@ -300,26 +300,13 @@ impl Scheduler {
             let store = self.ctx.sink.store.clone();
             let app = self.ctx.app.clone();
             let tx = self.tx.clone();
-            let cancel = self.ctx.sink.cancel.clone();
             self.tracker.spawn(async move {
                 // Retried while the database is away: giving up would hand this chunk back to
                 // JetStream while a later one of the same stream could go ahead of it.
-                let mut delay = Duration::from_millis(50);
-                let row = loop {
-                    match store.tim_stream(&app, &key).await {
-                        Ok(r) => break Ok(r),
-                        Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
-                            tracing::warn!(app = %app, stream_id = key, error = %e, retry_in = ?delay,
-                                "Cannot read the stream's state; retrying");
-                            tokio::select! {
-                                _ = cancel.cancelled() => {}
-                                _ = tokio::time::sleep(delay) => {}
-                            }
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
-                        Err(e) => break Err(e.to_string()),
-                    }
-                };
+                let row = store
+                    .read_retrying("the stream's state", || store.tim_stream(&app, &key))
+                    .await
+                    .map_err(|e| e.to_string());
                 let _ = tx.send(Msg::Loaded { key, row });
             });
             return;
@@ -389,29 +376,20 @@ impl Scheduler {
         let store = self.ctx.sink.store.clone();
         let app = self.ctx.app.clone();
         let tx = self.tx.clone();
-        let cancel = self.ctx.sink.cancel.clone();
         self.tracker.spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match store.tim_open_streams(&app, RESUME_LIMIT).await {
-                    Ok(rows) => {
-                        if !rows.is_empty() {
-                            tracing::info!(app = %app, streams = rows.len(), "Resuming unfinished robot streams");
-                            let _ = tx.send(Msg::Resume(rows));
-                        }
-                        return;
+            let read = store.read_retrying("the unfinished robot streams", || {
+                store.tim_open_streams(&app, RESUME_LIMIT)
+            });
+            match read.await {
+                Ok(rows) => {
+                    if !rows.is_empty() {
+                        tracing::info!(app = %app, streams = rows.len(), "Resuming unfinished robot streams");
+                        let _ = tx.send(Msg::Resume(rows));
                     }
-                    Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    Err(e) => {
-                        tracing::error!(app = %app, error = %e, "Cannot read the unfinished robot streams; they will be finished when a chunk of theirs arrives");
-                        return;
-                    }
+                }
+                Err(e) if e.is_retryable() => {} // cancelled while the database is away
+                Err(e) => {
+                    tracing::error!(app = %app, error = %e, "Cannot read the unfinished robot streams; they will be finished when a chunk of theirs arrives");
                 }
             }
         });

@@ -1,4 +1,4 @@
-//! Batched up lookups: many callers' [`Store::up_lookup`](crate::Store::up_lookup)s
+//! Batched up lookups: many callers' [`Queries::up_lookup`](crate::Queries::up_lookup)s
 //! answered by one statement.
 //!
 //! Every uplink message starts with a lookup (its row's status, the user's open session). A

@@ -1,15 +1,14 @@
-//! The SQLite writer: group commit's batches ([`crate::group`]) applied by calling SQLite
-//! directly (rusqlite) on the thread that runs the batch, one connection, one transaction per
-//! batch.
+//! The SQLite writer: every write of the store — group commit's batches ([`crate::group`]) —
+//! applied by calling SQLite directly (rusqlite) on the thread that runs the batch, one
+//! connection, one transaction per batch.
 //!
 //! Why not through sqlx like the reads: sqlx runs each SQLite connection on a worker thread of
 //! its own, so every statement — and every row it returns — is a round trip between two threads,
-//! each a wake-up and a context switch. Profiled in the S3 benchmark (docs/BENCHMARKS.md, sixth
-//! round), the writer's connection thread spent more of its CPU switching than in SQLite, and
-//! the single writer is what bounds uplink throughput. Here a batch costs one wake-up: the
-//! writer thread ([`crate::group::GroupCommit::on_own_thread`]) runs its statements
-//! itself, each row one prepared statement execution, which is cheap without the hop (the
-//! sqlx version packed rows into multi-row INSERTs to save hops).
+//! each a wake-up and a context switch. Profiled in the S3 benchmark (docs/BENCHMARKS.md), such a
+//! writer's connection thread spent more of its CPU switching than in SQLite, and the single
+//! writer is what bounds uplink throughput. Here a batch costs one wake-up: group commit's writer
+//! thread ([`crate::group::Writers::OwnThread`]) runs its statements itself, each row one
+//! prepared statement execution, which is cheap without the hop.
 //!
 //! The connection has the settings of the read pool ([`super::SqliteStore::connect`]): WAL,
 //! `synchronous = FULL` (a committed batch survives a power loss), foreign keys, a busy timeout,
@@ -25,10 +24,10 @@ use time::OffsetDateTime;
 
 use super::{BUSY_TIMEOUT, WAL_CHECKPOINT_PAGES};
 use crate::{
-    Applied, Commit, Committed, Direction, EventRecord, MessageRow, MessageStatus, Result,
-    SessionChange, SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome,
-    Write, Written, check_commits, committed_each, invalid, sqlite_transient, unix_micros,
-    with_dead_letter,
+    Applied, Commit, Committed, DeadLetter, Direction, EventRecord, FileDone, FileStatus,
+    MessageRow, MessageStatus, Result, SessionChange, SessionState, StoreError, TimCallbackRow,
+    TimStreamRow, UpBegin, UpOutcome, Write, Written, check_commits, committed_each, dead_source,
+    from_unix_micros, invalid, sqlite_transient, unix_micros, with_dead_letter,
 };
 
 /// Prepared statements the writer keeps: one per statement below, with room.
@@ -118,6 +117,43 @@ const SET_TOKEN: &str = "UPDATE sessions SET token = ?2 WHERE id = ?1";
 
 const DELETE_OUTBOX: &str = "DELETE FROM outbox WHERE seq = ?1";
 
+const OUTBOX_FAILED: &str =
+    "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE seq = ?1";
+
+/// Outbox row `?1` as a dead letter (or the dead letter of its msg_id updated); its id.
+const OUTBOX_TO_DEAD_LETTER: &str = "INSERT INTO dead_letters (source, msg_id, subject, payload, \
+     reason, error, attempts, created_at, dead_at) \
+     SELECT 'outbox', msg_id, subject, payload, ?2, ?3, attempts, created_at, ?4 \
+     FROM outbox WHERE seq = ?1 \
+     ON CONFLICT (source, msg_id) DO UPDATE SET reason = excluded.reason, \
+       error = excluded.error, attempts = excluded.attempts, dead_at = excluded.dead_at \
+     RETURNING id";
+
+static DEAD_LETTER_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM dead_letters WHERE id = ?1",
+        super::DEAD_LETTER_COLUMNS
+    )
+});
+
+const DELETE_DEAD_LETTER: &str = "DELETE FROM dead_letters WHERE id = ?1";
+
+/// A failed up row set back to pending (its dead letter is published again).
+const UP_PENDING_AGAIN: &str = "UPDATE messages SET status = 'pending' WHERE direction = 'up' \
+     AND kind = ?1 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND status = 'failed'";
+
+const FILE_ATTEMPT_FAILED: &str = "UPDATE files SET attempts = ?2, error_code = ?3, \
+     error_message = ?4, updated_at = ?5 WHERE relay_id = ?1 AND status = 'pending'";
+
+const FINISH_FILE: &str = "UPDATE files SET status = ?2, size = ?3, sha256 = ?4, bucket = ?5, \
+     object = ?6, attempts = ?7, error_code = ?8, error_message = ?9, updated_at = ?10 \
+     WHERE relay_id = ?1 AND status = 'pending'";
+
+const SET_MESSAGE_BODY: &str = "UPDATE messages SET body = ?2 WHERE relay_id = ?1";
+
+const RELEASE_OUTBOX: &str =
+    "UPDATE outbox SET payload = ?2, held = 0 WHERE held = 1 AND msg_id = ?1";
+
 /// The writer's connection; `None` once closed.
 pub(super) struct Writer {
     conn: Mutex<Option<Connection>>,
@@ -157,7 +193,7 @@ impl Writer {
     }
 
     /// Applies `writes` in one `BEGIN IMMEDIATE` transaction, in order; see
-    /// [`crate::Store::write_batch`]. Blocks the calling thread until committed.
+    /// [`crate::Backend::write_batch`]. Blocks the calling thread until committed.
     pub(super) fn write_batch(&self, writes: &[Write]) -> Result<Vec<Written>> {
         if writes.is_empty() {
             return Ok(Vec::new());
@@ -375,30 +411,7 @@ fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
     let mut dead_ids = HashMap::new();
     for s in commits.iter().flat_map(|c| c.set_aside_stored(&inserted)) {
         let d = &s.dead;
-        let id: Option<i64> = conn
-            .prepare_cached(INSERT_DEAD_LETTER)
-            .and_then(|mut st| {
-                st.query_row(
-                    params![
-                        d.source,
-                        d.msg_id,
-                        d.subject,
-                        d.payload,
-                        d.kind,
-                        d.tenant,
-                        d.user_id,
-                        d.message_id,
-                        d.reason,
-                        d.error,
-                        d.attempts,
-                        unix_micros(d.created_at),
-                        unix_micros(d.dead_at),
-                    ],
-                    |r| r.get(0),
-                )
-                .optional()
-            })
-            .map_err(sqlite_error)?;
+        let id = dead_letter_add_on(conn, d)?;
         if let Some(id) = id {
             dead_ids.insert(d.msg_id.clone(), id);
         }
@@ -421,22 +434,7 @@ fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
         .flat_map(|c| &c.events)
         .chain(announced.iter().flatten())
     {
-        exec(
-            conn,
-            INSERT_EVENT,
-            params![
-                e.relay_id,
-                e.kind,
-                e.tenant,
-                e.user_id,
-                e.session_id,
-                e.event_type,
-                e.ok,
-                e.body,
-                e.subject,
-                unix_micros(e.created_at),
-            ],
-        )?;
+        insert_event(conn, e, &e.body)?;
     }
 
     for r in commits.iter().flat_map(|c| &c.satisfactions) {
@@ -600,7 +598,222 @@ fn apply_write<'w>(conn: &Connection, w: &'w Write) -> Result<Applied<'w>> {
             tim_callback_on(conn, row)?;
             Applied::Commit(c)
         }
+        Write::OutboxFailed {
+            seq,
+            attempts,
+            next_attempt_at,
+            error,
+        } => {
+            let at = unix_micros(*next_attempt_at);
+            exec(conn, OUTBOX_FAILED, params![seq, attempts, at, error])?;
+            Applied::Done(Written::Done)
+        }
+        Write::OutboxDead {
+            seq,
+            reason,
+            error,
+            event,
+        } => Applied::Done(Written::Id(outbox_dead_on(
+            conn,
+            *seq,
+            reason,
+            error,
+            event.as_ref(),
+        )?)),
+        Write::DeadLetterAdd(d) => Applied::Done(Written::Id(dead_letter_add_on(conn, d)?)),
+        Write::DeadLetterRetry { id, fresh_msg_id } => Applied::Done(Written::Retried(
+            dead_letter_retry_on(conn, *id, fresh_msg_id)?.map(Box::new),
+        )),
+        Write::DeadLetterDrop(id) => {
+            Applied::Done(Written::Changed(exec(conn, DELETE_DEAD_LETTER, [id])? > 0))
+        }
+        Write::FileAttemptFailed {
+            relay_id,
+            attempts,
+            error_code,
+            error_message,
+        } => {
+            let now = unix_micros(OffsetDateTime::now_utc());
+            exec(
+                conn,
+                FILE_ATTEMPT_FAILED,
+                params![relay_id, attempts, error_code, error_message, now],
+            )?;
+            Applied::Done(Written::Done)
+        }
+        Write::FinishFile(done) => Applied::Done(Written::Changed(finish_file_on(conn, done)?)),
     })
+}
+
+/// Stores `d` unless its (source, msg_id) is stored; its id.
+fn dead_letter_add_on(conn: &Connection, d: &DeadLetter) -> Result<Option<i64>> {
+    conn.prepare_cached(INSERT_DEAD_LETTER)
+        .and_then(|mut st| {
+            st.query_row(
+                params![
+                    d.source,
+                    d.msg_id,
+                    d.subject,
+                    d.payload,
+                    d.kind,
+                    d.tenant,
+                    d.user_id,
+                    d.message_id,
+                    d.reason,
+                    d.error,
+                    d.attempts,
+                    unix_micros(d.created_at),
+                    unix_micros(d.dead_at),
+                ],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(sqlite_error)
+}
+
+/// Outbox row `seq` moved to `dead_letters`, with `event` (given the dead letter's id) and its
+/// outbox row; the dead letter's id, `None` if the row is gone.
+fn outbox_dead_on(
+    conn: &Connection,
+    seq: i64,
+    reason: &str,
+    error: &str,
+    event: Option<&EventRecord>,
+) -> Result<Option<i64>> {
+    let now = unix_micros(OffsetDateTime::now_utc());
+    let id: Option<i64> = conn
+        .prepare_cached(OUTBOX_TO_DEAD_LETTER)
+        .and_then(|mut st| {
+            st.query_row(params![seq, reason, error, now], |r| r.get(0))
+                .optional()
+        })
+        .map_err(sqlite_error)?;
+    if let (Some(id), Some(e)) = (id, event) {
+        let body = with_dead_letter(&e.body, Some(id));
+        insert_event(conn, e, &body)?;
+        exec(
+            conn,
+            INSERT_OUTBOX,
+            params![e.relay_id, e.subject, body.as_bytes(), now, false],
+        )?;
+    }
+    exec(conn, DELETE_OUTBOX, [seq])?;
+    Ok(id)
+}
+
+/// Dead letter `id` published again (see [`crate::Store::dead_letter_retry`]); `None` if there
+/// is none.
+fn dead_letter_retry_on(
+    conn: &Connection,
+    id: i64,
+    fresh_msg_id: &str,
+) -> Result<Option<DeadLetter>> {
+    let found = conn
+        .prepare_cached(&DEAD_LETTER_BY_ID)
+        .and_then(|mut st| st.query_row([id], dead_letter_of).optional())
+        .map_err(sqlite_error)?;
+    let Some(d) = found else {
+        return Ok(None);
+    };
+    let d = d?;
+    let msg_id = if d.source == dead_source::OUTBOX {
+        d.msg_id.as_str()
+    } else {
+        fresh_msg_id
+    };
+    let now = unix_micros(OffsetDateTime::now_utc());
+    exec(
+        conn,
+        INSERT_OUTBOX,
+        params![msg_id, d.subject, d.payload, now, false],
+    )?;
+    if let (Some(k), Some(t), Some(u), Some(m)) = (&d.kind, &d.tenant, &d.user_id, &d.message_id) {
+        exec(conn, UP_PENDING_AGAIN, params![k, t, u, m])?;
+    }
+    exec(conn, DELETE_DEAD_LETTER, [id])?;
+    Ok(Some(d))
+}
+
+/// A dead letter read by the writer (its columns in the order of `DEAD_LETTER_COLUMNS`); the
+/// timestamps are checked after the row is read.
+fn dead_letter_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<DeadLetter>> {
+    let (created_at, dead_at): (i64, i64) = (r.get(12)?, r.get(13)?);
+    let mut d = DeadLetter {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        msg_id: r.get(2)?,
+        subject: r.get(3)?,
+        payload: r.get(4)?,
+        kind: r.get(5)?,
+        tenant: r.get(6)?,
+        user_id: r.get(7)?,
+        message_id: r.get(8)?,
+        reason: r.get(9)?,
+        error: r.get(10)?,
+        attempts: r.get(11)?,
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        dead_at: OffsetDateTime::UNIX_EPOCH,
+    };
+    Ok(from_unix_micros(created_at).and_then(|c| {
+        d.created_at = c;
+        d.dead_at = from_unix_micros(dead_at)?;
+        Ok(d)
+    }))
+}
+
+/// The end of a file's download (see [`crate::Store::finish_file`]); false if it is not pending.
+fn finish_file_on(conn: &Connection, done: &FileDone) -> Result<bool> {
+    if done.status == FileStatus::Pending {
+        return Err(invalid("finish_file needs status stored or failed"));
+    }
+    let changed = exec(
+        conn,
+        FINISH_FILE,
+        params![
+            done.relay_id,
+            done.status.as_str(),
+            done.size,
+            done.sha256,
+            done.bucket,
+            done.object,
+            done.attempts,
+            done.error_code,
+            done.error_message,
+            unix_micros(done.at),
+        ],
+    )?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    exec(conn, SET_MESSAGE_BODY, params![done.relay_id, done.payload])?;
+    exec(
+        conn,
+        RELEASE_OUTBOX,
+        params![done.relay_id, done.payload.as_bytes()],
+    )?;
+    Ok(true)
+}
+
+/// Inserts event `e` with `body`.
+fn insert_event(conn: &Connection, e: &EventRecord, body: &str) -> Result<()> {
+    exec(
+        conn,
+        INSERT_EVENT,
+        params![
+            e.relay_id,
+            e.kind,
+            e.tenant,
+            e.user_id,
+            e.session_id,
+            e.event_type,
+            e.ok,
+            body,
+            e.subject,
+            unix_micros(e.created_at),
+        ],
+    )?;
+    Ok(())
 }
 
 fn begin_up_on(conn: &Connection, row: &MessageRow) -> Result<UpBegin> {

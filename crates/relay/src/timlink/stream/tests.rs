@@ -8,7 +8,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::outbox::OutboxSignal;
 use crate::timlink::fake::FakeTim;
 use contract::Subjects;
 use store::DynStore;
@@ -52,7 +51,6 @@ fn rig_budget(
             limiter: Arc::new(RateLimiter::for_limit(limiter)),
             sink: Sink {
                 store: store.clone(),
-                outbox: OutboxSignal::default(),
                 subjects: Subjects::new("ccrelay"),
                 cancel: cancel.clone(),
                 budget,

@@ -1,9 +1,11 @@
-//! PostgreSQL implementation of [`super::Store`].
+//! The PostgreSQL [`crate::Backend`].
 //!
 //! Same tables as SQLite (see `migrations/postgres`), with `timestamptz` timestamps, `jsonb`
 //! bodies and `bytea` outbox payloads. A commit costs a fixed number of round trips whatever its
 //! size: the downlink messages (with their outbox rows) and the events (with theirs) each go in
 //! one statement, as arrays expanded with `UNNEST`.
+
+mod text;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -19,13 +21,13 @@ use sqlx::postgres::{
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
-use super::{
-    Applied, Commit, Committed, DeadLetter, Direction, DownRecord, EventRecord, FileDone, FileRow,
-    FileStatus, MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow,
-    OutboxStats, PendingFile, Result, SatisfactionRow, SatisfactionSource, Session, SessionChange,
-    SessionState, Store, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpLookup, UpOutcome,
-    Write, Written, check_commits, classify, committed_each, from_unix_micros, invalid,
-    unix_micros, with_dead_letter,
+use crate::{
+    Applied, Backend, Commit, Committed, DeadLetter, Direction, DownRecord, EventRecord, FileDone,
+    FileRow, FileStatus, MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource,
+    OutboxRow, OutboxStats, PendingFile, Queries, Result, SatisfactionRow, SatisfactionSource,
+    Session, SessionChange, SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin,
+    UpLookup, UpOutcome, Write, Written, check_commits, classify, committed_each, from_unix_micros,
+    invalid, unix_micros, with_dead_letter,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -843,7 +845,7 @@ impl PgStore {
     }
 }
 
-/// [`Store::write_batch`] on `conn`, in one transaction.
+/// [`crate::Backend::write_batch`] on `conn`, in one transaction.
 async fn write_batch_on(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec<Written>> {
     let mut tx = sqlx::Connection::begin(conn).await.map_err(classify)?;
     // On error `tx` is dropped, which rolls everything back.
@@ -881,7 +883,266 @@ async fn apply_write<'w>(conn: &mut PgConnection, w: &'w Write) -> Result<Applie
             tim_callback_on(conn, row).await?;
             Applied::Commit(c)
         }
+        Write::OutboxFailed {
+            seq,
+            attempts,
+            next_attempt_at,
+            error,
+        } => {
+            outbox_failed_on(conn, *seq, *attempts, *next_attempt_at, error).await?;
+            Applied::Done(Written::Done)
+        }
+        Write::OutboxDead {
+            seq,
+            reason,
+            error,
+            event,
+        } => {
+            let id = outbox_dead_on(conn, *seq, reason, error, event.as_ref()).await?;
+            Applied::Done(Written::Id(id))
+        }
+        Write::DeadLetterAdd(d) => Applied::Done(Written::Id(dead_letter_add_on(conn, d).await?)),
+        Write::DeadLetterRetry { id, fresh_msg_id } => {
+            let d = dead_letter_retry_on(conn, *id, fresh_msg_id).await?;
+            Applied::Done(Written::Retried(d.map(Box::new)))
+        }
+        Write::DeadLetterDrop(id) => {
+            Applied::Done(Written::Changed(dead_letter_drop_on(conn, *id).await?))
+        }
+        Write::FileAttemptFailed {
+            relay_id,
+            attempts,
+            error_code,
+            error_message,
+        } => {
+            file_attempt_failed_on(conn, relay_id, *attempts, error_code, error_message).await?;
+            Applied::Done(Written::Done)
+        }
+        Write::FinishFile(done) => {
+            Applied::Done(Written::Changed(finish_file_on(conn, done).await?))
+        }
     })
+}
+
+async fn outbox_failed_on(
+    conn: &mut PgConnection,
+    seq: i64,
+    attempts: i64,
+    next_attempt_at: OffsetDateTime,
+    error: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE seq = $1",
+    )
+    .bind(seq)
+    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+    .bind(Ts::of(next_attempt_at))
+    .bind(DeadLetter::clean(error))
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+async fn outbox_dead_on(
+    conn: &mut PgConnection,
+    seq: i64,
+    reason: &str,
+    error: &str,
+    event: Option<&EventRecord>,
+) -> Result<Option<i64>> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, attempts, \
+           created_at, dead_at) \
+         SELECT 'outbox', msg_id, subject, payload, $2, $3, attempts, created_at, $4 \
+         FROM outbox WHERE seq = $1 \
+         ON CONFLICT (source, msg_id) DO UPDATE SET reason = excluded.reason, \
+           error = excluded.error, attempts = excluded.attempts, dead_at = excluded.dead_at \
+         RETURNING id",
+    )
+    .bind(seq)
+    .bind(DeadLetter::clean(reason))
+    .bind(DeadLetter::clean(error))
+    .bind(Ts::of(OffsetDateTime::now_utc()))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(classify)?;
+    if let (Some(id), Some(e)) = (id, event) {
+        let body = text::json(&with_dead_letter(&e.body, Some(id)));
+        sqlx::query(
+            "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, \
+               body, subject, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)",
+        )
+        .bind(&e.relay_id)
+        .bind(&e.kind)
+        .bind(&e.tenant)
+        .bind(&e.user_id)
+        .bind(&e.session_id)
+        .bind(&e.event_type)
+        .bind(e.ok)
+        .bind(&body)
+        .bind(&e.subject)
+        .bind(Ts::of(e.created_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&e.relay_id)
+        .bind(&e.subject)
+        .bind(body.as_bytes())
+        .bind(Ts::of(OffsetDateTime::now_utc()))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    }
+    sqlx::query("DELETE FROM outbox WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(id)
+}
+
+async fn dead_letter_add_on(conn: &mut PgConnection, d: &DeadLetter) -> Result<Option<i64>> {
+    sqlx::query_scalar(
+        "INSERT INTO dead_letters (source, msg_id, subject, payload, kind, tenant, user_id, \
+           message_id, reason, error, attempts, created_at, dead_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (source, msg_id) DO NOTHING RETURNING id",
+    )
+    .bind(DeadLetter::clean(&d.source))
+    .bind(DeadLetter::clean(&d.msg_id))
+    .bind(DeadLetter::clean(&d.subject))
+    .bind(&d.payload)
+    .bind(d.kind.as_deref().map(DeadLetter::clean))
+    .bind(d.tenant.as_deref().map(DeadLetter::clean))
+    .bind(d.user_id.as_deref().map(DeadLetter::clean))
+    .bind(d.message_id.as_deref().map(DeadLetter::clean))
+    .bind(DeadLetter::clean(&d.reason))
+    .bind(DeadLetter::clean(&d.error))
+    .bind(i32::try_from(d.attempts).unwrap_or(i32::MAX))
+    .bind(Ts::of(d.created_at))
+    .bind(Ts::of(d.dead_at))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(classify)
+}
+
+async fn dead_letter_retry_on(
+    conn: &mut PgConnection,
+    id: i64,
+    fresh_msg_id: &str,
+) -> Result<Option<DeadLetter>> {
+    let sql = format!("DELETE FROM dead_letters WHERE id = $1 RETURNING {DEAD_LETTER_COLUMNS}");
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?
+    else {
+        return Ok(None);
+    };
+    let d = dead_letter_from_row(&row)?;
+    let msg_id = if d.source == super::dead_source::OUTBOX {
+        d.msg_id.as_str()
+    } else {
+        fresh_msg_id
+    };
+    sqlx::query(
+        "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
+         VALUES ($1, $2, $3, $4, false)",
+    )
+    .bind(msg_id)
+    .bind(&d.subject)
+    .bind(&d.payload)
+    .bind(Ts::of(OffsetDateTime::now_utc()))
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    if let (Some(k), Some(t), Some(u), Some(m)) = (&d.kind, &d.tenant, &d.user_id, &d.message_id) {
+        sqlx::query(
+            "UPDATE messages SET status = 'pending' WHERE direction = 'up' AND kind = $1 \
+             AND tenant = $2 AND user_id = $3 AND message_id = $4 AND status = 'failed'",
+        )
+        .bind(k)
+        .bind(t)
+        .bind(u)
+        .bind(m)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    }
+    Ok(Some(d))
+}
+
+async fn dead_letter_drop_on(conn: &mut PgConnection, id: i64) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM dead_letters WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(r.rows_affected() > 0)
+}
+
+async fn file_attempt_failed_on(
+    conn: &mut PgConnection,
+    relay_id: &str,
+    attempts: i64,
+    error_code: &str,
+    error_message: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE files SET attempts = $2, error_code = $3, error_message = $4, \
+         updated_at = $5 WHERE relay_id = $1 AND status = 'pending'",
+    )
+    .bind(relay_id)
+    .bind(attempts as i32)
+    .bind(error_code)
+    .bind(error_message)
+    .bind(Ts::of(OffsetDateTime::now_utc()))
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+async fn finish_file_on(conn: &mut PgConnection, done: &FileDone) -> Result<bool> {
+    if done.status == FileStatus::Pending {
+        return Err(invalid("finish_file needs status stored or failed"));
+    }
+    let r = sqlx::query(FINISH_FILE)
+        .bind(&done.relay_id)
+        .bind(done.status.as_str())
+        .bind(done.size)
+        .bind(&done.sha256)
+        .bind(&done.bucket)
+        .bind(&done.object)
+        .bind(done.attempts as i32)
+        .bind(&done.error_code)
+        .bind(text::owned_opt(&done.error_message))
+        .bind(Ts::of(done.at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if r.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE messages SET body = $2::jsonb WHERE relay_id = $1")
+        .bind(&done.relay_id)
+        .bind(text::json(&done.payload))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    sqlx::query("UPDATE outbox SET payload = $2, held = false WHERE held AND msg_id = $1")
+        .bind(&done.relay_id)
+        .bind(done.payload.as_bytes())
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(true)
 }
 
 async fn begin_up_on(conn: &mut PgConnection, row: &MessageRow) -> Result<UpBegin> {
@@ -998,7 +1259,7 @@ async fn tim_callback_on(conn: &mut PgConnection, row: &TimCallbackRow) -> Resul
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl Backend for PgStore {
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("../../migrations/postgres")
             .run(&self.pool)
@@ -1019,7 +1280,7 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         for w in writes.iter_mut() {
-            super::pg_text::write(w);
+            text::write(w);
         }
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         let result = write_batch_on(&mut conn, writes).await;
@@ -1034,6 +1295,17 @@ impl Store for PgStore {
         result
     }
 
+    fn writers(&self) -> crate::group::Writers {
+        crate::group::Writers::Tasks(crate::group::PG_WRITERS)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Queries for PgStore {
     async fn up_lookup(
         &self,
         kind: &str,
@@ -1172,115 +1444,6 @@ impl Store for PgStore {
         })
     }
 
-    async fn outbox_failed(
-        &self,
-        seq: i64,
-        attempts: i64,
-        next_attempt_at: OffsetDateTime,
-        error: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE seq = $1",
-        )
-        .bind(seq)
-        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
-        .bind(Ts::of(next_attempt_at))
-        .bind(DeadLetter::clean(error))
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn outbox_dead(
-        &self,
-        seq: i64,
-        reason: &str,
-        error: &str,
-        event: Option<&EventRecord>,
-    ) -> Result<Option<i64>> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, attempts, \
-               created_at, dead_at) \
-             SELECT 'outbox', msg_id, subject, payload, $2, $3, attempts, created_at, $4 \
-             FROM outbox WHERE seq = $1 \
-             ON CONFLICT (source, msg_id) DO UPDATE SET reason = excluded.reason, \
-               error = excluded.error, attempts = excluded.attempts, dead_at = excluded.dead_at \
-             RETURNING id",
-        )
-        .bind(seq)
-        .bind(DeadLetter::clean(reason))
-        .bind(DeadLetter::clean(error))
-        .bind(Ts::of(OffsetDateTime::now_utc()))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if let (Some(id), Some(e)) = (id, event) {
-            let body = super::pg_text::json(&with_dead_letter(&e.body, Some(id)));
-            sqlx::query(
-                "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, \
-                   body, subject, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)",
-            )
-            .bind(&e.relay_id)
-            .bind(&e.kind)
-            .bind(&e.tenant)
-            .bind(&e.user_id)
-            .bind(&e.session_id)
-            .bind(&e.event_type)
-            .bind(e.ok)
-            .bind(&body)
-            .bind(&e.subject)
-            .bind(Ts::of(e.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&e.relay_id)
-            .bind(&e.subject)
-            .bind(body.as_bytes())
-            .bind(Ts::of(OffsetDateTime::now_utc()))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        sqlx::query("DELETE FROM outbox WHERE seq = $1")
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(id)
-    }
-
-    async fn dead_letter_add(&self, d: &DeadLetter) -> Result<Option<i64>> {
-        sqlx::query_scalar(
-            "INSERT INTO dead_letters (source, msg_id, subject, payload, kind, tenant, user_id, \
-               message_id, reason, error, attempts, created_at, dead_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (source, msg_id) DO NOTHING RETURNING id",
-        )
-        .bind(DeadLetter::clean(&d.source))
-        .bind(DeadLetter::clean(&d.msg_id))
-        .bind(DeadLetter::clean(&d.subject))
-        .bind(&d.payload)
-        .bind(d.kind.as_deref().map(DeadLetter::clean))
-        .bind(d.tenant.as_deref().map(DeadLetter::clean))
-        .bind(d.user_id.as_deref().map(DeadLetter::clean))
-        .bind(d.message_id.as_deref().map(DeadLetter::clean))
-        .bind(DeadLetter::clean(&d.reason))
-        .bind(DeadLetter::clean(&d.error))
-        .bind(i32::try_from(d.attempts).unwrap_or(i32::MAX))
-        .bind(Ts::of(d.created_at))
-        .bind(Ts::of(d.dead_at))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)
-    }
-
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
         let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id LIMIT $1");
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -1291,62 +1454,6 @@ impl Store for PgStore {
             .iter()
             .map(dead_letter_from_row)
             .collect()
-    }
-
-    async fn dead_letter_retry(&self, id: i64, fresh_msg_id: &str) -> Result<Option<DeadLetter>> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let sql = format!("DELETE FROM dead_letters WHERE id = $1 RETURNING {DEAD_LETTER_COLUMNS}");
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?
-        else {
-            return Ok(None);
-        };
-        let d = dead_letter_from_row(&row)?;
-        let msg_id = if d.source == super::dead_source::OUTBOX {
-            d.msg_id.as_str()
-        } else {
-            fresh_msg_id
-        };
-        sqlx::query(
-            "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
-             VALUES ($1, $2, $3, $4, false)",
-        )
-        .bind(msg_id)
-        .bind(&d.subject)
-        .bind(&d.payload)
-        .bind(Ts::of(OffsetDateTime::now_utc()))
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if let (Some(k), Some(t), Some(u), Some(m)) =
-            (&d.kind, &d.tenant, &d.user_id, &d.message_id)
-        {
-            sqlx::query(
-                "UPDATE messages SET status = 'pending' WHERE direction = 'up' AND kind = $1 \
-                 AND tenant = $2 AND user_id = $3 AND message_id = $4 AND status = 'failed'",
-            )
-            .bind(k)
-            .bind(t)
-            .bind(u)
-            .bind(m)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(Some(d))
-    }
-
-    async fn dead_letter_drop(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM dead_letters WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        Ok(r.rows_affected() > 0)
     }
 
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {
@@ -1474,10 +1581,6 @@ impl Store for PgStore {
         .await
     }
 
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
         let sql = format!(
             "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = $1 AND stream_id = $2"
@@ -1568,73 +1671,13 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn file_attempt_failed(
-        &self,
-        relay_id: &str,
-        attempts: i64,
-        error_code: &str,
-        error_message: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE files SET attempts = $2, error_code = $3, error_message = $4, \
-             updated_at = $5 WHERE relay_id = $1 AND status = 'pending'",
-        )
-        .bind(relay_id)
-        .bind(attempts as i32)
-        .bind(error_code)
-        .bind(error_message)
-        .bind(Ts::of(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn finish_file(&self, done: &FileDone) -> Result<bool> {
-        if done.status == FileStatus::Pending {
-            return Err(invalid("finish_file needs status stored or failed"));
-        }
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let r = sqlx::query(FINISH_FILE)
-            .bind(&done.relay_id)
-            .bind(done.status.as_str())
-            .bind(done.size)
-            .bind(&done.sha256)
-            .bind(&done.bucket)
-            .bind(&done.object)
-            .bind(done.attempts as i32)
-            .bind(&done.error_code)
-            .bind(super::pg_text::owned_opt(&done.error_message))
-            .bind(Ts::of(done.at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query("UPDATE messages SET body = $2::jsonb WHERE relay_id = $1")
-            .bind(&done.relay_id)
-            .bind(super::pg_text::json(&done.payload))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        sqlx::query("UPDATE outbox SET payload = $2, held = false WHERE held AND msg_id = $1")
-            .bind(&done.relay_id)
-            .bind(done.payload.as_bytes())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(true)
-    }
-
     async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>> {
         self.user_rows(FILE_COLUMNS, "files", kind, tenant, user_id, file_from_row)
             .await
     }
 }
 
-// --- Tencent IM (issue 4, T-relay) ----------------------------------------------------------
+// --- Tencent IM: streams and callbacks ---------------------------------------------------
 
 const TIM_STREAM_COLUMNS: &str = "app, user_id, stream_id, from_account, msg_key, text, chunks, \
      calls, last_seq, finished, status, error_code, error_info, created_at, updated_at";

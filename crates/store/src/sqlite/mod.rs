@@ -1,4 +1,5 @@
-//! SQLite implementation of [`super::Store`], the embedded default.
+//! The SQLite [`crate::Backend`], the embedded default: reads through a sqlx pool, every write
+//! through one rusqlite connection ([`write`]).
 //!
 //! The database runs in WAL mode with `synchronous = FULL`: a transaction that `commit()` returned
 //! for survives a process crash and a power loss, which is what lets the relay ack NATS after it.
@@ -18,10 +19,10 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
-use super::{
-    DeadLetter, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage, MessageRow,
-    MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile, Result,
-    SatisfactionRow, SatisfactionSource, Session, SessionState, Store, StoreError, TimCallbackRow,
+use crate::{
+    Backend, DeadLetter, Direction, EventRecord, FileRow, FileStatus, MessagePage, MessageRow,
+    MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile, Queries, Result,
+    SatisfactionRow, SatisfactionSource, Session, SessionState, StoreError, TimCallbackRow,
     TimStreamRow, UpLookup, Write, Written, classify, from_unix_micros, invalid, unix_micros,
 };
 
@@ -45,12 +46,9 @@ const STATEMENT_CACHE: usize = 64;
 pub struct SqliteStore {
     /// A pool of connections to one database file, for reads.
     pool: SqlitePool,
-    /// Group commit's batches go through this connection: one, since SQLite has one writer at a
+    /// Every write goes through this connection: one, since SQLite has one writer at a
     /// time, and of its own, so a write never waits for a connection behind reads (`sqlite/write.rs`).
     batches: Arc<write::Writer>,
-    /// A connection for the few writes that are not batched (a file's upload attempts and
-    /// outcome); SQLite serialises it with `batches`' by the write lock and busy timeout.
-    writer: SqlitePool,
     /// Up lookups, batched ([`lookup`]), through `pool`.
     lookups: lookup::Lookups,
     /// For `sqlite::memory:`: the temporary directory of the database, removed with the store.
@@ -106,19 +104,12 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-            .map_err(classify)?;
         // The pool created the file; opening it again is quick (no I/O beyond the header).
         let batches = Arc::new(write::Writer::open(options.get_filename(), max_page_count)?);
         let lookups = lookup::Lookups::spawn(pool.clone());
         Ok(SqliteStore {
             pool,
             batches,
-            writer,
             lookups,
             _temp: temp,
         })
@@ -174,10 +165,6 @@ const MESSAGE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, dire
 const FILE_COLUMNS: &str = "relay_id, kind, tenant, user_id, session_id, media_type, file_id, \
      file_type, status, size, sha256, bucket, object, attempts, error_code, error_message, \
      created_at, updated_at";
-
-const FINISH_FILE: &str = "UPDATE files SET status = ?2, size = ?3, sha256 = ?4, bucket = ?5, \
-     object = ?6, attempts = ?7, error_code = ?8, error_message = ?9, updated_at = ?10 \
-     WHERE relay_id = ?1 AND status = 'pending'";
 
 const EVENT_COLUMNS: &str =
     "relay_id, kind, tenant, user_id, session_id, event_type, ok, body, subject, created_at";
@@ -368,7 +355,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Backend for SqliteStore {
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("../../migrations/sqlite")
             .run(&self.pool)
@@ -384,31 +371,26 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    /// SQLite applies the batch on the calling thread (`sqlite/write.rs`) when that is group
-    /// commit's writer thread ([`super::group::GroupCommit::on_own_thread`]), as in the relay; anywhere else (a
-    /// store used without group commit) on a blocking thread, so the runtime is not blocked.
+    /// Applies the batch on the calling thread, blocking it until committed (`sqlite/write.rs`):
+    /// group commit calls it from a writer thread of its own ([`Self::writers`]).
     async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>> {
-        if super::group::on_writer_thread() {
-            return self.batches.write_batch(writes);
-        }
-        // Moved out for the blocking thread and back (a failed batch's writes are retried).
-        let owned: Vec<Write> = writes
-            .iter_mut()
-            .map(|w| std::mem::replace(w, Write::OutboxDone(Vec::new())))
-            .collect();
-        let batches = Arc::clone(&self.batches);
-        let (result, owned) = tokio::task::spawn_blocking(move || {
-            let result = batches.write_batch(&owned);
-            (result, owned)
-        })
-        .await
-        .map_err(|e| StoreError::Corrupt(format!("the SQLite writer failed: {e}")))?;
-        for (slot, w) in writes.iter_mut().zip(owned) {
-            *slot = w;
-        }
-        result
+        self.batches.write_batch(writes)
     }
 
+    fn writers(&self) -> crate::group::Writers {
+        crate::group::Writers::OwnThread
+    }
+
+    async fn close(&self) {
+        // Waits for a batch in progress: off the runtime.
+        let batches = Arc::clone(&self.batches);
+        let _ = tokio::task::spawn_blocking(move || batches.close()).await;
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Queries for SqliteStore {
     async fn up_lookup(
         &self,
         kind: &str,
@@ -540,119 +522,6 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn outbox_failed(
-        &self,
-        seq: i64,
-        attempts: i64,
-        next_attempt_at: OffsetDateTime,
-        error: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE seq = ?1",
-        )
-        .bind(seq)
-        .bind(attempts)
-        .bind(unix_micros(next_attempt_at))
-        .bind(error.to_owned())
-        .execute(&self.writer)
-        .await
-        .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn outbox_dead(
-        &self,
-        seq: i64,
-        reason: &str,
-        error: &str,
-        event: Option<&EventRecord>,
-    ) -> Result<Option<i64>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, attempts, \
-               created_at, dead_at) \
-             SELECT 'outbox', msg_id, subject, payload, ?2, ?3, attempts, created_at, ?4 \
-             FROM outbox WHERE seq = ?1 \
-             ON CONFLICT (source, msg_id) DO UPDATE SET reason = excluded.reason, \
-               error = excluded.error, attempts = excluded.attempts, dead_at = excluded.dead_at \
-             RETURNING id",
-        )
-        .bind(seq)
-        .bind(reason.to_owned())
-        .bind(error.to_owned())
-        .bind(unix_micros(OffsetDateTime::now_utc()))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if let (Some(id), Some(e)) = (id, event) {
-            let body = super::with_dead_letter(&e.body, Some(id));
-            sqlx::query(
-                "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, \
-                   body, subject, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .bind(e.relay_id.clone())
-            .bind(e.kind.clone())
-            .bind(e.tenant.clone())
-            .bind(e.user_id.clone())
-            .bind(e.session_id.clone())
-            .bind(e.event_type.clone())
-            .bind(e.ok)
-            .bind(body.clone())
-            .bind(e.subject.clone())
-            .bind(unix_micros(e.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
-                 VALUES (?1, ?2, ?3, ?4, 0)",
-            )
-            .bind(e.relay_id.clone())
-            .bind(e.subject.clone())
-            .bind(body.into_bytes())
-            .bind(unix_micros(OffsetDateTime::now_utc()))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        sqlx::query("DELETE FROM outbox WHERE seq = ?1")
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(id)
-    }
-
-    async fn dead_letter_add(&self, d: &DeadLetter) -> Result<Option<i64>> {
-        sqlx::query_scalar(
-            "INSERT INTO dead_letters (source, msg_id, subject, payload, kind, tenant, user_id, \
-               message_id, reason, error, attempts, created_at, dead_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-             ON CONFLICT (source, msg_id) DO NOTHING RETURNING id",
-        )
-        .bind(d.source.clone())
-        .bind(d.msg_id.clone())
-        .bind(d.subject.clone())
-        .bind(d.payload.clone())
-        .bind(d.kind.clone())
-        .bind(d.tenant.clone())
-        .bind(d.user_id.clone())
-        .bind(d.message_id.clone())
-        .bind(d.reason.clone())
-        .bind(d.error.clone())
-        .bind(d.attempts)
-        .bind(unix_micros(d.created_at))
-        .bind(unix_micros(d.dead_at))
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(classify)
-    }
-
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
         let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id LIMIT ?1");
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -663,71 +532,6 @@ impl Store for SqliteStore {
             .iter()
             .map(dead_letter_from_row)
             .collect()
-    }
-
-    async fn dead_letter_retry(&self, id: i64, fresh_msg_id: &str) -> Result<Option<DeadLetter>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?1");
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?
-        else {
-            return Ok(None);
-        };
-        let d = dead_letter_from_row(&row)?;
-        let msg_id = if d.source == super::dead_source::OUTBOX {
-            d.msg_id.as_str()
-        } else {
-            fresh_msg_id
-        };
-        sqlx::query(
-            "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
-             VALUES (?1, ?2, ?3, ?4, 0)",
-        )
-        .bind(msg_id.to_owned())
-        .bind(d.subject.clone())
-        .bind(d.payload.clone())
-        .bind(unix_micros(OffsetDateTime::now_utc()))
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if let (Some(k), Some(t), Some(u), Some(m)) =
-            (&d.kind, &d.tenant, &d.user_id, &d.message_id)
-        {
-            sqlx::query(
-                "UPDATE messages SET status = 'pending' WHERE direction = 'up' AND kind = ?1 \
-                 AND tenant = ?2 AND user_id = ?3 AND message_id = ?4 AND status = 'failed'",
-            )
-            .bind(k.clone())
-            .bind(t.clone())
-            .bind(u.clone())
-            .bind(m.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        sqlx::query("DELETE FROM dead_letters WHERE id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(Some(d))
-    }
-
-    async fn dead_letter_drop(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM dead_letters WHERE id = ?1")
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(classify)?;
-        Ok(r.rows_affected() > 0)
     }
 
     async fn transcript(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<MessageRow>> {
@@ -855,14 +659,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn close(&self) {
-        // Waits for a batch in progress: off the runtime.
-        let batches = Arc::clone(&self.batches);
-        let _ = tokio::task::spawn_blocking(move || batches.close()).await;
-        self.writer.close().await;
-        self.pool.close().await;
-    }
-
     async fn tim_stream(&self, app: &str, stream_id: &str) -> Result<Option<TimStreamRow>> {
         let sql = format!(
             "SELECT {TIM_STREAM_COLUMNS} FROM tim_streams WHERE app = ?1 AND stream_id = ?2"
@@ -953,77 +749,13 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn file_attempt_failed(
-        &self,
-        relay_id: &str,
-        attempts: i64,
-        error_code: &str,
-        error_message: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE files SET attempts = ?2, error_code = ?3, error_message = ?4, \
-             updated_at = ?5 WHERE relay_id = ?1 AND status = 'pending'",
-        )
-        .bind(relay_id.to_owned())
-        .bind(attempts)
-        .bind(error_code.to_owned())
-        .bind(error_message.to_owned())
-        .bind(unix_micros(OffsetDateTime::now_utc()))
-        .execute(&self.writer)
-        .await
-        .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn finish_file(&self, done: &FileDone) -> Result<bool> {
-        if done.status == FileStatus::Pending {
-            return Err(invalid("finish_file needs status stored or failed"));
-        }
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        let r = sqlx::query(FINISH_FILE)
-            .bind(done.relay_id.clone())
-            .bind(done.status.as_str())
-            .bind(done.size)
-            .bind(done.sha256.clone())
-            .bind(done.bucket.clone())
-            .bind(done.object.clone())
-            .bind(done.attempts)
-            .bind(done.error_code.clone())
-            .bind(done.error_message.clone())
-            .bind(unix_micros(done.at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query("UPDATE messages SET body = ?2 WHERE relay_id = ?1")
-            .bind(done.relay_id.clone())
-            .bind(done.payload.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        sqlx::query("UPDATE outbox SET payload = ?2, held = 0 WHERE held = 1 AND msg_id = ?1")
-            .bind(done.relay_id.clone())
-            .bind(done.payload.as_bytes().to_vec())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(true)
-    }
-
     async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>> {
         self.user_rows(FILE_COLUMNS, "files", kind, tenant, user_id, file_from_row)
             .await
     }
 }
 
-// --- Tencent IM (issue 4, T-relay) ----------------------------------------------------------
+// --- Tencent IM: streams and callbacks ---------------------------------------------------
 
 const TIM_STREAM_COLUMNS: &str = "app, user_id, stream_id, from_account, msg_key, text, chunks, \
      calls, last_seq, finished, status, error_code, error_info, created_at, updated_at";

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use super::{Commit, MessageRow, Write};
+use crate::{Commit, MessageRow, Write};
 
 fn fix(s: &mut String) {
     if s.contains('\0') {
@@ -96,7 +96,15 @@ pub(crate) fn write(w: &mut Write) {
         Write::Commit(c) => fix_commit(c),
         Write::BeginUp(r) => fix_row(r),
         Write::SessionToken { token, .. } => fix_opt(token),
-        Write::OutboxDone(_) => {}
+        // Their text is cleaned where it is bound ([`crate::DeadLetter::clean`], [`json`]).
+        Write::OutboxDone(_)
+        | Write::OutboxFailed { .. }
+        | Write::OutboxDead { .. }
+        | Write::DeadLetterAdd(_)
+        | Write::DeadLetterRetry { .. }
+        | Write::DeadLetterDrop(_)
+        | Write::FileAttemptFailed { .. }
+        | Write::FinishFile(_) => {}
         Write::TimStream(row, c) => {
             fix(&mut row.text);
             fix_opt(&mut row.error_info);
