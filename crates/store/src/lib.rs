@@ -56,6 +56,7 @@
 //! caller: it fails, non-retryably, and nothing of it is kept. `SetState` and `Close` on a
 //! closed session change nothing.
 
+mod apply;
 pub mod deadletter;
 mod fit;
 pub mod group;
@@ -1149,115 +1150,6 @@ fn committed(what: &str, got: Written) -> Result<Committed> {
             "{what} was answered with {other:?}"
         ))),
     }
-}
-
-/// What a backend's `write_batch` did with one write's own statements: it is done, or its
-/// commit is left to be applied with the batch's other commits, all at once (a statement per
-/// table per batch, not per write).
-pub(crate) enum Applied<'w> {
-    Done(Written),
-    Commit(&'w Commit),
-}
-
-impl<'w> Applied<'w> {
-    /// Its result if done; else `None`, and its commit joins `commits`.
-    pub(crate) fn keep_commit(self, commits: &mut Vec<&'w Commit>) -> Option<Written> {
-        match self {
-            Applied::Done(d) => Some(d),
-            Applied::Commit(c) => {
-                commits.push(c);
-                None
-            }
-        }
-    }
-
-    /// The batch's results in write order: `done` with its gaps filled, in order, by the
-    /// results of the commits kept (one each, or the backend is wrong).
-    pub(crate) fn results(
-        done: Vec<Option<Written>>,
-        committed: Vec<Committed>,
-    ) -> Result<Vec<Written>> {
-        let kept = done.iter().filter(|d| d.is_none()).count();
-        if kept != committed.len() {
-            return Err(StoreError::Corrupt(format!(
-                "{kept} commits in a batch gave {} results",
-                committed.len()
-            )));
-        }
-        let mut committed = committed.into_iter();
-        Ok(done
-            .into_iter()
-            .map(|d| d.unwrap_or_else(|| Written::Committed(committed.next().unwrap_or_default())))
-            .collect())
-    }
-}
-
-/// Refuses, before any statement, what no backend can store of a batch's commits: an up row it
-/// cannot key, a file whose down is not in its commit.
-pub(crate) fn check_commits(commits: &[&Commit]) -> Result<()> {
-    for c in commits {
-        if c.up_row
-            .as_ref()
-            .is_some_and(|r| r.direction != Direction::Up || r.message_id.is_none())
-        {
-            return Err(invalid("Commit::up_row takes an up row with a message_id"));
-        }
-        if let Some(f) = c
-            .files
-            .iter()
-            .find(|f| !c.down.iter().any(|d| d.row.relay_id == f.relay_id))
-        {
-            return Err(invalid(format!(
-                "file of down message {:?}, which is not in the commit",
-                f.relay_id
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// What each of a batch's commits did, given the relay ids of the downs the batch inserted and
-/// the ids of the dead letters of its set-aside messages: its downs inserted (in its order) and
-/// skipped, its outbox rows (those downs and its events, less those set aside, plus the events
-/// announcing them) and its set-aside messages.
-pub(crate) fn committed_each(
-    commits: &[&Commit],
-    inserted: &std::collections::HashSet<String>,
-    dead_ids: &std::collections::HashMap<String, i64>,
-) -> Vec<Committed> {
-    commits
-        .iter()
-        .map(|c| {
-            let mut d = Committed::default();
-            for down in &c.down {
-                if inserted.contains(&down.row.relay_id) {
-                    d.inserted_down.push(down.row.relay_id.clone());
-                } else {
-                    d.duplicate_down += 1;
-                }
-            }
-            let published_downs = c
-                .down
-                .iter()
-                .filter(|down| {
-                    inserted.contains(&down.row.relay_id) && !c.is_set_aside(&down.publish.msg_id)
-                })
-                .count();
-            let published_events = c
-                .events
-                .iter()
-                .filter(|e| !c.is_set_aside(&e.relay_id))
-                .count();
-            let mut announced = 0;
-            for s in c.set_aside_stored(inserted) {
-                announced += usize::from(s.event.is_some());
-                d.set_aside
-                    .push((s.dead.msg_id.clone(), dead_ids.get(&s.dead.msg_id).copied()));
-            }
-            d.outboxed = published_downs + published_events + announced;
-            d
-        })
-        .collect()
 }
 
 /// What `what` answered, picked by `pick`; another kind of result is a bug.

@@ -7,6 +7,7 @@
 
 mod text;
 
+use std::collections::HashSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -21,13 +22,13 @@ use sqlx::postgres::{
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
+use crate::apply::{self, DownInsert, EventInsert, RowOps};
 use crate::{
-    Applied, Backend, Commit, Committed, DeadLetter, Direction, DownRecord, EventRecord, FileDone,
-    FileRow, FileStatus, MessagePage, MessageRow, MessageStatus, OfflineRow, OfflineSource,
-    OutboxRow, OutboxStats, PendingFile, Queries, Result, SatisfactionRow, SatisfactionSource,
-    Session, SessionChange, SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin,
-    UpLookup, UpOutcome, Write, Written, check_commits, classify, committed_each, from_unix_micros,
-    invalid, unix_micros, with_dead_letter,
+    Backend, DeadLetter, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
+    MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
+    Queries, Result, SatisfactionRow, SatisfactionSource, Session, SessionState, StoreError,
+    TimCallbackRow, TimStreamRow, UpLookup, UpOutcome, Write, Written, classify, from_unix_micros,
+    unix_micros,
 };
 
 /// How long a caller waits for a free connection before getting a retryable error.
@@ -151,31 +152,31 @@ const CLOSE_SESSION: &str = "UPDATE sessions SET state = 'closed', closed_at = $
 
 const SESSION_EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
 
-/// Moves `last_activity_at` forward for each distinct id (the latest time given wins) and
-/// returns the ids it found.
+/// Moves `last_activity_at` forward for each distinct id (the latest time given wins).
 const TOUCH_SESSIONS: &str = "UPDATE sessions s SET last_activity_at = \
      greatest(s.last_activity_at, t.at) \
      FROM (SELECT id, max(at) AS at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) \
            GROUP BY id) t \
-     WHERE s.id = t.id RETURNING s.id";
+     WHERE s.id = t.id";
 
 const UPDATE_UP: &str = "UPDATE messages SET status = $5, result_code = $6, result_desc = $7, \
      session_id = coalesce($8, session_id) \
      WHERE kind = $1 AND tenant = $2 AND user_id = $3 AND message_id = $4 AND direction = 'up'";
 
 /// Inserts the down rows in the order given, skipping those whose message_code is known (or
-/// repeated within the batch), and an outbox row for each one inserted, in the same order.
+/// repeated within the batch), and an outbox row for each one inserted that is published, in the
+/// same order.
 /// Returns the relay ids inserted.
 const INSERT_DOWNS: &str = "WITH input AS ( \
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
            $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::int8[], \
-           $18::timestamptz[], $19::text[], $20::text[], $21::bytea[], $22::bool[]) \
-           WITH ORDINALITY \
+           $18::timestamptz[], $19::text[], $20::text[], $21::bytea[], $22::bool[], \
+           $23::bool[]) WITH ORDINALITY \
          AS t(relay_id, kind, tenant, user_id, session_id, direction, message_id, \
            message_code, source_type, control_type, media_type, content, body, status, \
            result_code, result_desc, stream_seq, created_at, msg_id, subject, payload, held, \
-           ord) \
+           publish, ord) \
      ), ins AS ( \
        INSERT INTO messages (relay_id, kind, tenant, user_id, session_id, direction, \
            message_id, message_code, source_type, control_type, media_type, content, body, \
@@ -189,17 +190,18 @@ const INSERT_DOWNS: &str = "WITH input AS ( \
        RETURNING relay_id \
      ), outboxed AS ( \
        INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
-       SELECT msg_id, subject, payload, $23, held FROM input \
-       WHERE relay_id IN (SELECT relay_id FROM ins) AND NOT (msg_id = ANY($24)) ORDER BY ord \
+       SELECT msg_id, subject, payload, $24, held FROM input \
+       WHERE relay_id IN (SELECT relay_id FROM ins) AND publish ORDER BY ord \
      ) \
      SELECT relay_id FROM ins";
 
-/// Inserts the events and their outbox rows, in the order given.
+/// Inserts the events and the outbox rows of those published, in the order given.
 const INSERT_EVENTS: &str = "WITH input AS ( \
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-           $6::text[], $7::bool[], $8::text[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
+           $6::text[], $7::bool[], $8::text[], $9::text[], $10::timestamptz[], $11::bool[]) \
+           WITH ORDINALITY \
          AS t(relay_id, kind, tenant, user_id, session_id, event_type, ok, body, subject, \
-           created_at, ord) \
+           created_at, publish, ord) \
      ), ev AS ( \
        INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, body, \
            subject, created_at) \
@@ -208,8 +210,8 @@ const INSERT_EVENTS: &str = "WITH input AS ( \
        FROM input ORDER BY ord \
      ) \
      INSERT INTO outbox (msg_id, subject, payload, created_at) \
-     SELECT relay_id, subject, convert_to(body, 'UTF8'), $11 FROM input \
-     WHERE NOT (relay_id = ANY($12)) ORDER BY ord";
+     SELECT relay_id, subject, convert_to(body, 'UTF8'), $12 FROM input \
+     WHERE publish ORDER BY ord";
 
 /// Inserts dead letters, skipping those whose (source, msg_id) is stored; their msg_ids and ids.
 const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (source, msg_id, subject, payload, \
@@ -466,357 +468,6 @@ fn offline_from_row(row: &PgRow) -> Result<OfflineRow> {
     })
 }
 
-/// After an UPDATE of a session matched nothing: fine if the session exists (closed, so the
-/// change is moot), a caller's bug if it does not.
-async fn require_session(conn: &mut PgConnection, id: &str) -> Result<()> {
-    let found = sqlx::query(SESSION_EXISTS)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(classify)?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(StoreError::Corrupt(format!(
-            "session {id:?} does not exist"
-        ))),
-    }
-}
-
-/// One column of a batch, as an array parameter.
-fn column<'a, T: 'a>(items: impl IntoIterator<Item = T>) -> Vec<T> {
-    items.into_iter().collect()
-}
-
-/// A session change inside the transaction `conn` is in.
-async fn apply_session_change(conn: &mut PgConnection, change: &SessionChange) -> Result<()> {
-    match change {
-        SessionChange::Open(s) => {
-            sqlx::query(INSERT_SESSION)
-                .bind(&s.id)
-                .bind(&s.kind)
-                .bind(&s.tenant)
-                .bind(&s.user_id)
-                .bind(&s.channel_config_id)
-                .bind(s.state.as_str())
-                .bind(&s.token)
-                .bind(Ts::of(s.opened_at))
-                .bind(s.closed_at.map(Ts::of))
-                .bind(&s.close_reason)
-                .bind(Ts::of(s.last_activity_at))
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-        }
-        SessionChange::SetState { id, state } => {
-            if *state == SessionState::Closed {
-                return Err(invalid(
-                    "SessionChange::SetState cannot close a session: use Close",
-                ));
-            }
-            let r = sqlx::query(SET_SESSION_STATE)
-                .bind(id)
-                .bind(state.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-            if r.rows_affected() == 0 {
-                require_session(conn, id).await?;
-            }
-        }
-        SessionChange::Close { id, reason, at } => {
-            let r = sqlx::query(CLOSE_SESSION)
-                .bind(id)
-                .bind(Ts::of(*at))
-                .bind(reason)
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-            if r.rows_affected() == 0 {
-                require_session(conn, id).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The outcome of an up row begun earlier, inside the transaction `conn` is in.
-async fn apply_up_outcome(conn: &mut PgConnection, up: &UpOutcome) -> Result<()> {
-    let r = sqlx::query(UPDATE_UP)
-        .bind(&up.kind)
-        .bind(&up.tenant)
-        .bind(&up.user_id)
-        .bind(&up.message_id)
-        .bind(up.status.as_str())
-        .bind(&up.result_code)
-        .bind(&up.result_desc)
-        .bind(&up.session_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() == 0 {
-        return Err(StoreError::Corrupt(format!(
-            "up outcome for a message never begun: {}/{}/{} message_id {:?}",
-            up.kind, up.tenant, up.user_id, up.message_id
-        )));
-    }
-    Ok(())
-}
-
-/// Everything of `commits` — the commits of one batch of writes — inside the transaction `conn`
-/// is in, and what each did.
-///
-/// Each table's rows of all of them go in one statement (arrays, `unnest`): a statement is a
-/// round trip to the server, so a batch of 200 commits makes about ten, not a thousand. The
-/// commits are concurrent writes (each caller waits for its own), so applying their parts table
-/// by table is applying them in some order; within each commit its parts keep their documented
-/// order, and outbox rows keep commit order within the downs and within the events.
-async fn apply(conn: &mut PgConnection, commits: &[&Commit]) -> Result<Vec<Committed>> {
-    check_commits(commits)?;
-    let now = Ts::of(OffsetDateTime::now_utc());
-
-    for c in commits {
-        for change in &c.sessions {
-            apply_session_change(conn, change).await?;
-        }
-        if let Some(up) = &c.up {
-            apply_up_outcome(conn, up).await?;
-        }
-    }
-
-    let up_rows: Vec<&MessageRow> = commits.iter().filter_map(|c| c.up_row.as_ref()).collect();
-    if !up_rows.is_empty() {
-        let rows = || up_rows.iter();
-        sqlx::query(UPSERT_UPS)
-            .bind(column(rows().map(|r| r.relay_id.as_str())))
-            .bind(column(rows().map(|r| r.kind.as_str())))
-            .bind(column(rows().map(|r| r.tenant.as_str())))
-            .bind(column(rows().map(|r| r.user_id.as_str())))
-            .bind(column(rows().map(|r| r.session_id.as_deref())))
-            .bind(column(rows().map(|r| r.message_id.as_deref())))
-            .bind(column(rows().map(|r| r.message_code.as_deref())))
-            .bind(column(rows().map(|r| r.source_type.as_deref())))
-            .bind(column(rows().map(|r| r.control_type.as_deref())))
-            .bind(column(rows().map(|r| r.media_type.as_deref())))
-            .bind(column(rows().map(|r| r.content.as_deref())))
-            .bind(column(rows().map(|r| r.body.as_str())))
-            .bind(column(rows().map(|r| r.status.as_str())))
-            .bind(column(rows().map(|r| r.result_code.as_deref())))
-            .bind(column(rows().map(|r| r.result_desc.as_deref())))
-            .bind(column(rows().map(|r| r.stream_seq)))
-            .bind(column(rows().map(|r| Ts::of(r.created_at))))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
-
-    let held: std::collections::HashSet<&str> = commits
-        .iter()
-        .flat_map(|c| &c.files)
-        .map(|f| f.relay_id.as_str())
-        .collect();
-    // Outbox messages set aside: stored without their outbox rows.
-    let set_aside: Vec<String> = commits
-        .iter()
-        .flat_map(|c| &c.set_aside)
-        .map(|s| s.dead.msg_id.clone())
-        .collect();
-    let downs: Vec<&DownRecord> = commits.iter().flat_map(|c| &c.down).collect();
-    let mut inserted_downs = std::collections::HashSet::new();
-    if !downs.is_empty() {
-        let rows = || downs.iter().map(|d| &d.row);
-        let inserted: Vec<String> = sqlx::query_scalar(INSERT_DOWNS)
-            .bind(column(rows().map(|r| r.relay_id.as_str())))
-            .bind(column(rows().map(|r| r.kind.as_str())))
-            .bind(column(rows().map(|r| r.tenant.as_str())))
-            .bind(column(rows().map(|r| r.user_id.as_str())))
-            .bind(column(rows().map(|r| r.session_id.as_deref())))
-            .bind(column(rows().map(|r| r.direction.as_str())))
-            .bind(column(rows().map(|r| r.message_id.as_deref())))
-            .bind(column(rows().map(|r| r.message_code.as_deref())))
-            .bind(column(rows().map(|r| r.source_type.as_deref())))
-            .bind(column(rows().map(|r| r.control_type.as_deref())))
-            .bind(column(rows().map(|r| r.media_type.as_deref())))
-            .bind(column(rows().map(|r| r.content.as_deref())))
-            .bind(column(rows().map(|r| r.body.as_str())))
-            .bind(column(rows().map(|r| r.status.as_str())))
-            .bind(column(rows().map(|r| r.result_code.as_deref())))
-            .bind(column(rows().map(|r| r.result_desc.as_deref())))
-            .bind(column(rows().map(|r| r.stream_seq)))
-            .bind(column(rows().map(|r| Ts::of(r.created_at))))
-            .bind(column(downs.iter().map(|d| d.publish.msg_id.as_str())))
-            .bind(column(downs.iter().map(|d| d.publish.subject.as_str())))
-            .bind(column(downs.iter().map(|d| d.publish.payload.as_slice())))
-            .bind(column(
-                downs.iter().map(|d| held.contains(d.row.relay_id.as_str())),
-            ))
-            .bind(now)
-            .bind(&set_aside)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(classify)?;
-        inserted_downs.extend(inserted);
-    }
-    // The dead letters of the messages set aside, then the events announcing them (with the
-    // dead letters' ids) beside the commits' own events.
-    let dead: Vec<&DeadLetter> = commits
-        .iter()
-        .flat_map(|c| c.set_aside_stored(&inserted_downs))
-        .map(|s| &s.dead)
-        .collect();
-    let mut dead_ids = std::collections::HashMap::new();
-    if !dead.is_empty() {
-        let rows = || dead.iter();
-        let clean = |s: Option<&String>| s.map(|s| DeadLetter::clean(s));
-        let ids: Vec<(String, i64)> = sqlx::query_as(INSERT_DEAD_LETTERS)
-            .bind(column(rows().map(|d| DeadLetter::clean(&d.source))))
-            .bind(column(rows().map(|d| DeadLetter::clean(&d.msg_id))))
-            .bind(column(rows().map(|d| DeadLetter::clean(&d.subject))))
-            .bind(column(rows().map(|d| d.payload.as_slice())))
-            .bind(column(rows().map(|d| clean(d.kind.as_ref()))))
-            .bind(column(rows().map(|d| clean(d.tenant.as_ref()))))
-            .bind(column(rows().map(|d| clean(d.user_id.as_ref()))))
-            .bind(column(rows().map(|d| clean(d.message_id.as_ref()))))
-            .bind(column(rows().map(|d| DeadLetter::clean(&d.reason))))
-            .bind(column(rows().map(|d| DeadLetter::clean(&d.error))))
-            .bind(column(
-                rows().map(|d| i32::try_from(d.attempts).unwrap_or(i32::MAX)),
-            ))
-            .bind(column(rows().map(|d| Ts::of(d.created_at))))
-            .bind(column(rows().map(|d| Ts::of(d.dead_at))))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(classify)?;
-        dead_ids.extend(ids);
-    }
-    let announced: Vec<EventRecord> = commits
-        .iter()
-        .flat_map(|c| c.set_aside_stored(&inserted_downs))
-        .filter_map(|s| {
-            let mut e = s.event.clone()?;
-            e.body = with_dead_letter(&e.body, dead_ids.get(&s.dead.msg_id).copied());
-            Some(e)
-        })
-        .collect();
-    let events: Vec<&EventRecord> = commits
-        .iter()
-        .flat_map(|c| &c.events)
-        .chain(&announced)
-        .collect();
-    if !events.is_empty() {
-        let events = || events.iter();
-        sqlx::query(INSERT_EVENTS)
-            .bind(column(events().map(|e| e.relay_id.as_str())))
-            .bind(column(events().map(|e| e.kind.as_str())))
-            .bind(column(events().map(|e| e.tenant.as_deref())))
-            .bind(column(events().map(|e| e.user_id.as_deref())))
-            .bind(column(events().map(|e| e.session_id.as_deref())))
-            .bind(column(events().map(|e| e.event_type.as_str())))
-            .bind(column(events().map(|e| e.ok)))
-            .bind(column(events().map(|e| e.body.as_str())))
-            .bind(column(events().map(|e| e.subject.as_str())))
-            .bind(column(events().map(|e| Ts::of(e.created_at))))
-            .bind(now)
-            .bind(&set_aside)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
-
-    let satisfactions: Vec<&SatisfactionRow> =
-        commits.iter().flat_map(|c| &c.satisfactions).collect();
-    if !satisfactions.is_empty() {
-        let rows = || satisfactions.iter();
-        sqlx::query(INSERT_SATISFACTIONS)
-            .bind(column(rows().map(|r| r.relay_id.as_str())))
-            .bind(column(rows().map(|r| r.kind.as_str())))
-            .bind(column(rows().map(|r| r.tenant.as_str())))
-            .bind(column(rows().map(|r| r.user_id.as_str())))
-            .bind(column(rows().map(|r| r.session_id.as_deref())))
-            .bind(column(rows().map(|r| r.source.as_str())))
-            .bind(column(rows().map(|r| r.score.as_str())))
-            .bind(column(rows().map(|r| r.comment.as_deref())))
-            .bind(column(rows().map(|r| r.inter_idx.as_deref())))
-            .bind(column(rows().map(|r| r.result_code.as_str())))
-            .bind(column(rows().map(|r| r.result_desc.as_deref())))
-            .bind(column(rows().map(|r| Ts::of(r.created_at))))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
-
-    let offline: Vec<&OfflineRow> = commits.iter().flat_map(|c| &c.offline).collect();
-    if !offline.is_empty() {
-        let rows = || offline.iter();
-        sqlx::query(INSERT_OFFLINE)
-            .bind(column(rows().map(|r| r.relay_id.as_str())))
-            .bind(column(rows().map(|r| r.kind.as_str())))
-            .bind(column(rows().map(|r| r.tenant.as_str())))
-            .bind(column(rows().map(|r| r.user_id.as_str())))
-            .bind(column(rows().map(|r| r.session_id.as_deref())))
-            .bind(column(rows().map(|r| r.source.as_str())))
-            .bind(column(rows().map(|r| r.message_id.as_deref())))
-            .bind(column(rows().map(|r| r.caller.as_deref())))
-            .bind(column(rows().map(|r| r.content.as_str())))
-            .bind(column(rows().map(|r| r.tip_text.as_deref())))
-            .bind(column(rows().map(|r| r.result_code.as_str())))
-            .bind(column(rows().map(|r| r.result_desc.as_deref())))
-            .bind(column(rows().map(|r| Ts::of(r.created_at))))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
-
-    let files: Vec<&FileRow> = commits
-        .iter()
-        .flat_map(|c| &c.files)
-        .filter(|f| inserted_downs.contains(&f.relay_id))
-        .collect();
-    if !files.is_empty() {
-        let rows = || files.iter();
-        sqlx::query(INSERT_FILES)
-            .bind(column(rows().map(|r| r.relay_id.as_str())))
-            .bind(column(rows().map(|r| r.kind.as_str())))
-            .bind(column(rows().map(|r| r.tenant.as_str())))
-            .bind(column(rows().map(|r| r.user_id.as_str())))
-            .bind(column(rows().map(|r| r.session_id.as_deref())))
-            .bind(column(rows().map(|r| r.media_type.as_str())))
-            .bind(column(rows().map(|r| r.file_id.as_str())))
-            .bind(column(rows().map(|r| r.file_type.as_str())))
-            .bind(column(rows().map(|r| r.status.as_str())))
-            .bind(column(rows().map(|r| r.size)))
-            .bind(column(rows().map(|r| r.sha256.as_deref())))
-            .bind(column(rows().map(|r| r.bucket.as_deref())))
-            .bind(column(rows().map(|r| r.object.as_deref())))
-            .bind(column(rows().map(|r| r.attempts as i32)))
-            .bind(column(rows().map(|r| r.error_code.as_deref())))
-            .bind(column(rows().map(|r| r.error_message.as_deref())))
-            .bind(column(rows().map(|r| Ts::of(r.created_at))))
-            .bind(column(rows().map(|r| Ts::of(r.updated_at))))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
-
-    let touch: Vec<&(String, OffsetDateTime)> = commits.iter().flat_map(|c| &c.touch).collect();
-    if !touch.is_empty() {
-        let found: Vec<String> = sqlx::query_scalar(TOUCH_SESSIONS)
-            .bind(column(touch.iter().map(|(id, _)| id.as_str())))
-            .bind(column(touch.iter().map(|(_, at)| Ts::of(*at))))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(classify)?;
-        let found: std::collections::HashSet<String> = found.into_iter().collect();
-        if let Some((missing, _)) = touch.iter().find(|(id, _)| !found.contains(id)) {
-            return Err(StoreError::Corrupt(format!(
-                "touch of session {missing:?}, which does not exist"
-            )));
-        }
-    }
-
-    // RETURNING comes in no particular order: each commit's downs are reported in its order.
-    Ok(committed_each(commits, &inserted_downs, &dead_ids))
-}
-
 impl PgStore {
     /// One user's rows of `table` (one of the store's own tables), oldest first.
     async fn user_rows<T>(
@@ -849,414 +500,497 @@ impl PgStore {
 async fn write_batch_on(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec<Written>> {
     let mut tx = sqlx::Connection::begin(conn).await.map_err(classify)?;
     // On error `tx` is dropped, which rolls everything back.
-    let mut done = Vec::with_capacity(writes.len());
-    let mut commits = Vec::new();
-    for w in writes {
-        let applied = apply_write(&mut tx, w).await?;
-        done.push(applied.keep_commit(&mut commits));
-    }
-    let committed = apply(&mut tx, &commits).await?;
+    let written = apply::write_batch(&mut *tx, writes).await?;
     tx.commit().await.map_err(classify)?;
-    Applied::results(done, committed)
+    Ok(written)
 }
 
-/// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
-async fn apply_write<'w>(conn: &mut PgConnection, w: &'w Write) -> Result<Applied<'w>> {
-    Ok(match w {
-        Write::Commit(c) => Applied::Commit(c),
-        Write::BeginUp(row) => Applied::Done(Written::Begun(begin_up_on(conn, row).await?)),
-        Write::SessionToken {
-            session_id, token, ..
-        } => {
-            set_token_on(conn, session_id, token.as_deref()).await?;
-            Applied::Done(Written::Done)
-        }
-        Write::OutboxDone(seqs) => {
-            outbox_done_on(conn, seqs).await?;
-            Applied::Done(Written::Done)
-        }
-        Write::TimStream(row, c) => {
-            tim_stream_on(conn, row).await?;
-            Applied::Commit(c)
-        }
-        Write::TimCallback(row, c) => {
-            tim_callback_on(conn, row).await?;
-            Applied::Commit(c)
-        }
-        Write::OutboxFailed {
-            seq,
-            attempts,
-            next_attempt_at,
-            error,
-        } => {
-            outbox_failed_on(conn, *seq, *attempts, *next_attempt_at, error).await?;
-            Applied::Done(Written::Done)
-        }
-        Write::OutboxDead {
-            seq,
-            reason,
-            error,
-            event,
-        } => {
-            let id = outbox_dead_on(conn, *seq, reason, error, event.as_ref()).await?;
-            Applied::Done(Written::Id(id))
-        }
-        Write::DeadLetterAdd(d) => Applied::Done(Written::Id(dead_letter_add_on(conn, d).await?)),
-        Write::DeadLetterRetry { id, fresh_msg_id } => {
-            let d = dead_letter_retry_on(conn, *id, fresh_msg_id).await?;
-            Applied::Done(Written::Retried(d.map(Box::new)))
-        }
-        Write::DeadLetterDrop(id) => {
-            Applied::Done(Written::Changed(dead_letter_drop_on(conn, *id).await?))
-        }
-        Write::FileAttemptFailed {
-            relay_id,
-            attempts,
-            error_code,
-            error_message,
-        } => {
-            file_attempt_failed_on(conn, relay_id, *attempts, error_code, error_message).await?;
-            Applied::Done(Written::Done)
-        }
-        Write::FinishFile(done) => {
-            Applied::Done(Written::Changed(finish_file_on(conn, done).await?))
-        }
-    })
+/// One column of a batch, as an array parameter.
+fn column<'a, T: 'a>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    items.into_iter().collect()
 }
 
-async fn outbox_failed_on(
+/// Runs `q`; whether it changed a row.
+async fn changed(
     conn: &mut PgConnection,
-    seq: i64,
-    attempts: i64,
-    next_attempt_at: OffsetDateTime,
-    error: &str,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE seq = $1",
-    )
-    .bind(seq)
-    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
-    .bind(Ts::of(next_attempt_at))
-    .bind(DeadLetter::clean(error))
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
-    Ok(())
-}
-
-async fn outbox_dead_on(
-    conn: &mut PgConnection,
-    seq: i64,
-    reason: &str,
-    error: &str,
-    event: Option<&EventRecord>,
-) -> Result<Option<i64>> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, attempts, \
-           created_at, dead_at) \
-         SELECT 'outbox', msg_id, subject, payload, $2, $3, attempts, created_at, $4 \
-         FROM outbox WHERE seq = $1 \
-         ON CONFLICT (source, msg_id) DO UPDATE SET reason = excluded.reason, \
-           error = excluded.error, attempts = excluded.attempts, dead_at = excluded.dead_at \
-         RETURNING id",
-    )
-    .bind(seq)
-    .bind(DeadLetter::clean(reason))
-    .bind(DeadLetter::clean(error))
-    .bind(Ts::of(OffsetDateTime::now_utc()))
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(classify)?;
-    if let (Some(id), Some(e)) = (id, event) {
-        let body = text::json(&with_dead_letter(&e.body, Some(id)));
-        sqlx::query(
-            "INSERT INTO events (relay_id, kind, tenant, user_id, session_id, event_type, ok, \
-               body, subject, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)",
-        )
-        .bind(&e.relay_id)
-        .bind(&e.kind)
-        .bind(&e.tenant)
-        .bind(&e.user_id)
-        .bind(&e.session_id)
-        .bind(&e.event_type)
-        .bind(e.ok)
-        .bind(&body)
-        .bind(&e.subject)
-        .bind(Ts::of(e.created_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO outbox (msg_id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&e.relay_id)
-        .bind(&e.subject)
-        .bind(body.as_bytes())
-        .bind(Ts::of(OffsetDateTime::now_utc()))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    }
-    sqlx::query("DELETE FROM outbox WHERE seq = $1")
-        .bind(seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(id)
-}
-
-async fn dead_letter_add_on(conn: &mut PgConnection, d: &DeadLetter) -> Result<Option<i64>> {
-    sqlx::query_scalar(
-        "INSERT INTO dead_letters (source, msg_id, subject, payload, kind, tenant, user_id, \
-           message_id, reason, error, attempts, created_at, dead_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (source, msg_id) DO NOTHING RETURNING id",
-    )
-    .bind(DeadLetter::clean(&d.source))
-    .bind(DeadLetter::clean(&d.msg_id))
-    .bind(DeadLetter::clean(&d.subject))
-    .bind(&d.payload)
-    .bind(d.kind.as_deref().map(DeadLetter::clean))
-    .bind(d.tenant.as_deref().map(DeadLetter::clean))
-    .bind(d.user_id.as_deref().map(DeadLetter::clean))
-    .bind(d.message_id.as_deref().map(DeadLetter::clean))
-    .bind(DeadLetter::clean(&d.reason))
-    .bind(DeadLetter::clean(&d.error))
-    .bind(i32::try_from(d.attempts).unwrap_or(i32::MAX))
-    .bind(Ts::of(d.created_at))
-    .bind(Ts::of(d.dead_at))
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(classify)
-}
-
-async fn dead_letter_retry_on(
-    conn: &mut PgConnection,
-    id: i64,
-    fresh_msg_id: &str,
-) -> Result<Option<DeadLetter>> {
-    let sql = format!("DELETE FROM dead_letters WHERE id = $1 RETURNING {DEAD_LETTER_COLUMNS}");
-    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(classify)?
-    else {
-        return Ok(None);
-    };
-    let d = dead_letter_from_row(&row)?;
-    let msg_id = if d.source == super::dead_source::OUTBOX {
-        d.msg_id.as_str()
-    } else {
-        fresh_msg_id
-    };
-    sqlx::query(
-        "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
-         VALUES ($1, $2, $3, $4, false)",
-    )
-    .bind(msg_id)
-    .bind(&d.subject)
-    .bind(&d.payload)
-    .bind(Ts::of(OffsetDateTime::now_utc()))
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
-    if let (Some(k), Some(t), Some(u), Some(m)) = (&d.kind, &d.tenant, &d.user_id, &d.message_id) {
-        sqlx::query(
-            "UPDATE messages SET status = 'pending' WHERE direction = 'up' AND kind = $1 \
-             AND tenant = $2 AND user_id = $3 AND message_id = $4 AND status = 'failed'",
-        )
-        .bind(k)
-        .bind(t)
-        .bind(u)
-        .bind(m)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    }
-    Ok(Some(d))
-}
-
-async fn dead_letter_drop_on(conn: &mut PgConnection, id: i64) -> Result<bool> {
-    let r = sqlx::query("DELETE FROM dead_letters WHERE id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
+    q: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+) -> Result<bool> {
+    let r = q.execute(conn).await.map_err(classify)?;
     Ok(r.rows_affected() > 0)
 }
 
-async fn file_attempt_failed_on(
+/// Runs `q` for its effect.
+async fn run(
     conn: &mut PgConnection,
-    relay_id: &str,
-    attempts: i64,
-    error_code: &str,
-    error_message: &str,
+    q: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE files SET attempts = $2, error_code = $3, error_message = $4, \
-         updated_at = $5 WHERE relay_id = $1 AND status = 'pending'",
-    )
-    .bind(relay_id)
-    .bind(attempts as i32)
-    .bind(error_code)
-    .bind(error_message)
-    .bind(Ts::of(OffsetDateTime::now_utc()))
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
+    q.execute(conn).await.map_err(classify)?;
     Ok(())
 }
 
-async fn finish_file_on(conn: &mut PgConnection, done: &FileDone) -> Result<bool> {
-    if done.status == FileStatus::Pending {
-        return Err(invalid("finish_file needs status stored or failed"));
+/// The statements of a write, on the connection of its transaction: one round trip each.
+impl RowOps for PgConnection {
+    async fn insert_session(&mut self, s: &Session) -> Result<()> {
+        let q = sqlx::query(INSERT_SESSION)
+            .bind(&s.id)
+            .bind(&s.kind)
+            .bind(&s.tenant)
+            .bind(&s.user_id)
+            .bind(&s.channel_config_id)
+            .bind(s.state.as_str())
+            .bind(&s.token)
+            .bind(Ts::of(s.opened_at))
+            .bind(s.closed_at.map(Ts::of))
+            .bind(&s.close_reason)
+            .bind(Ts::of(s.last_activity_at));
+        run(self, q).await
     }
-    let r = sqlx::query(FINISH_FILE)
-        .bind(&done.relay_id)
-        .bind(done.status.as_str())
-        .bind(done.size)
-        .bind(&done.sha256)
-        .bind(&done.bucket)
-        .bind(&done.object)
-        .bind(done.attempts as i32)
-        .bind(&done.error_code)
-        .bind(text::owned_opt(&done.error_message))
-        .bind(Ts::of(done.at))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() == 0 {
-        return Ok(false);
+
+    async fn set_session_state(&mut self, id: &str, state: SessionState) -> Result<bool> {
+        let q = sqlx::query(SET_SESSION_STATE).bind(id).bind(state.as_str());
+        changed(self, q).await
     }
-    sqlx::query("UPDATE messages SET body = $2::jsonb WHERE relay_id = $1")
-        .bind(&done.relay_id)
-        .bind(text::json(&done.payload))
-        .execute(&mut *conn)
+
+    async fn close_session(&mut self, id: &str, reason: &str, at: OffsetDateTime) -> Result<bool> {
+        let q = sqlx::query(CLOSE_SESSION)
+            .bind(id)
+            .bind(Ts::of(at))
+            .bind(reason);
+        changed(self, q).await
+    }
+
+    async fn session_exists(&mut self, id: &str) -> Result<bool> {
+        let found = sqlx::query(SESSION_EXISTS)
+            .bind(id)
+            .fetch_optional(self)
+            .await
+            .map_err(classify)?;
+        Ok(found.is_some())
+    }
+
+    async fn set_session_token(&mut self, id: &str, token: Option<&str>) -> Result<bool> {
+        let q = sqlx::query("UPDATE sessions SET token = $2 WHERE id = $1")
+            .bind(id)
+            .bind(token);
+        changed(self, q).await
+    }
+
+    async fn touch_sessions(&mut self, touches: &[(&str, OffsetDateTime)]) -> Result<u64> {
+        let r = sqlx::query(TOUCH_SESSIONS)
+            .bind(column(touches.iter().map(|(id, _)| *id)))
+            .bind(column(touches.iter().map(|(_, at)| Ts::of(*at))))
+            .execute(self)
+            .await
+            .map_err(classify)?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_pending_up(&mut self, row: &MessageRow) -> Result<bool> {
+        let q = sqlx::query(INSERT_UP)
+            .bind(&row.relay_id)
+            .bind(&row.kind)
+            .bind(&row.tenant)
+            .bind(&row.user_id)
+            .bind(&row.session_id)
+            .bind(&row.message_id)
+            .bind(&row.message_code)
+            .bind(&row.source_type)
+            .bind(&row.control_type)
+            .bind(&row.media_type)
+            .bind(&row.content)
+            .bind(&row.body)
+            .bind(&row.result_code)
+            .bind(&row.result_desc)
+            .bind(row.stream_seq)
+            .bind(Ts::of(row.created_at));
+        changed(self, q).await
+    }
+
+    async fn up_status(
+        &mut self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<String> {
+        sqlx::query_scalar(UP_STATUS)
+            .bind(kind)
+            .bind(tenant)
+            .bind(user_id)
+            .bind(message_id)
+            .fetch_one(self)
+            .await
+            .map_err(classify)
+    }
+
+    async fn update_up(&mut self, up: &UpOutcome) -> Result<bool> {
+        let q = sqlx::query(UPDATE_UP)
+            .bind(&up.kind)
+            .bind(&up.tenant)
+            .bind(&up.user_id)
+            .bind(&up.message_id)
+            .bind(up.status.as_str())
+            .bind(&up.result_code)
+            .bind(&up.result_desc)
+            .bind(&up.session_id);
+        changed(self, q).await
+    }
+
+    async fn upsert_up_rows(&mut self, up_rows: &[&MessageRow]) -> Result<()> {
+        let rows = || up_rows.iter();
+        let q = sqlx::query(UPSERT_UPS)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.message_id.as_deref())))
+            .bind(column(rows().map(|r| r.message_code.as_deref())))
+            .bind(column(rows().map(|r| r.source_type.as_deref())))
+            .bind(column(rows().map(|r| r.control_type.as_deref())))
+            .bind(column(rows().map(|r| r.media_type.as_deref())))
+            .bind(column(rows().map(|r| r.content.as_deref())))
+            .bind(column(rows().map(|r| r.body.as_str())))
+            .bind(column(rows().map(|r| r.status.as_str())))
+            .bind(column(rows().map(|r| r.result_code.as_deref())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| r.stream_seq)))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))));
+        run(self, q).await
+    }
+
+    async fn insert_downs(
+        &mut self,
+        downs: &[DownInsert<'_>],
+        now: OffsetDateTime,
+    ) -> Result<HashSet<String>> {
+        let rows = || downs.iter().map(|d| &d.down.row);
+        let publish = || downs.iter().map(|d| &d.down.publish);
+        let inserted: Vec<String> = sqlx::query_scalar(INSERT_DOWNS)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.direction.as_str())))
+            .bind(column(rows().map(|r| r.message_id.as_deref())))
+            .bind(column(rows().map(|r| r.message_code.as_deref())))
+            .bind(column(rows().map(|r| r.source_type.as_deref())))
+            .bind(column(rows().map(|r| r.control_type.as_deref())))
+            .bind(column(rows().map(|r| r.media_type.as_deref())))
+            .bind(column(rows().map(|r| r.content.as_deref())))
+            .bind(column(rows().map(|r| r.body.as_str())))
+            .bind(column(rows().map(|r| r.status.as_str())))
+            .bind(column(rows().map(|r| r.result_code.as_deref())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| r.stream_seq)))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .bind(column(publish().map(|p| p.msg_id.as_str())))
+            .bind(column(publish().map(|p| p.subject.as_str())))
+            .bind(column(publish().map(|p| p.payload.as_slice())))
+            .bind(column(downs.iter().map(|d| d.held)))
+            .bind(column(downs.iter().map(|d| d.publish)))
+            .bind(Ts::of(now))
+            .fetch_all(self)
+            .await
+            .map_err(classify)?;
+        Ok(inserted.into_iter().collect())
+    }
+
+    async fn set_message_body(&mut self, relay_id: &str, body: &str) -> Result<()> {
+        let q = sqlx::query("UPDATE messages SET body = $2::jsonb WHERE relay_id = $1")
+            .bind(relay_id)
+            .bind(text::json(body));
+        run(self, q).await
+    }
+
+    async fn up_pending_again(
+        &mut self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE messages SET status = 'pending' WHERE direction = 'up' AND kind = $1 \
+             AND tenant = $2 AND user_id = $3 AND message_id = $4 AND status = 'failed'",
+        )
+        .bind(kind)
+        .bind(tenant)
+        .bind(user_id)
+        .bind(message_id);
+        run(self, q).await
+    }
+
+    async fn insert_events(
+        &mut self,
+        events: &[EventInsert<'_>],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let rows = || events.iter().map(|e| e.event);
+        let q = sqlx::query(INSERT_EVENTS)
+            .bind(column(rows().map(|e| e.relay_id.as_str())))
+            .bind(column(rows().map(|e| e.kind.as_str())))
+            .bind(column(rows().map(|e| e.tenant.as_deref())))
+            .bind(column(rows().map(|e| e.user_id.as_deref())))
+            .bind(column(rows().map(|e| e.session_id.as_deref())))
+            .bind(column(rows().map(|e| e.event_type.as_str())))
+            .bind(column(rows().map(|e| e.ok)))
+            .bind(column(events.iter().map(|e| e.body)))
+            .bind(column(rows().map(|e| e.subject.as_str())))
+            .bind(column(rows().map(|e| Ts::of(e.created_at))))
+            .bind(column(events.iter().map(|e| e.publish)))
+            .bind(Ts::of(now));
+        run(self, q).await
+    }
+
+    async fn insert_satisfactions(&mut self, satisfactions: &[&SatisfactionRow]) -> Result<()> {
+        let rows = || satisfactions.iter();
+        let q = sqlx::query(INSERT_SATISFACTIONS)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.source.as_str())))
+            .bind(column(rows().map(|r| r.score.as_str())))
+            .bind(column(rows().map(|r| r.comment.as_deref())))
+            .bind(column(rows().map(|r| r.inter_idx.as_deref())))
+            .bind(column(rows().map(|r| r.result_code.as_str())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))));
+        run(self, q).await
+    }
+
+    async fn insert_offline(&mut self, offline: &[&OfflineRow]) -> Result<()> {
+        let rows = || offline.iter();
+        let q = sqlx::query(INSERT_OFFLINE)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.source.as_str())))
+            .bind(column(rows().map(|r| r.message_id.as_deref())))
+            .bind(column(rows().map(|r| r.caller.as_deref())))
+            .bind(column(rows().map(|r| r.content.as_str())))
+            .bind(column(rows().map(|r| r.tip_text.as_deref())))
+            .bind(column(rows().map(|r| r.result_code.as_str())))
+            .bind(column(rows().map(|r| r.result_desc.as_deref())))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))));
+        run(self, q).await
+    }
+
+    async fn insert_files(&mut self, files: &[&FileRow]) -> Result<()> {
+        let rows = || files.iter();
+        let q = sqlx::query(INSERT_FILES)
+            .bind(column(rows().map(|r| r.relay_id.as_str())))
+            .bind(column(rows().map(|r| r.kind.as_str())))
+            .bind(column(rows().map(|r| r.tenant.as_str())))
+            .bind(column(rows().map(|r| r.user_id.as_str())))
+            .bind(column(rows().map(|r| r.session_id.as_deref())))
+            .bind(column(rows().map(|r| r.media_type.as_str())))
+            .bind(column(rows().map(|r| r.file_id.as_str())))
+            .bind(column(rows().map(|r| r.file_type.as_str())))
+            .bind(column(rows().map(|r| r.status.as_str())))
+            .bind(column(rows().map(|r| r.size)))
+            .bind(column(rows().map(|r| r.sha256.as_deref())))
+            .bind(column(rows().map(|r| r.bucket.as_deref())))
+            .bind(column(rows().map(|r| r.object.as_deref())))
+            .bind(column(rows().map(|r| r.attempts as i32)))
+            .bind(column(rows().map(|r| r.error_code.as_deref())))
+            .bind(column(rows().map(|r| r.error_message.as_deref())))
+            .bind(column(rows().map(|r| Ts::of(r.created_at))))
+            .bind(column(rows().map(|r| Ts::of(r.updated_at))));
+        run(self, q).await
+    }
+
+    async fn file_attempt_failed(
+        &mut self,
+        relay_id: &str,
+        attempts: i64,
+        error_code: &str,
+        error_message: &str,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE files SET attempts = $2, error_code = $3, error_message = $4, \
+             updated_at = $5 WHERE relay_id = $1 AND status = 'pending'",
+        )
+        .bind(relay_id)
+        .bind(attempts as i32)
+        .bind(error_code)
+        .bind(error_message)
+        .bind(Ts::of(at));
+        run(self, q).await
+    }
+
+    async fn finish_file(&mut self, done: &FileDone) -> Result<bool> {
+        let q = sqlx::query(FINISH_FILE)
+            .bind(&done.relay_id)
+            .bind(done.status.as_str())
+            .bind(done.size)
+            .bind(&done.sha256)
+            .bind(&done.bucket)
+            .bind(&done.object)
+            .bind(done.attempts as i32)
+            .bind(&done.error_code)
+            .bind(text::owned_opt(&done.error_message))
+            .bind(Ts::of(done.at));
+        changed(self, q).await
+    }
+
+    async fn upsert_tim_stream(&mut self, row: &TimStreamRow) -> Result<()> {
+        let q = sqlx::query(TIM_STREAM_UPSERT)
+            .bind(row.app.clone())
+            .bind(row.user_id.clone())
+            .bind(row.stream_id.clone())
+            .bind(row.from_account.clone())
+            .bind(row.msg_key.clone())
+            .bind(&row.text)
+            .bind(row.chunks)
+            .bind(row.calls)
+            .bind(row.last_seq)
+            .bind(row.finished)
+            .bind(row.status.as_str())
+            .bind(row.error_code.clone())
+            .bind(&row.error_info)
+            .bind(Ts::of(row.created_at))
+            .bind(Ts::of(row.updated_at));
+        run(self, q).await
+    }
+
+    async fn insert_tim_callback(&mut self, row: &TimCallbackRow) -> Result<()> {
+        let q = sqlx::query(TIM_CALLBACK_INSERT)
+            .bind(row.relay_id.clone())
+            .bind(row.app.clone())
+            .bind(row.user_id.clone())
+            .bind(row.command.clone())
+            .bind(&row.body)
+            .bind(row.published)
+            .bind(Ts::of(row.created_at));
+        run(self, q).await
+    }
+
+    async fn insert_outbox(
+        &mut self,
+        msg_id: &str,
+        subject: &str,
+        payload: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "INSERT INTO outbox (msg_id, subject, payload, created_at, held) \
+             VALUES ($1, $2, $3, $4, false)",
+        )
+        .bind(msg_id)
+        .bind(subject)
+        .bind(payload)
+        .bind(Ts::of(now));
+        run(self, q).await
+    }
+
+    async fn delete_outbox(&mut self, seqs: &[i64]) -> Result<()> {
+        let q = sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)").bind(seqs);
+        run(self, q).await
+    }
+
+    async fn outbox_failed(
+        &mut self,
+        seq: i64,
+        attempts: i64,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 \
+             WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .bind(Ts::of(next_attempt_at))
+        .bind(DeadLetter::clean(error));
+        run(self, q).await
+    }
+
+    async fn outbox_to_dead_letter(
+        &mut self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "INSERT INTO dead_letters (source, msg_id, subject, payload, reason, error, \
+               attempts, created_at, dead_at) \
+             SELECT 'outbox', msg_id, subject, payload, $2, $3, attempts, created_at, $4 \
+             FROM outbox WHERE seq = $1 \
+             ON CONFLICT (source, msg_id) DO UPDATE SET reason = excluded.reason, \
+               error = excluded.error, attempts = excluded.attempts, dead_at = excluded.dead_at \
+             RETURNING id",
+        )
+        .bind(seq)
+        .bind(DeadLetter::clean(reason))
+        .bind(DeadLetter::clean(error))
+        .bind(Ts::of(at))
+        .fetch_optional(self)
         .await
-        .map_err(classify)?;
-    sqlx::query("UPDATE outbox SET payload = $2, held = false WHERE held AND msg_id = $1")
-        .bind(&done.relay_id)
-        .bind(done.payload.as_bytes())
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(true)
+        .map_err(classify)
+    }
+
+    async fn release_outbox(&mut self, msg_id: &str, payload: &str) -> Result<()> {
+        let q =
+            sqlx::query("UPDATE outbox SET payload = $2, held = false WHERE held AND msg_id = $1")
+                .bind(msg_id)
+                .bind(payload.as_bytes());
+        run(self, q).await
+    }
+
+    async fn insert_dead_letters(&mut self, dead: &[&DeadLetter]) -> Result<Vec<(String, i64)>> {
+        let rows = || dead.iter();
+        let clean = |s: Option<&String>| s.map(|s| DeadLetter::clean(s));
+        sqlx::query_as(INSERT_DEAD_LETTERS)
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.source))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.msg_id))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.subject))))
+            .bind(column(rows().map(|d| d.payload.as_slice())))
+            .bind(column(rows().map(|d| clean(d.kind.as_ref()))))
+            .bind(column(rows().map(|d| clean(d.tenant.as_ref()))))
+            .bind(column(rows().map(|d| clean(d.user_id.as_ref()))))
+            .bind(column(rows().map(|d| clean(d.message_id.as_ref()))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.reason))))
+            .bind(column(rows().map(|d| DeadLetter::clean(&d.error))))
+            .bind(column(
+                rows().map(|d| i32::try_from(d.attempts).unwrap_or(i32::MAX)),
+            ))
+            .bind(column(rows().map(|d| Ts::of(d.created_at))))
+            .bind(column(rows().map(|d| Ts::of(d.dead_at))))
+            .fetch_all(self)
+            .await
+            .map_err(classify)
+    }
+
+    async fn take_dead_letter(&mut self, id: i64) -> Result<Option<DeadLetter>> {
+        sqlx::query(sqlx::AssertSqlSafe(DEAD_LETTER_TAKE.as_str()))
+            .bind(id)
+            .fetch_optional(self)
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(dead_letter_from_row)
+            .transpose()
+    }
+
+    async fn delete_dead_letter(&mut self, id: i64) -> Result<bool> {
+        let q = sqlx::query("DELETE FROM dead_letters WHERE id = $1").bind(id);
+        changed(self, q).await
+    }
 }
 
-async fn begin_up_on(conn: &mut PgConnection, row: &MessageRow) -> Result<UpBegin> {
-    if row.direction != Direction::Up {
-        return Err(invalid("begin_up takes an up row"));
-    }
-    let Some(message_id) = &row.message_id else {
-        return Err(invalid("begin_up needs the up row's message_id"));
-    };
-    let r = sqlx::query(INSERT_UP)
-        .bind(&row.relay_id)
-        .bind(&row.kind)
-        .bind(&row.tenant)
-        .bind(&row.user_id)
-        .bind(&row.session_id)
-        .bind(message_id)
-        .bind(&row.message_code)
-        .bind(&row.source_type)
-        .bind(&row.control_type)
-        .bind(&row.media_type)
-        .bind(&row.content)
-        .bind(&row.body)
-        .bind(&row.result_code)
-        .bind(&row.result_desc)
-        .bind(row.stream_seq)
-        .bind(Ts::of(row.created_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() == 1 {
-        return Ok(UpBegin::New);
-    }
-    let status: String = sqlx::query_scalar(UP_STATUS)
-        .bind(&row.kind)
-        .bind(&row.tenant)
-        .bind(&row.user_id)
-        .bind(message_id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(match MessageStatus::parse(&status)? {
-        MessageStatus::Pending => UpBegin::Pending,
-        done => UpBegin::Done(done),
-    })
-}
-
-async fn set_token_on(
-    conn: &mut PgConnection,
-    session_id: &str,
-    token: Option<&str>,
-) -> Result<()> {
-    let r = sqlx::query("UPDATE sessions SET token = $2 WHERE id = $1")
-        .bind(session_id)
-        .bind(token)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    if r.rows_affected() == 0 {
-        return Err(StoreError::Corrupt(format!(
-            "session {session_id:?} does not exist"
-        )));
-    }
-    Ok(())
-}
-
-async fn outbox_done_on(conn: &mut PgConnection, seqs: &[i64]) -> Result<()> {
-    if seqs.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
-        .bind(seqs)
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
-
-async fn tim_stream_on(conn: &mut PgConnection, row: &TimStreamRow) -> Result<()> {
-    sqlx::query(TIM_STREAM_UPSERT)
-        .bind(row.app.clone())
-        .bind(row.user_id.clone())
-        .bind(row.stream_id.clone())
-        .bind(row.from_account.clone())
-        .bind(row.msg_key.clone())
-        .bind(&row.text)
-        .bind(row.chunks)
-        .bind(row.calls)
-        .bind(row.last_seq)
-        .bind(row.finished)
-        .bind(row.status.as_str())
-        .bind(row.error_code.clone())
-        .bind(&row.error_info)
-        .bind(Ts::of(row.created_at))
-        .bind(Ts::of(row.updated_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
-
-async fn tim_callback_on(conn: &mut PgConnection, row: &TimCallbackRow) -> Result<()> {
-    sqlx::query(TIM_CALLBACK_INSERT)
-        .bind(row.relay_id.clone())
-        .bind(row.app.clone())
-        .bind(row.user_id.clone())
-        .bind(row.command.clone())
-        .bind(&row.body)
-        .bind(row.published)
-        .bind(Ts::of(row.created_at))
-        .execute(&mut *conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
+/// Deletes a dead letter, returning it.
+static DEAD_LETTER_TAKE: LazyLock<String> = LazyLock::new(|| {
+    format!("DELETE FROM dead_letters WHERE id = $1 RETURNING {DEAD_LETTER_COLUMNS}")
+});
 
 #[async_trait]
 impl Backend for PgStore {

@@ -96,10 +96,12 @@ pub(crate) fn write(w: &mut Write) {
         Write::Commit(c) => fix_commit(c),
         Write::BeginUp(r) => fix_row(r),
         Write::SessionToken { token, .. } => fix_opt(token),
+        // The dead letter's id is added to this body when stored, which keeps it clean.
+        Write::OutboxDead { event: Some(e), .. } => fix_json(&mut e.body),
         // Their text is cleaned where it is bound ([`crate::DeadLetter::clean`], [`json`]).
         Write::OutboxDone(_)
         | Write::OutboxFailed { .. }
-        | Write::OutboxDead { .. }
+        | Write::OutboxDead { event: None, .. }
         | Write::DeadLetterAdd(_)
         | Write::DeadLetterRetry { .. }
         | Write::DeadLetterDrop(_)

@@ -15,7 +15,7 @@
 //! statement journals in memory and a checkpoint every [`super::WAL_CHECKPOINT_PAGES`] pages.
 //! [`Writer::write_batch`] blocks its thread for the batch: it is for the writer's own thread.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 
@@ -23,11 +23,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{BUSY_TIMEOUT, WAL_CHECKPOINT_PAGES};
+use crate::apply::{self, DownInsert, EventInsert, RowOps};
 use crate::{
-    Applied, Commit, Committed, DeadLetter, Direction, EventRecord, FileDone, FileStatus,
-    MessageRow, MessageStatus, Result, SessionChange, SessionState, StoreError, TimCallbackRow,
-    TimStreamRow, UpBegin, UpOutcome, Write, Written, check_commits, committed_each, dead_source,
-    from_unix_micros, invalid, sqlite_transient, unix_micros, with_dead_letter,
+    DeadLetter, FileDone, FileRow, MessageRow, MessageStatus, OfflineRow, Result, SatisfactionRow,
+    Session, SessionState, StoreError, TimCallbackRow, TimStreamRow, UpOutcome, Write, Written,
+    from_unix_micros, invalid, sqlite_transient, unix_micros,
 };
 
 /// Prepared statements the writer keeps: one per statement below, with room.
@@ -206,15 +206,10 @@ impl Writer {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sqlite_error)?;
-        let mut done = Vec::with_capacity(writes.len());
-        let mut commits = Vec::new();
-        for w in writes {
-            let applied = apply_write(&tx, w)?;
-            done.push(applied.keep_commit(&mut commits));
-        }
-        let committed = apply(&tx, &commits)?;
+        // Every statement of `Rows` runs when its future is first polled.
+        let written = futures::executor::block_on(apply::write_batch(&mut Rows(&tx), writes))?;
         tx.commit().map_err(sqlite_error)?;
-        Applied::results(done, committed)
+        Ok(written)
     }
 
     /// Closes the connection; later writes fail as unavailable.
@@ -295,361 +290,418 @@ static MESSAGE_BEGIN_UP: LazyLock<String> =
 static MESSAGE_INSERT_DOWN: LazyLock<String> =
     LazyLock::new(|| format!("{MESSAGE_INSERT} {INSERT_DOWN}"));
 
-/// After an UPDATE of a session matched nothing: fine if the session exists (closed, so the
-/// change is moot), a caller's bug if it does not.
-fn require_session(conn: &Connection, id: &str) -> Result<()> {
-    let found = conn
-        .prepare_cached(SESSION_EXISTS)
-        .and_then(|mut s| s.query_row([id], |_| Ok(())).optional())
-        .map_err(sqlite_error)?;
-    match found {
-        Some(()) => Ok(()),
-        None => Err(StoreError::Corrupt(format!(
-            "session {id:?} does not exist"
-        ))),
+/// The writer's statements inside the transaction its connection is in.
+struct Rows<'c>(&'c Connection);
+
+impl Rows<'_> {
+    /// Runs `sql` (cached) with `params`; whether it changed a row.
+    fn changed(&self, sql: &str, params: impl rusqlite::Params) -> Result<bool> {
+        Ok(exec(self.0, sql, params)? > 0)
+    }
+
+    /// Runs `sql` (cached) with `params`, returning at most one value.
+    fn optional<T: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Option<T>> {
+        self.0
+            .prepare_cached(sql)
+            .and_then(|mut st| st.query_row(params, |r| r.get(0)).optional())
+            .map_err(sqlite_error)
+    }
+
+    fn outbox(
+        &self,
+        msg_id: &str,
+        subject: &str,
+        payload: &[u8],
+        now: i64,
+        held: bool,
+    ) -> Result<()> {
+        exec(
+            self.0,
+            INSERT_OUTBOX,
+            params![msg_id, subject, payload, now, held],
+        )?;
+        Ok(())
     }
 }
 
-/// A session change inside the transaction `conn` is in.
-fn apply_session_change(conn: &Connection, change: &SessionChange) -> Result<()> {
-    match change {
-        SessionChange::Open(s) => {
+impl RowOps for Rows<'_> {
+    async fn insert_session(&mut self, s: &Session) -> Result<()> {
+        exec(
+            self.0,
+            INSERT_SESSION,
+            params![
+                s.id,
+                s.kind,
+                s.tenant,
+                s.user_id,
+                s.channel_config_id,
+                s.state.as_str(),
+                s.token,
+                unix_micros(s.opened_at),
+                s.closed_at.map(unix_micros),
+                s.close_reason,
+                unix_micros(s.last_activity_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn set_session_state(&mut self, id: &str, state: SessionState) -> Result<bool> {
+        self.changed(SET_SESSION_STATE, params![id, state.as_str()])
+    }
+
+    async fn close_session(&mut self, id: &str, reason: &str, at: OffsetDateTime) -> Result<bool> {
+        self.changed(CLOSE_SESSION, params![id, unix_micros(at), reason])
+    }
+
+    async fn session_exists(&mut self, id: &str) -> Result<bool> {
+        Ok(self.optional::<i64>(SESSION_EXISTS, [id])?.is_some())
+    }
+
+    async fn set_session_token(&mut self, id: &str, token: Option<&str>) -> Result<bool> {
+        self.changed(SET_TOKEN, params![id, token])
+    }
+
+    async fn touch_sessions(&mut self, touches: &[(&str, OffsetDateTime)]) -> Result<u64> {
+        let mut found = 0;
+        for (id, at) in touches {
+            found += exec(self.0, TOUCH_SESSION, params![id, unix_micros(*at)])? as u64;
+        }
+        Ok(found)
+    }
+
+    async fn insert_pending_up(&mut self, row: &MessageRow) -> Result<bool> {
+        Ok(insert_message(self.0, &MESSAGE_BEGIN_UP, row, MessageStatus::Pending)? == 1)
+    }
+
+    async fn up_status(
+        &mut self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<String> {
+        self.0
+            .prepare_cached(UP_STATUS)
+            .and_then(|mut s| s.query_row(params![kind, tenant, user_id, message_id], |r| r.get(0)))
+            .map_err(sqlite_error)
+    }
+
+    async fn update_up(&mut self, up: &UpOutcome) -> Result<bool> {
+        self.changed(
+            UPDATE_UP,
+            params![
+                up.kind,
+                up.tenant,
+                up.user_id,
+                up.message_id,
+                up.status.as_str(),
+                up.result_code,
+                up.result_desc,
+                up.session_id,
+            ],
+        )
+    }
+
+    async fn upsert_up_rows(&mut self, rows: &[&MessageRow]) -> Result<()> {
+        for row in rows {
+            insert_message(self.0, &MESSAGE_UPSERT_UP, row, row.status)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_downs(
+        &mut self,
+        downs: &[DownInsert<'_>],
+        now: OffsetDateTime,
+    ) -> Result<HashSet<String>> {
+        let now = unix_micros(now);
+        let mut inserted = HashSet::new();
+        for d in downs {
+            let row = &d.down.row;
+            if insert_message(self.0, &MESSAGE_INSERT_DOWN, row, row.status)? == 1 {
+                inserted.insert(row.relay_id.clone());
+                if d.publish {
+                    let p = &d.down.publish;
+                    self.outbox(&p.msg_id, &p.subject, &p.payload, now, d.held)?;
+                }
+            }
+        }
+        Ok(inserted)
+    }
+
+    async fn set_message_body(&mut self, relay_id: &str, body: &str) -> Result<()> {
+        exec(self.0, SET_MESSAGE_BODY, params![relay_id, body])?;
+        Ok(())
+    }
+
+    async fn up_pending_again(
+        &mut self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+        message_id: &str,
+    ) -> Result<()> {
+        exec(
+            self.0,
+            UP_PENDING_AGAIN,
+            params![kind, tenant, user_id, message_id],
+        )?;
+        Ok(())
+    }
+
+    async fn insert_events(
+        &mut self,
+        events: &[EventInsert<'_>],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let now = unix_micros(now);
+        for EventInsert {
+            event: e,
+            body,
+            publish,
+        } in events
+        {
             exec(
-                conn,
-                INSERT_SESSION,
+                self.0,
+                INSERT_EVENT,
                 params![
-                    s.id,
-                    s.kind,
-                    s.tenant,
-                    s.user_id,
-                    s.channel_config_id,
-                    s.state.as_str(),
-                    s.token,
-                    unix_micros(s.opened_at),
-                    s.closed_at.map(unix_micros),
-                    s.close_reason,
-                    unix_micros(s.last_activity_at),
+                    e.relay_id,
+                    e.kind,
+                    e.tenant,
+                    e.user_id,
+                    e.session_id,
+                    e.event_type,
+                    e.ok,
+                    body,
+                    e.subject,
+                    unix_micros(e.created_at),
+                ],
+            )?;
+            if *publish {
+                self.outbox(&e.relay_id, &e.subject, body.as_bytes(), now, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert_satisfactions(&mut self, rows: &[&SatisfactionRow]) -> Result<()> {
+        for r in rows {
+            exec(
+                self.0,
+                INSERT_SATISFACTION,
+                params![
+                    r.relay_id,
+                    r.kind,
+                    r.tenant,
+                    r.user_id,
+                    r.session_id,
+                    r.source.as_str(),
+                    r.score,
+                    r.comment,
+                    r.inter_idx,
+                    r.result_code,
+                    r.result_desc,
+                    unix_micros(r.created_at),
                 ],
             )?;
         }
-        SessionChange::SetState { id, state } => {
-            if *state == SessionState::Closed {
-                return Err(invalid(
-                    "SessionChange::SetState cannot close a session: use Close",
-                ));
-            }
-            if exec(conn, SET_SESSION_STATE, params![id, state.as_str()])? == 0 {
-                require_session(conn, id)?;
-            }
-        }
-        SessionChange::Close { id, reason, at } => {
-            if exec(conn, CLOSE_SESSION, params![id, unix_micros(*at), reason])? == 0 {
-                require_session(conn, id)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The outcome of an up row begun earlier, inside the transaction `conn` is in.
-fn apply_up_outcome(conn: &Connection, up: &UpOutcome) -> Result<()> {
-    let changed = exec(
-        conn,
-        UPDATE_UP,
-        params![
-            up.kind,
-            up.tenant,
-            up.user_id,
-            up.message_id,
-            up.status.as_str(),
-            up.result_code,
-            up.result_desc,
-            up.session_id,
-        ],
-    )?;
-    if changed == 0 {
-        return Err(StoreError::Corrupt(format!(
-            "up outcome for a message never begun: {}/{}/{} message_id {:?}",
-            up.kind, up.tenant, up.user_id, up.message_id
-        )));
-    }
-    Ok(())
-}
-
-/// Everything of `commits` — the commits of one batch of writes — inside the transaction `conn`
-/// is in, and what each did.
-///
-/// The commits are concurrent writes (each caller waits for its own), so applying their parts
-/// table by table is applying them in some order; within each commit its parts keep their
-/// documented order, and its outbox rows (its downs inserted, then its events) follow those of
-/// the commits before it.
-fn apply(conn: &Connection, commits: &[&Commit]) -> Result<Vec<Committed>> {
-    check_commits(commits)?;
-    let now = unix_micros(OffsetDateTime::now_utc());
-
-    for c in commits {
-        for change in &c.sessions {
-            apply_session_change(conn, change)?;
-        }
-        if let Some(up) = &c.up {
-            apply_up_outcome(conn, up)?;
-        }
-    }
-    for row in commits.iter().filter_map(|c| c.up_row.as_ref()) {
-        insert_message(conn, &MESSAGE_UPSERT_UP, row, row.status)?;
+        Ok(())
     }
 
-    let mut inserted = HashSet::new();
-    for down in commits.iter().flat_map(|c| &c.down) {
-        if insert_message(conn, &MESSAGE_INSERT_DOWN, &down.row, down.row.status)? == 1 {
-            inserted.insert(down.row.relay_id.clone());
-        }
-    }
-
-    // The dead letters of the messages set aside, then the events announcing them (with the
-    // dead letters' ids) beside the commits' own events.
-    let mut dead_ids = HashMap::new();
-    for s in commits.iter().flat_map(|c| c.set_aside_stored(&inserted)) {
-        let d = &s.dead;
-        let id = dead_letter_add_on(conn, d)?;
-        if let Some(id) = id {
-            dead_ids.insert(d.msg_id.clone(), id);
-        }
-    }
-    let announced: Vec<Vec<EventRecord>> = commits
-        .iter()
-        .map(|c| {
-            c.set_aside_stored(&inserted)
-                .filter_map(|s| {
-                    let mut e = s.event.clone()?;
-                    e.body = with_dead_letter(&e.body, dead_ids.get(&s.dead.msg_id).copied());
-                    Some(e)
-                })
-                .collect()
-        })
-        .collect();
-
-    for e in commits
-        .iter()
-        .flat_map(|c| &c.events)
-        .chain(announced.iter().flatten())
-    {
-        insert_event(conn, e, &e.body)?;
-    }
-
-    for r in commits.iter().flat_map(|c| &c.satisfactions) {
-        exec(
-            conn,
-            INSERT_SATISFACTION,
-            params![
-                r.relay_id,
-                r.kind,
-                r.tenant,
-                r.user_id,
-                r.session_id,
-                r.source.as_str(),
-                r.score,
-                r.comment,
-                r.inter_idx,
-                r.result_code,
-                r.result_desc,
-                unix_micros(r.created_at),
-            ],
-        )?;
-    }
-
-    for r in commits.iter().flat_map(|c| &c.offline) {
-        exec(
-            conn,
-            INSERT_OFFLINE,
-            params![
-                r.relay_id,
-                r.kind,
-                r.tenant,
-                r.user_id,
-                r.session_id,
-                r.source.as_str(),
-                r.message_id,
-                r.caller,
-                r.content,
-                r.tip_text,
-                r.result_code,
-                r.result_desc,
-                unix_micros(r.created_at),
-            ],
-        )?;
-    }
-
-    // What to publish, commit by commit: its downs inserted, then its events. Each row's seq
-    // follows the one before it.
-    for (c, announced) in commits.iter().zip(&announced) {
-        for down in c
-            .down
-            .iter()
-            .filter(|d| inserted.contains(&d.row.relay_id) && !c.is_set_aside(&d.publish.msg_id))
-        {
-            let held = c.files.iter().any(|f| f.relay_id == down.row.relay_id);
-            let p = &down.publish;
+    async fn insert_offline(&mut self, rows: &[&OfflineRow]) -> Result<()> {
+        for r in rows {
             exec(
-                conn,
-                INSERT_OUTBOX,
-                params![p.msg_id, p.subject, p.payload, now, held],
+                self.0,
+                INSERT_OFFLINE,
+                params![
+                    r.relay_id,
+                    r.kind,
+                    r.tenant,
+                    r.user_id,
+                    r.session_id,
+                    r.source.as_str(),
+                    r.message_id,
+                    r.caller,
+                    r.content,
+                    r.tip_text,
+                    r.result_code,
+                    r.result_desc,
+                    unix_micros(r.created_at),
+                ],
             )?;
         }
-        for e in c
-            .events
-            .iter()
-            .filter(|e| !c.is_set_aside(&e.relay_id))
-            .chain(announced)
-        {
-            exec(
-                conn,
-                INSERT_OUTBOX,
-                params![e.relay_id, e.subject, e.body.as_bytes(), now, false],
-            )?;
-        }
+        Ok(())
     }
 
-    for f in commits
-        .iter()
-        .flat_map(|c| &c.files)
-        .filter(|f| inserted.contains(&f.relay_id))
-    {
+    async fn insert_files(&mut self, rows: &[&FileRow]) -> Result<()> {
+        for f in rows {
+            exec(
+                self.0,
+                INSERT_FILE,
+                params![
+                    f.relay_id,
+                    f.kind,
+                    f.tenant,
+                    f.user_id,
+                    f.session_id,
+                    f.media_type,
+                    f.file_id,
+                    f.file_type,
+                    f.status.as_str(),
+                    f.size,
+                    f.sha256,
+                    f.bucket,
+                    f.object,
+                    f.attempts,
+                    f.error_code,
+                    f.error_message,
+                    unix_micros(f.created_at),
+                    unix_micros(f.updated_at),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn file_attempt_failed(
+        &mut self,
+        relay_id: &str,
+        attempts: i64,
+        error_code: &str,
+        error_message: &str,
+        at: OffsetDateTime,
+    ) -> Result<()> {
         exec(
-            conn,
-            INSERT_FILE,
+            self.0,
+            FILE_ATTEMPT_FAILED,
             params![
-                f.relay_id,
-                f.kind,
-                f.tenant,
-                f.user_id,
-                f.session_id,
-                f.media_type,
-                f.file_id,
-                f.file_type,
-                f.status.as_str(),
-                f.size,
-                f.sha256,
-                f.bucket,
-                f.object,
-                f.attempts,
-                f.error_code,
-                f.error_message,
-                unix_micros(f.created_at),
-                unix_micros(f.updated_at),
+                relay_id,
+                attempts,
+                error_code,
+                error_message,
+                unix_micros(at)
             ],
         )?;
+        Ok(())
     }
 
-    touch_sessions(conn, commits.iter().flat_map(|c| &c.touch))?;
-    Ok(committed_each(commits, &inserted, &dead_ids))
-}
-
-/// Moves each session's `last_activity_at` forward to the latest time it is given; a session
-/// that does not exist is an error.
-fn touch_sessions<'a>(
-    conn: &Connection,
-    touches: impl Iterator<Item = &'a (String, OffsetDateTime)>,
-) -> Result<()> {
-    let mut latest: HashMap<&str, i64> = HashMap::new();
-    for (id, at) in touches {
-        let at = unix_micros(*at);
-        latest
-            .entry(id.as_str())
-            .and_modify(|t| *t = (*t).max(at))
-            .or_insert(at);
+    async fn finish_file(&mut self, done: &FileDone) -> Result<bool> {
+        self.changed(
+            FINISH_FILE,
+            params![
+                done.relay_id,
+                done.status.as_str(),
+                done.size,
+                done.sha256,
+                done.bucket,
+                done.object,
+                done.attempts,
+                done.error_code,
+                done.error_message,
+                unix_micros(done.at),
+            ],
+        )
     }
-    for (id, at) in latest {
-        if exec(conn, TOUCH_SESSION, params![id, at])? == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "touch of session {id:?}, which does not exist"
-            )));
-        }
+
+    async fn upsert_tim_stream(&mut self, row: &TimStreamRow) -> Result<()> {
+        exec(
+            self.0,
+            TIM_STREAM_UPSERT,
+            params![
+                row.app,
+                row.user_id,
+                row.stream_id,
+                row.from_account,
+                row.msg_key,
+                row.text,
+                row.chunks,
+                row.calls,
+                row.last_seq,
+                row.finished,
+                row.status.as_str(),
+                row.error_code,
+                row.error_info,
+                unix_micros(row.created_at),
+                unix_micros(row.updated_at),
+            ],
+        )?;
+        Ok(())
     }
-    Ok(())
-}
 
-/// One [`Write`] inside the transaction `conn` is in, but for its commit, if it has one.
-fn apply_write<'w>(conn: &Connection, w: &'w Write) -> Result<Applied<'w>> {
-    Ok(match w {
-        Write::Commit(c) => Applied::Commit(c),
-        Write::BeginUp(row) => Applied::Done(Written::Begun(begin_up_on(conn, row)?)),
-        Write::SessionToken {
-            session_id, token, ..
-        } => {
-            if exec(conn, SET_TOKEN, params![session_id, token])? == 0 {
-                return Err(StoreError::Corrupt(format!(
-                    "session {session_id:?} does not exist"
-                )));
-            }
-            Applied::Done(Written::Done)
-        }
-        Write::OutboxDone(seqs) => {
-            for seq in seqs {
-                exec(conn, DELETE_OUTBOX, [seq])?;
-            }
-            Applied::Done(Written::Done)
-        }
-        Write::TimStream(row, c) => {
-            tim_stream_on(conn, row)?;
-            Applied::Commit(c)
-        }
-        Write::TimCallback(row, c) => {
-            tim_callback_on(conn, row)?;
-            Applied::Commit(c)
-        }
-        Write::OutboxFailed {
-            seq,
-            attempts,
-            next_attempt_at,
-            error,
-        } => {
-            let at = unix_micros(*next_attempt_at);
-            exec(conn, OUTBOX_FAILED, params![seq, attempts, at, error])?;
-            Applied::Done(Written::Done)
-        }
-        Write::OutboxDead {
-            seq,
-            reason,
-            error,
-            event,
-        } => Applied::Done(Written::Id(outbox_dead_on(
-            conn,
-            *seq,
-            reason,
-            error,
-            event.as_ref(),
-        )?)),
-        Write::DeadLetterAdd(d) => Applied::Done(Written::Id(dead_letter_add_on(conn, d)?)),
-        Write::DeadLetterRetry { id, fresh_msg_id } => Applied::Done(Written::Retried(
-            dead_letter_retry_on(conn, *id, fresh_msg_id)?.map(Box::new),
-        )),
-        Write::DeadLetterDrop(id) => {
-            Applied::Done(Written::Changed(exec(conn, DELETE_DEAD_LETTER, [id])? > 0))
-        }
-        Write::FileAttemptFailed {
-            relay_id,
-            attempts,
-            error_code,
-            error_message,
-        } => {
-            let now = unix_micros(OffsetDateTime::now_utc());
-            exec(
-                conn,
-                FILE_ATTEMPT_FAILED,
-                params![relay_id, attempts, error_code, error_message, now],
-            )?;
-            Applied::Done(Written::Done)
-        }
-        Write::FinishFile(done) => Applied::Done(Written::Changed(finish_file_on(conn, done)?)),
-    })
-}
+    async fn insert_tim_callback(&mut self, row: &TimCallbackRow) -> Result<()> {
+        exec(
+            self.0,
+            TIM_CALLBACK_INSERT,
+            params![
+                row.relay_id,
+                row.app,
+                row.user_id,
+                row.command,
+                row.body,
+                row.published,
+                unix_micros(row.created_at),
+            ],
+        )?;
+        Ok(())
+    }
 
-/// Stores `d` unless its (source, msg_id) is stored; its id.
-fn dead_letter_add_on(conn: &Connection, d: &DeadLetter) -> Result<Option<i64>> {
-    conn.prepare_cached(INSERT_DEAD_LETTER)
-        .and_then(|mut st| {
-            st.query_row(
+    async fn insert_outbox(
+        &mut self,
+        msg_id: &str,
+        subject: &str,
+        payload: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.outbox(msg_id, subject, payload, unix_micros(now), false)
+    }
+
+    async fn delete_outbox(&mut self, seqs: &[i64]) -> Result<()> {
+        for seq in seqs {
+            exec(self.0, DELETE_OUTBOX, [seq])?;
+        }
+        Ok(())
+    }
+
+    async fn outbox_failed(
+        &mut self,
+        seq: i64,
+        attempts: i64,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<()> {
+        let at = unix_micros(next_attempt_at);
+        exec(self.0, OUTBOX_FAILED, params![seq, attempts, at, error])?;
+        Ok(())
+    }
+
+    async fn outbox_to_dead_letter(
+        &mut self,
+        seq: i64,
+        reason: &str,
+        error: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<i64>> {
+        self.optional(
+            OUTBOX_TO_DEAD_LETTER,
+            params![seq, reason, error, unix_micros(at)],
+        )
+    }
+
+    async fn release_outbox(&mut self, msg_id: &str, payload: &str) -> Result<()> {
+        exec(self.0, RELEASE_OUTBOX, params![msg_id, payload.as_bytes()])?;
+        Ok(())
+    }
+
+    async fn insert_dead_letters(&mut self, rows: &[&DeadLetter]) -> Result<Vec<(String, i64)>> {
+        let mut stored = Vec::new();
+        for d in rows {
+            let id = self.optional(
+                INSERT_DEAD_LETTER,
                 params![
                     d.source,
                     d.msg_id,
@@ -665,74 +717,31 @@ fn dead_letter_add_on(conn: &Connection, d: &DeadLetter) -> Result<Option<i64>> 
                     unix_micros(d.created_at),
                     unix_micros(d.dead_at),
                 ],
-                |r| r.get(0),
-            )
-            .optional()
-        })
-        .map_err(sqlite_error)
-}
-
-/// Outbox row `seq` moved to `dead_letters`, with `event` (given the dead letter's id) and its
-/// outbox row; the dead letter's id, `None` if the row is gone.
-fn outbox_dead_on(
-    conn: &Connection,
-    seq: i64,
-    reason: &str,
-    error: &str,
-    event: Option<&EventRecord>,
-) -> Result<Option<i64>> {
-    let now = unix_micros(OffsetDateTime::now_utc());
-    let id: Option<i64> = conn
-        .prepare_cached(OUTBOX_TO_DEAD_LETTER)
-        .and_then(|mut st| {
-            st.query_row(params![seq, reason, error, now], |r| r.get(0))
-                .optional()
-        })
-        .map_err(sqlite_error)?;
-    if let (Some(id), Some(e)) = (id, event) {
-        let body = with_dead_letter(&e.body, Some(id));
-        insert_event(conn, e, &body)?;
-        exec(
-            conn,
-            INSERT_OUTBOX,
-            params![e.relay_id, e.subject, body.as_bytes(), now, false],
-        )?;
+            )?;
+            if let Some(id) = id {
+                stored.push((d.msg_id.clone(), id));
+            }
+        }
+        Ok(stored)
     }
-    exec(conn, DELETE_OUTBOX, [seq])?;
-    Ok(id)
-}
 
-/// Dead letter `id` published again (see [`crate::Store::dead_letter_retry`]); `None` if there
-/// is none.
-fn dead_letter_retry_on(
-    conn: &Connection,
-    id: i64,
-    fresh_msg_id: &str,
-) -> Result<Option<DeadLetter>> {
-    let found = conn
-        .prepare_cached(&DEAD_LETTER_BY_ID)
-        .and_then(|mut st| st.query_row([id], dead_letter_of).optional())
-        .map_err(sqlite_error)?;
-    let Some(d) = found else {
-        return Ok(None);
-    };
-    let d = d?;
-    let msg_id = if d.source == dead_source::OUTBOX {
-        d.msg_id.as_str()
-    } else {
-        fresh_msg_id
-    };
-    let now = unix_micros(OffsetDateTime::now_utc());
-    exec(
-        conn,
-        INSERT_OUTBOX,
-        params![msg_id, d.subject, d.payload, now, false],
-    )?;
-    if let (Some(k), Some(t), Some(u), Some(m)) = (&d.kind, &d.tenant, &d.user_id, &d.message_id) {
-        exec(conn, UP_PENDING_AGAIN, params![k, t, u, m])?;
+    async fn take_dead_letter(&mut self, id: i64) -> Result<Option<DeadLetter>> {
+        let found = self
+            .0
+            .prepare_cached(&DEAD_LETTER_BY_ID)
+            .and_then(|mut st| st.query_row([id], dead_letter_of).optional())
+            .map_err(sqlite_error)?;
+        let Some(d) = found else {
+            return Ok(None);
+        };
+        let d = d?;
+        exec(self.0, DELETE_DEAD_LETTER, [id])?;
+        Ok(Some(d))
     }
-    exec(conn, DELETE_DEAD_LETTER, [id])?;
-    Ok(Some(d))
+
+    async fn delete_dead_letter(&mut self, id: i64) -> Result<bool> {
+        self.changed(DELETE_DEAD_LETTER, [id])
+    }
 }
 
 /// A dead letter read by the writer (its columns in the order of `DEAD_LETTER_COLUMNS`); the
@@ -760,127 +769,6 @@ fn dead_letter_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<DeadLetter>>
         d.dead_at = from_unix_micros(dead_at)?;
         Ok(d)
     }))
-}
-
-/// The end of a file's download (see [`crate::Store::finish_file`]); false if it is not pending.
-fn finish_file_on(conn: &Connection, done: &FileDone) -> Result<bool> {
-    if done.status == FileStatus::Pending {
-        return Err(invalid("finish_file needs status stored or failed"));
-    }
-    let changed = exec(
-        conn,
-        FINISH_FILE,
-        params![
-            done.relay_id,
-            done.status.as_str(),
-            done.size,
-            done.sha256,
-            done.bucket,
-            done.object,
-            done.attempts,
-            done.error_code,
-            done.error_message,
-            unix_micros(done.at),
-        ],
-    )?;
-    if changed == 0 {
-        return Ok(false);
-    }
-    exec(conn, SET_MESSAGE_BODY, params![done.relay_id, done.payload])?;
-    exec(
-        conn,
-        RELEASE_OUTBOX,
-        params![done.relay_id, done.payload.as_bytes()],
-    )?;
-    Ok(true)
-}
-
-/// Inserts event `e` with `body`.
-fn insert_event(conn: &Connection, e: &EventRecord, body: &str) -> Result<()> {
-    exec(
-        conn,
-        INSERT_EVENT,
-        params![
-            e.relay_id,
-            e.kind,
-            e.tenant,
-            e.user_id,
-            e.session_id,
-            e.event_type,
-            e.ok,
-            body,
-            e.subject,
-            unix_micros(e.created_at),
-        ],
-    )?;
-    Ok(())
-}
-
-fn begin_up_on(conn: &Connection, row: &MessageRow) -> Result<UpBegin> {
-    if row.direction != Direction::Up {
-        return Err(invalid("begin_up takes an up row"));
-    }
-    let Some(message_id) = &row.message_id else {
-        return Err(invalid("begin_up needs the up row's message_id"));
-    };
-    if insert_message(conn, &MESSAGE_BEGIN_UP, row, MessageStatus::Pending)? == 1 {
-        return Ok(UpBegin::New);
-    }
-    let status: String = conn
-        .prepare_cached(UP_STATUS)
-        .and_then(|mut s| {
-            s.query_row(
-                params![row.kind, row.tenant, row.user_id, message_id],
-                |r| r.get(0),
-            )
-        })
-        .map_err(sqlite_error)?;
-    Ok(match MessageStatus::parse(&status)? {
-        MessageStatus::Pending => UpBegin::Pending,
-        done => UpBegin::Done(done),
-    })
-}
-
-fn tim_stream_on(conn: &Connection, row: &TimStreamRow) -> Result<()> {
-    exec(
-        conn,
-        TIM_STREAM_UPSERT,
-        params![
-            row.app,
-            row.user_id,
-            row.stream_id,
-            row.from_account,
-            row.msg_key,
-            row.text,
-            row.chunks,
-            row.calls,
-            row.last_seq,
-            row.finished,
-            row.status.as_str(),
-            row.error_code,
-            row.error_info,
-            unix_micros(row.created_at),
-            unix_micros(row.updated_at),
-        ],
-    )?;
-    Ok(())
-}
-
-fn tim_callback_on(conn: &Connection, row: &TimCallbackRow) -> Result<()> {
-    exec(
-        conn,
-        TIM_CALLBACK_INSERT,
-        params![
-            row.relay_id,
-            row.app,
-            row.user_id,
-            row.command,
-            row.body,
-            row.published,
-            unix_micros(row.created_at),
-        ],
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]
