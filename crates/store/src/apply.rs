@@ -419,36 +419,36 @@ async fn apply<R: RowOps>(rows: &mut R, commits: &[&Commit]) -> Result<Vec<Commi
     } else {
         rows.insert_dead_letters(&dead).await?.into_iter().collect()
     };
-    let announced: Vec<Vec<(&EventRecord, String)>> = commits
+    // By the index of their commit (none allocated in a batch without set-aside messages).
+    let announced: Vec<(usize, &EventRecord, String)> = commits
         .iter()
-        .map(|c| {
-            c.set_aside_stored(&inserted)
-                .filter_map(|s| {
-                    let e = s.event.as_ref()?;
-                    let id = dead_ids.get(&s.dead.msg_id).copied();
-                    Some((e, with_dead_letter(&e.body, id)))
-                })
-                .collect()
+        .enumerate()
+        .flat_map(|(i, c)| c.set_aside_stored(&inserted).map(move |s| (i, s)))
+        .filter_map(|(i, s)| {
+            let e = s.event.as_ref()?;
+            let id = dead_ids.get(&s.dead.msg_id).copied();
+            Some((i, e, with_dead_letter(&e.body, id)))
         })
         .collect();
     // Commit by commit: its events (a set-aside one without its outbox row), then those
     // announcing its set-aside messages.
-    let events: Vec<EventInsert<'_>> = commits
-        .iter()
-        .zip(&announced)
-        .flat_map(|(c, announced)| {
-            let own = c.events.iter().map(|e| EventInsert {
-                event: e,
-                body: &e.body,
-                publish: !c.is_set_aside(&e.relay_id),
-            });
-            own.chain(announced.iter().map(|(e, body)| EventInsert {
+    let own: usize = commits.iter().map(|c| c.events.len()).sum();
+    let mut events: Vec<EventInsert<'_>> = Vec::with_capacity(own + announced.len());
+    let mut announcing = announced.iter().peekable();
+    for (i, c) in commits.iter().enumerate() {
+        events.extend(c.events.iter().map(|e| EventInsert {
+            event: e,
+            body: &e.body,
+            publish: !c.is_set_aside(&e.relay_id),
+        }));
+        while let Some((_, e, body)) = announcing.next_if(|(j, ..)| *j == i) {
+            events.push(EventInsert {
                 event: e,
                 body,
                 publish: true,
-            }))
-        })
-        .collect();
+            });
+        }
+    }
     if !events.is_empty() {
         rows.insert_events(&events, now).await?;
     }

@@ -3,7 +3,8 @@
 //! Same tables as SQLite (see `migrations/postgres`), with `timestamptz` timestamps, `jsonb`
 //! bodies and `bytea` outbox payloads. A commit costs a fixed number of round trips whatever its
 //! size: the downlink messages (with their outbox rows) and the events (with theirs) each go in
-//! one statement, as arrays expanded with `UNNEST`.
+//! one statement, as arrays expanded with `UNNEST`. What a batch writes is decided by
+//! `crate::apply`; this module has PostgreSQL's statements for it (`apply::RowOps`).
 
 mod text;
 

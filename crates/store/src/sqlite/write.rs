@@ -1,6 +1,9 @@
 //! The SQLite writer: every write of the store — group commit's batches ([`crate::group`]) —
 //! applied by calling SQLite directly (rusqlite) on the thread that runs the batch, one
-//! connection, one transaction per batch.
+//! connection, one transaction per batch. What a batch writes is decided by [`crate::apply`];
+//! this module has SQLite's statements for it ([`crate::apply::RowOps`]), each a cached prepared
+//! statement executed per row, and runs [`crate::apply::write_batch`] to completion on its
+//! thread (none of its futures waits).
 //!
 //! Why not through sqlx like the reads: sqlx runs each SQLite connection on a worker thread of
 //! its own, so every statement — and every row it returns — is a round trip between two threads,
