@@ -487,7 +487,7 @@ async fn touch_sessions<R: RowOps>(rows: &mut R, commits: &[&Commit]) -> Result<
     if touches.is_empty() {
         return Ok(());
     }
-    // By id (so concurrent writers lock sessions in one order), latest first; then one per id.
+    // By id, latest first; then one per id, with its latest time.
     touches.sort_unstable_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
     touches.dedup_by(|later, first| later.0 == first.0);
     let found = rows.touch_sessions(&touches).await?;
