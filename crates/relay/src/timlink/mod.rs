@@ -22,17 +22,18 @@ pub mod stream;
 mod fake;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::ack::{self, Disposition, settle};
+use crate::bus::serial::{self, BySubject};
 use crate::bus::streams;
 use config::{NatsConfig, TimApp};
 use contract::Subjects;
@@ -244,7 +245,7 @@ pub async fn run(link: Arc<TimLink>, js: jetstream::Context, tracker: TaskTracke
     let workers = Workers {
         stamp: Arc::from(stamp.as_str()),
         link: link.clone(),
-        queues: Arc::new(Mutex::new(HashMap::new())),
+        serial: BySubject::new(tracker.clone()),
         tracker: tracker.clone(),
         heartbeat: (cfg.ack_wait / 3).max(Duration::from_millis(500)),
     };
@@ -290,7 +291,8 @@ struct Workers {
     /// The `_IN` stream's creation time, in every derived id.
     stamp: Arc<str>,
     link: Arc<TimLink>,
-    queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<jetstream::Message>>>>,
+    /// One worker per send subject (user), so a user's sends keep their order.
+    serial: BySubject,
     tracker: TaskTracker,
     heartbeat: Duration,
 }
@@ -433,36 +435,12 @@ impl Workers {
     }
 
     fn send(&self, msg: jetstream::Message) {
-        let key = msg.subject.to_string();
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let msg = match queues.get(&key) {
-            Some(tx) => match tx.send(msg) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(msg)) => msg,
-            },
-            None => msg,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(msg);
-        queues.insert(key.clone(), tx);
         let this = self.clone();
-        self.tracker.spawn(async move { this.work(key, rx).await });
+        self.serial.dispatch(msg, move |queue| this.work(queue));
     }
 
-    async fn work(self, key: String, mut rx: mpsc::UnboundedReceiver<jetstream::Message>) {
-        loop {
-            let msg = match rx.try_recv() {
-                Ok(m) => m,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-                    if rx.is_empty() {
-                        queues.remove(&key);
-                        return;
-                    }
-                    continue;
-                }
-            };
+    async fn work(self, mut queue: serial::Queue) {
+        while let Some(msg) = queue.pop() {
             let cancel = &self.link.sink.cancel;
             if cancel.is_cancelled() {
                 settle(&msg, Disposition::Retry(Duration::from_secs(1))).await;

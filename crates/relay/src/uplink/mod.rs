@@ -26,9 +26,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::bus::serial::{self, BySubject};
 use crate::bus::{ack, streams};
 use crate::poller::PollerHandle;
 use crate::relay::Relay;
@@ -58,9 +59,8 @@ pub async fn run(ctx: Arc<Uplink>, js: jetstream::Context, tracker: TaskTracker)
     let workers = Workers {
         ctx,
         stamp: Arc::from(stamp.as_str()),
-        queues: Arc::new(Mutex::new(HashMap::new())),
+        serial: BySubject::new(tracker.clone()),
         permits: Arc::new(Mutex::new(HashMap::new())),
-        tracker: tracker.clone(),
         heartbeat: cfg.ack_wait / 3,
     };
     while !cancel.is_cancelled() {
@@ -110,46 +110,21 @@ pub async fn run(ctx: Arc<Uplink>, js: jetstream::Context, tracker: TaskTracker)
 struct Workers {
     ctx: Arc<Uplink>,
     stamp: Arc<str>,
-    queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<jetstream::Message>>>>,
+    /// One worker per subject (user), so a user's messages go upstream in order.
+    serial: BySubject,
     /// Send permits per tenant (by subject token), made on first use.
     permits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-    tracker: TaskTracker,
     heartbeat: Duration,
 }
 
 impl Workers {
     fn dispatch(&self, msg: jetstream::Message) {
-        let key = msg.subject.to_string();
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let msg = match queues.get(&key) {
-            Some(tx) => match tx.send(msg) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(msg)) => msg,
-            },
-            None => msg,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        // The receiver is alive: it is moved into the worker below.
-        let _ = tx.send(msg);
-        queues.insert(key.clone(), tx);
         let this = self.clone();
-        self.tracker.spawn(async move { this.work(key, rx).await });
+        self.serial.dispatch(msg, move |queue| this.work(queue));
     }
 
-    async fn work(self, key: String, mut rx: mpsc::UnboundedReceiver<jetstream::Message>) {
-        loop {
-            let msg = match rx.try_recv() {
-                Ok(m) => m,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-                    if rx.is_empty() {
-                        queues.remove(&key);
-                        return;
-                    }
-                    continue;
-                }
-            };
+    async fn work(self, mut queue: serial::Queue) {
+        while let Some(msg) = queue.pop() {
             if self.ctx.relay.cancel.is_cancelled() {
                 // Hand it back for the next run.
                 let _ = msg
@@ -157,7 +132,7 @@ impl Workers {
                     .await;
                 continue;
             }
-            let Ok(_permit) = self.permits_for(&key).acquire_owned().await else {
+            let Ok(_permit) = self.permits_for(queue.subject()).acquire_owned().await else {
                 return;
             };
             self.process(&msg).await;
