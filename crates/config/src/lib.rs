@@ -95,6 +95,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub relay: RelayConfig,
     pub rpc: RpcConfig,
+    pub cluster: ClusterConfig,
     pub cec: Vec<CecTenant>,
     pub tim: Vec<TimApp>,
 }
@@ -217,6 +218,33 @@ impl Default for NatsConfig {
             files_bucket: None,
             files_max_bytes: -1,
             files_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// `[cluster]`: several relays on one PostgreSQL database and one NATS prefix as one service
+/// (docs/HA.md). A relay on SQLite is a cluster of one and ignores it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This instance's name among the members (1–64 of `A-Z a-z 0-9 _ -`). Default: the host
+    /// name and a random suffix, new at each start.
+    pub id: Option<String>,
+    /// How long a partition stays with an instance that stops renewing it: a dead instance's
+    /// work moves after about this long.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How many partitions the work (by tenant and user) is divided into: fixed for the lifetime
+    /// of a database (the first relay records it; a different value is refused at start).
+    pub partitions: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            id: None,
+            lease: Duration::from_secs(10),
+            partitions: 64,
         }
     }
 }
@@ -676,6 +704,26 @@ impl Config {
         for p in &self.rpc.inbox_prefixes {
             check_inbox_prefix(p, &self.nats.prefix)
                 .map_err(|r| invalid("rpc.inbox_prefixes", r))?;
+        }
+        if let Some(id) = &self.cluster.id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            return Err(invalid(
+                "cluster.id",
+                format!("{id:?}: must be 1 to 64 of A-Z a-z 0-9 _ -"),
+            ));
+        }
+        if self.cluster.lease < Duration::from_secs(2)
+            || self.cluster.lease > Duration::from_secs(300)
+        {
+            return Err(invalid("cluster.lease", "must be 2s to 300s"));
+        }
+        if !(1..=1024).contains(&self.cluster.partitions) {
+            return Err(invalid("cluster.partitions", "must be 1 to 1024"));
         }
         if self.rpc.max_concurrent == 0 {
             return Err(invalid("rpc.max_concurrent", "must be at least 1"));

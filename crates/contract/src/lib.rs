@@ -6,6 +6,7 @@
 //! It knows nothing of NATS connections, of the store, or of the upstream APIs' wire types: a
 //! DownMessage carries the upstream message as a type parameter ([`payload::DownMessage`]).
 
+pub mod partition;
 pub mod payload;
 pub mod subjects;
 pub mod tim_payload;
