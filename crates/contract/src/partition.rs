@@ -24,7 +24,7 @@ mod tests {
     #[test]
     fn fnv1a_32_of_the_concatenation() {
         // FNV-1a 32 reference values: "" = 0x811c9dc5, "a" = 0xe40c292c, "foobar" = 0xbf9cf968.
-        assert_eq!(of("", "", u32::MAX), 0x811c_9dc5 % u32::MAX);
+        assert_eq!(of("", "", u32::MAX), 0x811c_9dc5);
         assert_eq!(of("a", "", u32::MAX), 0xe40c_292c);
         assert_eq!(of("foo", "bar", u32::MAX), 0xbf9c_f968);
         assert_eq!(of("fo", "obar", 64), of("foo", "bar", 64));

@@ -35,6 +35,7 @@ pub mod http;
 pub mod instrument;
 pub mod media;
 pub mod outbox;
+pub mod ownership;
 pub mod poller;
 pub mod relay;
 pub mod rpc;
