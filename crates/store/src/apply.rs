@@ -184,7 +184,7 @@ pub(crate) async fn write_batch<R: RowOps>(rows: &mut R, writes: &[Write]) -> Re
 async fn apply_write<'w, R: RowOps>(rows: &mut R, w: &'w Write) -> Result<Applied<'w>> {
     let now = || OffsetDateTime::now_utc();
     Ok(match w {
-        Write::Commit(c) => Applied::Commit(c),
+        Write::Commit(c) | Write::Fact(c) => Applied::Commit(c),
         Write::BeginUp(row) => Applied::Done(Written::Begun(begin_up(rows, row).await?)),
         Write::SessionToken {
             session_id, token, ..

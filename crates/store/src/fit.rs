@@ -78,7 +78,11 @@ impl PublishLimit {
     /// `write` with the outbox messages of its commit that cannot be published set aside
     /// ([`Commit::set_aside`]).
     pub fn fit_write(&self, write: &mut Write) {
-        if let Write::Commit(c) | Write::TimStream(_, c) | Write::TimCallback(_, c) = write {
+        if let Write::Commit(c)
+        | Write::Fact(c)
+        | Write::TimStream(_, c)
+        | Write::TimCallback(_, c) = write
+        {
             self.fit(c);
         }
     }

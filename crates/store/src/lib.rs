@@ -57,6 +57,7 @@
 //! closed session change nothing.
 
 mod apply;
+pub mod cluster;
 pub mod deadletter;
 mod fit;
 pub mod group;
@@ -104,6 +105,14 @@ pub enum StoreError {
     /// batch's, so retrying is as sensible as it says.
     #[error("{0}")]
     Batch(Arc<StoreError>),
+    /// The write's partition is no longer this instance's (its lease ran out or another member
+    /// took it over): refused, nothing of it applied. The work belongs to the partition's owner
+    /// now; see [`cluster`].
+    #[error("partition {partition} is no longer owned by this relay: write refused (fenced)")]
+    Fenced { partition: u32 },
+    /// The cluster's set-up in the database does not match this relay's.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl StoreError {
@@ -938,6 +947,13 @@ pub trait Backend: Queries {
     /// place into what its database can store (PostgreSQL replaces NULs), which is why it takes
     /// them mutably: after an error they can be applied again as they are.
     async fn write_batch(&self, writes: &mut [Write]) -> Result<Vec<Written>>;
+    /// The cluster's leases, on a backend that keeps them (PostgreSQL).
+    fn leases(&self) -> Option<cluster::Leases> {
+        None
+    }
+    /// From now on, refuses the fenced writes ([`Write::fenced_user`]) of partitions that
+    /// `fencing` does not own (see [`cluster`]). Only a backend with [`Self::leases`] can.
+    fn set_fencing(&self, _fencing: Arc<cluster::Fencing>) {}
     /// How group commit is to run this backend's writers; with [`group::Writers::OwnThread`],
     /// `write_batch` blocks the calling thread for the batch.
     fn writers(&self) -> group::Writers;
@@ -1040,6 +1056,9 @@ pub trait Queries: Send + Sync + 'static {
 pub enum Write {
     /// [`Store::commit`].
     Commit(Commit),
+    /// [`Store::commit_fact`]: a commit of what the upstream has already forgotten (the
+    /// messages of a poll answer in hand), applied whoever owns its partition.
+    Fact(Commit),
     /// [`Store::begin_up`]: the up row to record as Pending.
     BeginUp(MessageRow),
     /// [`Store::set_session_token`].
@@ -1101,7 +1120,10 @@ impl Write {
     /// user's writes on one writer ([`group`]).
     pub fn user(&self) -> Option<(&str, &str)> {
         match self {
-            Write::Commit(c) | Write::TimStream(_, c) | Write::TimCallback(_, c)
+            Write::Commit(c)
+            | Write::Fact(c)
+            | Write::TimStream(_, c)
+            | Write::TimCallback(_, c)
                 if c.user().is_some() =>
             {
                 c.user()
@@ -1110,6 +1132,7 @@ impl Write {
                 tenant, user_id, ..
             } => Some((tenant, user_id)),
             Write::Commit(_)
+            | Write::Fact(_)
             | Write::OutboxDone(_)
             | Write::OutboxFailed { .. }
             | Write::OutboxDead { .. }
@@ -1121,6 +1144,21 @@ impl Write {
             Write::BeginUp(row) => Some((&row.tenant, &row.user_id)),
             Write::TimStream(row, _) => Some((&row.app, &row.user_id)),
             Write::TimCallback(row, _) => row.user_id.as_deref().map(|u| (row.app.as_str(), u)),
+        }
+    }
+}
+
+impl Write {
+    /// The (tenant or app, user) whose partition must be owned for it to apply (see
+    /// [`cluster`]): that of a commit, an up row begun, a token and a robot stream. Facts, stored
+    /// callbacks and the outbox's, dead letters' and files' bookkeeping are not fenced.
+    pub fn fenced_user(&self) -> Option<(&str, &str)> {
+        match self {
+            Write::Commit(_)
+            | Write::BeginUp(_)
+            | Write::SessionToken { .. }
+            | Write::TimStream(..) => self.user(),
+            _ => None,
         }
     }
 }

@@ -30,3 +30,12 @@ pub fn dead_letter(source: &str, reason: &str) {
     counter!("ccrelay_dead_letters_total", "source" => source.to_owned(), "reason" => reason.to_owned())
         .increment(1);
 }
+
+/// A write was refused: its partition is no longer this instance's ([`crate::cluster`]).
+pub fn fenced(partition: u32) {
+    counter!("ccrelay_cluster_fenced_writes_total").increment(1);
+    tracing::warn!(
+        partition,
+        "A write was fenced: its partition belongs to another relay now"
+    );
+}

@@ -46,6 +46,9 @@ pub struct Options {
     pub cancel: CancellationToken,
     /// Called after a retrying call added outbox rows (the relay wakes its outbox publisher).
     pub on_outboxed: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// In a cluster (PostgreSQL): the partitions this instance owns; the writes of others are
+    /// refused ([`crate::cluster`]).
+    pub fencing: Option<Arc<crate::cluster::Fencing>>,
 }
 
 /// The store: group commit in front of a SQLite or PostgreSQL [`Backend`]. Cheap to clone (the
@@ -87,6 +90,9 @@ impl Store {
     /// # Errors
     /// When a writer thread cannot be created (out of threads or memory).
     pub fn new(backend: Arc<dyn Backend>, options: Options) -> std::io::Result<Store> {
+        if let Some(f) = &options.fencing {
+            backend.set_fencing(f.clone());
+        }
         let group = GroupCommit::for_backend(backend.clone())?;
         Ok(Store {
             shared: Arc::new(Shared {
@@ -140,6 +146,20 @@ impl Store {
             return Ok(Committed::default());
         }
         committed("commit", self.submit(Write::Commit(commit)).await?)
+    }
+
+    /// [`Self::commit`] of a *fact*: what the upstream has already forgotten (a poll answer's
+    /// messages), applied in a cluster whoever owns the partition ([`crate::cluster`]).
+    pub async fn commit_fact(&self, commit: Commit) -> Result<Committed> {
+        if commit.is_empty() {
+            return Ok(Committed::default());
+        }
+        committed("commit", self.submit(Write::Fact(commit)).await?)
+    }
+
+    /// The cluster's leases, when the database keeps them (PostgreSQL).
+    pub fn leases(&self) -> Option<crate::cluster::Leases> {
+        self.shared.backend.leases()
     }
 
     /// Records an uplink message as Pending, unless its (kind, tenant, user, message_id) exists.
@@ -287,14 +307,25 @@ impl Store {
 
     /// Queues `write` (fitted to the limit, if there is one) and waits for its result; logs and
     /// counts the dead letters of the outbox messages it set aside.
-    async fn submit(&self, mut write: Write) -> Result<Written> {
+    async fn submit(&self, write: Write) -> Result<Written> {
+        let result = self.submit_fitted(write).await;
+        if let Err(crate::StoreError::Fenced { partition }) = &result {
+            crate::metrics::fenced(*partition);
+        }
+        result
+    }
+
+    async fn submit_fitted(&self, mut write: Write) -> Result<Written> {
         let group = &self.shared.group;
         let Some(limit) = &self.shared.options.limit else {
             return group.queue(write).await;
         };
         limit.fit_write(&mut write);
         let letters: Vec<DeadLetter> = match &write {
-            Write::Commit(c) | Write::TimStream(_, c) | Write::TimCallback(_, c) => c
+            Write::Commit(c)
+            | Write::Fact(c)
+            | Write::TimStream(_, c)
+            | Write::TimCallback(_, c) => c
                 .set_aside
                 .iter()
                 .map(|s| DeadLetter {
@@ -321,6 +352,12 @@ impl Store {
     /// be lost), until it succeeds, fails for good, or the store's cancellation token fires.
     pub async fn commit_retrying(&self, commit: Commit) -> Result<Committed> {
         self.save_retrying("the commit", || self.commit(commit.clone()))
+            .await
+    }
+
+    /// [`Self::commit_fact`], retried as [`Self::commit_retrying`] is.
+    pub async fn commit_fact_retrying(&self, commit: Commit) -> Result<Committed> {
+        self.save_retrying("the commit", || self.commit_fact(commit.clone()))
             .await
     }
 

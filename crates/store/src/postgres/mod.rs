@@ -6,6 +6,7 @@
 //! one statement, as arrays expanded with `UNNEST`. What a batch writes is decided by
 //! `crate::apply`; this module has PostgreSQL's statements for it (`apply::RowOps`).
 
+pub mod cluster;
 mod text;
 
 use std::collections::HashSet;
@@ -39,6 +40,8 @@ const MAX_CONNECTIONS: u32 = 8;
 /// PostgreSQL-backed store.
 pub struct PgStore {
     pool: PgPool,
+    /// In a cluster: what the writes are checked against ([`cluster::fence`]).
+    fencing: std::sync::OnceLock<std::sync::Arc<crate::cluster::Fencing>>,
 }
 
 impl PgStore {
@@ -59,7 +62,10 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(classify)?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            fencing: std::sync::OnceLock::new(),
+        })
     }
 
     /// The underlying pool, for callers that need a query the trait does not offer.
@@ -498,8 +504,15 @@ impl PgStore {
 }
 
 /// [`crate::Backend::write_batch`] on `conn`, in one transaction.
-async fn write_batch_on(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec<Written>> {
+async fn write_batch_on(
+    conn: &mut PgConnection,
+    fencing: Option<&crate::cluster::Fencing>,
+    writes: &[Write],
+) -> Result<Vec<Written>> {
     let mut tx = sqlx::Connection::begin(conn).await.map_err(classify)?;
+    if let Some(f) = fencing {
+        cluster::fence(&mut tx, f, writes).await?;
+    }
     // On error `tx` is dropped, which rolls everything back.
     let written = apply::write_batch(&mut *tx, writes).await?;
     tx.commit().await.map_err(classify)?;
@@ -1018,7 +1031,7 @@ impl Backend for PgStore {
             text::write(w);
         }
         let mut conn = self.pool.acquire().await.map_err(classify)?;
-        let result = write_batch_on(&mut conn, writes).await;
+        let result = write_batch_on(&mut conn, self.fencing.get().map(|f| &**f), writes).await;
         if let Err(e) = &result
             && e.refuses_writes()
         {
@@ -1032,6 +1045,14 @@ impl Backend for PgStore {
 
     fn writers(&self) -> crate::group::Writers {
         crate::group::Writers::Tasks(crate::group::PG_WRITERS)
+    }
+
+    fn leases(&self) -> Option<cluster::Leases> {
+        Some(cluster::Leases::new(self.pool.clone()))
+    }
+
+    fn set_fencing(&self, fencing: std::sync::Arc<crate::cluster::Fencing>) {
+        let _ = self.fencing.set(fencing);
     }
 
     async fn close(&self) {

@@ -93,7 +93,7 @@ fn fix_row(r: &mut MessageRow) {
 /// Rewrites `w`, in place, into what PostgreSQL can store (twice changes nothing more).
 pub(crate) fn write(w: &mut Write) {
     match w {
-        Write::Commit(c) => fix_commit(c),
+        Write::Commit(c) | Write::Fact(c) => fix_commit(c),
         Write::BeginUp(r) => fix_row(r),
         Write::SessionToken { token, .. } => fix_opt(token),
         // The dead letter's id is added to this body when stored, which keeps it clean.
