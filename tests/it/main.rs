@@ -13,6 +13,7 @@ mod harness_smoke;
 mod logs;
 mod media;
 mod outage;
+mod partitioned;
 mod pg_tls;
 mod poison;
 mod result_codes;

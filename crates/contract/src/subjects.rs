@@ -13,6 +13,11 @@
 //! P.error               refusals that name no routable tenant/user   stream P_OUT
 //! P.rpc.<op>            relay-wide request-reply                     not stored
 //! ```
+//!
+//! On a cluster (docs/HA.md, "Uplink") the `_IN` stream's subject transform appends the
+//! partition of the (tenant, user) — `P.cec.<t>.up.<u>.<p>`, `P.tim.<a>.<kind>.<u>.<p>` — as it
+//! stores a message ([`Subjects::in_partition_transform`]). Services still publish the 5-token
+//! subjects; the parsers accept both forms, and [`Subjects::partition_token`] reads `<p>`.
 
 /// Why a name or id cannot be one token of a subject.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,33 +185,95 @@ impl Subjects {
             self.error()
         }
     }
-    /// Splits `P.tim.<a>.<kind>.<u>` into `(app, kind, user)`.
+    /// Splits `P.tim.<a>.<kind>.<u>` — or `P.tim.<a>.<kind>.<u>.<p>` as stored by a
+    /// partitioned `_IN` ([`Self::partition_token`]) — into `(app, kind, user)`.
     pub fn parse_tim<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?;
-        let rest = rest.strip_prefix(".tim.")?;
-        let mut it = rest.splitn(3, '.');
-        let app = it.next()?;
-        let kind = it.next()?;
-        let user = it.next()?;
-        if app.is_empty() || kind.is_empty() || user.is_empty() || user.contains('.') {
-            return None;
-        }
-        Some((app, kind, user))
+        self.parse_family(subject, ".tim.")
+            .map(|(a, k, u, _)| (a, k, u))
     }
 
-    /// Splits `P.cec.<t>.<kind>.<u>` into `(tenant, kind, user)`.
+    /// Splits `P.cec.<t>.<kind>.<u>` — or `P.cec.<t>.<kind>.<u>.<p>` as stored by a
+    /// partitioned `_IN` ([`Self::partition_token`]) — into `(tenant, kind, user)`.
     pub fn parse_cec<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        self.parse_family(subject, ".cec.")
+            .map(|(t, k, u, _)| (t, k, u))
+    }
+
+    /// The partition number a partitioned `_IN` stored `subject` under (its sixth token, as in
+    /// `P.cec.acme.up.alice.17`); `None` for a contract subject without one, or not a
+    /// `cec`/`tim` subject at all.
+    pub fn partition_token(&self, subject: &str) -> Option<u32> {
+        self.parse_family(subject, ".cec.")
+            .or_else(|| self.parse_family(subject, ".tim."))
+            .and_then(|(_, _, _, p)| p)
+    }
+
+    /// `subject` without the partition token a partitioned `_IN` appended: the subject the
+    /// service published on. Any other subject is returned as it is.
+    pub fn without_partition<'a>(&self, subject: &'a str) -> &'a str {
+        match self.partition_token(subject) {
+            Some(_) => subject.rsplit_once('.').map_or(subject, |(head, _)| head),
+            None => subject,
+        }
+    }
+
+    /// `P<family><a>.<kind>.<u>[.<p>]` into its tokens; `<p>` must be a partition number.
+    fn parse_family<'a>(
+        &self,
+        subject: &'a str,
+        family: &str,
+    ) -> Option<(&'a str, &'a str, &'a str, Option<u32>)> {
         let rest = subject.strip_prefix(self.prefix.as_str())?;
-        let rest = rest.strip_prefix(".cec.")?;
+        let rest = rest.strip_prefix(family)?;
         let mut it = rest.splitn(3, '.');
-        let tenant = it.next()?;
+        let first = it.next()?;
         let kind = it.next()?;
-        let user = it.next()?;
-        if tenant.is_empty() || kind.is_empty() || user.is_empty() || user.contains('.') {
+        let tail = it.next()?;
+        let (user, partition) = match tail.split_once('.') {
+            None => (tail, None),
+            Some((user, p)) => (user, Some(parse_partition(p)?)),
+        };
+        if first.is_empty() || kind.is_empty() || user.is_empty() {
             return None;
         }
-        Some((tenant, kind, user))
+        Some((first, kind, user, partition))
     }
+
+    /// The `_IN` stream's subject transform on a cluster of `partitions` partitions, as
+    /// (source, destination): every 5-token subject of the stream (`P.cec.<t>.up.<u>`,
+    /// `P.tim.<a>.send.<u>`, `P.tim.<a>.stream.<u>`) gets a sixth token, nats-server's
+    /// `partition(partitions, 2, 4)` of its second and fourth wildcard tokens — the (tenant,
+    /// user) or (app, user) — which is [`crate::partition::of`].
+    pub fn in_partition_transform(&self, partitions: u32) -> (String, String) {
+        let p = &self.prefix;
+        (
+            format!("{p}.*.*.*.*"),
+            format!(
+                "{p}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}.\
+                 {{{{wildcard(4)}}}}.{{{{partition({},2,4)}}}}",
+                partitions.max(1)
+            ),
+        )
+    }
+
+    /// Filter of the CEC uplink consumer of partition `p` on a partitioned `_IN`.
+    pub fn cec_up_partition_filter(&self, p: u32) -> String {
+        format!("{}.cec.*.up.*.{p}", self.prefix)
+    }
+
+    /// Filter of the Tencent IM consumer of partition `p` on a partitioned `_IN`.
+    pub fn tim_partition_filter(&self, p: u32) -> String {
+        format!("{}.tim.*.*.*.{p}", self.prefix)
+    }
+}
+
+/// A partition token as nats-server's transform writes it: a decimal `u32` with no sign and no
+/// leading zero.
+fn parse_partition(token: &str) -> Option<u32> {
+    let canonical = !token.is_empty()
+        && token.bytes().all(|b| b.is_ascii_digit())
+        && (token == "0" || !token.starts_with('0'));
+    if canonical { token.parse().ok() } else { None }
 }
 
 #[cfg(test)]
@@ -243,6 +310,79 @@ mod tests {
         assert_eq!(s.parse_tim("ccrelay.cec.shop.send.u1"), None);
         assert_eq!(s.parse_tim("ccrelay.tim.shop.send"), None);
         assert_eq!(s.tim_event_or_error("shop", "a b"), "ccrelay.error");
+    }
+
+    #[test]
+    fn parses_the_partition_token_a_partitioned_in_stream_appends() {
+        let s = Subjects::new("ccrelay");
+        assert_eq!(
+            s.parse_cec("ccrelay.cec.acme.up.alice.17"),
+            Some(("acme", "up", "alice"))
+        );
+        assert_eq!(
+            s.parse_tim("ccrelay.tim.shop.send.u1.0"),
+            Some(("shop", "send", "u1"))
+        );
+        assert_eq!(s.partition_token("ccrelay.cec.acme.up.alice.17"), Some(17));
+        assert_eq!(s.partition_token("ccrelay.tim.shop.stream.u1.63"), Some(63));
+        assert_eq!(s.partition_token("ccrelay.cec.acme.up.alice"), None);
+        assert_eq!(s.partition_token("ccrelay.error"), None);
+        assert_eq!(
+            s.without_partition("ccrelay.cec.acme.up.alice.17"),
+            "ccrelay.cec.acme.up.alice"
+        );
+        assert_eq!(
+            s.without_partition("ccrelay.tim.shop.send.u1"),
+            "ccrelay.tim.shop.send.u1"
+        );
+        // Only a partition number may follow the user: no sign, no leading zero, one token.
+        for bad in ["x", "-1", "+1", "01", "", "1.2", "4294967296"] {
+            let subject = format!("ccrelay.cec.acme.up.alice.{bad}");
+            assert_eq!(s.parse_cec(&subject), None, "{subject}");
+            assert_eq!(s.partition_token(&subject), None, "{subject}");
+        }
+        assert_eq!(s.cec_up_partition_filter(5), "ccrelay.cec.*.up.*.5");
+        assert_eq!(s.tim_partition_filter(5), "ccrelay.tim.*.*.*.5");
+        assert_eq!(
+            s.in_partition_transform(64),
+            (
+                "ccrelay.*.*.*.*".to_owned(),
+                "ccrelay.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{wildcard(4)}}\
+                 .{{partition(64,2,4)}}"
+                    .to_owned()
+            )
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn uplink_subjects_parse_back_with_or_without_a_partition(
+            tenant in "[A-Za-z0-9_-]{1,64}",
+            user in "[^.*> \\t\\r\\n\\x00-\\x1f]{1,40}",
+            p in proptest::option::of(0u32..100_000),
+            tim in proptest::bool::ANY,
+        ) {
+            let s = Subjects::new("ccrelay");
+            let base = if tim { s.tim_send(&tenant, &user) } else { s.cec_up(&tenant, &user) };
+            let subject = match p {
+                Some(p) => format!("{base}.{p}"),
+                None => base.clone(),
+            };
+            let parsed = if tim { s.parse_tim(&subject) } else { s.parse_cec(&subject) };
+            let kind = if tim { "send" } else { "up" };
+            proptest::prop_assert_eq!(parsed, Some((tenant.as_str(), kind, user.as_str())));
+            proptest::prop_assert_eq!(s.partition_token(&subject), p);
+            proptest::prop_assert_eq!(s.without_partition(&subject), base.as_str());
+        }
+
+        #[test]
+        fn parsers_never_panic(subject in ".{0,60}") {
+            let s = Subjects::new("p");
+            let _ = s.parse_cec(&subject);
+            let _ = s.parse_tim(&subject);
+            let _ = s.partition_token(&subject);
+            let _ = s.without_partition(&subject);
+        }
     }
 
     #[test]

@@ -110,7 +110,8 @@ async fn ensure_stream_keeping(
                 || have.num_replicas != want.num_replicas
                 || have.duplicate_window != want.duplicate_window
                 || have.discard != want.discard
-                || have.description != want.description;
+                || have.description != want.description
+                || have.subject_transform != want.subject_transform;
             if differs {
                 tracing::info!(stream = %name, "Updating stream configuration");
                 js.update_stream(&want)
