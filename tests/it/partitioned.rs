@@ -509,3 +509,49 @@ async fn a_single_consumer_stream_is_switched_and_drained_before_partitions_are_
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_outlives_a_deleted_consumer_and_a_server_restart() {
+    let mut server = nats().await;
+    let (_client, js) = connect(&server).await;
+    let setup = setup(1, Duration::from_secs(10));
+    let s = subjects();
+    partitioned::ensure_partitioned(&js, &s, &setup)
+        .await
+        .unwrap();
+    let mut a = follow(&js, &setup, Kind::CecUp, &[0]);
+    publish(&js, s.cec_up("acme", "u"), "0".into()).await;
+    assert_eq!(a.next(10).await.map(|m| seen(&m).1).as_deref(), Some("0"));
+
+    // Deleted behind its back: made again, as the single consumers' loops do.
+    let name = partitioned::consumer_name(Kind::CecUp, 0);
+    let stream = js.get_stream(s.in_stream()).await.unwrap();
+    stream.delete_consumer(&name).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stream.consumer_info(&name).await.is_err() {
+        assert!(Instant::now() < deadline, "the consumer is made again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish(&js, s.cec_up("acme", "u"), "1".into()).await;
+    assert_eq!(a.next(15).await.map(|m| seen(&m).1).as_deref(), Some("1"));
+
+    // The server restarts (pins are forgotten; the open pull request is lost).
+    server.restart().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sent = async {
+            js.publish(s.cec_up("acme", "u"), "2".into())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        if sent.await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publishing works again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.next(15).await.map(|m| seen(&m).1).as_deref(), Some("2"));
+    assert!(a.next(1).await.is_none());
+    a.shutdown().await;
+}
