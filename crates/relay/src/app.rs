@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::outbox::OutboxSignal;
+use crate::ownership::Ownership;
 use crate::relay::{Relay, Tenant};
 use crate::{bus, http, outbox, poller, timlink, uplink};
 use cec::CecClient;
@@ -32,6 +33,9 @@ use store::DynStore;
 /// A running relay.
 pub struct App {
     relay: Arc<Relay>,
+    /// In a cluster: the membership task, stopped (and its partitions given back) after the
+    /// intake has drained.
+    membership: Option<(CancellationToken, TaskTracker)>,
     /// Closed once the polls in flight have finished.
     journal: Arc<poller::journal::Journal>,
     intake: TaskTracker,
@@ -69,6 +73,11 @@ impl App {
         let publish_limit = store::PublishLimit::new(Subjects::new(config.nats.prefix.clone()));
         let cancel = CancellationToken::new();
         let outbox_signal = OutboxSignal::default();
+        // On PostgreSQL every relay is a member of the cluster on that database (docs/HA.md).
+        let member = is_postgres(&config.store.url).then(|| member_info(&config.cluster));
+        let fencing = member
+            .as_ref()
+            .map(|m| store::cluster::Fencing::new(&m.id, config.cluster.partitions));
         let store = store::connect_with(
             &config.store.url,
             store::Options {
@@ -78,6 +87,7 @@ impl App {
                     let signal = outbox_signal.clone();
                     Arc::new(move || signal.notify())
                 }),
+                fencing: fencing.clone(),
             },
         )
         .await
@@ -88,17 +98,37 @@ impl App {
             )
         })?;
         store.migrate().await.context("migrating the store")?;
-        let (journal, journal_leftover) =
-            match poller::journal::location(&config.store.url, config.relay.journal_dir.as_deref())
-            {
-                Some((dir, name)) => poller::journal::Journal::open(&dir, &name)
-                    .with_context(|| format!("opening the poll journal in {}", dir.display()))?,
-                None => (poller::journal::Journal::disabled(), Default::default()),
-            };
+        let leases = match &member {
+            Some(m) => {
+                let leases = store
+                    .leases()
+                    .context("the store keeps no cluster leases")?;
+                leases
+                    .init(config.cluster.partitions)
+                    .await
+                    .context("setting up the cluster")?;
+                tracing::info!(member = %m.id, partitions = config.cluster.partitions,
+                    lease = ?config.cluster.lease, "Joining the cluster on this database");
+                Some(leases)
+            }
+            None => None,
+        };
+        let ownership = if member.is_some() {
+            Ownership::cluster(config.cluster.partitions)
+        } else {
+            Ownership::single(config.cluster.partitions)
+        };
+        let (journal, mut journal_leftovers) = open_journal(&config, member.as_ref())?;
 
         let nats = bus::connect::connect(&config.nats, "ccrelay")
             .await
             .context("connecting to NATS")?;
+        if member.is_some() {
+            bus::partitioned::check_server_version(&nats)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("a cluster of relays (PostgreSQL store) needs nats-server 2.11 or newer")?;
+        }
         let client = nats.clone();
         publish_limit.follow(move || client.max_payload());
         let js = async_nats::jetstream::new(nats.clone());
@@ -133,6 +163,7 @@ impl App {
             outbox: outbox_signal,
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
+            ownership: ownership.clone(),
         });
         let journal = Arc::new(journal);
 
@@ -144,6 +175,7 @@ impl App {
             subjects: relay.subjects.clone(),
             cancel: cancel.clone(),
             budget: timlink::Budget::of(&relay.config.relay),
+            ownership: ownership.clone(),
         };
         let tim = Arc::new(timlink::TimLink::new(
             &relay.config,
@@ -160,6 +192,7 @@ impl App {
             nats: nats.clone(),
             streams_ready,
             outbox: outbox_health.clone(),
+            ownership: ownership.clone(),
         })
         .merge(timlink::callback::router(tim.clone(), nats.clone()));
         {
@@ -180,11 +213,24 @@ impl App {
             relay.outbox.clone(),
             outbox::Settings::of(&relay.config.relay),
             outbox_health,
+            ownership.clone(),
             outbox_cancel.clone(),
         ));
+        if let Some(leases) = &leases {
+            // Other members' commits wake this one's outbox (when it is the publisher).
+            let (leases, signal, c) = (
+                leases.clone(),
+                relay.outbox.clone(),
+                outbox_cancel.clone(),
+            );
+            outbox_tracker.spawn(async move { leases.follow_outbox(c, move || signal.notify()).await });
+        }
 
-        // What an earlier run polled and may not have committed, before polling resumes.
-        poller::replay(&relay, &journal, journal_leftover).await;
+        // What an earlier run (or a member that died on this host) polled and may not have
+        // committed, before polling resumes.
+        for leftover in journal_leftovers.drain(..) {
+            poller::replay(&relay, &journal, leftover).await;
+        }
         intake.spawn(poller::run(
             relay.clone(),
             journal.clone(),
@@ -199,7 +245,31 @@ impl App {
         });
         intake.spawn(uplink::run(up.clone(), js, intake.clone()));
         intake.spawn(crate::rpc::run(up, nats.clone()));
-        resume_sessions(&poller_handle, &store).await?;
+        let membership = match (member, leases, fencing) {
+            (Some(me), Some(leases), Some(fencing)) => {
+                let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+                tracker.spawn(crate::cluster::run(
+                    crate::cluster::Membership {
+                        me,
+                        leases,
+                        lease: relay.config.cluster.lease,
+                        fencing,
+                        ownership: ownership.clone(),
+                        last: Arc::default(),
+                    },
+                    poller_handle.clone(),
+                    store.clone(),
+                    stop.clone(),
+                ));
+                Some((stop, tracker))
+            }
+            // A relay on SQLite polls every open session; a member, those of its partitions
+            // as it takes them.
+            _ => {
+                resume_sessions(&poller_handle, &store).await?;
+                None
+            }
+        };
 
         tracing::info!(http = %http_addr, nats = %config::redact::nats_url(&relay.config.nats.url), prefix = %relay.subjects.prefix(),
             store = %config::redact::database_url(&relay.config.store.url), tenants = relay.tenants.len(), "ccrelay started");
@@ -207,6 +277,7 @@ impl App {
         http_tracker.spawn(metrics_upkeep(http_cancel.clone()));
         Ok(App {
             relay,
+            membership,
             journal,
             intake,
             outbox_tracker,
@@ -276,6 +347,12 @@ impl App {
             tracing::warn!(
                 "The outbox was not emptied before the shutdown deadline; the rest is published at the next start"
             );
+        }
+        // Nothing of this member's partitions is in flight any more: hand them all back.
+        if let Some((stop, tracker)) = self.membership {
+            stop.cancel();
+            tracker.close();
+            tracker.wait().await;
         }
         self.http_cancel.cancel();
         self.http_tracker.close();
@@ -408,6 +485,57 @@ async fn warn_if_unreachable(url: &str) {
             "No NATS server answers at nats.url: the relay keeps trying to connect and stores what it \
              polls meanwhile; `ccrelay run` never starts a server of its own (`ccrelay demo` does)"
         );
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
+/// Who this member is: `cluster.id`, else the host name and a random suffix (new at each
+/// start, so two relays on one host never take each other for one).
+fn member_info(cfg: &config::ClusterConfig) -> store::cluster::MemberInfo {
+    let host = crate::cluster::host_name();
+    let id = cfg.id.clone().unwrap_or_else(|| {
+        let suffix: u32 = rand::random();
+        let head: String = host.chars().take(64 - 7).collect();
+        format!("{head}-{:06x}", suffix & 0xff_ffff)
+    });
+    store::cluster::MemberInfo {
+        id,
+        host,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: store::now(),
+    }
+}
+
+/// The poll journal and what earlier runs left in it. A member of a cluster has a journal of its
+/// own (`<name>-<member>`, locked while in use) and also takes over the journals of members
+/// that died on this host, so what a killed member polled is committed by the next to start.
+fn open_journal(
+    config: &Config,
+    member: Option<&store::cluster::MemberInfo>,
+) -> anyhow::Result<(poller::journal::Journal, Vec<poller::journal::Leftover>)> {
+    use poller::journal::Journal;
+    let Some((dir, name)) =
+        poller::journal::location(&config.store.url, config.relay.journal_dir.as_deref())
+    else {
+        return Ok((Journal::disabled(), Vec::new()));
+    };
+    let what = || format!("opening the poll journal in {}", dir.display());
+    match member {
+        None => {
+            let (journal, leftover) = Journal::open(&dir, &name).with_context(what)?;
+            Ok((journal, vec![leftover]))
+        }
+        Some(m) => {
+            let own = format!("{name}-{}", m.id);
+            let (journal, leftover) = Journal::open_locked(&dir, &own).with_context(what)?;
+            let mut leftovers = vec![leftover];
+            leftovers.extend(Journal::orphans(&dir, &name, &own).with_context(what)?);
+            Ok((journal, leftovers))
+        }
     }
 }
 

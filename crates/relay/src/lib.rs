@@ -31,6 +31,7 @@
 
 pub mod app;
 pub mod bus;
+pub mod cluster;
 pub mod http;
 pub mod instrument;
 pub mod media;

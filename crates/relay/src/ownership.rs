@@ -39,6 +39,8 @@ struct Inner {
     slots: Vec<Slot>,
     consuming: watch::Sender<BTreeSet<u32>>,
     drained: Notify,
+    /// The partitions each JetStream follower still pulls ([`Ownership::add_puller`]).
+    pullers: std::sync::Mutex<Vec<watch::Receiver<BTreeSet<u32>>>>,
 }
 
 #[derive(Default)]
@@ -96,6 +98,7 @@ impl Ownership {
             slots: (0..partitions).map(|_| Slot::default()).collect(),
             consuming,
             drained: Notify::new(),
+            pullers: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -116,6 +119,12 @@ impl Ownership {
     /// Whether the leases are valid now (always, for a cluster of one).
     pub fn valid(&self) -> bool {
         self.0.single || self.nanos(Instant::now()) < self.0.valid_until.load(SeqCst)
+    }
+
+    /// Until when the leases are valid locally (`None`: not valid, or a cluster of one).
+    pub fn valid_until(&self) -> Option<Instant> {
+        let n = self.0.valid_until.load(SeqCst);
+        (!self.0.single && n > 0).then(|| self.0.base + std::time::Duration::from_nanos(n))
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -259,6 +268,25 @@ impl Ownership {
             .filter(|(_, s)| s.state.load(SeqCst) == RELEASING)
             .map(|(p, _)| p as u32)
             .collect()
+    }
+
+    /// Registers what a JetStream follower still pulls, for [`Self::pulled`].
+    pub fn add_puller(&self, pulling: watch::Receiver<BTreeSet<u32>>) {
+        self.0
+            .pullers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pulling);
+    }
+
+    /// Whether a follower still pulls any of `partitions`: a hand-back releases them only once
+    /// none does, so the next owner's first pull comes after the last message handed back.
+    pub fn pulled(&self, partitions: &[u32]) -> bool {
+        let pullers = self.0.pullers.lock().unwrap_or_else(|p| p.into_inner());
+        pullers.iter().any(|rx| {
+            let pulling = rx.borrow();
+            partitions.iter().any(|p| pulling.contains(p))
+        })
     }
 
     /// Waits until no work of `partitions` is in flight, or `deadline`; whether it was reached.

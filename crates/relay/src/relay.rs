@@ -1,5 +1,6 @@
 //! What the CEC tasks of a running relay share ([`Relay`]): configuration, store (with its
-//! health), subjects, one CEC client per tenant, the outbox signal and the cancellation token.
+//! health), subjects, one CEC client per tenant, the outbox signal, what this instance owns and
+//! the cancellation token.
 //!
 //! It holds no task's handle: the poller's handle and journal go to the tasks that use them (the
 //! uplink's context, the poller's task), so this module depends on nothing of the engine but the
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::OutboxSignal;
+use crate::ownership::Ownership;
 use cec::CecClient;
 use config::{CecTenant, Config};
 use contract::Subjects;
@@ -39,6 +41,9 @@ pub struct Relay {
     pub cancel: CancellationToken,
     /// Set once the streams and the uplink consumer are set up (for `/readyz`).
     pub streams_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Which users' work is this instance's ([`Ownership`]): all of it on SQLite, the
+    /// partitions its leases give it in a cluster.
+    pub ownership: Ownership,
 }
 
 impl Relay {

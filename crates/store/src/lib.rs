@@ -128,6 +128,16 @@ impl StoreError {
         }
     }
 
+    /// Whether the write was refused because its partition is no longer this instance's
+    /// ([`cluster`]): the work belongs to another member now.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            StoreError::Fenced { .. } => true,
+            StoreError::Batch(e) => e.is_fenced(),
+            _ => false,
+        }
+    }
+
     /// Whether the database answers but takes no writes for now: its disk is full, it is
     /// read-only (a demoted primary, a read-only file), or its I/O fails. Such a database is away
     /// for the relay like an unreachable one, but a ping does not tell when it is back: only a

@@ -19,6 +19,10 @@ pub enum Disposition {
     /// Cannot be handled ever (it cannot even be stored): never deliver it again. Its error
     /// event and dead letter are committed, as far as the database allowed.
     Term,
+    /// Not this instance's work (in a cluster, its partition belongs to another member now):
+    /// handed back at once, without delay, so JetStream redelivers it first — before the later
+    /// messages of its subject — to the partition's owner.
+    HandBack,
 }
 
 /// Acknowledges `msg` as `d` says: ack, nak with a delay, or term.
@@ -27,6 +31,7 @@ pub async fn settle(msg: &jetstream::Message, d: Disposition) {
         Disposition::Ack => msg.ack().await,
         Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
         Disposition::Term => msg.ack_with(AckKind::Term).await,
+        Disposition::HandBack => msg.ack_with(AckKind::Nak(None)).await,
     };
     if let Err(e) = sent {
         // Lost acks are harmless: the redelivered message finds its outcome committed.

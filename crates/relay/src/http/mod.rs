@@ -26,6 +26,8 @@ pub struct Health {
     pub streams_ready: Arc<AtomicBool>,
     /// Whether the outbox keeps up (a stuck outbox is not ready).
     pub outbox: crate::outbox::OutboxHealth,
+    /// In a cluster: ready only while the leases are renewed (`docs/HA.md`).
+    pub ownership: crate::ownership::Ownership,
 }
 
 pub fn router(health: Health) -> Router {
@@ -65,7 +67,18 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
         None => "up".to_owned(),
         Some(why) => format!("stuck: {why}"),
     };
-    let ready = db == "up" && nats == "up" && streams == "up" && outbox == "up";
+    let cluster = if !h.ownership.is_cluster() {
+        "single"
+    } else if h.ownership.valid() {
+        "up"
+    } else {
+        "down: leases not renewed"
+    };
+    let ready = db == "up"
+        && nats == "up"
+        && streams == "up"
+        && outbox == "up"
+        && (cluster == "up" || cluster == "single");
     let status = if ready {
         StatusCode::OK
     } else {
@@ -74,7 +87,7 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     (
         status,
         Json(
-            json!({"ready": ready, "database": db, "nats": nats, "streams": streams, "outbox": outbox}),
+            json!({"ready": ready, "database": db, "nats": nats, "streams": streams, "outbox": outbox, "cluster": cluster}),
         ),
     )
 }

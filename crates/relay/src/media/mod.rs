@@ -16,6 +16,10 @@
 //! jitter; after `relay.media_attempts` attempts, `relay.media_deadline` after the message came,
 //! or at once for a final error, the DownMessage is released carrying `fileError`
 //! (`{"code","message"}`) and the row is marked failed: a message is never held back forever.
+//!
+//! In a cluster, a file is downloaded by the owner of its user's partition, under the work gate
+//! ([`crate::ownership::Ownership::begin_for`]), so one member downloads it and a hand-back waits
+//! for the download in flight.
 
 pub mod content;
 
@@ -181,6 +185,11 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
         match relay.store.pending_files(BATCH).await {
             Ok(files) => {
                 for pf in files {
+                    // In a cluster, the owner of the user's partition downloads it.
+                    let Some(work) = relay.ownership.begin_for(&pf.file.tenant, &pf.file.user_id)
+                    else {
+                        continue;
+                    };
                     let id = pf.file.relay_id.clone();
                     let fresh = in_flight
                         .lock()
@@ -199,6 +208,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
                     );
                     tracker.spawn(
                         async move {
+                            let _work = work;
                             fetch(&relay, &os, &bucket, pf, &permits).await;
                             if let Ok(mut s) = in_flight.lock() {
                                 s.remove(&id);

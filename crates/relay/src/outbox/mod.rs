@@ -13,6 +13,12 @@
 //! place ([`store::PublishLimit`]); a row that no longer fits (a server with a smaller `max_payload`)
 //! goes to `dead_letters` at once. Either way its `error` event is committed in the same
 //! transaction as its dead letter.
+//!
+//! In a cluster (`docs/HA.md`) one member publishes the whole outbox: the owner of partition 0,
+//! each round under that partition's work gate ([`Ownership::begin`]), so a member that lost it
+//! (paused past its lease) publishes nothing more. The others' commits wake it through
+//! PostgreSQL's `NOTIFY` ([`store::cluster::Leases::follow_outbox`]); a row a former publisher
+//! sent but had not deleted is sent again and dropped by JetStream as a duplicate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::publisher::{FailureKind, Outgoing, PublishFailure, publish_batch};
+use crate::ownership::Ownership;
 use contract::Subjects;
 use store::{DeadLetter, DynStore, OutboxRow};
 
@@ -117,12 +124,20 @@ pub async fn run(
     signal: OutboxSignal,
     settings: Settings,
     health: OutboxHealth,
+    ownership: Ownership,
     cancel: CancellationToken,
 ) {
-    let publishing = publish(&store, &js, &subjects, &signal, &settings, &health, &cancel);
+    let publishing = publish(
+        &store, &js, &subjects, &signal, &settings, &health, &ownership, &cancel,
+    );
     let measuring = async {
         loop {
-            measure(&store, &health, settings.stuck_after).await;
+            // Only the member that publishes judges whether the outbox is stuck.
+            if ownership.begin(0).is_some() {
+                measure(&store, &health, settings.stuck_after).await;
+            } else {
+                health.judge(None, 0, settings.stuck_after);
+            }
             tokio::time::sleep(SWEEP).await;
         }
     };
@@ -139,6 +154,7 @@ async fn publish(
     signal: &OutboxSignal,
     settings: &Settings,
     health: &OutboxHealth,
+    ownership: &Ownership,
     cancel: &CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -148,6 +164,7 @@ async fn publish(
         js,
         subjects,
         settings,
+        ownership,
     };
     loop {
         let round = ctx.publish_round(&deleting.seqs).await;
@@ -263,6 +280,7 @@ struct Round<'a> {
     js: &'a jetstream::Context,
     subjects: &'a Subjects,
     settings: &'a Settings,
+    ownership: &'a Ownership,
 }
 
 impl Round<'_> {
@@ -270,6 +288,10 @@ impl Round<'_> {
     /// flight). Rows failing for a reason of their own are set aside; a failure of NATS itself
     /// ends the round with the seqs published before it.
     async fn publish_round(&self, skip: &[i64]) -> Result<Published, (OutboxError, Vec<i64>)> {
+        // The publisher of a cluster is partition 0's owner; for the round's length.
+        let Some(_publisher) = self.ownership.begin(0) else {
+            return Ok(Published::default());
+        };
         let batch = self.settings.batch;
         let rows = self
             .store

@@ -67,6 +67,8 @@ pub struct Leftover {
     /// Records that did not check out (a torn tail) and were skipped.
     pub torn: usize,
     files: Vec<PathBuf>,
+    /// For a journal of another instance ([`Journal::orphans`]): its lock, held until removed.
+    lock: Option<File>,
 }
 
 impl Leftover {
@@ -88,6 +90,9 @@ pub struct Journal {
     /// `<dir>/<name>`: segments are `<base>.<n>`.
     base: PathBuf,
     state: Option<Mutex<State>>,
+    /// `<base>.lock`, locked while this journal is in use (a cluster member's, see
+    /// [`Journal::open_locked`]).
+    _lock: Option<File>,
 }
 
 struct State {
@@ -109,6 +114,7 @@ impl Journal {
         Journal {
             base: PathBuf::new(),
             state: None,
+            _lock: None,
         }
     }
 
@@ -118,35 +124,8 @@ impl Journal {
     /// The directory or a segment cannot be created, listed or read.
     pub fn open(dir: &Path, name: &str) -> io::Result<(Journal, Leftover)> {
         std::fs::create_dir_all(dir)?;
+        let (leftover, segment) = read_leftover(dir, name)?;
         let base = dir.join(name);
-        let mut segments = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let file_name = entry.file_name();
-            let Some(n) = file_name
-                .to_str()
-                .and_then(|f| f.strip_prefix(name))
-                .and_then(|f| f.strip_prefix('.'))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            segments.push((n, entry.path()));
-        }
-        segments.sort();
-        let mut leftover = Leftover::default();
-        for (_, path) in &segments {
-            let bytes = std::fs::read(path)?;
-            let (records, torn) = parse(&bytes);
-            if torn > 0 {
-                tracing::warn!(file = %path.display(), bytes = torn,
-                    "Poll journal segment ends in a torn record (a write cut short); its tail is skipped");
-                leftover.torn += 1;
-            }
-            leftover.records.extend(records);
-            leftover.files.push(path.clone());
-        }
-        let segment = segments.last().map_or(0, |(n, _)| n + 1);
         let file = open_segment(&base, segment)?;
         Ok((
             Journal {
@@ -159,9 +138,69 @@ impl Journal {
                     failing: false,
                     removed: false,
                 })),
+                _lock: None,
             },
             leftover,
         ))
+    }
+
+    /// [`Self::open`] for one member of a cluster, whose journal is `<name>` among those of the
+    /// others (`<prefix>-<member>`, several may share a directory): locked (`<name>.lock`) while
+    /// in use, so [`Self::orphans`] can tell a dead member's journal from a live one's. Waits up
+    /// to 10 s for the lock (another member may be replaying this journal).
+    pub fn open_locked(dir: &Path, name: &str) -> io::Result<(Journal, Leftover)> {
+        std::fs::create_dir_all(dir)?;
+        let lock = lock_file(dir, name)?;
+        let started = std::time::Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock)
+                    if started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io::Error::other(format!(
+                        "the poll journal {} is in use by another relay: give each relay on this \
+                         host its own cluster.id",
+                        dir.join(name).display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        let (mut journal, leftover) = Self::open(dir, name)?;
+        journal._lock = Some(lock);
+        Ok((journal, leftover))
+    }
+
+    /// The journals of members that died (their lock is free) among the journals `<prefix>-*`
+    /// in `dir`, but `own`: each locked and read, to be replayed and removed by this member.
+    pub fn orphans(dir: &Path, prefix: &str, own: &str) -> io::Result<Vec<Leftover>> {
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(found);
+        };
+        for entry in entries {
+            let file_name = entry?.file_name();
+            let Some(name) = file_name
+                .to_str()
+                .and_then(|f| f.strip_suffix(".lock"))
+                .filter(|n| n.starts_with(&format!("{prefix}-")) && *n != own)
+            else {
+                continue;
+            };
+            let lock = lock_file(dir, name)?;
+            if lock.try_lock().is_err() {
+                continue;
+            }
+            let (mut leftover, _) = read_leftover(dir, name)?;
+            leftover.files.push(dir.join(format!("{name}.lock")));
+            leftover.lock = Some(lock);
+            found.push(leftover);
+        }
+        Ok(found)
     }
 
     /// Where the journal is (for logs); `None` when disabled.
@@ -301,6 +340,48 @@ pub fn location(store_url: &str, journal_dir: Option<&Path>) -> Option<(PathBuf,
             .map_or_else(|| PathBuf::from("."), Path::to_owned),
     };
     Some((dir, name))
+}
+
+/// What the journal `name` in `dir` holds, and the number its next segment takes.
+fn read_leftover(dir: &Path, name: &str) -> io::Result<(Leftover, u64)> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(n) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|f| f.strip_prefix('.'))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push((n, entry.path()));
+    }
+    segments.sort();
+    let mut leftover = Leftover::default();
+    for (_, path) in &segments {
+        let bytes = std::fs::read(path)?;
+        let (records, torn) = parse(&bytes);
+        if torn > 0 {
+            tracing::warn!(file = %path.display(), bytes = torn,
+                "Poll journal segment ends in a torn record (a write cut short); its tail is skipped");
+            leftover.torn += 1;
+        }
+        leftover.records.extend(records);
+        leftover.files.push(path.clone());
+    }
+    let next = segments.last().map_or(0, |(n, _)| n + 1);
+    Ok((leftover, next))
+}
+
+/// `<dir>/<name>.lock`, opened (created if missing).
+fn lock_file(dir: &Path, name: &str) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{name}.lock")))
 }
 
 fn segment_path(base: &Path, n: u64) -> PathBuf {

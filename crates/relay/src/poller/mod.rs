@@ -75,6 +75,9 @@ use store::{Session, SessionState};
 /// Commands to the scheduler.
 enum Cmd {
     Add(Box<Session>),
+    /// Sessions of partitions this instance just took: polled from one interval on, so the
+    /// previous owner's last poll is at least an interval before.
+    Adopt(Vec<Session>),
     Remove(String),
     Touch(String, OffsetDateTime),
 }
@@ -165,6 +168,14 @@ impl PollerHandle {
     pub fn add(&self, s: Session) {
         self.open.insert(&s.id, &s.tenant);
         let _ = self.tx.send(Cmd::Add(Box::new(s)));
+    }
+    /// Starts polling sessions of partitions this instance took over (see `crate::cluster`):
+    /// each is first polled between one and two intervals from now.
+    pub fn adopt(&self, sessions: Vec<Session>) {
+        for s in &sessions {
+            self.open.insert(&s.id, &s.tenant);
+        }
+        let _ = self.tx.send(Cmd::Adopt(sessions));
     }
     /// Stops polling a session.
     pub fn remove(&self, session_id: &str) {
@@ -353,26 +364,20 @@ pub async fn run(
                         let tenant = tenant_polls(&relay, &mut tenants, &s.tenant);
                         // Spread the first polls of many sessions over one interval.
                         let first = tenant.interval.mul_f64(rand::rng().random_range(0.0..1.0));
-                        let due = Instant::now() + first;
-                        let id: Arc<str> = s.id.as_str().into();
-                        let key = queue.insert_at(id.clone(), due);
-                        tenant.metrics.session_polled();
-                        let idle_at = idle_deadline(s.last_activity_at, tenant.idle);
-                        sessions.insert(id, Entry {
-                            polled: Some(Box::new(Polled {
-                                session: *s,
-                                failures: 0,
-                                queue_position: None,
-                                idle_at,
-                            })),
-                            tenant,
-                            key: Some(key),
-                            due,
-                            removed: false,
-                            reported: Reported::default(),
-                        });
+                        insert(&mut sessions, &mut queue, tenant, *s, first);
                     }
                 },
+                Cmd::Adopt(adopted) => {
+                    for s in adopted {
+                        if sessions.contains_key(s.id.as_str()) {
+                            continue;
+                        }
+                        let tenant = tenant_polls(&relay, &mut tenants, &s.tenant);
+                        // Not before one interval: the previous owner may have just polled it.
+                        let first = tenant.interval.mul_f64(rand::rng().random_range(1.0..2.0));
+                        insert(&mut sessions, &mut queue, tenant, s, first);
+                    }
+                }
                 Cmd::Remove(id) => {
                     if let Some(e) = sessions.get_mut(id.as_str()) {
                         if e.in_flight() {
@@ -402,6 +407,15 @@ pub async fn run(
                 let Some(entry) = sessions.get_mut(&id) else { continue };
                 entry.key = None;
                 let Some(polled) = entry.polled.take() else { continue };
+                // Only while its partition is this instance's; else its owner polls it now.
+                let Some(work) = relay.ownership.begin_for(&polled.session.tenant, &polled.session.user_id) else {
+                    tracing::debug!(session = %polled.session.id, "Session's partition is not this relay's any more; not polled here");
+                    if let Some(t) = relay.tenant(&polled.session.tenant) {
+                        t.client.forget_user(&polled.session.user_id);
+                    }
+                    forget(&mut sessions, &inbox.open, &id);
+                    continue;
+                };
                 let (due, tenant) = (entry.due, entry.tenant.clone());
                 let (relay, journal) = (relay.clone(), journal.clone());
                 let done = done_tx.clone();
@@ -411,6 +425,7 @@ pub async fn run(
                     user = %polled.session.user_id
                 );
                 tracker.spawn(async move {
+                    let _work = work;
                     let next = match tenant.permits.acquire().await {
                         Ok(_permit) => {
                             tenant.metrics.lag(Instant::now().saturating_duration_since(due));
@@ -423,6 +438,37 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Starts tracking session `s`, first polled `first` from now.
+fn insert(
+    sessions: &mut HashMap<Arc<str>, Entry>,
+    queue: &mut DelayQueue<Arc<str>>,
+    tenant: Arc<TenantPolls>,
+    s: Session,
+    first: Duration,
+) {
+    let due = Instant::now() + first;
+    let id: Arc<str> = s.id.as_str().into();
+    let key = queue.insert_at(id.clone(), due);
+    tenant.metrics.session_polled();
+    let idle_at = idle_deadline(s.last_activity_at, tenant.idle);
+    sessions.insert(
+        id,
+        Entry {
+            polled: Some(Box::new(Polled {
+                session: s,
+                failures: 0,
+                queue_position: None,
+                idle_at,
+            })),
+            tenant,
+            key: Some(key),
+            due,
+            removed: false,
+            reported: Reported::default(),
+        },
+    );
 }
 
 /// The tenant's permits and metric handles, made on first use.

@@ -58,6 +58,10 @@ pub(crate) async fn poll_session(
             &s.channel_config_id,
         );
     }
+    // A relay paused past its lease (SIGSTOP, a frozen VM) polls nothing it no longer owns.
+    if !relay.ownership.valid() {
+        return Next::Again(p);
+    }
     let poll_started = std::time::Instant::now();
     let polled = client.poll_raw(&s.user_id).await;
     metrics.poll(poll_started.elapsed(), polled.is_ok());
@@ -260,7 +264,12 @@ pub async fn replay(relay: &Relay, journal: &Journal, leftover: Leftover) -> boo
             last_activity_at: at,
         };
         let (commit, _, _) = answer_commit(relay, &session, rsp.downlink_messages, at);
-        match relay.commit(commit).instrument(span.clone()).await {
+        match relay
+            .store
+            .commit_fact_retrying(commit)
+            .instrument(span.clone())
+            .await
+        {
             Ok(c) => {
                 crate::instrument::messages("cec", &h.tenant, "down", c.inserted_down.len());
                 stored += c.inserted_down.len();
@@ -297,7 +306,9 @@ async fn store_messages(
     {
         let (commit, disconnected, agent_spoke) =
             answer_commit(relay, s, rsp.downlink_messages, received_at);
-        match relay.commit(commit).await {
+        // What the upstream has handed out it does not give again: a fact, committed even if
+        // this relay lost the partition meanwhile (the store recognises a message seen twice).
+        match relay.store.commit_fact_retrying(commit).await {
             Ok(c) => {
                 crate::instrument::messages("cec", &s.tenant, "down", c.inserted_down.len());
                 if c.duplicate_down > 0 {

@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::ack::{self, Disposition, settle};
 use crate::bus::serial::{self, BySubject};
-use crate::bus::streams;
+use crate::bus::{partitioned, streams};
 use config::{NatsConfig, TimApp};
 use contract::Subjects;
 use contract::payload::{Event, event_type};
@@ -99,6 +99,8 @@ pub struct TimLink {
     sink: Sink,
     /// The streams and consumer settings (`[nats]`).
     nats: NatsConfig,
+    /// `cluster.lease`: the partition consumers' pin timeout.
+    lease: Duration,
     pub apps: HashMap<String, AppLink>,
 }
 
@@ -110,6 +112,9 @@ pub struct Sink {
     pub cancel: CancellationToken,
     /// How long a send is retried before it is given up.
     pub budget: Budget,
+    /// Which users' sends and streams are this instance's (all, but in a cluster), and its share
+    /// of each app's rate limit.
+    pub ownership: crate::ownership::Ownership,
 }
 
 /// The attempt and age budget of one Tencent send (`relay.up_attempts`, `relay.up_max_age`):
@@ -188,7 +193,9 @@ impl TimLink {
             .map(|app| {
                 let upstream: Arc<dyn TimUpstream> =
                     Arc::new(TimClient::new(http.clone(), app.clone()));
-                let limiter = Arc::new(RateLimiter::for_limit(app.rate_limit));
+                let limiter = Arc::new(
+                    RateLimiter::for_limit(app.rate_limit).shared_by(sink.ownership.clone()),
+                );
                 let streams = stream::spawn(
                     stream::StreamCtx {
                         app: app.name.as_str().into(),
@@ -212,6 +219,7 @@ impl TimLink {
         TimLink {
             sink,
             nats: config.nats.clone(),
+            lease: config.cluster.lease,
             apps,
         }
     }
@@ -234,8 +242,14 @@ pub async fn run(link: Arc<TimLink>, js: jetstream::Context, tracker: TaskTracke
     let cancel = link.sink.cancel.clone();
     let subjects = link.sink.subjects.clone();
     let cfg = link.nats.clone();
-    let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || {
-        streams::ensure_streams(&js, &subjects, &cfg)
+    let ownership = link.sink.ownership.clone();
+    let setup = partitioned::Setup::new(cfg.clone(), ownership.partitions(), link.lease);
+    let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || async {
+        if ownership.is_cluster() {
+            partitioned::ensure_partitioned(&js, &subjects, &setup).await
+        } else {
+            streams::ensure_streams(&js, &subjects, &cfg).await
+        }
     })
     .await
     else {
@@ -247,8 +261,27 @@ pub async fn run(link: Arc<TimLink>, js: jetstream::Context, tracker: TaskTracke
         link: link.clone(),
         serial: BySubject::new(tracker.clone()),
         tracker: tracker.clone(),
-        heartbeat: (cfg.ack_wait / 3).max(Duration::from_millis(500)),
+        // Within the consumer's ack wait, which a cluster shortens (`Setup::ack_wait`).
+        heartbeat: (if ownership.is_cluster() {
+            setup.ack_wait()
+        } else {
+            cfg.ack_wait
+        } / 3)
+            .max(Duration::from_millis(500)),
     };
+    if ownership.is_cluster() {
+        // A member pulls the consumers of its partitions only (docs/HA.md).
+        let follower =
+            partitioned::Follower::new(js.clone(), subjects.clone(), setup, partitioned::Kind::Tim);
+        ownership.add_puller(follower.pulling());
+        tracing::info!("Consuming the Tencent IM messages of this member's partitions");
+        follower
+            .run(ownership.consuming(), cancel.clone(), move |msg| {
+                workers.dispatch(msg)
+            })
+            .await;
+        return;
+    }
     while !cancel.is_cancelled() {
         let Some(consumer) = streams::until_ok("Setting up the Tencent consumer", &cancel, || {
             streams::ensure_tim_consumer(&js, &subjects, &cfg)
@@ -379,6 +412,14 @@ impl Workers {
             ),
             (Some(_), Err(e)) => ("invalid_request", e.field, e.reason),
             (Some(a), Ok(chunk)) => {
+                // In a cluster: only while the chunk's partition is this member's; else it goes
+                // back at once to the partition's owner.
+                let Some(work) = self.gate(&msg) else {
+                    self.tracker.spawn(async move {
+                        settle(&msg, Disposition::HandBack).await;
+                    });
+                    return;
+                };
                 let (tx, rx) = oneshot::channel();
                 let pushed = a.streams.push(ChunkIn {
                     user,
@@ -392,6 +433,7 @@ impl Workers {
                 });
                 let heartbeat = self.heartbeat;
                 self.tracker.spawn(async move {
+                    let _work = work;
                     let d = if pushed.is_ok() {
                         wait_beating(&msg, rx, heartbeat).await
                     } else {
@@ -434,6 +476,17 @@ impl Workers {
         }
     }
 
+    /// The work guard of `msg`'s partition (its subject's partition token; partition 0 for a
+    /// message without one, from the single consumer's drain), if this member may work on it.
+    fn gate(&self, msg: &jetstream::Message) -> Option<crate::ownership::Work> {
+        let sink = &self.link.sink;
+        let p = sink
+            .subjects
+            .partition_token(msg.subject.as_str())
+            .unwrap_or(0);
+        sink.ownership.begin(p)
+    }
+
     fn send(&self, msg: jetstream::Message) {
         let this = self.clone();
         self.serial.dispatch(msg, move |queue| this.work(queue));
@@ -443,9 +496,19 @@ impl Workers {
         while let Some(msg) = queue.pop() {
             let cancel = &self.link.sink.cancel;
             if cancel.is_cancelled() {
-                settle(&msg, Disposition::Retry(Duration::from_secs(1))).await;
+                // A member hands it back at once, for the next owner to have it first.
+                let d = if self.link.sink.ownership.is_cluster() {
+                    Disposition::HandBack
+                } else {
+                    Disposition::Retry(Duration::from_secs(1))
+                };
+                settle(&msg, d).await;
                 continue;
             }
+            let Some(_work) = self.gate(&msg) else {
+                settle(&msg, Disposition::HandBack).await;
+                continue;
+            };
             let seq = stream_seq(&msg);
             let received_at = msg
                 .info()

@@ -10,17 +10,25 @@
 //! saved up as a burst. The relay runs a little under the configured `rate_limit`
 //! ([`RateLimiter::for_limit`], 5 %) so that this and calls bunched by network jitter on their
 //! way still arrive under it.
+//!
+//! In a cluster the app's limit is one budget for all members, split by membership
+//! ([`RateLimiter::shared_by`]): a member working on `w` of the `P` partitions takes `w/P` of
+//! it. A partition is worked on by one member at a time (one being handed back by none), so the
+//! shares add up to at most the whole.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::ownership::Ownership;
+
 /// One app's limiter. Cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct RateLimiter {
-    /// Time between two calls.
+    /// Time between two calls, with the whole budget.
     interval: Duration,
+    /// In a cluster: whose share of the budget this member takes.
+    share: Option<Ownership>,
     /// The theoretical arrival time: the earliest instant the next call may go.
     tat: Mutex<Option<Instant>>,
 }
@@ -31,8 +39,18 @@ impl RateLimiter {
         let per_second = per_second.max(1);
         RateLimiter {
             interval: Duration::from_secs(1) / per_second,
+            share: None,
             tat: Mutex::new(None),
         }
+    }
+
+    /// This limiter taking, in a cluster, the share of the budget that the partitions `ownership`
+    /// works on are of all (none while it works on none: calls wait).
+    pub fn shared_by(mut self, ownership: Ownership) -> Self {
+        if ownership.is_cluster() {
+            self.share = Some(ownership);
+        }
+        self
     }
 
     /// The limiter for an app's `rate_limit`: 5 % headroom (at least one call) below it.
@@ -41,24 +59,32 @@ impl RateLimiter {
         Self::new(rate_limit.saturating_sub(headroom).max(1))
     }
 
-    /// Time between two calls.
+    /// Time between two calls: with the whole budget, or this member's share of it (a second
+    /// while it has none, so a call waits and looks again).
     pub fn interval(&self) -> Duration {
-        self.interval
+        match &self.share {
+            None => self.interval,
+            Some(o) => match o.working() {
+                0 => Duration::from_secs(1),
+                w => self.interval * o.partitions() / w,
+            },
+        }
     }
 
     /// Takes the slot at `now` if it is free; otherwise says when the next one is. A slot taken
     /// less than one interval late moves the next one to one interval after the slot (not after
     /// `now`); later than that, the schedule starts afresh from `now`.
     pub fn try_acquire_at(&self, now: Instant) -> Result<(), Instant> {
+        let interval = self.interval();
         let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
         match *tat {
             Some(t) if t > now => Err(t),
-            Some(t) if now.duration_since(t) < self.interval => {
-                *tat = Some(t + self.interval);
+            Some(t) if now.duration_since(t) < interval => {
+                *tat = Some(t + interval);
                 Ok(())
             }
             _ => {
-                *tat = Some(now + self.interval);
+                *tat = Some(now + interval);
                 Ok(())
             }
         }
@@ -72,12 +98,13 @@ impl RateLimiter {
     /// Reserves the next free slot and returns when it is (now or later): callers queue in the
     /// order they reserved.
     pub fn reserve_at(&self, now: Instant) -> Instant {
+        let interval = self.interval();
         let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
         let at = match *tat {
             Some(t) if t > now => t,
             _ => now,
         };
-        *tat = Some(at + self.interval);
+        *tat = Some(at + interval);
         at
     }
 
@@ -204,5 +231,25 @@ mod tests {
             l.acquire().await;
         }
         assert_eq!(Instant::now() - t0, Duration::from_millis(750));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_takes_its_share_of_the_budget() {
+        let o = Ownership::cluster(4);
+        let l = RateLimiter::new(100).shared_by(o.clone());
+        // No partition worked on: a call waits a second and looks again.
+        assert_eq!(l.interval(), Duration::from_secs(1));
+        o.set_owned(&[(0, 1), (1, 1)]);
+        o.renewed(Instant::now() + Duration::from_secs(10));
+        // Half the partitions: half the rate.
+        assert_eq!(l.interval(), Duration::from_millis(20));
+        o.set_owned(&[(0, 1), (1, 1), (2, 1), (3, 1)]);
+        assert_eq!(l.interval(), Duration::from_millis(10));
+        // Handing back does not count: the budget's share goes with the partition.
+        o.start_release(&[3]);
+        assert_eq!(l.interval(), Duration::from_nanos(13_333_333));
+        // A relay on SQLite keeps the whole budget.
+        let single = RateLimiter::new(100).shared_by(Ownership::single(4));
+        assert_eq!(single.interval(), Duration::from_millis(10));
     }
 }

@@ -155,6 +155,10 @@ async fn send_parsed(
             tracing::warn!(error = %e, "Cannot record Tencent send; will retry");
             return Disposition::Retry(Duration::from_secs(1));
         }
+        Err(e) if e.is_fenced() => {
+            tracing::warn!(error = %e, "Tencent send's partition moved to another relay; handed back");
+            return Disposition::HandBack;
+        }
         Err(e) => {
             tracing::error!(error = %e, "Cannot record Tencent send; it is terminated");
             let letter = d.received(Some(app), Some(user), Some(id)).letter(Why {
@@ -425,6 +429,7 @@ mod tests {
             subjects: Subjects::new("ccrelay"),
             cancel: CancellationToken::new(),
             budget: Default::default(),
+            ownership: crate::ownership::Ownership::single(1),
         }
     }
 

@@ -367,6 +367,10 @@ impl<'a> UpCtx<'a> {
     /// The message cannot be stored (a non-retryable database error): an `error` event on
     /// `P.error` and a dead letter, as far as the database takes them, and never again.
     async fn unstorable(&self, e: &store::StoreError) -> Disposition {
+        if e.is_fenced() {
+            tracing::warn!(error = %e, "Uplink message's partition moved to another relay; handed back");
+            return Disposition::HandBack;
+        }
         tracing::error!(error = %e,
             "Cannot store the outcome of an uplink message; it is terminated");
         let letter = self

@@ -30,7 +30,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::serial::{self, BySubject};
-use crate::bus::{ack, streams};
+use crate::bus::ack::Disposition;
+use crate::bus::{ack, partitioned, streams};
 use crate::poller::PollerHandle;
 use crate::relay::Relay;
 use handle::Delivery;
@@ -47,8 +48,18 @@ pub async fn run(ctx: Arc<Uplink>, js: jetstream::Context, tracker: TaskTracker)
     let relay = ctx.relay.clone();
     let cancel = relay.cancel.clone();
     let cfg = relay.config.nats.clone();
-    let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || {
-        streams::ensure_streams(&js, &relay.subjects, &cfg)
+    let ownership = relay.ownership.clone();
+    let setup = partitioned::Setup::new(
+        cfg.clone(),
+        ownership.partitions(),
+        relay.config.cluster.lease,
+    );
+    let Some(stream_info) = streams::until_ok("Setting up the NATS streams", &cancel, || async {
+        if ownership.is_cluster() {
+            partitioned::ensure_partitioned(&js, &relay.subjects, &setup).await
+        } else {
+            streams::ensure_streams(&js, &relay.subjects, &cfg).await
+        }
     })
     .await
     else {
@@ -61,8 +72,33 @@ pub async fn run(ctx: Arc<Uplink>, js: jetstream::Context, tracker: TaskTracker)
         stamp: Arc::from(stamp.as_str()),
         serial: BySubject::new(tracker.clone()),
         permits: Arc::new(Mutex::new(HashMap::new())),
-        heartbeat: cfg.ack_wait / 3,
+        // Within the consumer's ack wait, which a cluster shortens (`Setup::ack_wait`).
+        heartbeat: if ownership.is_cluster() {
+            setup.ack_wait() / 3
+        } else {
+            cfg.ack_wait / 3
+        },
     };
+    if ownership.is_cluster() {
+        // A member pulls the consumers of its partitions only (docs/HA.md).
+        relay
+            .streams_ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let follower = partitioned::Follower::new(
+            js.clone(),
+            relay.subjects.clone(),
+            setup,
+            partitioned::Kind::CecUp,
+        );
+        ownership.add_puller(follower.pulling());
+        tracing::info!("Consuming the uplink messages of this member's partitions");
+        follower
+            .run(ownership.consuming(), cancel.clone(), move |msg| {
+                workers.dispatch(msg)
+            })
+            .await;
+        return;
+    }
     while !cancel.is_cancelled() {
         let Some(consumer) = streams::until_ok("Setting up the uplink consumer", &cancel, || {
             streams::ensure_cec_up_consumer(&js, &relay.subjects, &cfg)
@@ -127,16 +163,36 @@ impl Workers {
         while let Some(msg) = queue.pop() {
             if self.ctx.relay.cancel.is_cancelled() {
                 // Hand it back for the next run.
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                // A member hands it back at once, for the next owner to have it first.
+                let wait = if self.ctx.relay.ownership.is_cluster() {
+                    None
+                } else {
+                    Some(Duration::from_secs(1))
+                };
+                let _ = msg.ack_with(AckKind::Nak(wait)).await;
                 continue;
             }
+            // In a cluster: only while the message's partition is this member's.
+            let Some(_work) = self.gate(&msg) else {
+                ack::settle(&msg, Disposition::HandBack).await;
+                continue;
+            };
             let Ok(_permit) = self.permits_for(queue.subject()).acquire_owned().await else {
                 return;
             };
             self.process(&msg).await;
         }
+    }
+
+    /// The work guard of `msg`'s partition (its subject's partition token; partition 0 for a
+    /// message without one, from the single consumer's drain), if this member may work on it.
+    fn gate(&self, msg: &jetstream::Message) -> Option<crate::ownership::Work> {
+        let relay = &self.ctx.relay;
+        let p = relay
+            .subjects
+            .partition_token(msg.subject.as_str())
+            .unwrap_or(0);
+        relay.ownership.begin(p)
     }
 
     /// The send permits of the tenant `subject` names.

@@ -282,6 +282,74 @@ impl Leases {
     }
 }
 
+/// The channel of `NOTIFY`: a member committed outbox rows.
+const OUTBOX_CHANNEL: &str = "ccrelay_outbox";
+
+/// Whether a batch's writes added outbox rows or released held ones (a file finished, a dead
+/// letter published again).
+pub(super) fn outboxed(written: &[crate::Written]) -> bool {
+    written.iter().any(|w| match w {
+        crate::Written::Committed(c) => c.outboxed > 0,
+        crate::Written::Changed(changed) => *changed,
+        crate::Written::Retried(retried) => retried.is_some(),
+        _ => false,
+    })
+}
+
+/// `NOTIFY ccrelay_outbox`, delivered when the transaction commits (once, however many).
+pub(super) async fn notify_outbox(tx: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(OUTBOX_CHANNEL)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+impl Leases {
+    /// Calls `wake` whenever any member commits outbox rows (`LISTEN ccrelay_outbox`), until
+    /// `cancel` fires; reconnects after errors, waking once each time (rows may have come
+    /// meanwhile).
+    pub async fn follow_outbox(
+        &self,
+        cancel: tokio_util::sync::CancellationToken,
+        wake: impl Fn() + Send,
+    ) {
+        while !cancel.is_cancelled() {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "Cannot listen for outbox rows; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if let Err(e) = listener.listen(OUTBOX_CHANNEL).await {
+                tracing::debug!(error = %e, "Cannot listen for outbox rows; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            wake();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = listener.recv() => match n {
+                        Ok(_) => wake(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "Outbox notifications broke off; listening again");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Inside a write transaction: refuses `writes` unless their writer owns every partition their
 /// fenced writes name, at the epoch it knows, with the lease running — and holds those rows
 /// `FOR SHARE` until the transaction ends, so a takeover waits for it.

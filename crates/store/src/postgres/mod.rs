@@ -515,6 +515,10 @@ async fn write_batch_on(
     }
     // On error `tx` is dropped, which rolls everything back.
     let written = apply::write_batch(&mut *tx, writes).await?;
+    if fencing.is_some() && cluster::outboxed(&written) {
+        // Wakes the member that publishes the outbox, when this transaction commits.
+        cluster::notify_outbox(&mut tx).await?;
+    }
     tx.commit().await.map_err(classify)?;
     Ok(written)
 }

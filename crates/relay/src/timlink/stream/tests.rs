@@ -54,6 +54,7 @@ fn rig_budget(
                 subjects: Subjects::new("ccrelay"),
                 cancel: cancel.clone(),
                 budget,
+                ownership: crate::ownership::Ownership::single(1),
             },
             idle_timeout: idle,
         },
