@@ -110,6 +110,30 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadletterAction,
     },
+    /// Several relays on one PostgreSQL (docs/HA.md): members, partitions, leases.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+/// `ccrelay cluster …`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Members (live or not), partitions with owner, epoch and lease remaining, as the database
+    /// sees them now.
+    Status {
+        /// The whole status as JSON (what `P.rpc.cluster.status` answers).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forgets the cluster's set-up (partition count, owners, members), so relays with another
+    /// `cluster.partitions` can start. Only with every relay stopped.
+    Reset {
+        /// Confirms that no relay of the cluster is running.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `ccrelay deadletter …`.

@@ -148,10 +148,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             ccrelay::admin::deadletter(&store, action, &mut out).await
         }
+        Command::Cluster { action } => {
+            let store = open_store(&load()?).await?;
+            cluster(&store, action).await
+        }
         Command::CheckConfig => {
             let config = load()?;
             println!("{:#?}", config.redacted());
             println!("configuration OK");
+            Ok(())
+        }
+    }
+}
+
+/// `ccrelay cluster …`.
+async fn cluster(
+    store: &store::DynStore,
+    action: ccrelay::cli::ClusterAction,
+) -> anyhow::Result<()> {
+    use ccrelay::cli::ClusterAction;
+    match action {
+        ClusterAction::Status { json } => {
+            let Some(status) = relay::cluster::status(store).await? else {
+                println!("This store is SQLite: one relay, no cluster (docs/HA.md).");
+                return Ok(());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", ccrelay::admin::cluster_status(&status));
+            }
+            Ok(())
+        }
+        ClusterAction::Reset { yes } => {
+            anyhow::ensure!(
+                yes,
+                "`ccrelay cluster reset` forgets every lease: stop every relay of the cluster, then \
+                 run it with --yes"
+            );
+            let leases = store
+                .leases()
+                .context("this store is SQLite: it keeps no cluster")?;
+            leases.reset().await?;
+            println!("cluster set-up forgotten; the next relay to start sets it up again");
             Ok(())
         }
     }

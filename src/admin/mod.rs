@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use store::{DynStore, MessagePage, MessageRow, SessionState};
 
 pub use dead::deadletter;
-pub use format::{ExportFormat, parse_time};
+pub use format::{ExportFormat, cluster_status, parse_time};
 
 /// Rows read per page by export and replay.
 const PAGE: i64 = 1_000;

@@ -127,7 +127,9 @@ impl App {
             bus::partitioned::check_server_version(&nats)
                 .await
                 .map_err(anyhow::Error::msg)
-                .context("a cluster of relays (PostgreSQL store) needs nats-server 2.11 or newer")?;
+                .context(
+                    "a cluster of relays (PostgreSQL store) needs nats-server 2.11 or newer",
+                )?;
         }
         let client = nats.clone();
         publish_limit.follow(move || client.max_payload());
@@ -164,6 +166,7 @@ impl App {
             cancel: cancel.clone(),
             streams_ready: streams_ready.clone(),
             ownership: ownership.clone(),
+            member: member.as_ref().map(|m| m.id.clone()),
         });
         let journal = Arc::new(journal);
 
@@ -218,12 +221,9 @@ impl App {
         ));
         if let Some(leases) = &leases {
             // Other members' commits wake this one's outbox (when it is the publisher).
-            let (leases, signal, c) = (
-                leases.clone(),
-                relay.outbox.clone(),
-                outbox_cancel.clone(),
-            );
-            outbox_tracker.spawn(async move { leases.follow_outbox(c, move || signal.notify()).await });
+            let (leases, signal, c) = (leases.clone(), relay.outbox.clone(), outbox_cancel.clone());
+            outbox_tracker
+                .spawn(async move { leases.follow_outbox(c, move || signal.notify()).await });
         }
 
         // What an earlier run (or a member that died on this host) polled and may not have

@@ -113,8 +113,12 @@ pub async fn run(m: Membership, poller: PollerHandle, store: DynStore, stop: Can
                     .record(started.elapsed().as_secs_f64());
                 m.fencing.set(&tick.owned);
                 m.ownership.set_owned(&tick.owned);
-                m.ownership
-                    .renewed((started + m.lease).checked_sub(margin(m.lease)).unwrap_or(started));
+                m.ownership.set_owners(tick.owners.clone());
+                m.ownership.renewed(
+                    (started + m.lease)
+                        .checked_sub(margin(m.lease))
+                        .unwrap_or(started),
+                );
                 if !was_valid {
                     tracing::info!(
                         owned = tick.owned.len(),
@@ -126,7 +130,11 @@ pub async fn run(m: Membership, poller: PollerHandle, store: DynStore, stop: Can
                 }
                 record(&m, &tick);
                 for a in &tick.acquired {
-                    let kind = if a.previous.is_some() { "expired" } else { "free" };
+                    let kind = if a.previous.is_some() {
+                        "expired"
+                    } else {
+                        "free"
+                    };
                     counter!("ccrelay_cluster_takeovers_total", "kind" => kind).increment(1);
                     if let Some(prev) = &a.previous {
                         tracing::info!(partition = a.partition, epoch = a.epoch, previous = %prev,
@@ -188,8 +196,7 @@ async fn hand_back(
     pending: Option<(Vec<u32>, Instant)>,
 ) -> Option<(Vec<u32>, Instant)> {
     if let Some((ps, deadline)) = pending {
-        let drained =
-            m.ownership.drained(&ps, Instant::now()).await && !m.ownership.pulled(&ps);
+        let drained = m.ownership.drained(&ps, Instant::now()).await && !m.ownership.pulled(&ps);
         if !drained && Instant::now() < deadline {
             return Some((ps, deadline));
         }
@@ -262,6 +269,56 @@ async fn adopt(
             adopted
         }
     }
+}
+
+/// The cluster as `ccrelay cluster status` and `P.rpc.cluster.status` show it: members (live or
+/// not, lease remaining), partitions (owner, epoch, lease remaining, held since), all measured
+/// by the database's clock. `None` for a store that keeps no cluster (SQLite).
+pub async fn status(store: &DynStore) -> Result<Option<serde_json::Value>, store::StoreError> {
+    let Some(leases) = store.leases() else {
+        return Ok(None);
+    };
+    let st = leases.status().await?;
+    let ms = |t: Option<time::OffsetDateTime>| t.map(|t| (t - st.now).whole_milliseconds() as i64);
+    let members: Vec<serde_json::Value> = st
+        .members
+        .iter()
+        .map(|m| {
+            let owned = st
+                .leases
+                .iter()
+                .filter(|p| p.valid && p.owner.as_deref() == Some(m.member.as_str()))
+                .count();
+            serde_json::json!({
+                "member": m.member, "host": m.host, "pid": m.pid, "version": m.version,
+                "live": m.live, "partitions": owned,
+                "leaseRemainingMs": ms(Some(m.lease_until)),
+                "lastSeenMsAgo": ms(Some(m.seen_at)).map(|v| -v),
+                "startedAt": m.started_at.format(&time::format_description::well_known::Rfc3339).ok(),
+            })
+        })
+        .collect();
+    let partitions: Vec<serde_json::Value> = st
+        .leases
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "partition": p.partition, "owner": p.owner, "epoch": p.epoch, "valid": p.valid,
+                "leaseRemainingMs": ms(p.lease_until),
+                "heldForMs": ms(p.acquired_at).map(|v| -v),
+            })
+        })
+        .collect();
+    let live = st.members.iter().filter(|m| m.live).count();
+    let unowned = st.leases.iter().filter(|p| !p.valid).count();
+    Ok(Some(serde_json::json!({
+        "ok": true,
+        "partitions": st.partitions,
+        "liveMembers": live,
+        "unownedPartitions": unowned,
+        "members": members,
+        "leases": partitions,
+    })))
 }
 
 /// Gives every partition back and leaves the member list, so the others take over at their next

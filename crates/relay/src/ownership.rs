@@ -39,6 +39,8 @@ struct Inner {
     slots: Vec<Slot>,
     consuming: watch::Sender<BTreeSet<u32>>,
     drained: Notify,
+    /// Who owns each partition, as the last tick saw it ([`Ownership::set_owners`]).
+    owners: std::sync::RwLock<Vec<Option<String>>>,
     /// The partitions each JetStream follower still pulls ([`Ownership::add_puller`]).
     pullers: std::sync::Mutex<Vec<watch::Receiver<BTreeSet<u32>>>>,
 }
@@ -99,6 +101,7 @@ impl Ownership {
             consuming,
             drained: Notify::new(),
             pullers: std::sync::Mutex::new(Vec::new()),
+            owners: std::sync::RwLock::new(Vec::new()),
         }))
     }
 
@@ -270,6 +273,18 @@ impl Ownership {
             .collect()
     }
 
+    /// Who owns each partition (the members' ids), as the membership task last saw it.
+    pub fn set_owners(&self, owners: Vec<Option<String>>) {
+        *self.0.owners.write().unwrap_or_else(|p| p.into_inner()) = owners;
+    }
+
+    /// The member that owns `(tenant, user)`'s partition, as last seen.
+    pub fn owner_of(&self, tenant: &str, user: &str) -> Option<String> {
+        let p = self.partition_of(tenant, user) as usize;
+        let owners = self.0.owners.read().unwrap_or_else(|p| p.into_inner());
+        owners.get(p).cloned().flatten()
+    }
+
     /// Registers what a JetStream follower still pulls, for [`Self::pulled`].
     pub fn add_puller(&self, pulling: watch::Receiver<BTreeSet<u32>>) {
         self.0
@@ -326,7 +341,10 @@ mod tests {
         assert_eq!(o.consuming().borrow().len(), 8);
         o.lapse();
         o.set_owned(&[]);
-        assert!(o.begin(3).is_some(), "nothing takes a cluster of one's partitions");
+        assert!(
+            o.begin(3).is_some(),
+            "nothing takes a cluster of one's partitions"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -367,10 +385,10 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         assert!(!o.drained(&[0], deadline).await, "in flight until dropped");
         let o2 = o.clone();
-        let waiter =
-            tokio::spawn(
-                async move { o2.drained(&[0], Instant::now() + Duration::from_secs(5)).await },
-            );
+        let waiter = tokio::spawn(async move {
+            o2.drained(&[0], Instant::now() + Duration::from_secs(5))
+                .await
+        });
         tokio::task::yield_now().await;
         drop(w);
         assert!(waiter.await.expect("joined"));

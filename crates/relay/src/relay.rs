@@ -44,6 +44,8 @@ pub struct Relay {
     /// Which users' work is this instance's ([`Ownership`]): all of it on SQLite, the
     /// partitions its leases give it in a cluster.
     pub ownership: Ownership,
+    /// This instance's member id in a cluster (`None` on SQLite).
+    pub member: Option<String>,
 }
 
 impl Relay {

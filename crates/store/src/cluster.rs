@@ -122,6 +122,9 @@ pub struct Tick {
     pub target: u32,
     /// The live members (this one included), by id.
     pub members: Vec<String>,
+    /// Who owns each partition now (a running lease), by partition; for forwarding requests
+    /// that need a user's owner.
+    pub owners: Vec<Option<String>>,
 }
 
 /// A member as `ccrelay cluster status` shows it.

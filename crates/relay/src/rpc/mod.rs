@@ -4,7 +4,8 @@
 //! answer plus `"ok"`, or `{"ok": false, "error": {"code", "message"}}` for a request the relay
 //! refuses (`invalid_request`, `unknown_tenant`, `upstream`, `unavailable`, `timeout`).
 //!
-//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health` (`relay_wide`). The
+//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health`, `cluster.status`
+//! (`relay_wide`; the last is [`crate::cluster::status`]). The
 //! reads about a tenant's customers are also served tenant-scoped, as
 //! `P.cec.<t>.rpc.sessions.list` and `P.cec.<t>.rpc.transcript.get`, the tenant taken from the
 //! subject, so that NATS permissions on subjects can confine a service to its tenant.
@@ -19,6 +20,12 @@
 //! `clickToCall.create`, `clickToCall.events`, `clickToCall.drop`, `mobileAgentCall`, and — stored,
 //! with their events — `satisfaction`, `robotFeedback`, `leaveMessage` (`stored`). Requests are
 //! handled concurrently (a queue group, so several relays share the load); they are not stored.
+//!
+//! In a cluster a request that acts for a customer (every tenant op but the stored reads) is
+//! served by the member that owns the customer's partition, the one that holds the customer's
+//! token: the member that receives it forwards it, reply subject unchanged, on
+//! `P._cluster.<member>.<subject>`, which only that member subscribes to ([`owner_route`]). With
+//! no owner known (a partition between owners), the reply is `unavailable`: retry.
 
 mod body;
 mod ops;
@@ -126,6 +133,10 @@ pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
     let relay = up.relay.clone();
     let subject = format!("{}.cec.*.rpc.>", relay.subjects.prefix());
     let wide = format!("{}.rpc.>", relay.subjects.prefix());
+    let forwarded = relay
+        .member
+        .as_ref()
+        .map(|m| format!("{}._cluster.{m}.", relay.subjects.prefix()));
     let mut sub = loop {
         let both = async {
             let a = nats
@@ -134,7 +145,15 @@ pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
             let b = nats
                 .queue_subscribe(wide.clone(), QUEUE_GROUP.to_owned())
                 .await?;
-            Ok::<_, async_nats::SubscribeError>(futures::stream::select(a, b))
+            let both = futures::stream::select(a, b);
+            let mine = match &forwarded {
+                Some(f) => Some(nats.subscribe(format!("{f}>")).await?),
+                None => None,
+            };
+            Ok::<_, async_nats::SubscribeError>(futures::stream::select(
+                both,
+                futures::stream::iter(mine).flatten(),
+            ))
         };
         match both.await {
             Ok(s) => break s,
@@ -165,7 +184,15 @@ pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
             tracing::debug!(subject = %msg.subject, "RPC request without a reply subject ignored");
             continue;
         };
-        let tenant = subject_tenant(relay.subjects.prefix(), &msg.subject)
+        // A request another member forwarded is this member's to serve, whatever it sees now.
+        let (subject, was_forwarded) = match forwarded
+            .as_deref()
+            .and_then(|f| msg.subject.as_str().strip_prefix(f))
+        {
+            Some(original) => (original.to_owned(), true),
+            None => (msg.subject.to_string(), false),
+        };
+        let tenant = subject_tenant(relay.subjects.prefix(), &subject)
             .filter(|t| per_tenant.contains_key(*t))
             .unwrap_or_default();
         if !reply_allowed(&relay.config.rpc.inbox_prefixes, &reply_to) {
@@ -193,10 +220,38 @@ pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
             }
             continue;
         };
+        if !was_forwarded {
+            match owner_route(&relay, &subject, &msg.payload) {
+                Route::Here => {}
+                Route::To(to) => {
+                    drop(permit);
+                    if let Err(e) = nats
+                        .publish_with_reply(to, reply_to, msg.payload.clone())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "Cannot forward an RPC request to its owner");
+                    }
+                    continue;
+                }
+                Route::Nobody => {
+                    drop(permit);
+                    let e = RpcError::Unavailable(
+                        "no relay of the cluster owns this customer right now (a partition is \
+                         changing owner); retry in a few seconds"
+                            .to_owned(),
+                    );
+                    let body = serde_json::to_vec(&e.reply()).unwrap_or_default();
+                    if let Err(e) = nats.publish(reply_to, body.into()).await {
+                        tracing::warn!(error = %e, "Cannot send an RPC reply");
+                    }
+                    continue;
+                }
+            }
+        }
         let up = up.clone();
         let nats = nats.clone();
         tracker.spawn(async move {
-            let body = handle(&up, msg.subject.as_str(), &msg.payload).await;
+            let body = handle(&up, &subject, &msg.payload).await;
             drop(permit);
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             if let Err(e) = nats.publish(reply_to, bytes.into()).await {
@@ -206,6 +261,50 @@ pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// Where a request is served in a cluster.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Here,
+    /// Forwarded on this subject to the member that owns the customer.
+    To(String),
+    /// The customer's partition has no owner now.
+    Nobody,
+}
+
+/// Where a request on `subject` is served: here, unless this is a member of a cluster, the
+/// request acts for a customer (a tenant op that is not a stored read) and another member owns
+/// that customer's partition. A request whose customer cannot be read is served here (and
+/// refused as invalid).
+fn owner_route(relay: &Relay, subject: &str, payload: &[u8]) -> Route {
+    let Some(me) = &relay.member else {
+        return Route::Here;
+    };
+    let Some(tenant) = subject_tenant(relay.subjects.prefix(), subject) else {
+        return Route::Here;
+    };
+    let op = subject
+        .rsplit_once(".rpc.")
+        .map(|(_, op)| op)
+        .unwrap_or_default();
+    if relay_wide::TENANT_SCOPED.contains(&op) {
+        return Route::Here;
+    }
+    let Ok(user) = Body::parse(payload).and_then(|b| b.customer(op)) else {
+        return Route::Here;
+    };
+    if relay.ownership.owns(tenant, &user) {
+        return Route::Here;
+    }
+    match relay.ownership.owner_of(tenant, &user) {
+        Some(owner) if owner == *me => Route::Here,
+        Some(owner) => Route::To(format!(
+            "{}._cluster.{owner}.{subject}",
+            relay.subjects.prefix()
+        )),
+        None => Route::Nobody,
+    }
 }
 
 /// Handles one request and returns the reply body; runs in the span `rpc` (`subject`).

@@ -135,6 +135,12 @@ async fn read(relay: &Relay, op: &str, b: &Body, scope: Option<&str>) -> Result<
                 json!({"ok": ok, "database": db, "nats": "up", "streams": if streams { "up" } else { "pending" }}),
             )
         }
+        "cluster.status" => match crate::cluster::status(&relay.store).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Ok(json!({"ok": true, "partitions": 0, "liveMembers": 1,
+                "single": true, "members": [], "leases": []})),
+            Err(e) => Err(RpcError::Unavailable(format!("reading the cluster: {e}"))),
+        },
         other => Err(RpcError::UnknownOp(other.to_owned())),
     }
 }

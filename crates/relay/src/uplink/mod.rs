@@ -29,8 +29,8 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::serial::{self, BySubject};
 use crate::bus::ack::Disposition;
+use crate::bus::serial::{self, BySubject};
 use crate::bus::{ack, partitioned, streams};
 use crate::poller::PollerHandle;
 use crate::relay::Relay;

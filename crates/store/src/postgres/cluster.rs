@@ -153,6 +153,20 @@ impl Leases {
                 acquired.push(a);
             }
         }
+        let mut owners = vec![None; usize::try_from(partitions.max(0)).unwrap_or(0)];
+        for r in sqlx::query(
+            "SELECT partition, owner FROM cluster_partitions \
+             WHERE owner IS NOT NULL AND lease_until > now()",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?
+        {
+            let p = partition(get(&r, "partition")?)? as usize;
+            if let Some(slot) = owners.get_mut(p) {
+                *slot = get(&r, "owner")?;
+            }
+        }
         sqlx::query("DELETE FROM cluster_members WHERE lease_until < now() - interval '1 hour'")
             .execute(&mut *tx)
             .await
@@ -166,6 +180,7 @@ impl Leases {
             acquired,
             target,
             members,
+            owners,
         })
     }
 
