@@ -6,6 +6,7 @@ mod bounds;
 mod cec_relay;
 mod chaos;
 mod cli;
+mod cluster;
 mod crash;
 mod durable;
 mod fuzz_nats;

@@ -1,0 +1,375 @@
+//! Several relays as one service (docs/HA.md), black-box: real `ccrelay` processes on one
+//! PostgreSQL and one nats-server (≥ 2.11), the simulator as the contact center logging every
+//! poll with the instance that made it (its User-Agent).
+//!
+//! The run: three members share the sessions; one is SIGKILLed and started again, one is
+//! SIGSTOPped past its lease and resumed, one is SIGTERMed, and a new one joins — while numbered
+//! messages flow both ways. Then: no two polls of a session overlap, no session is polled again
+//! by another member sooner than one interval after the last poll, the takeover times, every
+//! message once and in order both ways.
+//!
+//! CI runs it with the debug binary and `CLUSTER_USERS` (24) sessions; the long form —
+//! `CCRELAY_CLUSTER_USERS=300 cargo test --release --test it cluster -- --ignored` — runs the
+//! same with hundreds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::support::app::{PREFIX, TENANT};
+use crate::support::relay_proc::{RelayConfig, RelayProcess, write_config};
+
+const CLUSTER_USERS: usize = 24;
+/// The tenant's poll interval in the test configuration.
+const INTERVAL: Duration = Duration::from_millis(100);
+const LEASE: Duration = Duration::from_secs(10);
+
+/// A fresh nats-server of at least the version a cluster needs.
+async fn nats_2_11() -> natsd::LocalNatsServer {
+    let binary = tokio::task::spawn_blocking(|| {
+        devkit::ensure_nats_server(
+            relay::bus::partitioned::MIN_SERVER,
+            &crate::support::test_deps_dir(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("a cluster needs nats-server ≥ 2.11: {e}"));
+    natsd::LocalNatsServer::start(&binary, natsd::NatsServerOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot start nats-server {}: {e}", binary.display()))
+}
+
+struct Member {
+    id: String,
+    proc: RelayProcess,
+}
+
+fn member(dir: &std::path::Path, id: &str, nats_url: &str, sim: &sim::SimHandle, db: &str) -> Member {
+    let sub = dir.join(id);
+    std::fs::create_dir_all(&sub).unwrap();
+    let extra = format!("[cluster]\nid = \"{id}\"\nlease = \"10s\"\npartitions = 16\n");
+    let config = write_config(
+        &sub,
+        &RelayConfig {
+            store_url: Some(db.to_owned()),
+            nats_url,
+            sim,
+            // Shared journal directory: each member keeps its own journal there.
+            relay_section: &format!("journal_dir = \"{}\"", dir.join("journals").display()),
+            request_timeout: "3s",
+            ack_wait: "30s",
+            extra: &extra,
+        },
+    );
+    Member {
+        id: id.to_owned(),
+        proc: RelayProcess::new(config, dir.join(format!("{id}.log"))),
+    }
+}
+
+fn user(i: usize) -> String {
+    format!("c{i:03}")
+}
+
+/// One publish on `P.cec.acme.up.<user>`, acknowledged by JetStream.
+async fn up(js: &async_nats::jetstream::Context, user: &str, body: Value) {
+    js.publish(
+        format!("{PREFIX}.cec.{TENANT}.up.{user}"),
+        serde_json::to_vec(&body).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// Numbered messages both ways for every user: `n` up (`u-<user>-<n>`) and one agent message
+/// (`d-<user>-<n>`).
+async fn round(js: &async_nats::jetstream::Context, sim: &sim::SimHandle, users: &[String], n: usize) {
+    for u in users {
+        up(js, u, json!({"content": format!("u-{u}-{n}"), "messageId": format!("u-{u}-{n}")})).await;
+        sim.agent_say(u, &format!("d-{u}-{n}"));
+    }
+}
+
+/// The polls of each user in start order: (instance, start µs, end µs).
+fn polls(sim: &sim::SimHandle) -> BTreeMap<String, Vec<(String, u64, u64)>> {
+    let mut by_user: BTreeMap<String, Vec<(String, u64, u64)>> = BTreeMap::new();
+    for c in sim.calls(0) {
+        if c.kind != sim::CallKind::Poll {
+            continue;
+        }
+        let (Some(u), Some(i)) = (c.user_id.clone(), c.instance.clone()) else {
+            continue;
+        };
+        by_user.entry(u).or_default().push((i, c.start_us, c.end_us));
+    }
+    for v in by_user.values_mut() {
+        v.sort_by_key(|p| p.1);
+    }
+    by_user
+}
+
+/// Who polled each user last before `at` (µs on the simulator's clock).
+fn last_poller(polls: &BTreeMap<String, Vec<(String, u64, u64)>>, at: u64) -> BTreeMap<String, String> {
+    polls
+        .iter()
+        .filter_map(|(u, ps)| {
+            ps.iter()
+                .filter(|p| p.1 < at)
+                .next_back()
+                .map(|p| (u.clone(), p.0.clone()))
+        })
+        .collect()
+}
+
+/// For the users `of` polled last before `at`: the longest time from `at` to the first poll by
+/// another instance.
+fn takeover(polls: &BTreeMap<String, Vec<(String, u64, u64)>>, of: &str, at: u64) -> (usize, Duration) {
+    let owned: Vec<String> = last_poller(polls, at)
+        .into_iter()
+        .filter(|(_, i)| i == of)
+        .map(|(u, _)| u)
+        .collect();
+    let mut worst = Duration::ZERO;
+    for u in &owned {
+        let first = polls[u]
+            .iter()
+            .find(|p| p.1 >= at && p.0 != of)
+            .unwrap_or_else(|| panic!("{u} (of {of}) was never polled by another instance"));
+        worst = worst.max(Duration::from_micros(first.1 - at));
+    }
+    (owned.len(), worst)
+}
+
+async fn cluster_run(users: usize) {
+    crate::support::init_tracing();
+    let nats = nats_2_11().await;
+    let sim = sim::spawn(sim::SimConfig::default()).await.unwrap();
+    let pg = crate::support::postgres::fresh_pg_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats_url = nats.url();
+    let mut ms: Vec<Member> = ["relay-a", "relay-b", "relay-c"]
+        .iter()
+        .map(|id| member(dir.path(), id, &nats_url, &sim, &pg.url))
+        .collect();
+    for m in &mut ms {
+        m.proc.start();
+    }
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    ms[0].proc.wait_for_streams(&js).await;
+
+    // Every user connects, through whichever member owns them.
+    let users: Vec<String> = (0..users).map(user).collect();
+    for u in &users {
+        up(&js, u, json!({"controlType": "CONNECT", "messageId": format!("connect-{u}")})).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let connected = |u: &String| {
+        sim.received(u)
+            .iter()
+            .any(|r| r.request.message_id.as_deref() == Some(&format!("connect-{u}")))
+    };
+    while !users.iter().all(connected) {
+        assert!(Instant::now() < deadline, "not every user connected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut n = 0;
+    round(&js, &sim, &users, n).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let clock = |sim: &sim::SimHandle| sim.calls(0).last().map_or(0, |c| c.end_us);
+
+    // SIGKILL a member: its sessions are polled again within 30 s.
+    n += 1;
+    round(&js, &sim, &users, n).await;
+    let killed_at = clock(&sim);
+    ms[0].proc.kill();
+    n += 1;
+    round(&js, &sim, &users, n).await;
+    tokio::time::sleep(LEASE + Duration::from_secs(5)).await;
+    let (count, kill_takeover) = takeover(&polls(&sim), "relay-a", killed_at);
+    assert!(count > 0, "relay-a polled nothing before it was killed");
+    assert!(kill_takeover <= Duration::from_secs(30), "SIGKILL takeover took {kill_takeover:?}");
+    ms[0].proc.start();
+
+    // SIGSTOP a member past its lease, then resume it.
+    n += 1;
+    round(&js, &sim, &users, n).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped_at = clock(&sim);
+    ms[1].proc.signal("-STOP");
+    n += 1;
+    round(&js, &sim, &users, n).await;
+    tokio::time::sleep(LEASE + Duration::from_secs(5)).await;
+    let (_, stop_takeover) = takeover(&polls(&sim), "relay-b", stopped_at);
+    ms[1].proc.signal("-CONT");
+    n += 1;
+    round(&js, &sim, &users, n).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // SIGTERM a member: it hands its partitions back as it drains.
+    let termed_at = clock(&sim);
+    ms[2].proc.signal("-TERM");
+    n += 1;
+    round(&js, &sim, &users, n).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (count, term_takeover) = takeover(&polls(&sim), "relay-c", termed_at);
+    assert!(count > 0, "relay-c polled nothing before SIGTERM");
+    assert!(term_takeover <= Duration::from_secs(5), "SIGTERM takeover took {term_takeover:?}");
+
+    // A newcomer takes its share.
+    let mut d = member(dir.path(), "relay-d", &nats_url, &sim, &pg.url);
+    d.proc.start();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    n += 1;
+    round(&js, &sim, &users, n).await;
+    let joined_at = clock(&sim);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_join = last_poller(&polls(&sim), clock(&sim));
+    assert!(
+        after_join.values().any(|i| i == "relay-d"),
+        "relay-d polls nothing a while after joining: {after_join:?}"
+    );
+    let _ = joined_at;
+
+    // Everything arrives: wait for the last round both ways.
+    let last = n;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing_up: Vec<&String> = users
+            .iter()
+            .filter(|u| {
+                !sim.received(u)
+                    .iter()
+                    .any(|r| r.request.message_id.as_deref() == Some(&format!("u-{u}-{last}")))
+            })
+            .collect();
+        if missing_up.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "uplink never arrived for {missing_up:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let downs = read_downs(&js, &users, last).await;
+
+    // Order and once, both ways.
+    for u in &users {
+        let want: Vec<String> = (0..=last).map(|k| format!("d-{u}-{k}")).collect();
+        let got: Vec<String> = downs
+            .get(u)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.starts_with("d-"))
+            .cloned()
+            .collect();
+        assert_eq!(got, want, "DownMessages of {u}");
+        let sent: Vec<String> = sim
+            .received(u)
+            .iter()
+            .filter_map(|r| r.request.message_id.clone())
+            .filter(|id| id.starts_with("u-"))
+            .collect();
+        let want: Vec<String> = (0..=last).map(|k| format!("u-{u}-{k}")).collect();
+        assert_eq!(sent, want, "uplink of {u}");
+        for r in sim.received(u) {
+            assert_eq!(r.count, 1, "{u}: {:?} reached the upstream {} times", r.request.message_id, r.count);
+        }
+    }
+
+    // Exactly one poller at a time, never faster than the interval across a change of owner.
+    let all = polls(&sim);
+    let mut overlaps = Vec::new();
+    let mut early = Vec::new();
+    for (u, ps) in &all {
+        for w in ps.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            if b.1 < a.2 {
+                overlaps.push(format!("{u}: {a:?} and {b:?}"));
+            }
+            if a.0 != b.0 && b.1 < a.1 + INTERVAL.as_micros() as u64 {
+                early.push(format!("{u}: {a:?} then {b:?}"));
+            }
+        }
+    }
+    assert!(overlaps.is_empty(), "overlapping polls: {overlaps:#?}");
+    assert!(early.is_empty(), "a new owner polled within an interval of the old: {early:#?}");
+    let instances: BTreeSet<&str> = all.values().flatten().map(|p| p.0.as_str()).collect();
+    eprintln!(
+        "cluster: {} users, {} polls by {instances:?}; takeover after SIGKILL {kill_takeover:?}, \
+         after SIGSTOP {stop_takeover:?}, after SIGTERM {term_takeover:?}",
+        users.len(),
+        all.values().map(Vec::len).sum::<usize>()
+    );
+    for m in &mut ms {
+        m.proc.kill();
+    }
+    d.proc.kill();
+    let _ = ms.iter().map(|m| &m.id).count();
+}
+
+/// Every DownMessage content on `_OUT`, per user, in stream order, once the last round's are
+/// all there.
+async fn read_downs(
+    js: &async_nats::jetstream::Context,
+    users: &[String],
+    last: usize,
+) -> BTreeMap<String, Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stream = js
+            .get_stream(format!("{}_OUT", PREFIX.to_uppercase()))
+            .await
+            .unwrap();
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("{PREFIX}.cec.{TENANT}.down.>"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let total = stream.cached_info().state.messages;
+        let mut msgs = consumer.messages().await.unwrap();
+        let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut seen = 0u64;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await {
+            seen += 1;
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+            if let (Some(u), Some(c)) = (v["userId"].as_str(), v["content"].as_str()) {
+                by_user.entry(u.to_owned()).or_default().push(c.to_owned());
+            }
+            if seen >= total {
+                break;
+            }
+        }
+        let complete = users.iter().all(|u| {
+            by_user
+                .get(u)
+                .is_some_and(|cs| cs.iter().any(|c| *c == format!("d-{u}-{last}")))
+        });
+        if complete {
+            return by_user;
+        }
+        assert!(Instant::now() < deadline, "the last DownMessages never all arrived");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_share_sessions_across_kill_pause_stop_and_join() {
+    cluster_run(CLUSTER_USERS).await;
+}
+
+/// The long form (see the module docs): `CCRELAY_CLUSTER_USERS` sessions (default 300).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long form: CCRELAY_CLUSTER_USERS=300 cargo test --release --test it cluster -- --ignored"]
+async fn many_sessions_across_kill_pause_stop_and_join() {
+    let users = std::env::var("CCRELAY_CLUSTER_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    cluster_run(users).await;
+}
