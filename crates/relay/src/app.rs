@@ -43,6 +43,8 @@ pub struct App {
     nats: async_nats::Client,
     /// The nats-server `nats.embedded` started: stopped after the relay's last publish.
     _local_nats: Option<natsd::LocalNatsServer>,
+    /// A SQLite database's instance lock, held until the relay is gone (dropped last).
+    _instance_lock: Option<store::InstanceLock>,
 }
 
 impl App {
@@ -56,6 +58,9 @@ impl App {
                  (`ccrelay demo --keep-running` serves the built-in simulator as tenant \"demo\")"
             );
         }
+        // A second relay on a SQLite database stops here, before it starts anything.
+        let instance_lock =
+            store::instance_lock(&config.store.url, &crate::instance::holder(&config))?;
         let local_nats = if config.nats.embedded {
             local_nats(&config.nats, Box::new(installed_nats_server))
                 .await
@@ -216,6 +221,7 @@ impl App {
             http_addr,
             nats,
             _local_nats: local_nats,
+            _instance_lock: instance_lock,
         })
     }
 
