@@ -108,7 +108,9 @@ impl App {
         publish_limit.follow(move || client.max_payload());
         let js = async_nats::jetstream::new(nats.clone());
 
-        let http_client = CecClient::http_client().context("building the HTTP client")?;
+        // Its User-Agent names this instance (`cluster.id`, else the host name) to the upstreams.
+        let http_client = CecClient::http_client_for(&crate::instance::name(&config))
+            .context("building the HTTP client")?;
         let tenants = config
             .cec
             .iter()
