@@ -191,8 +191,9 @@ pub struct Sim {
 impl Sim {
     pub async fn start() -> Result<Sim> {
         let cfg = SimConfig {
-            // The bench's messages would otherwise pile up in the poll log.
+            // The bench's messages and calls would otherwise pile up in the poll and call logs.
             poll_log_capacity: 0,
+            call_log_capacity: 0,
             ..SimConfig::default()
         };
         let sim = Simulator::new(cfg);

@@ -1,6 +1,7 @@
 //! What `ccrelay run` and `ccrelay demo` start, black-box: `run` relays what is configured and
 //! starts nothing of its own (no nats-server, no simulator tenant); `demo` starts a local
-//! nats-server that dies with it, even by SIGKILL.
+//! nats-server that dies with it, even by SIGKILL; a second relay on one SQLite file refuses to
+//! start.
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
@@ -234,4 +235,100 @@ async fn demo_s_nats_server_dies_with_the_demo() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A second `ccrelay run` on the SQLite database of a running relay refuses to start, naming the
+/// holder's pid and pointing to PostgreSQL; once the holder is SIGKILLed, a relay starts on the
+/// database (the lock died with the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_on_one_sqlite_file_refuses_to_start_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let config = dir.path().join("ccrelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+url = "sqlite://{db}"
+[nats]
+url = "nats://127.0.0.1:{port}"
+[http]
+listen = "127.0.0.1:0"
+"#,
+            db = db.display(),
+            port = free_port(),
+        ),
+    )
+    .unwrap();
+    let lock = dir.path().canonicalize().unwrap().join("relay.db.lock");
+    let start = |log: &str| {
+        ccrelay()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let holds = |pid: u32| {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.starts_with(&format!("pid {pid} on host ")))
+    };
+
+    let mut first = start("first.log");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !holds(first.id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first relay never took the lock: {}",
+            read("first.log")
+        );
+        assert!(first.try_wait().unwrap().is_none(), "{}", read("first.log"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut second = start("second.log");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second relay kept running: {}", read("second.log"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = read("second.log");
+    assert!(!status.success(), "{status}: {log}");
+    let expected = format!(
+        "the SQLite store {} is in use by another relay (pid {} on host ",
+        db.canonicalize().unwrap().display(),
+        first.id()
+    );
+    assert!(log.contains(&expected), "{expected:?} not in {log}");
+    assert!(
+        log.contains("SQLite keeps one relay: for several relays use PostgreSQL (docs/HA.md)"),
+        "{log}"
+    );
+    assert!(first.try_wait().unwrap().is_none(), "{}", read("first.log"));
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut third = start("third.log");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !holds(third.id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no relay took the lock after the first died: {}",
+            read("third.log")
+        );
+        assert!(third.try_wait().unwrap().is_none(), "{}", read("third.log"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    third.kill().unwrap();
+    third.wait().unwrap();
 }

@@ -1,6 +1,7 @@
 //! The HTTP client of one CEC tenant.
 //!
-//! Every call carries `x-app-key` and `Authorization: Bearer <AccessToken>`; calls for a user also
+//! Every call carries `x-app-key`, `Authorization: Bearer <AccessToken>` and `User-Agent:
+//! ccrelay/<version> (<instance>)` ([`user_agent`]: which relay made it); calls for a user also
 //! carry that user's `ccmessaging-token`. The client keeps both tokens itself:
 //! - the AccessToken is fetched before first use and refreshed before it expires, one refresh at a
 //!   time ([`AccessTokenCache`]);
@@ -49,6 +50,28 @@ pub const CC_TOKEN_HEADER: &str = "ccmessaging-token";
 pub const APP_KEY_HEADER: &str = "x-app-key";
 /// Header asking for an AccessToken lifetime, in seconds.
 pub const TOKEN_EXPIRE_HEADER: &str = "X-Token-Expire";
+
+/// The instance named in the `User-Agent` of a client given none ([`CecClient::http_client`]).
+pub const DEFAULT_INSTANCE: &str = "ccrelay";
+
+/// `ccrelay/<version> (<instance>)`: the `User-Agent` of every request, naming the relay that made
+/// it (among several, docs/HA.md) for the upstream's logs and the simulator's call log. Characters
+/// a header or the parentheses cannot carry (controls, spaces, non-ASCII, `(`, `)`, `\`) become
+/// `_`; an empty instance is [`DEFAULT_INSTANCE`].
+pub fn user_agent(instance: &str) -> String {
+    let instance = match instance {
+        "" => DEFAULT_INSTANCE.to_owned(),
+        name => name
+            .chars()
+            .map(|c| match c {
+                '(' | ')' | '\\' => '_',
+                c if c.is_ascii_graphic() => c,
+                _ => '_',
+            })
+            .collect(),
+    };
+    format!("ccrelay/{} ({instance})", env!("CARGO_PKG_VERSION"))
+}
 
 /// Tokens held beyond `max_sessions`, for users calling RPC ops without a session.
 const SPARE_USER_TOKENS: usize = 1024;
@@ -109,14 +132,20 @@ impl CecClient {
         }
     }
 
-    /// One HTTP client for every tenant: keep-alive pool, rustls, no redirects.
+    /// [`Self::http_client_for`] the instance [`DEFAULT_INSTANCE`] (tools, tests).
     pub fn http_client() -> reqwest::Result<reqwest::Client> {
+        Self::http_client_for(DEFAULT_INSTANCE)
+    }
+
+    /// One HTTP client for every tenant (and every Tencent app): keep-alive pool, rustls, no
+    /// redirects, and [`user_agent`]`(instance)` on every request.
+    pub fn http_client_for(instance: &str) -> reqwest::Result<reqwest::Client> {
         reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ccrelay/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent(instance))
             .build()
     }
 

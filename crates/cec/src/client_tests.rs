@@ -508,3 +508,61 @@ fn the_download_limit_covers_the_base64_of_the_largest_file() {
     assert!(limit >= max.div_ceil(3) * 4 + max.div_ceil(3) * 4 / 76);
     assert!(limit < max * 3 / 2, "{limit}");
 }
+
+#[tokio::test]
+async fn every_request_names_the_instance_in_its_user_agent() {
+    let server = MockServer::start().await;
+    let agent = format!("ccrelay/{} (relay-a)", env!("CARGO_PKG_VERSION"));
+    Mock::given(method("POST"))
+        .and(path("/apigovernance/api/oauth/tokenByAkSk"))
+        .and(header("user-agent", agent.as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"AccessToken": "AT", "Expires": "600"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/apiaccess/ccmessaging/applyToken"))
+        .and(header("user-agent", agent.as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"token": "CT", "resultCode": "0"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/apiaccess/ccmessaging/poll"))
+        .and(header("user-agent", agent.as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"resultCode": "0", "downlinkMessages": []})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = CecClient::new(
+        CecClient::http_client_for("relay-a").unwrap(),
+        tenant(&server.uri()),
+    );
+    c.poll("u").await.unwrap();
+}
+
+#[test]
+fn the_user_agent_carries_a_header_safe_instance_name() {
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        super::client::user_agent("relay-a"),
+        format!("ccrelay/{v} (relay-a)")
+    );
+    assert_eq!(
+        super::client::user_agent(""),
+        format!("ccrelay/{v} (ccrelay)")
+    );
+    assert_eq!(
+        super::client::user_agent("a b(c)\\d\u{e9}\n"),
+        format!("ccrelay/{v} (a_b_c__d__)")
+    );
+}

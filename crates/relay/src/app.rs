@@ -47,6 +47,8 @@ pub struct App {
     nats: async_nats::Client,
     /// The nats-server `nats.embedded` started: stopped after the relay's last publish.
     _local_nats: Option<natsd::LocalNatsServer>,
+    /// A SQLite database's instance lock, held until the relay is gone (dropped last).
+    _instance_lock: Option<store::InstanceLock>,
 }
 
 impl App {
@@ -60,6 +62,9 @@ impl App {
                  (`ccrelay demo --keep-running` serves the built-in simulator as tenant \"demo\")"
             );
         }
+        // A second relay on a SQLite database stops here, before it starts anything.
+        let instance_lock =
+            store::instance_lock(&config.store.url, &crate::instance::holder(&config))?;
         let local_nats = if config.nats.embedded {
             local_nats(&config.nats, Box::new(installed_nats_server))
                 .await
@@ -135,7 +140,9 @@ impl App {
         publish_limit.follow(move || client.max_payload());
         let js = async_nats::jetstream::new(nats.clone());
 
-        let http_client = CecClient::http_client().context("building the HTTP client")?;
+        // Its User-Agent names this instance (`cluster.id`, else the host name) to the upstreams.
+        let http_client = CecClient::http_client_for(&crate::instance::name(&config))
+            .context("building the HTTP client")?;
         let tenants = config
             .cec
             .iter()
@@ -287,6 +294,7 @@ impl App {
             http_addr,
             nats,
             _local_nats: local_nats,
+            _instance_lock: instance_lock,
         })
     }
 

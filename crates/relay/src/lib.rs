@@ -12,11 +12,13 @@
 //!
 //! Around them: [`bus`] (the NATS connection, streams, JetStream publisher), [`http`]
 //! (`/healthz`, `/readyz`, `/metrics`, the Tencent callbacks), [`instrument`] (metrics),
-//! [`systemd`] (readiness and watchdog), and [`app`], which wires every task
-//! under one cancellation token and task tracker.
+//! [`systemd`] (readiness and watchdog), [`instance`] (the relay's name for the upstreams and
+//! its SQLite lock's description), and [`app`], which wires every task under one cancellation
+//! token and task tracker.
 //!
 //! The modules depend on each other in one direction only; each uses only those listed before it:
-//! 1. [`instrument`], [`systemd`], [`bus`] (with [`bus::ack`]: what becomes of a consumed message);
+//! 1. [`instance`], [`instrument`], [`systemd`], [`bus`] (with [`bus::ack`]: what becomes of a
+//!    consumed message);
 //! 2. [`outbox`];
 //! 3. [`relay`]: what the CEC tasks share (store, subjects, tenants' clients, the outbox signal,
 //!    the store's health, the cancellation token);
@@ -33,6 +35,7 @@ pub mod app;
 pub mod bus;
 pub mod cluster;
 pub mod http;
+pub mod instance;
 pub mod instrument;
 pub mod media;
 pub mod outbox;

@@ -1,7 +1,8 @@
 //! The CEC web-channel routes: tokenByAkSk, applyToken, send, poll, queryQueueInfo.
 //!
 //! Every handler goes through [`Simulator::call`] (counting, faults), then checks credentials,
-//! then does its work synchronously under the user's shard lock.
+//! then does its work synchronously under the user's shard lock. Every poll is also logged in
+//! the call log ([`crate::calllog`]), with the relay instance that made it.
 
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Denied, bad_request, check_access, check_cc_token, json, json_renewed};
+use super::calllog::{Answered, Call, CallKind};
 use super::faults::Endpoint;
 use super::state::{CcToken, Stage, queue_position};
 use super::stats::PollAnswer;
@@ -138,11 +140,29 @@ struct PollQuery {
     channel: Option<String>,
 }
 
+/// A poll, logged in the call log ([`crate::calllog`]).
 async fn poll(
     State(sim): State<Simulator>,
     headers: HeaderMap,
     Query(q): Query<PollQuery>,
 ) -> Response {
+    let Some(begun) = sim.inner.calls.begin(&headers) else {
+        return answer_poll(&sim, headers, q).await;
+    };
+    let call = Call {
+        kind: CallKind::Poll,
+        tenant: auth::header_str(&headers, "x-app-key").map(str::to_owned),
+        user_id: q.receiver_id.clone(),
+        token_user: auth::header_str(&headers, auth::CC_TOKEN_HEADER)
+            .and_then(|t| sim.inner.cc_index.with_existing(t, |u| u.clone())),
+    };
+    let response = answer_poll(&sim, headers, q).await;
+    sim.inner.calls.finish(begun, call, &response);
+    response
+}
+
+/// The poll itself: the user's queued messages, marked for the call log ([`Answered`]).
+async fn answer_poll(sim: &Simulator, headers: HeaderMap, q: PollQuery) -> Response {
     sim.call(Endpoint::Poll, move |sim| {
         let inner = &sim.inner;
         if let Err(denied) = check_access(inner, &headers) {
@@ -156,7 +176,11 @@ async fn poll(
                 result_code: result_code::PARAM_INVALID.into(),
                 ..PollResponse::default()
             };
-            return json(StatusCode::OK, &refused);
+            return Answered::mark(
+                json(StatusCode::OK, &refused),
+                result_code::PARAM_INVALID,
+                0,
+            );
         }
         let script = sim.script();
         let now = Instant::now();
@@ -194,12 +218,13 @@ async fn poll(
                 duplicate,
             });
         }
+        let answered = messages.len();
         let body = PollResponse {
             result_code: result_code::OK.into(),
             result_desc: Some("query user messages success.".into()),
             downlink_messages: messages,
         };
-        json_renewed(&body, renewed)
+        Answered::mark(json_renewed(&body, renewed), result_code::OK, answered)
     })
     .await
 }

@@ -56,6 +56,9 @@ pub struct SimConfig {
     pub system_nickname: String,
     /// How many non-empty poll answers the poll log keeps (oldest dropped first); 0 ⇒ none.
     pub poll_log_capacity: usize,
+    /// How many calls the call log keeps (every poll and Tencent call, with the instance that
+    /// made it and its timing; oldest dropped first); 0 ⇒ none.
+    pub call_log_capacity: usize,
     /// Largest file uploadFileStream accepts, decoded; a larger one answers 3.
     pub max_file_bytes: usize,
     /// The common phrases queryPhraseByKeyword suggests: those containing `strContent`.
@@ -97,6 +100,7 @@ impl Default for SimConfig {
             agent_greeting: "您好，很高兴为您服务。".into(),
             system_nickname: "系统".into(),
             poll_log_capacity: 1_000_000,
+            call_log_capacity: 1_000_000,
             max_file_bytes: 10 * 1024 * 1024,
             phrases: [
                 "网格版APP在哪里下载",
@@ -130,6 +134,8 @@ impl std::fmt::Debug for SimConfig {
             .field("queue_step", &self.queue_step)
             .field("offline_mode", &self.offline_mode)
             .field("send_rate_limit", &self.send_rate_limit)
+            .field("poll_log_capacity", &self.poll_log_capacity)
+            .field("call_log_capacity", &self.call_log_capacity)
             .field("max_file_bytes", &self.max_file_bytes)
             .field("click_to_call", &self.click_to_call)
             .field("mobile_agent", &self.mobile_agent)

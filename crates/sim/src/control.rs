@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD;
 
 use super::Simulator;
 use super::auth::{bad_request, json};
+use super::calllog::CallKind;
 use super::faults::Fault;
 use super::forced::Forced;
 use super::media::FILE_TYPES;
@@ -34,6 +35,36 @@ pub(crate) fn routes() -> Router<Simulator> {
         .route("/sim/cec/requests", get(requests))
         .route("/sim/cec/agent/file", post(agent_file))
         .route("/sim/cec/force-result", post(force_result))
+        .route("/sim/calls", get(calls).delete(clear_calls))
+}
+
+/// Query of `GET /sim/calls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    /// Only the records numbered after it.
+    #[serde(default)]
+    since: u64,
+    /// Only calls of this kind.
+    kind: Option<CallKind>,
+    /// At most this many records.
+    limit: Option<usize>,
+}
+
+/// The most records one `GET /sim/calls` answers without a `limit`.
+const CALLS_PAGE: usize = 100_000;
+
+async fn calls(State(sim): State<Simulator>, Query(q): Query<CallsQuery>) -> Response {
+    let records = sim
+        .inner
+        .calls
+        .since(q.since, q.kind, q.limit.unwrap_or(CALLS_PAGE));
+    json(StatusCode::OK, &records)
+}
+
+async fn clear_calls(State(sim): State<Simulator>) -> StatusCode {
+    sim.clear_calls();
+    StatusCode::NO_CONTENT
 }
 
 #[derive(Debug, Deserialize)]

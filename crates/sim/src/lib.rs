@@ -62,7 +62,8 @@
 //! `POST|DELETE|GET /sim/faults`, `POST /sim/cec/agent/say`, `POST /sim/cec/agent/disconnect`,
 //! `POST /sim/cec/agent/file`, `POST /sim/cec/force-result`,
 //! `POST /sim/cec/duplicate-next-poll`, `POST /sim/cec/expire-tokens`,
-//! `GET /sim/cec/received?userId=`, `GET /sim/stats`, `GET /sim/cec/poll-log`.
+//! `GET /sim/cec/received?userId=`, `GET /sim/stats`, `GET /sim/cec/poll-log`,
+//! `GET|DELETE /sim/calls`.
 //! Satisfactions, leave-messages, robot feedbacks and files are read in process only
 //! ([`Simulator::satisfactions`], [`Simulator::leave_messages`], [`Simulator::robot_feedbacks`],
 //! [`Simulator::uploaded`]).
@@ -83,10 +84,12 @@
 //!   credentials; `media`, files; `feedback`, satisfaction, leave-messages, robot feedback and
 //!   phrases; `calls`, click-to-call and the mobile agent's call; `forced`, forced result codes.
 //! - `state`, users, sessions, tokens; `script`, what the robot, agent and system say.
-//! - [`faults`], [`stats`], `control`, for fault injection, counters and poll log, the `/sim/` API.
+//! - [`faults`], [`stats`], `control`, for fault injection, counters and poll log, the `/sim/` API;
+//!   [`calllog`], every poll and Tencent call with the relay instance that made it.
 //! - [`tim`], the Tencent IM side (`/v4/…` and `/sim/tim/…`), configured by [`SimConfig::tim`].
 
 mod auth;
+pub mod calllog;
 mod calls;
 mod cec;
 pub mod config;
@@ -116,6 +119,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use calllog::{CallKind, CallRecord};
 pub use config::SimConfig;
 pub use faults::{Endpoint, Fault, FaultBody};
 pub use feedback::{LeaveMessage, RobotFeedback, Satisfaction};
@@ -165,6 +169,8 @@ pub(crate) struct Inner {
     records: Records,
     /// The CEC API requests received.
     requests: requests::RequestLog,
+    /// Every poll and Tencent call, with the instance that made it (shared with `tim`).
+    calls: Arc<calllog::CallLog>,
     /// The Tencent IM side ([`tim`]), from [`SimConfig::tim`].
     tim: TimSim,
 }
@@ -181,7 +187,8 @@ impl Simulator {
     /// A simulator with no users, tokens or faults.
     pub fn new(cfg: SimConfig) -> Self {
         let counters = Counters::new(cfg.poll_log_capacity);
-        let tim = TimSim::new(cfg.tim.clone());
+        let calls = Arc::new(calllog::CallLog::new(cfg.call_log_capacity));
+        let tim = TimSim::with_call_log(cfg.tim.clone(), calls.clone());
         Simulator {
             inner: Arc::new(Inner {
                 cfg,
@@ -195,6 +202,7 @@ impl Simulator {
                 forced: ForcedResults::default(),
                 records: Records::default(),
                 requests: requests::RequestLog::default(),
+                calls,
                 tim,
             }),
         }
@@ -336,6 +344,18 @@ impl Simulator {
     /// Every non-empty poll answer, oldest first (up to [`SimConfig::poll_log_capacity`]).
     pub fn poll_log(&self) -> Vec<PollAnswer> {
         self.inner.counters.poll_log()
+    }
+
+    /// The calls logged after the one numbered `since` (0: all kept), oldest first: every CEC
+    /// poll and every Tencent call, with the relay instance that made it and its timing
+    /// ([`calllog`]; up to [`SimConfig::call_log_capacity`]).
+    pub fn calls(&self, since: u64) -> Vec<CallRecord> {
+        self.inner.calls.since(since, None, usize::MAX)
+    }
+
+    /// Empties the call log; numbering goes on.
+    pub fn clear_calls(&self) {
+        self.inner.calls.clear();
     }
 
     /// Makes the next `times` answers of `endpoint` (every endpoint for [`Endpoint::Any`]) HTTP

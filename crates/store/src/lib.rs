@@ -55,6 +55,9 @@
 //! touch, a row's `session_id`) or an up outcome whose row was never begun is a bug in the
 //! caller: it fails, non-retryably, and nothing of it is kept. `SetState` and `Close` on a
 //! closed session change nothing.
+//!
+//! A relay on SQLite holds its database's [`instance_lock`] for its lifetime, so a second relay on
+//! the same file refuses to start; on PostgreSQL several relays are one service (docs/HA.md).
 
 mod apply;
 pub mod cluster;
@@ -62,6 +65,7 @@ pub mod deadletter;
 mod fit;
 pub mod group;
 mod health;
+mod lock;
 pub mod metrics;
 pub mod postgres;
 mod records;
@@ -70,6 +74,7 @@ mod store;
 
 pub use fit::{DEFAULT_MAX_PAYLOAD, PublishLimit};
 pub use health::StoreHealth;
+pub use lock::{InstanceLock, LockError, instance_lock};
 pub use records::{event_record, now};
 pub use store::{Options, Store};
 

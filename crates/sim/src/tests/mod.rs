@@ -1,6 +1,7 @@
 //! Tests of the CEC simulator, through its router (`tower::ServiceExt::oneshot`) or a spawned
 //! server and reqwest.
 
+mod call_log;
 mod calls;
 mod control;
 mod conversation;

@@ -1,17 +1,19 @@
 //! The simulated Tencent endpoints: counting, faults, the rate limit, the query and UserSig
-//! checks, then send_msg's de-duplication and send_stream_msg's MsgKey state.
+//! checks, then send_msg's de-duplication and send_stream_msg's MsgKey state; every call is
+//! logged in the call log.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 
 use super::{Data, TimMessage, TimSim, TimSimEndpoint, TimStream, lock};
+use crate::calllog::{Answered, Call, CallKind};
 use ::tim::error::code;
 use ::tim::usersig;
 use ::tim::wire::MAX_BODY_BYTES;
@@ -32,16 +34,44 @@ pub(super) fn routes() -> Router<TimSim> {
         .route(STREAM_PATH, post(send_stream_msg))
 }
 
-async fn send_msg(State(sim): State<TimSim>, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    sim.call(TimSimEndpoint::SendMsg, q, body).await
+async fn send_msg(
+    State(sim): State<TimSim>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    sim.logged_call(TimSimEndpoint::SendMsg, &headers, q, body)
+        .await
 }
 
 async fn send_stream_msg(
     State(sim): State<TimSim>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    sim.call(TimSimEndpoint::SendStreamMsg, q, body).await
+    sim.logged_call(TimSimEndpoint::SendStreamMsg, &headers, q, body)
+        .await
+}
+
+/// The value of `key` in a query string.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The user a call is about: send_msg's `ToAccount` (else its `SessionId`), send_stream_msg's
+/// `To_Account`.
+fn call_user(ep: TimSimEndpoint, body: &[u8]) -> Option<String> {
+    let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let text = |k: &str| b.get(k).and_then(Value::as_str).map(str::to_owned);
+    match ep {
+        TimSimEndpoint::SendMsg => text("ToAccount").or_else(|| text("SessionId")),
+        TimSimEndpoint::SendStreamMsg => text("To_Account"),
+    }
 }
 
 /// HTTP 200 `ActionStatus` OK, with `extra` fields.
@@ -51,7 +81,7 @@ fn ok(extra: Map<String, Value>) -> Response {
     body.insert("ErrorInfo".into(), "".into());
     body.insert("ErrorCode".into(), 0.into());
     body.extend(extra);
-    axum::Json(Value::Object(body)).into_response()
+    Answered::mark(axum::Json(Value::Object(body)).into_response(), "0", 1)
 }
 
 /// A Tencent-level refusal: answered as [`fail`].
@@ -75,8 +105,10 @@ impl Refusal {
 
 /// HTTP 200 `ActionStatus` FAIL.
 pub(super) fn fail(code: i64, info: &str) -> Response {
-    axum::Json(json!({"ActionStatus": "FAIL", "ErrorInfo": info, "ErrorCode": code}))
-        .into_response()
+    let response =
+        axum::Json(json!({"ActionStatus": "FAIL", "ErrorInfo": info, "ErrorCode": code}))
+            .into_response();
+    Answered::mark(response, &code.to_string(), 0)
 }
 
 fn unix_now() -> Duration {
@@ -86,6 +118,33 @@ fn unix_now() -> Duration {
 }
 
 impl TimSim {
+    /// [`TimSim::call`], logged in the call log.
+    async fn logged_call(
+        &self,
+        ep: TimSimEndpoint,
+        headers: &HeaderMap,
+        query: Option<String>,
+        body: Bytes,
+    ) -> Response {
+        let calls = &self.shared.calls;
+        let Some(begun) = calls.begin(headers) else {
+            return self.call(ep, query, body).await;
+        };
+        let q = query.as_deref().unwrap_or("");
+        let call = Call {
+            kind: match ep {
+                TimSimEndpoint::SendMsg => CallKind::SendMsg,
+                TimSimEndpoint::SendStreamMsg => CallKind::SendStreamMsg,
+            },
+            tenant: query_value(q, "sdkappid"),
+            user_id: call_user(ep, &body),
+            token_user: query_value(q, "identifier"),
+        };
+        let response = self.call(ep, query, body).await;
+        calls.finish(begun, call, &response);
+        response
+    }
+
     async fn call(&self, ep: TimSimEndpoint, query: Option<String>, body: Bytes) -> Response {
         let over_limit = self.count_call();
         if let Some(f) = self.take_fault(ep) {

@@ -20,6 +20,9 @@
 //!    send_stream_msg keeps `MsgKey` state (10004 for a bad body, an unknown `MsgKey`, one of
 //!    another From_Account / To_Account, or one already finished).
 //!
+//! Every call, faulted and refused ones included, is also logged in the simulator's call log
+//! ([`crate::calllog`]) with the relay instance that made it.
+//!
 //! Every Tencent-level failure is HTTP 200 `{"ActionStatus":"FAIL","ErrorCode":N,"ErrorInfo":…}`.
 //!
 //! # Layout
@@ -40,6 +43,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use config::TimSimConfig;
+
+use crate::calllog::CallLog;
 pub use control::{CallbackSign, callback_sign};
 
 /// An endpoint of the simulated Tencent app, as faults name it.
@@ -173,6 +178,8 @@ struct Shared {
     data: Mutex<Data>,
     /// Injected faults, in injection order.
     faults: Mutex<VecDeque<TimFault>>,
+    /// Where every call is logged (the simulator's call log, shared with the CEC side).
+    calls: Arc<CallLog>,
 }
 
 /// The simulated Tencent IM app. Cheap to clone: clones share the same state.
@@ -194,14 +201,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TimSim {
-    /// An app with nothing received and no faults.
+    /// An app with nothing received and no faults, logging its calls in a call log of its own
+    /// that nothing reads (a [`crate::Simulator`]'s app logs them in the simulator's).
     pub fn new(cfg: TimSimConfig) -> Self {
+        Self::with_call_log(cfg, Arc::new(CallLog::new(0)))
+    }
+
+    /// [`TimSim::new`], logging its calls in `calls`.
+    pub(crate) fn with_call_log(cfg: TimSimConfig, calls: Arc<CallLog>) -> Self {
         TimSim {
             shared: Arc::new(Shared {
                 cfg,
                 http: reqwest::Client::new(),
                 data: Mutex::new(Data::default()),
                 faults: Mutex::new(VecDeque::new()),
+                calls,
             }),
         }
     }

@@ -8,6 +8,7 @@
 //! `SQLITE_BUSY` when a read transaction tries to become a write one. Timestamps are INTEGER
 //! microseconds since the Unix epoch (see `migrations/sqlite`).
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +68,7 @@ impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let (url, max_page_count) = take_max_page_count(url)?;
         let url = url.as_str();
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let (options, temp) = if in_memory {
+        let (options, temp) = if in_memory(url) {
             let dir = tempfile::Builder::new()
                 .prefix("ccrelay-db-")
                 .tempdir()
@@ -125,6 +125,27 @@ impl SqliteStore {
     pub(crate) fn writer_pragma(&self, name: &str) -> Result<i64> {
         self.batches.pragma(name)
     }
+}
+
+/// Whether `url` names a private database that lives as long as the store (`sqlite::memory:`,
+/// `mode=memory`).
+fn in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// The database file that [`SqliteStore::connect`] opens for `url`, as the URL names it
+/// (relative to the working directory if the URL's path is); `None` for `sqlite::memory:` and
+/// `mode=memory`, whose file is private to the store.
+///
+/// # Errors
+/// [`StoreError::Query`] for a malformed URL, as `connect` would.
+pub(crate) fn database_file(url: &str) -> Result<Option<PathBuf>> {
+    let (url, _) = take_max_page_count(url)?;
+    if in_memory(&url) {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::from_str(&url).map_err(StoreError::Query)?;
+    Ok(Some(options.get_filename().to_owned()))
 }
 
 /// `url` without its `max_page_count=N` query parameter, and `N`: the most pages the database
