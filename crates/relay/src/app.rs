@@ -129,19 +129,33 @@ impl App {
             .await
             .context("connecting to NATS")?;
         if member.is_some() {
-            bus::partitioned::check_server_version(&nats)
-                .await
-                .map_err(anyhow::Error::msg)
-                .context(
-                    "a cluster of relays (PostgreSQL store) needs nats-server 2.11 or newer",
-                )?;
+            // The server's version is known once connected: a member waits a little for it.
+            let _ = tokio::time::timeout(Duration::from_secs(10), nats.flush()).await;
+            if nats.server_info().version.is_empty() {
+                tracing::warn!(
+                    "NATS is not reachable yet: its version (a cluster needs 2.11 or newer) is \
+                     checked when the streams are set up"
+                );
+            } else {
+                bus::partitioned::check_server_version(&nats)
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context(
+                        "a cluster of relays (PostgreSQL store) needs nats-server 2.11 or newer",
+                    )?;
+            }
         }
         let client = nats.clone();
         publish_limit.follow(move || client.max_payload());
         let js = async_nats::jetstream::new(nats.clone());
 
-        // Its User-Agent names this instance (`cluster.id`, else the host name) to the upstreams.
-        let http_client = CecClient::http_client_for(&crate::instance::name(&config))
+        // Its User-Agent names this instance (its member id in a cluster, else `cluster.id`, else
+        // the host name) to the upstreams.
+        let http_client = CecClient::http_client_for(
+            &member
+                .as_ref()
+                .map_or_else(|| crate::instance::name(&config), |m| m.id.clone()),
+        )
             .context("building the HTTP client")?;
         let tenants = config
             .cec

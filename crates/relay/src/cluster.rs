@@ -57,14 +57,10 @@ pub fn member_id(configured: Option<&str>) -> String {
     configured.map_or_else(host_name, str::to_owned)
 }
 
-/// The host's name, reduced to the characters a member id takes (`[A-Za-z0-9_-]`, 64 at most).
+/// The host's name ([`crate::instance::host_name`]), reduced to the characters a member id
+/// takes (`[A-Za-z0-9_-]`, 64 at most).
 pub fn host_name() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "ccrelay".to_owned());
-    let id: String = raw
-        .trim()
+    let id: String = crate::instance::host_name()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
