@@ -47,7 +47,13 @@ struct Member {
     proc: RelayProcess,
 }
 
-fn member(dir: &std::path::Path, id: &str, nats_url: &str, sim: &sim::SimHandle, db: &str) -> Member {
+fn member(
+    dir: &std::path::Path,
+    id: &str,
+    nats_url: &str,
+    sim: &sim::SimHandle,
+    db: &str,
+) -> Member {
     let sub = dir.join(id);
     std::fs::create_dir_all(&sub).unwrap();
     let extra = format!("[cluster]\nid = \"{id}\"\nlease = \"10s\"\npartitions = 16\n");
@@ -116,9 +122,19 @@ async fn up(js: &async_nats::jetstream::Context, user: &str, body: Value) {
 
 /// Numbered messages both ways for every user: `n` up (`u-<user>-<n>`) and one agent message
 /// (`d-<user>-<n>`).
-async fn round(js: &async_nats::jetstream::Context, sim: &sim::SimHandle, users: &[String], n: usize) {
+async fn round(
+    js: &async_nats::jetstream::Context,
+    sim: &sim::SimHandle,
+    users: &[String],
+    n: usize,
+) {
     for u in users {
-        up(js, u, json!({"content": format!("u-{u}-{n}"), "messageId": format!("u-{u}-{n}")})).await;
+        up(
+            js,
+            u,
+            json!({"content": format!("u-{u}-{n}"), "messageId": format!("u-{u}-{n}")}),
+        )
+        .await;
         sim.agent_say(u, &format!("d-{u}-{n}"));
     }
 }
@@ -133,7 +149,10 @@ fn polls(sim: &sim::SimHandle) -> BTreeMap<String, Vec<(String, u64, u64)>> {
         let (Some(u), Some(i)) = (c.user_id.clone(), c.instance.clone()) else {
             continue;
         };
-        by_user.entry(u).or_default().push((i, c.start_us, c.end_us));
+        by_user
+            .entry(u)
+            .or_default()
+            .push((i, c.start_us, c.end_us));
     }
     for v in by_user.values_mut() {
         v.sort_by_key(|p| p.1);
@@ -142,7 +161,10 @@ fn polls(sim: &sim::SimHandle) -> BTreeMap<String, Vec<(String, u64, u64)>> {
 }
 
 /// Who polled each user last before `at` (µs on the simulator's clock).
-fn last_poller(polls: &BTreeMap<String, Vec<(String, u64, u64)>>, at: u64) -> BTreeMap<String, String> {
+fn last_poller(
+    polls: &BTreeMap<String, Vec<(String, u64, u64)>>,
+    at: u64,
+) -> BTreeMap<String, String> {
     polls
         .iter()
         .filter_map(|(u, ps)| {
@@ -156,7 +178,11 @@ fn last_poller(polls: &BTreeMap<String, Vec<(String, u64, u64)>>, at: u64) -> BT
 
 /// For the users `of` polled last before `at`: the longest time from `at` to the first poll by
 /// another instance.
-fn takeover(polls: &BTreeMap<String, Vec<(String, u64, u64)>>, of: &str, at: u64) -> (usize, Duration) {
+fn takeover(
+    polls: &BTreeMap<String, Vec<(String, u64, u64)>>,
+    of: &str,
+    at: u64,
+) -> (usize, Duration) {
     let owned: Vec<String> = last_poller(polls, at)
         .into_iter()
         .filter(|(_, i)| i == of)
@@ -195,7 +221,12 @@ async fn cluster_run(users: usize) {
     // Every user connects, through whichever member owns them.
     let users: Vec<String> = (0..users).map(user).collect();
     for u in &users {
-        up(&js, u, json!({"controlType": "CONNECT", "messageId": format!("connect-{u}")})).await;
+        up(
+            &js,
+            u,
+            json!({"controlType": "CONNECT", "messageId": format!("connect-{u}")}),
+        )
+        .await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let connected = |u: &String| {
@@ -225,15 +256,22 @@ async fn cluster_run(users: usize) {
     n += 1;
     round(&js, &sim, &users, n).await;
     tokio::time::sleep(LEASE + Duration::from_secs(5)).await;
-    let by: BTreeMap<String, usize> = polls(&sim).values().flatten().fold(BTreeMap::new(), |mut m, p| {
-        *m.entry(p.0.clone()).or_default() += 1;
-        m
-    });
+    let by: BTreeMap<String, usize> =
+        polls(&sim)
+            .values()
+            .flatten()
+            .fold(BTreeMap::new(), |mut m, p| {
+                *m.entry(p.0.clone()).or_default() += 1;
+                m
+            });
     eprintln!("polls by instance after the kill: {by:?}");
 
     let (count, kill_takeover) = takeover(&polls(&sim), "relay-a", killed_at);
     assert!(count > 0, "relay-a polled nothing before it was killed");
-    assert!(kill_takeover <= Duration::from_secs(30), "SIGKILL takeover took {kill_takeover:?}");
+    assert!(
+        kill_takeover <= Duration::from_secs(30),
+        "SIGKILL takeover took {kill_takeover:?}"
+    );
     ms[0].proc.start();
     balanced(&pg.url, &["relay-a", "relay-b", "relay-c"]).await;
 
@@ -261,7 +299,10 @@ async fn cluster_run(users: usize) {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (count, term_takeover) = takeover(&polls(&sim), "relay-c", termed_at);
     assert!(count > 0, "relay-c polled nothing before SIGTERM");
-    assert!(term_takeover <= Duration::from_secs(5), "SIGTERM takeover took {term_takeover:?}");
+    assert!(
+        term_takeover <= Duration::from_secs(5),
+        "SIGTERM takeover took {term_takeover:?}"
+    );
 
     // A newcomer takes its share.
     let mut d = member(dir.path(), "relay-d", &nats_url, &sim, &pg.url);
@@ -294,7 +335,10 @@ async fn cluster_run(users: usize) {
         if missing_up.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "uplink never arrived for {missing_up:?}");
+        assert!(
+            Instant::now() < deadline,
+            "uplink never arrived for {missing_up:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let downs = read_downs(&js, &users, last).await;
@@ -343,7 +387,10 @@ async fn cluster_run(users: usize) {
         }
     }
     assert!(overlaps.is_empty(), "overlapping polls: {overlaps:#?}");
-    assert!(early.is_empty(), "a new owner polled within an interval of the old: {early:#?}");
+    assert!(
+        early.is_empty(),
+        "a new owner polled within an interval of the old: {early:#?}"
+    );
     let instances: BTreeSet<&str> = all.values().flatten().map(|p| p.0.as_str()).collect();
     eprintln!(
         "cluster: {} users, {} polls by {instances:?}; takeover after SIGKILL {kill_takeover:?}, \
@@ -383,7 +430,8 @@ async fn read_downs(
         let mut msgs = consumer.messages().await.unwrap();
         let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut seen = 0u64;
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await
+        {
             seen += 1;
             let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
             if let (Some(u), Some(c)) = (v["userId"].as_str(), v["content"].as_str()) {
@@ -401,7 +449,10 @@ async fn read_downs(
         if complete {
             return by_user;
         }
-        assert!(Instant::now() < deadline, "the last DownMessages never all arrived");
+        assert!(
+            Instant::now() < deadline,
+            "the last DownMessages never all arrived"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

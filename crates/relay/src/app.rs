@@ -156,7 +156,7 @@ impl App {
                 .as_ref()
                 .map_or_else(|| crate::instance::name(&config), |m| m.id.clone()),
         )
-            .context("building the HTTP client")?;
+        .context("building the HTTP client")?;
         let tenants = config
             .cec
             .iter()

@@ -147,6 +147,27 @@ impl Ownership {
         (slot.state.load(SeqCst) == OWNED && self.valid()).then_some(work)
     }
 
+    /// A guard that keeps partition `p` busy (a hand-back waits for it) without leave to work on
+    /// it: held over a refused message until it is handed back ([`Self::refuse`]).
+    pub fn hold(&self, p: u32) -> Option<Work> {
+        let slot = self.0.slots.get(p as usize)?;
+        slot.inflight.fetch_add(1, SeqCst);
+        Some(Work {
+            owner: self.clone(),
+            partition: p,
+        })
+    }
+
+    /// Waits until no JetStream follower pulls partition `p` any more (at most `limit`): a
+    /// message refused by the work gate is handed back only then, so the server does not give it
+    /// straight back to this member, and the next owner gets it before anything newer.
+    pub async fn unpulled(&self, p: u32, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        while self.pulled(&[p]) && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// [`Self::begin`] for the partition of `(tenant, user)`.
     pub fn begin_for(&self, tenant: &str, user: &str) -> Option<Work> {
         self.begin(self.partition_of(tenant, user))

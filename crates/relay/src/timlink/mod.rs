@@ -415,9 +415,8 @@ impl Workers {
                 // In a cluster: only while the chunk's partition is this member's; else it goes
                 // back at once to the partition's owner.
                 let Some(work) = self.gate(&msg) else {
-                    self.tracker.spawn(async move {
-                        settle(&msg, Disposition::HandBack).await;
-                    });
+                    let this = self.clone();
+                    self.tracker.spawn(async move { this.refuse(&msg).await });
                     return;
                 };
                 let (tx, rx) = oneshot::channel();
@@ -476,15 +475,30 @@ impl Workers {
         }
     }
 
+    /// Hands `msg` back to JetStream for the owner of its partition: once this member no longer
+    /// pulls that partition (else the server would give it straight back), without delay (so
+    /// the next owner gets it before anything newer of its subject); meanwhile the partition
+    /// counts it as work in flight, so a hand-back of the partition waits for it.
+    async fn refuse(&self, msg: &jetstream::Message) {
+        let ownership = &self.link.sink.ownership;
+        let p = self.partition(msg);
+        let _held = ownership.hold(p);
+        ownership.unpulled(p, Duration::from_secs(5)).await;
+        ack::settle(msg, Disposition::HandBack).await;
+    }
+
     /// The work guard of `msg`'s partition (its subject's partition token; partition 0 for a
     /// message without one, from the single consumer's drain), if this member may work on it.
     fn gate(&self, msg: &jetstream::Message) -> Option<crate::ownership::Work> {
-        let sink = &self.link.sink;
-        let p = sink
+        self.link.sink.ownership.begin(self.partition(msg))
+    }
+
+    fn partition(&self, msg: &jetstream::Message) -> u32 {
+        self.link
+            .sink
             .subjects
             .partition_token(msg.subject.as_str())
-            .unwrap_or(0);
-        sink.ownership.begin(p)
+            .unwrap_or(0)
     }
 
     fn send(&self, msg: jetstream::Message) {
@@ -496,17 +510,16 @@ impl Workers {
         while let Some(msg) = queue.pop() {
             let cancel = &self.link.sink.cancel;
             if cancel.is_cancelled() {
-                // A member hands it back at once, for the next owner to have it first.
-                let d = if self.link.sink.ownership.is_cluster() {
-                    Disposition::HandBack
+                // Hand it back for the next run (a member: for the next owner, see `refuse`).
+                if self.link.sink.ownership.is_cluster() {
+                    self.refuse(&msg).await;
                 } else {
-                    Disposition::Retry(Duration::from_secs(1))
-                };
-                settle(&msg, d).await;
+                    settle(&msg, Disposition::Retry(Duration::from_secs(1))).await;
+                }
                 continue;
             }
             let Some(_work) = self.gate(&msg) else {
-                settle(&msg, Disposition::HandBack).await;
+                self.refuse(&msg).await;
                 continue;
             };
             let seq = stream_seq(&msg);
@@ -527,7 +540,11 @@ impl Workers {
                 )
             })
             .await;
-            settle(&msg, d).await;
+            match d {
+                // Fenced: the partition moved before this member heard of it.
+                Disposition::HandBack => self.refuse(&msg).await,
+                d => settle(&msg, d).await,
+            }
         }
     }
 }

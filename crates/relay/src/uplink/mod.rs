@@ -162,19 +162,19 @@ impl Workers {
     async fn work(self, mut queue: serial::Queue) {
         while let Some(msg) = queue.pop() {
             if self.ctx.relay.cancel.is_cancelled() {
-                // Hand it back for the next run.
-                // A member hands it back at once, for the next owner to have it first.
-                let wait = if self.ctx.relay.ownership.is_cluster() {
-                    None
+                // Hand it back for the next run (a member: for the next owner, see `refuse`).
+                if self.ctx.relay.ownership.is_cluster() {
+                    self.refuse(&msg).await;
                 } else {
-                    Some(Duration::from_secs(1))
-                };
-                let _ = msg.ack_with(AckKind::Nak(wait)).await;
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
                 continue;
             }
             // In a cluster: only while the message's partition is this member's.
             let Some(_work) = self.gate(&msg) else {
-                ack::settle(&msg, Disposition::HandBack).await;
+                self.refuse(&msg).await;
                 continue;
             };
             let Ok(_permit) = self.permits_for(queue.subject()).acquire_owned().await else {
@@ -184,15 +184,30 @@ impl Workers {
         }
     }
 
+    /// Hands `msg` back to JetStream for the owner of its partition: once this member no longer
+    /// pulls that partition (else the server would give it straight back), without delay (so
+    /// the next owner gets it before anything newer of its subject); meanwhile the partition
+    /// counts it as work in flight, so a hand-back of the partition waits for it.
+    async fn refuse(&self, msg: &jetstream::Message) {
+        let ownership = &self.ctx.relay.ownership;
+        let p = self.partition(msg);
+        let _held = ownership.hold(p);
+        ownership.unpulled(p, Duration::from_secs(5)).await;
+        ack::settle(msg, Disposition::HandBack).await;
+    }
+
     /// The work guard of `msg`'s partition (its subject's partition token; partition 0 for a
     /// message without one, from the single consumer's drain), if this member may work on it.
     fn gate(&self, msg: &jetstream::Message) -> Option<crate::ownership::Work> {
-        let relay = &self.ctx.relay;
-        let p = relay
+        self.ctx.relay.ownership.begin(self.partition(msg))
+    }
+
+    fn partition(&self, msg: &jetstream::Message) -> u32 {
+        self.ctx
+            .relay
             .subjects
             .partition_token(msg.subject.as_str())
-            .unwrap_or(0);
-        relay.ownership.begin(p)
+            .unwrap_or(0)
     }
 
     /// The send permits of the tenant `subject` names.
@@ -252,7 +267,11 @@ impl Workers {
             )
         })
         .await;
-        ack::settle(msg, disposition).await;
+        match disposition {
+            // Fenced: the partition moved before this member heard of it.
+            Disposition::HandBack => self.refuse(msg).await,
+            d => ack::settle(msg, d).await,
+        }
     }
 }
 
