@@ -38,6 +38,11 @@ pub enum Command {
         /// Keep the relay running after the conversation (until Ctrl-C).
         #[arg(long)]
         keep_running: bool,
+        /// Show a failover instead: this many relays (2–8) as one cluster on PostgreSQL
+        /// (CCRELAY_DEMO_PG_URL, else one found or provisioned) and a private nats-server; the
+        /// relay that owns the customer is killed mid-conversation.
+        #[arg(long)]
+        instances: Option<usize>,
     },
     /// Serve the simulator of CEC and Tencent IM (for development and tests).
     Simulate {

@@ -213,3 +213,241 @@ async fn conversation(app: &App) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `ccrelay demo --instances N`: a failover, shown. N relays (child processes of this binary) as
+/// one cluster on a PostgreSQL — `CCRELAY_DEMO_PG_URL`, else one found or provisioned as the
+/// tests do — and a private nats-server ≥ 2.11; the customer's conversation starts, the relay
+/// that owns the customer is killed (SIGKILL), and the conversation goes on through the others.
+pub async fn run_cluster(instances: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (2..=8).contains(&instances),
+        "--instances takes 2 to 8 relays"
+    );
+    let cache =
+        natsd::default_cache_dir().unwrap_or_else(|| std::path::PathBuf::from(".ccrelay-cache"));
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+
+    let binary = {
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || devkit::ensure_nats_server((2, 11), &cache))
+            .await
+            .context("looking for nats-server")??
+    };
+    let mut nats = natsd::LocalNatsServer::start(&binary, natsd::NatsServerOptions::default())
+        .await
+        .context("starting a nats-server for the demo")?;
+    let admin = match std::env::var("CCRELAY_DEMO_PG_URL") {
+        Ok(url) => url,
+        Err(_) => devkit::pg_provision::admin_pg_url(&cache)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("finding or provisioning PostgreSQL (or set CCRELAY_DEMO_PG_URL)")?,
+    };
+    let db = format!("ccrelay_demo_{}", std::process::id());
+    let db_url = create_database(&admin, &db).await?;
+    let sim_cfg = sim::SimConfig::default();
+    let simulator = sim::spawn(sim_cfg.clone())
+        .await
+        .context("starting the built-in simulator")?;
+
+    println!(
+        "{instances} relays, one PostgreSQL ({db}), one nats-server, the simulator as tenant \"{DEMO_TENANT}\""
+    );
+    let exe = std::env::current_exe().context("this program's path")?;
+    let mut relays = Vec::new();
+    for i in 1..=instances {
+        let id = format!("demo-{i}");
+        let config = dir.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nurl = \"{db_url}\"\n[nats]\nurl = \"{nats}\"\nembedded = false\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n[relay]\njournal_dir = \"{journals}\"\n\
+                 [cluster]\nid = \"{id}\"\nlease = \"5s\"\npartitions = 16\n\
+                 [[cec]]\nname = \"{DEMO_TENANT}\"\nbase_url = \"{sim}\"\napp_key = \"{ak}\"\n\
+                 app_secret = \"{secret}\"\nchannel_config_id = \"{ch}\"\npoll_interval = \"500ms\"\n",
+                nats = nats.url(),
+                journals = dir.path().join("journals").display(),
+                sim = simulator.base_url(),
+                ak = sim_cfg.app_key,
+                secret = sim_cfg.app_secret,
+                ch = sim_cfg.channel_config_id,
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join(format!("{id}.log")))?;
+        let child = std::process::Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a relay")?;
+        println!("  started {id} (pid {})", child.id());
+        relays.push((id, child));
+    }
+    let result = failover(&nats.url(), &db_url, &mut relays).await;
+    for (_, c) in &mut relays {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(simulator);
+    nats.stop().await;
+    if let Err(e) = &result {
+        eprintln!(
+            "demo failed: {e:#} (the relays' logs: {})",
+            dir.path().display()
+        );
+        // Keep the logs for a look.
+        let _ = dir.keep();
+    }
+    let _ = drop_database(&admin, &db).await;
+    result
+}
+
+async fn create_database(admin: &str, db: &str) -> anyhow::Result<String> {
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(admin)
+        .await
+        .context("connecting to PostgreSQL")?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut c)
+        .await
+        .context("creating the demo's database")?;
+    let mut url = url::Url::parse(admin).context("PostgreSQL url")?;
+    url.set_path(db);
+    Ok(url.to_string())
+}
+
+async fn drop_database(admin: &str, db: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&mut c)
+    .await?;
+    Ok(())
+}
+
+/// The conversation, with the customer's relay killed in the middle.
+async fn failover(
+    nats_url: &str,
+    db_url: &str,
+    relays: &mut [(String, std::process::Child)],
+) -> anyhow::Result<()> {
+    let store = store::connect(db_url).await?;
+    let client = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let started = tokio::time::Instant::now();
+    // Every relay holds its share of the partitions.
+    let owner_of = |st: &store::cluster::ClusterStatus, p: u32| {
+        st.leases
+            .iter()
+            .find(|l| l.partition == p && l.valid)
+            .and_then(|l| l.owner.clone())
+    };
+    loop {
+        if let Some(leases) = store.leases()
+            && let Ok(st) = leases.status().await
+            && st.members.iter().filter(|m| m.live).count() == relays.len()
+            && (0..st.partitions).all(|p| owner_of(&st, p).is_some())
+            && js.get_stream("CCRELAY_OUT").await.is_ok()
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the relays did not form a cluster within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let user = format!("demo-{}", time::OffsetDateTime::now_utc().unix_timestamp());
+    let prefix = "ccrelay";
+    let mut watch = client
+        .subscribe(format!("{prefix}.cec.{DEMO_TENANT}.*.{user}"))
+        .await?;
+    let say = |msg: Value| {
+        let js = js.clone();
+        let subject = format!("{prefix}.cec.{DEMO_TENANT}.up.{user}");
+        async move {
+            js.publish(subject, serde_json::to_vec(&msg)?.into())
+                .await?
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    let mut hear = async |what: &str, event: &str, secs: u64| -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let next = tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .with_context(|| format!("no answer to {what} within {secs}s"))?
+                .context("subscription ended")?;
+            let v: Value = serde_json::from_slice(&next.payload).unwrap_or(Value::Null);
+            if next.subject.as_str().contains(".down.") {
+                println!(
+                    "  {:>8} ← {}",
+                    v["sourceType"].as_str().unwrap_or("?"),
+                    v["content"].as_str().unwrap_or("")
+                );
+            } else if v["type"].as_str() == Some(event) {
+                return Ok(());
+            }
+        }
+    };
+    println!("\nA customer ({user}) talks to the contact center through NATS");
+    println!("  customer → [CONNECT]");
+    say(json!({"controlType": "CONNECT", "messageId": "m1"})).await?;
+    hear("CONNECT", "session.opened", 20).await?;
+    println!("  customer → Hello, is anyone there?");
+    say(json!({"content": "Hello, is anyone there?", "messageId": "m2"})).await?;
+    hear("the first message", "up.result", 20).await?;
+
+    let leases = store.leases().context("PostgreSQL keeps leases")?;
+    let st = leases.status().await?;
+    let p = contract::partition::of(DEMO_TENANT, &user, st.partitions);
+    let owner = owner_of(&st, p).context("the customer's partition has no owner")?;
+    let (_, child) = relays
+        .iter_mut()
+        .find(|(id, _)| *id == owner)
+        .context("the owner is not one of the demo's relays")?;
+    println!(
+        "\n  ✗ SIGKILL {owner} (pid {}), the relay that owns this customer",
+        child.id()
+    );
+    let killed = tokio::time::Instant::now();
+    child.kill()?;
+    let _ = child.wait();
+    println!("  customer → I'd like to change my delivery address.");
+    say(json!({"content": "I'd like to change my delivery address.", "messageId": "m3"})).await?;
+    hear("the message after the kill", "up.result", 60).await?;
+    let st = leases.status().await?;
+    println!(
+        "  ✓ {} took the customer over; answered {:.1}s after the kill (lease 5s)\n",
+        owner_of(&st, p).unwrap_or_default(),
+        killed.elapsed().as_secs_f64()
+    );
+    println!("  customer → [DISCONNECT]");
+    say(json!({"controlType": "DISCONNECT", "messageId": "m4"})).await?;
+    hear("DISCONNECT", "session.closed", 20).await?;
+
+    let rows = store.transcript(kind::CEC, DEMO_TENANT, &user).await?;
+    println!(
+        "\nTranscript stored in PostgreSQL ({} rows), each message once:",
+        rows.len()
+    );
+    for r in rows {
+        let what = match r.content.as_deref() {
+            Some(c) if !c.is_empty() => c.to_owned(),
+            _ => format!("[{}]", r.control_type.as_deref().unwrap_or("")),
+        };
+        println!("  {:>4} {what}", r.direction.as_str());
+    }
+    let status = relay::cluster::status(&store).await?.unwrap_or_default();
+    println!(
+        "\nCluster now: {} live members (`ccrelay cluster status` shows the same from the database)",
+        status["liveMembers"]
+    );
+    store.close().await;
+    Ok(())
+}

@@ -39,7 +39,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo { keep_running } => ccrelay::demo::run(load()?, keep_running).await,
+        Command::Demo {
+            instances: Some(n), ..
+        } => ccrelay::demo::run_cluster(n).await,
+        Command::Demo { keep_running, .. } => ccrelay::demo::run(load()?, keep_running).await,
         Command::Simulate { listen, sim_config } => {
             let cfg = match sim_config {
                 Some(p) => {

@@ -23,7 +23,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +91,12 @@ pub async fn run(m: Membership, poller: PollerHandle, store: DynStore, stop: Can
     let mut handing_back: Option<(Vec<u32>, Instant)> = None;
     let mut was_valid = false;
     loop {
+        // Leases that ran out locally since the last tick (even with no tick failing past the
+        // deadline): the gate refused work meanwhile and the poller dropped sessions it came to,
+        // so everything is adopted again once the leases are back.
+        if was_valid && !m.ownership.valid() {
+            lapse(&m, &mut adopted, &mut was_valid);
+        }
         let started = Instant::now();
         // A tick that has not answered when the leases run out locally lapses them.
         let deadline = if m.ownership.valid() {
@@ -105,8 +110,7 @@ pub async fn run(m: Membership, poller: PollerHandle, store: DynStore, stop: Can
         };
         match tick {
             Ok(Ok(tick)) => {
-                histogram!("ccrelay_cluster_lease_renewal_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                crate::instrument::cluster_lease_renewal(started.elapsed());
                 m.fencing.set(&tick.owned);
                 m.ownership.set_owned(&tick.owned);
                 m.ownership.set_owners(tick.owners.clone());
@@ -131,7 +135,7 @@ pub async fn run(m: Membership, poller: PollerHandle, store: DynStore, stop: Can
                     } else {
                         "free"
                     };
-                    counter!("ccrelay_cluster_takeovers_total", "kind" => kind).increment(1);
+                    crate::instrument::cluster_takeover(kind);
                     if let Some(prev) = &a.previous {
                         tracing::info!(partition = a.partition, epoch = a.epoch, previous = %prev,
                             "Took over a partition whose owner's lease ran out");
@@ -169,12 +173,11 @@ fn lapse(m: &Membership, adopted: &mut BTreeSet<u32>, was_valid: &mut bool) {
     m.fencing.set(&[]);
     adopted.clear();
     *was_valid = false;
-    gauge!("ccrelay_cluster_partitions_owned").set(0.0);
+    crate::instrument::cluster_view(0, 0);
 }
 
 fn record(m: &Membership, tick: &Tick) {
-    gauge!("ccrelay_cluster_partitions_owned").set(tick.owned.len() as f64);
-    gauge!("ccrelay_cluster_members").set(tick.members.len() as f64);
+    crate::instrument::cluster_view(tick.owned.len(), tick.members.len());
     if let Ok(mut last) = m.last.lock() {
         *last = Some(TickView {
             at: Instant::now(),
@@ -330,7 +333,7 @@ async fn leave(m: &Membership) {
             "Leaving the cluster took too long; the others take over when the leases run out"
         ),
     }
-    gauge!("ccrelay_cluster_partitions_owned").set(0.0);
+    crate::instrument::cluster_view(0, 0);
 }
 
 #[cfg(test)]

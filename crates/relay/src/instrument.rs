@@ -34,6 +34,11 @@
 //! | `ccrelay_store_away` | gauge | (1 while the database is unreachable or refuses writes: polling paused) |
 //! | `ccrelay_poll_journal_errors_total` | counter | (poll answers the journal could not write) |
 //! | `ccrelay_poll_journal_replayed_total` | counter | (messages committed from the journal at start-up) |
+//! | `ccrelay_cluster_partitions_owned` | gauge | (partitions this member holds; docs/HA.md) |
+//! | `ccrelay_cluster_members` | gauge | (live members, as the last lease tick saw them) |
+//! | `ccrelay_cluster_takeovers_total` | counter | `kind` (`expired`: from a member whose lease ran out; `free`) |
+//! | `ccrelay_cluster_lease_renewal_seconds` | histogram | (one lease tick's transaction) |
+//! | `ccrelay_cluster_fenced_writes_total` | counter | (writes refused: their partition was another member's; recorded by the store) |
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
@@ -221,4 +226,20 @@ pub fn poll_journal_error() {
 /// committed when it stopped).
 pub fn poll_journal_replayed(messages: usize) {
     counter!("ccrelay_poll_journal_replayed_total").increment(messages as u64);
+}
+
+/// What the last lease tick saw: partitions held by this member, live members.
+pub fn cluster_view(owned: usize, members: usize) {
+    gauge!("ccrelay_cluster_partitions_owned").set(owned as f64);
+    gauge!("ccrelay_cluster_members").set(members as f64);
+}
+
+/// A partition taken: from a member whose lease ran out (`expired`), or `free`.
+pub fn cluster_takeover(kind: &'static str) {
+    counter!("ccrelay_cluster_takeovers_total", "kind" => kind).increment(1);
+}
+
+/// One lease tick's transaction took `took`.
+pub fn cluster_lease_renewal(took: Duration) {
+    histogram!("ccrelay_cluster_lease_renewal_seconds").record(took.as_secs_f64());
 }

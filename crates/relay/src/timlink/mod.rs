@@ -382,7 +382,11 @@ impl Workers {
             let letter = store::deadletter::Received {
                 source: store::dead_source::TIM_STREAM,
                 msg_id: &msg_id,
-                subject: msg.subject.as_str(),
+                subject: self
+                    .link
+                    .sink
+                    .subjects
+                    .without_partition(msg.subject.as_str()),
                 payload: &msg.payload,
                 kind: kind::TIM,
                 tenant: None,
@@ -531,7 +535,11 @@ impl Workers {
                 send::handle(
                     &self.link,
                     send::Delivery {
-                        subject: msg.subject.as_str(),
+                        subject: self
+                            .link
+                            .sink
+                            .subjects
+                            .without_partition(msg.subject.as_str()),
                         payload: &msg.payload,
                         derived_id: format!("tim-s{}-{seq}", self.stamp),
                         stream_seq: seq,

@@ -34,7 +34,12 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context) {
     let stream = relay.subjects.in_stream();
     let client = js.client();
     let mut sub = loop {
-        match client.subscribe(subject(&stream)).await {
+        // One member of a cluster takes each advisory (a queue group): its dead letter and event
+        // are recorded once, by whichever member, as facts (not fenced).
+        match client
+            .queue_subscribe(subject(&stream), crate::rpc::QUEUE_GROUP.to_owned())
+            .await
+        {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot subscribe to JetStream's max-deliveries advisories; retrying");
@@ -97,7 +102,8 @@ async fn record(relay: &Relay, js: &jetstream::Context, adv: &MaxDeliveries) {
     let letter = Received {
         source: dead_source::MAX_DELIVERIES,
         msg_id: &msg_id,
-        subject: &m.subject,
+        // As published: a retried dead letter goes back where its sender put it.
+        subject: subjects.without_partition(&m.subject),
         payload: &m.payload,
         kind: k,
         tenant,
@@ -116,7 +122,7 @@ async fn record(relay: &Relay, js: &jetstream::Context, adv: &MaxDeliveries) {
     match store::deadletter::record(&relay.store, &letter).await {
         Ok(id) => {
             let commit = store::deadletter::event_commit(subjects, &letter, id);
-            if let Err(e) = relay.commit(commit).await {
+            if let Err(e) = relay.store.commit_fact_retrying(commit).await {
                 tracing::warn!(error = %e, "Cannot commit the error event of a max-deliveries dead letter");
             }
         }

@@ -258,7 +258,12 @@ impl Workers {
             handle::handle(
                 &self.ctx,
                 Delivery {
-                    subject: msg.subject.as_str(),
+                    // As published (without a partitioned `_IN`'s partition token).
+                    subject: self
+                        .ctx
+                        .relay
+                        .subjects
+                        .without_partition(msg.subject.as_str()),
                     payload: &msg.payload,
                     derived_id: derived_id.clone(),
                     stream_seq: seq,
