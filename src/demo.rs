@@ -376,32 +376,36 @@ async fn failover(
             anyhow::Ok(())
         }
     };
-    let mut hear = async |what: &str, event: &str, secs: u64| -> anyhow::Result<()> {
+    // Waits for `event` and `downs` DownMessages (the robot's answers), printing those.
+    let mut hear = async |what: &str, event: &str, downs: usize, secs: u64| -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
+        let (mut got_event, mut got_downs) = (false, 0);
+        while !(got_event && got_downs >= downs) {
             let next = tokio::time::timeout_at(deadline, watch.next())
                 .await
                 .with_context(|| format!("no answer to {what} within {secs}s"))?
                 .context("subscription ended")?;
             let v: Value = serde_json::from_slice(&next.payload).unwrap_or(Value::Null);
             if next.subject.as_str().contains(".down.") {
+                got_downs += 1;
                 println!(
                     "  {:>8} ← {}",
                     v["sourceType"].as_str().unwrap_or("?"),
                     v["content"].as_str().unwrap_or("")
                 );
             } else if v["type"].as_str() == Some(event) {
-                return Ok(());
+                got_event = true;
             }
         }
+        Ok(())
     };
     println!("\nA customer ({user}) talks to the contact center through NATS");
     println!("  customer → [CONNECT]");
     say(json!({"controlType": "CONNECT", "messageId": "m1"})).await?;
-    hear("CONNECT", "session.opened", 20).await?;
+    hear("CONNECT", "session.opened", 1, 20).await?;
     println!("  customer → Hello, is anyone there?");
     say(json!({"content": "Hello, is anyone there?", "messageId": "m2"})).await?;
-    hear("the first message", "up.result", 20).await?;
+    hear("the first message", "up.result", 1, 20).await?;
 
     let leases = store.leases().context("PostgreSQL keeps leases")?;
     let st = leases.status().await?;
@@ -420,7 +424,7 @@ async fn failover(
     let _ = child.wait();
     println!("  customer → I'd like to change my delivery address.");
     say(json!({"content": "I'd like to change my delivery address.", "messageId": "m3"})).await?;
-    hear("the message after the kill", "up.result", 60).await?;
+    hear("the message after the kill", "up.result", 1, 60).await?;
     let st = leases.status().await?;
     println!(
         "  ✓ {} took the customer over; answered {:.1}s after the kill (lease 5s)\n",
@@ -429,7 +433,7 @@ async fn failover(
     );
     println!("  customer → [DISCONNECT]");
     say(json!({"controlType": "DISCONNECT", "messageId": "m4"})).await?;
-    hear("DISCONNECT", "session.closed", 20).await?;
+    hear("DISCONNECT", "session.closed", 0, 20).await?;
 
     let rows = store.transcript(kind::CEC, DEMO_TENANT, &user).await?;
     println!(
@@ -441,7 +445,11 @@ async fn failover(
             Some(c) if !c.is_empty() => c.to_owned(),
             _ => format!("[{}]", r.control_type.as_deref().unwrap_or("")),
         };
-        println!("  {:>4} {what}", r.direction.as_str());
+        let who = match r.direction {
+            Direction::Up => "customer".to_owned(),
+            Direction::Down => r.source_type.clone().unwrap_or_default().to_lowercase(),
+        };
+        println!("  {:>4} {who:<9} {what}", r.direction.as_str());
     }
     let status = relay::cluster::status(&store).await?.unwrap_or_default();
     println!(
