@@ -332,3 +332,27 @@ listen = "127.0.0.1:0"
     third.kill().unwrap();
     third.wait().unwrap();
 }
+
+/// `ccrelay demo --instances 3`: three relays as one cluster, the customer's relay SIGKILLed
+/// mid-conversation, another taking over; every message once in the stored transcript.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_demo_goes_on_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ccrelay()
+        .args(["demo", "--instances", "3"])
+        .env("CCRELAY_DEMO_PG_URL", crate::support::admin_pg_url().await)
+        .env("CCRELAY_CACHE_DIR", crate::support::test_deps_dir())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("SIGKILL demo-"), "{stdout}");
+    assert!(stdout.contains("took the customer over"), "{stdout}");
+    assert!(
+        stdout.contains("You said: I'd like to change my delivery address."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(7 rows)"), "{stdout}");
+}
