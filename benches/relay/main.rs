@@ -6,7 +6,7 @@
 //! - `rig`: nats-server, the simulator behind a timestamping tap, the release relay binary,
 //!   `/proc` CPU and RSS, percentiles.
 //! - `s1` poll fan-out, `s2` downlink throughput, `s3` uplink throughput, `s4` Tencent robot
-//!   streaming; each also holds its baseline (`baseline-poll`, `baseline-up` and
+//!   streaming, `s5` several relays as one service; each also holds its baseline (`baseline-poll`, `baseline-up` and
 //!   `baseline-stream` run as child processes of this binary, as does S4's `s4-publish`).
 
 #![forbid(unsafe_code)]
@@ -16,6 +16,7 @@ mod s1;
 mod s2;
 mod s3;
 mod s4;
+mod s5;
 
 use std::time::Duration;
 
@@ -99,6 +100,19 @@ enum Scenario {
         #[arg(long, default_value_t = s4::MAX_ACK_PENDING)]
         max_ack_pending: i64,
     },
+    /// Several relays as one service: N = 1 and N = 3 relays sharing the sessions on one
+    /// PostgreSQL (CPU per poll, relays and database), then one of three SIGKILLed.
+    S5 {
+        /// Sessions shared by the relays.
+        #[arg(long, default_value_t = 20_000)]
+        sessions: usize,
+        /// Measurement window per side, seconds.
+        #[arg(long, default_value_t = 10)]
+        window_s: u64,
+        /// Poll interval, milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        interval_ms: u64,
+    },
     /// (internal) S1's baseline poll loop.
     #[command(hide = true)]
     BaselinePoll {
@@ -172,6 +186,14 @@ async fn run(scenario: Scenario) -> Result<()> {
             .await?;
             s3::run(&["sqlite".into(), "postgres".into()], &[20000], 200, 5).await?;
             s4::run(&[1000], 20, 10, s4::MAX_ACK_PENDING).await
+        }
+        Scenario::S5 {
+            sessions,
+            window_s,
+            interval_ms,
+        } => {
+            header();
+            s5::run(sessions, Duration::from_secs(window_s), ms(interval_ms)).await
         }
         Scenario::S1 {
             n,

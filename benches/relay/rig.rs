@@ -28,12 +28,13 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Starts a nats-server ≥ 2.10 (found, or installed into `target/test-deps`) on a free port.
+/// Starts a nats-server ≥ 2.11 (found, or installed into `target/test-deps`) on a free port: a
+/// relay on PostgreSQL is a cluster member, which needs 2.11.
 pub async fn start_nats() -> Result<LocalNatsServer> {
     let deps = target_dir().join("test-deps");
-    let binary = tokio::task::spawn_blocking(move || devkit::ensure_nats_server((2, 10), &deps))
+    let binary = tokio::task::spawn_blocking(move || devkit::ensure_nats_server((2, 11), &deps))
         .await?
-        .context("nats-server >= 2.10")?;
+        .context("nats-server >= 2.11")?;
     LocalNatsServer::start(&binary, NatsServerOptions::default())
         .await
         .with_context(|| format!("starting {}", binary.display()))

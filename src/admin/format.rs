@@ -177,6 +177,59 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// `ccrelay cluster status` as text: one line per member, then the partitions grouped by
+/// owner, from the JSON of `relay::cluster::status`.
+pub fn cluster_status(status: &Value) -> String {
+    let mut out = String::new();
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let _ = writeln!(
+        out,
+        "{} partitions, {} live members, {} partitions without a live owner",
+        n(status, "partitions"),
+        n(status, "liveMembers"),
+        n(status, "unownedPartitions")
+    );
+    let _ = writeln!(
+        out,
+        "{:<32} {:<5} {:>10} {:>12} {:>8}  host",
+        "member", "live", "partitions", "lease left", "pid"
+    );
+    for m in status["members"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<32} {:<5} {:>10} {:>10}ms {:>8}  {}",
+            printable(&s(m, "member")),
+            m["live"].as_bool().unwrap_or(false),
+            n(m, "partitions"),
+            n(m, "leaseRemainingMs"),
+            n(m, "pid"),
+            printable(&s(m, "host"))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "partition  owner                            epoch  lease left"
+    );
+    for p in status["leases"].as_array().into_iter().flatten() {
+        let owner = p["owner"].as_str().unwrap_or("-");
+        let left = if p["valid"].as_bool().unwrap_or(false) {
+            format!("{}ms", n(p, "leaseRemainingMs"))
+        } else {
+            "expired".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "{:>9}  {:<32} {:>5}  {}",
+            n(p, "partition"),
+            printable(owner),
+            n(p, "epoch"),
+            left
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,57 +315,4 @@ mod tests {
         );
         assert_eq!(printable("你好 😀 plain"), "你好 😀 plain");
     }
-}
-
-/// `ccrelay cluster status` as text: one line per member, then the partitions grouped by
-/// owner, from the JSON of `relay::cluster::status`.
-pub fn cluster_status(status: &Value) -> String {
-    let mut out = String::new();
-    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    let _ = writeln!(
-        out,
-        "{} partitions, {} live members, {} partitions without a live owner",
-        n(status, "partitions"),
-        n(status, "liveMembers"),
-        n(status, "unownedPartitions")
-    );
-    let _ = writeln!(
-        out,
-        "{:<32} {:<5} {:>10} {:>12} {:>8}  host",
-        "member", "live", "partitions", "lease left", "pid"
-    );
-    for m in status["members"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "{:<32} {:<5} {:>10} {:>10}ms {:>8}  {}",
-            printable(&s(m, "member")),
-            m["live"].as_bool().unwrap_or(false),
-            n(m, "partitions"),
-            n(m, "leaseRemainingMs"),
-            n(m, "pid"),
-            printable(&s(m, "host"))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "partition  owner                            epoch  lease left"
-    );
-    for p in status["leases"].as_array().into_iter().flatten() {
-        let owner = p["owner"].as_str().unwrap_or("-");
-        let left = if p["valid"].as_bool().unwrap_or(false) {
-            format!("{}ms", n(p, "leaseRemainingMs"))
-        } else {
-            "expired".to_owned()
-        };
-        let _ = writeln!(
-            out,
-            "{:>9}  {:<32} {:>5}  {}",
-            n(p, "partition"),
-            printable(owner),
-            n(p, "epoch"),
-            left
-        );
-    }
-    out
 }

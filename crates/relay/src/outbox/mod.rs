@@ -117,6 +117,7 @@ impl OutboxHealth {
 /// outbox the downlink's bottleneck. The rows of a delete still in flight are skipped when the
 /// next batch is read, so nothing is published twice by this; should the delete fail, its rows
 /// are published again later and JetStream drops them as duplicates (`Nats-Msg-Id`).
+#[allow(clippy::too_many_arguments)] // Each is one of the task's narrow handles.
 pub async fn run(
     store: DynStore,
     js: jetstream::Context,
@@ -127,9 +128,14 @@ pub async fn run(
     ownership: Ownership,
     cancel: CancellationToken,
 ) {
-    let publishing = publish(
-        &store, &js, &subjects, &signal, &settings, &health, &ownership, &cancel,
-    );
+    let ctx = Round {
+        store: &store,
+        js: &js,
+        subjects: &subjects,
+        settings: &settings,
+        ownership: &ownership,
+    };
+    let publishing = publish(&ctx, &signal, &health, &cancel);
     let measuring = async {
         loop {
             // Only the member that publishes judges whether the outbox is stuck.
@@ -148,24 +154,14 @@ pub async fn run(
 }
 
 async fn publish(
-    store: &DynStore,
-    js: &jetstream::Context,
-    subjects: &Subjects,
+    ctx: &Round<'_>,
     signal: &OutboxSignal,
-    settings: &Settings,
     health: &OutboxHealth,
-    ownership: &Ownership,
     cancel: &CancellationToken,
 ) {
+    let store = ctx.store;
     let mut backoff = Duration::from_millis(100);
     let mut deleting = Deleting::default();
-    let ctx = Round {
-        store,
-        js,
-        subjects,
-        settings,
-        ownership,
-    };
     loop {
         let round = ctx.publish_round(&deleting.seqs).await;
         // One delete in flight at a time: the previous one ends before the next starts.
