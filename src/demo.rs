@@ -85,6 +85,42 @@ async fn relay_and_talk(config: Config, keep_running: bool) -> anyhow::Result<()
     result
 }
 
+/// Waits (up to `secs`) for `event` and `downs` DownMessages on `watch` — what answers the
+/// customer's message `shown` — printing the DownMessages and events as they come.
+async fn answers(
+    watch: &mut async_nats::Subscriber,
+    shown: &str,
+    event: &str,
+    downs: usize,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let (mut got_event, mut got_downs) = (false, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !(got_event && got_downs >= downs) {
+        let next = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .with_context(|| format!("no answer to {shown} within {secs}s"))?
+            .context("subscription ended")?;
+        let v: Value = serde_json::from_slice(&next.payload).unwrap_or(Value::Null);
+        if next.subject.as_str().contains(".down.") {
+            got_downs += 1;
+            println!(
+                "  {:>8} ← {}",
+                v["sourceType"].as_str().unwrap_or("?"),
+                v["content"].as_str().unwrap_or("")
+            );
+        } else if next.subject.as_str().contains(".event.") {
+            let ty = v["type"].as_str().unwrap_or("");
+            if ty == "error" || v["ok"] == json!(false) {
+                bail!("the relay refused {shown}: {}", v["resultDesc"]);
+            }
+            println!("           · event {ty}");
+            got_event |= ty == event;
+        }
+    }
+    Ok(())
+}
+
 async fn conversation(app: &App) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     while !app.streams_ready() {
@@ -154,30 +190,7 @@ async fn conversation(app: &App) -> anyhow::Result<()> {
             .context("publishing")?
             .await
             .context("waiting for the PubAck")?;
-        let (mut got_event, mut got_downs) = (false, 0);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !(got_event && got_downs >= downs) {
-            let next = tokio::time::timeout_at(deadline, watch.next())
-                .await
-                .with_context(|| format!("no answer to {shown} within 20s"))?
-                .context("subscription ended")?;
-            let v: Value = serde_json::from_slice(&next.payload).unwrap_or(Value::Null);
-            if next.subject.as_str().contains(".down.") {
-                got_downs += 1;
-                println!(
-                    "  {:>8} ← {}",
-                    v["sourceType"].as_str().unwrap_or("?"),
-                    v["content"].as_str().unwrap_or("")
-                );
-            } else if next.subject.as_str().contains(".event.") {
-                let ty = v["type"].as_str().unwrap_or("");
-                if ty == "error" || v["ok"] == json!(false) {
-                    bail!("the relay refused {shown}: {}", v["resultDesc"]);
-                }
-                println!("           · event {ty}");
-                got_event |= ty == event;
-            }
-        }
+        answers(&mut watch, &shown, event, downs, 20).await?;
     }
 
     let rows = relay
@@ -376,36 +389,13 @@ async fn failover(
             anyhow::Ok(())
         }
     };
-    // Waits for `event` and `downs` DownMessages (the robot's answers), printing those.
-    let mut hear = async |what: &str, event: &str, downs: usize, secs: u64| -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        let (mut got_event, mut got_downs) = (false, 0);
-        while !(got_event && got_downs >= downs) {
-            let next = tokio::time::timeout_at(deadline, watch.next())
-                .await
-                .with_context(|| format!("no answer to {what} within {secs}s"))?
-                .context("subscription ended")?;
-            let v: Value = serde_json::from_slice(&next.payload).unwrap_or(Value::Null);
-            if next.subject.as_str().contains(".down.") {
-                got_downs += 1;
-                println!(
-                    "  {:>8} ← {}",
-                    v["sourceType"].as_str().unwrap_or("?"),
-                    v["content"].as_str().unwrap_or("")
-                );
-            } else if v["type"].as_str() == Some(event) {
-                got_event = true;
-            }
-        }
-        Ok(())
-    };
     println!("\nA customer ({user}) talks to the contact center through NATS");
     println!("  customer → [CONNECT]");
     say(json!({"controlType": "CONNECT", "messageId": "m1"})).await?;
-    hear("CONNECT", "session.opened", 1, 20).await?;
+    answers(&mut watch, "[CONNECT]", "session.opened", 1, 20).await?;
     println!("  customer → Hello, is anyone there?");
     say(json!({"content": "Hello, is anyone there?", "messageId": "m2"})).await?;
-    hear("the first message", "up.result", 1, 20).await?;
+    answers(&mut watch, "the first message", "up.result", 1, 20).await?;
 
     let leases = store.leases().context("PostgreSQL keeps leases")?;
     let st = leases.status().await?;
@@ -424,7 +414,7 @@ async fn failover(
     let _ = child.wait();
     println!("  customer → I'd like to change my delivery address.");
     say(json!({"content": "I'd like to change my delivery address.", "messageId": "m3"})).await?;
-    hear("the message after the kill", "up.result", 1, 60).await?;
+    answers(&mut watch, "the message after the kill", "up.result", 1, 60).await?;
     let st = leases.status().await?;
     println!(
         "  ✓ {} took the customer over; answered {:.1}s after the kill (lease 5s)\n",
@@ -433,7 +423,7 @@ async fn failover(
     );
     println!("  customer → [DISCONNECT]");
     say(json!({"controlType": "DISCONNECT", "messageId": "m4"})).await?;
-    hear("DISCONNECT", "session.closed", 0, 20).await?;
+    answers(&mut watch, "[DISCONNECT]", "session.closed", 0, 20).await?;
 
     let rows = store.transcript(kind::CEC, DEMO_TENANT, &user).await?;
     println!(
