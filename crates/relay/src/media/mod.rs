@@ -23,7 +23,7 @@
 
 pub mod content;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -179,9 +179,15 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
     else {
         return;
     };
-    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // The files being downloaded, by relay id; `true` once its download ended. An ended one is
+    // forgotten only before the next read of the pending files, so a read that began before its
+    // result was committed (and still lists it as pending) cannot start it again.
+    let in_flight: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
     let permits = Arc::new(Semaphore::new(relay.config.relay.media_concurrency));
     loop {
+        if let Ok(mut s) = in_flight.lock() {
+            s.retain(|_, ended| !*ended);
+        }
         match relay.store.pending_files(BATCH).await {
             Ok(files) => {
                 for pf in files {
@@ -193,7 +199,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
                     let id = pf.file.relay_id.clone();
                     let fresh = in_flight
                         .lock()
-                        .map(|mut s| s.insert(id.clone()))
+                        .map(|mut s| s.insert(id.clone(), false).is_none())
                         .unwrap_or(false);
                     if !fresh {
                         continue;
@@ -211,7 +217,7 @@ pub async fn run(relay: Arc<Relay>, js: jetstream::Context, tracker: TaskTracker
                             let _work = work;
                             fetch(&relay, &os, &bucket, pf, &permits).await;
                             if let Ok(mut s) = in_flight.lock() {
-                                s.remove(&id);
+                                s.insert(id, true);
                             }
                         }
                         .instrument(span),
