@@ -17,12 +17,13 @@
 //! token and task tracker.
 //!
 //! The modules depend on each other in one direction only; each uses only those listed before it:
-//! 1. [`instance`], [`instrument`], [`systemd`], [`bus`] (with [`bus::ack`]: what becomes of a
-//!    consumed message);
+//! 1. [`instance`], [`instrument`], [`systemd`], [`ownership`] (the work gate of a cluster's
+//!    partitions), [`bus`] (with [`bus::ack`]: what becomes of a consumed message);
 //! 2. [`outbox`];
 //! 3. [`relay`]: what the CEC tasks share (store, subjects, tenants' clients, the outbox signal,
 //!    the store's health, the cancellation token);
-//! 4. [`media`]; 5. [`poller`]; 6. [`uplink`] (given the poller's handle);
+//! 4. [`media`]; 5. [`poller`], then [`cluster`] (membership: adopts sessions into the poller);
+//! 6. [`uplink`] (given the poller's handle);
 //! 7. [`timlink`] (its own narrow [`timlink::Sink`]: it uses nothing of [`relay`]);
 //! 8. [`rpc`] (its `send` is the uplink's handler); 9. [`http`]; 10. [`app`].
 //!

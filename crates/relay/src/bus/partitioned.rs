@@ -906,6 +906,37 @@ impl Puller {
     }
 }
 
+/// The partition of a consumed `_IN` message: its subject's partition token, or partition 0 for a
+/// message without one (from the single consumer's drain).
+pub fn partition_of(subjects: &Subjects, msg: &jetstream::Message) -> u32 {
+    subjects.partition_token(msg.subject.as_str()).unwrap_or(0)
+}
+
+/// The work guard of `msg`'s partition, if this member may work on it now (the work gate,
+/// [`crate::ownership::Ownership::begin`]).
+pub fn gate(
+    ownership: &crate::ownership::Ownership,
+    subjects: &Subjects,
+    msg: &jetstream::Message,
+) -> Option<crate::ownership::Work> {
+    ownership.begin(partition_of(subjects, msg))
+}
+
+/// Hands `msg` back to JetStream for the owner of its partition: once this member no longer
+/// pulls that partition (else the server would give it straight back), without delay (so the
+/// next owner gets it before anything newer of its subject); meanwhile the partition counts it
+/// as work in flight, so a hand-back of the partition waits for it.
+pub async fn refuse(
+    ownership: &crate::ownership::Ownership,
+    subjects: &Subjects,
+    msg: &jetstream::Message,
+) {
+    let p = partition_of(subjects, msg);
+    let _held = ownership.hold(p);
+    ownership.unpulled(p, Duration::from_secs(5)).await;
+    super::ack::settle(msg, super::ack::Disposition::HandBack).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,30 +184,14 @@ impl Workers {
         }
     }
 
-    /// Hands `msg` back to JetStream for the owner of its partition: once this member no longer
-    /// pulls that partition (else the server would give it straight back), without delay (so
-    /// the next owner gets it before anything newer of its subject); meanwhile the partition
-    /// counts it as work in flight, so a hand-back of the partition waits for it.
+    /// [`partitioned::refuse`]: back to its partition's owner.
     async fn refuse(&self, msg: &jetstream::Message) {
-        let ownership = &self.ctx.relay.ownership;
-        let p = self.partition(msg);
-        let _held = ownership.hold(p);
-        ownership.unpulled(p, Duration::from_secs(5)).await;
-        ack::settle(msg, Disposition::HandBack).await;
+        partitioned::refuse(&self.ctx.relay.ownership, &self.ctx.relay.subjects, msg).await;
     }
 
-    /// The work guard of `msg`'s partition (its subject's partition token; partition 0 for a
-    /// message without one, from the single consumer's drain), if this member may work on it.
+    /// [`partitioned::gate`]: the work guard of `msg`'s partition, if this member may work on it.
     fn gate(&self, msg: &jetstream::Message) -> Option<crate::ownership::Work> {
-        self.ctx.relay.ownership.begin(self.partition(msg))
-    }
-
-    fn partition(&self, msg: &jetstream::Message) -> u32 {
-        self.ctx
-            .relay
-            .subjects
-            .partition_token(msg.subject.as_str())
-            .unwrap_or(0)
+        partitioned::gate(&self.ctx.relay.ownership, &self.ctx.relay.subjects, msg)
     }
 
     /// The send permits of the tenant `subject` names.
