@@ -1,11 +1,12 @@
 //! The operator's commands over what the relay stored: `ccrelay sessions`, `transcript`,
-//! `export`, `replay` and `deadletter`. They read the database directly (SQLite or PostgreSQL alike) and never
+//! `export`, `replay`, `deadletter`, `forget` and `erasures`. They read the database directly (SQLite or PostgreSQL alike) and never
 //! need the relay to run.
 //!
 //! Export and replay read the transcript page by page ([`MessagePage`]), so memory stays constant
 //! over millions of rows; on a terminal they show their progress on stderr.
 
 mod dead;
+mod forget;
 mod format;
 
 use std::io::{IsTerminal, Write};
@@ -17,6 +18,7 @@ use time::OffsetDateTime;
 use store::{DynStore, MessagePage, MessageRow, SessionState};
 
 pub use dead::deadletter;
+pub use forget::{erasures, forget};
 pub use format::{ExportFormat, cluster_status, parse_time};
 
 /// Rows read per page by export and replay.

@@ -39,6 +39,9 @@
 //! | `ccrelay_cluster_takeovers_total` | counter | `kind` (`expired`: from a member whose lease ran out; `free`) |
 //! | `ccrelay_cluster_lease_renewal_seconds` | histogram | (one lease tick's transaction) |
 //! | `ccrelay_cluster_fenced_writes_total` | counter | (writes refused: their partition was another member's; recorded by the store) |
+//! | `ccrelay_retention_deleted_total` | counter | `table` (rows retention deleted; summaries: free texts blanked; docs/PRIVACY.md) |
+//! | `ccrelay_retention_passes_total` | counter | `outcome` (`done`, `failed`, `handed_over`) |
+//! | `ccrelay_erasures_total` | counter | `outcome` (`done`, `incomplete`: customers erased by `forget`) |
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
@@ -242,4 +245,20 @@ pub fn cluster_takeover(kind: &'static str) {
 /// One lease tick's transaction took `took`.
 pub fn cluster_lease_renewal(took: Duration) {
     histogram!("ccrelay_cluster_lease_renewal_seconds").record(took.as_secs_f64());
+}
+
+/// Retention deleted `rows` of `table` (of `session_summaries`: blanked their free text).
+pub fn retention_deleted(table: &'static str, rows: u64) {
+    counter!("ccrelay_retention_deleted_total", "table" => table).increment(rows);
+}
+
+/// A retention pass ended: `done`, `failed` (the next one goes on), `handed_over` (partition 0
+/// moved to another member).
+pub fn retention_pass(outcome: &'static str) {
+    counter!("ccrelay_retention_passes_total", "outcome" => outcome).increment(1);
+}
+
+/// An erasure ended: `done` or `incomplete`.
+pub fn erasure(outcome: &'static str) {
+    counter!("ccrelay_erasures_total", "outcome" => outcome).increment(1);
 }

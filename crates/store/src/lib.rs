@@ -981,7 +981,7 @@ pub trait Backend: Queries {
     async fn purge(&self, step: &privacy::Purge) -> Result<privacy::Purged>;
     /// Makes what was deleted unreadable in the database's files, as far as the database can:
     /// SQLite copies its write-ahead log into the database and truncates it; PostgreSQL vacuums
-    /// `tables` (docs/PRIVACY.md says what stays).
+    /// `tables` (none: nothing; docs/PRIVACY.md says what stays).
     async fn scrub(&self, tables: &[privacy::Table]) -> Result<privacy::Scrubbed>;
     /// Stores an erasure's audit record; its id.
     async fn record_erasure(&self, erasure: &privacy::Erasure) -> Result<i64>;

@@ -7,7 +7,8 @@
 //! write-ahead log is copied into it. The log itself keeps the pages as they were before each
 //! change until it is overwritten: [`scrub`] copies it into the database and truncates it
 //! (`wal_checkpoint(TRUNCATE)`), which needs a moment with no reader in the log — it waits for
-//! one up to the busy timeout, and says [`Scrubbed::Busy`] if none came.
+//! one a tenth of a second at a time, for a few seconds, and says [`Scrubbed::Busy`] if none
+//! came.
 //!
 //! A step that deletes sessions turns `foreign_keys` off on the connection for its transaction
 //! (a setting that changes only outside one), and back on after it, whatever happened: its
@@ -22,9 +23,11 @@ use crate::privacy::sql::{self, Binds, More};
 use crate::privacy::{Erasure, Purge, Purged, Scrubbed, Table, counts_json, summaries};
 use crate::{Result, from_unix_micros, unix_micros};
 
-/// Tries of a truncating checkpoint, each waiting up to the busy timeout for readers to leave
-/// the log, with this pause between them (the connection is free for batches meanwhile).
-const SCRUB_TRIES: u32 = 5;
+/// Tries of a truncating checkpoint, each waiting up to [`SCRUB_WAIT`] for readers to leave the
+/// log (not the writer's busy timeout: the relay's batches wait meanwhile), with [`SCRUB_PAUSE`]
+/// between them (the connection is free for batches then).
+const SCRUB_TRIES: u32 = 20;
+const SCRUB_WAIT: Duration = Duration::from_millis(100);
 const SCRUB_PAUSE: Duration = Duration::from_millis(200);
 
 /// One step ([`crate::Backend::purge`]), on the writer's connection.
@@ -176,8 +179,13 @@ pub(super) fn scrub(writer: &Writer) -> Result<Scrubbed> {
     for attempt in 1..=SCRUB_TRIES {
         // (busy, log frames, frames checkpointed): busy = 1 when readers kept the log in use.
         let busy: i64 = writer.with_conn(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-                .map_err(sqlite_error)
+            conn.busy_timeout(SCRUB_WAIT).map_err(sqlite_error)?;
+            let busy = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(sqlite_error);
+            conn.busy_timeout(super::BUSY_TIMEOUT)
+                .map_err(sqlite_error)?;
+            busy
         })?;
         if busy == 0 {
             return Ok(Scrubbed::Checkpointed);
