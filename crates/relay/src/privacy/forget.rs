@@ -243,7 +243,7 @@ pub async fn forget(e: &Eraser<'_>, req: &Request) -> Result<Report, ForgetError
         error: format!("recording the audit row: {err}"),
     })?;
     tracing::info!(kind = %req.kind, tenant = %req.tenant, user_hash = %hash, erasure = id,
-        requested_by = %req.requested_by, counts = %summary(&counts), "Customer erased");
+        requested_by = %req.requested_by, counts = ?summary(&counts), "Customer erased");
     Ok(Report {
         erasure: id,
         user_hash: hash,

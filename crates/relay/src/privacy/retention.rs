@@ -109,29 +109,35 @@ pub async fn run(
         .await;
         let total: u64 = counts.values().sum();
         let deleted = summary(&counts);
+        let before = cutoff
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         match ended {
             Ok(()) => {
                 since = Some(cutoff - SESSION_LOOKBACK);
                 crate::instrument::retention_pass("done");
                 if total > 0 {
-                    tracing::info!(before = %cutoff, deleted = %deleted, total,
-                        took = ?started.elapsed(), "Retention pass");
+                    tracing::info!(%before, ?deleted, total, took = ?started.elapsed(),
+                        "Retention pass");
                     if let Err(e) = store.scrub(&[]).await {
                         tracing::warn!(error = %e, "Retention: cannot truncate the database's log; its next checkpoint will");
                     }
                 } else {
-                    tracing::debug!(before = %cutoff, "Retention pass: nothing older");
+                    tracing::debug!(%before, "Retention pass: nothing older");
                 }
             }
             Err(Stopped::Cancelled) => return,
             Err(Stopped::NotOwner) => {
                 crate::instrument::retention_pass("handed_over");
-                tracing::info!(deleted = %deleted, total,
-                    "Retention pass stopped: partition 0 is another member's now");
+                tracing::info!(
+                    ?deleted,
+                    total,
+                    "Retention pass stopped: partition 0 is another member's now"
+                );
             }
             Err(Stopped::Failed(table, e)) => {
                 crate::instrument::retention_pass("failed");
-                tracing::warn!(table = %table, error = %e, deleted = %deleted, total,
+                tracing::warn!(table = %table, error = %e, ?deleted, total,
                     "Retention pass stopped; the next one goes on");
             }
         }
