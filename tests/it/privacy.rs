@@ -702,3 +702,114 @@ async fn retention_deletes_old_rows_in_batches_while_the_relay_works_on_postgres
     let pg = crate::support::fresh_pg_database().await;
     retention_deletes_old_rows_while_the_relay_works(Some(pg.url.clone())).await;
 }
+
+/// A Tencent IM user erased through `P.rpc.forget`: their Desk send, robot stream and callback,
+/// in the tables and in `_OUT`; refused while their robot stream is still going; another user's
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tencent_user_is_erased_through_the_relay_wide_rpc() {
+    use crate::support::tim::{APP, spawn_tim_app};
+    let mut t = spawn_tim_app().await;
+    let (user, other) = ("tina7q", "tom7q");
+    let forget_rpc =
+        |u: &str| json!({"kind": "tim", "tenant": APP, "userId": u, "requestedBy": "desk-bot"});
+    for (u, mark) in [(user, MARK), (other, KEEP_MARK)] {
+        let mut w = t.watch_tim(u).await;
+        t.tim(
+            "send",
+            u,
+            json!({"id": format!("s-{u}"), "from": "@customer_service_account",
+            "text": format!("desk {mark}1")}),
+        )
+        .await;
+        w.until(30, "send.result", is_event("send.result")).await;
+        let rsp = t
+            .sim_post(
+                "/sim/tim/callback",
+                json!({
+                    "url": t.callback_url(APP),
+                    "command": "Bot.OnC2CMessage",
+                    "body": {"CallbackCommand": "Bot.OnC2CMessage", "From_Account": u,
+                             "To_Account": "@RBT#bot", "MsgBody": [{"MsgType": "TIMTextElem",
+                             "MsgContent": {"Text": format!("user says {mark}2")}}]},
+                    "sign": "good"
+                }),
+            )
+            .await;
+        assert_eq!(rsp["status"], 200, "{rsp}");
+        w.until(30, "inbound", |s, _| s.contains(".in.")).await;
+        t.tim(
+            "stream",
+            u,
+            json!({"streamId": format!("st-{u}"), "from": "@RBT#bot",
+            "chunk": format!("robot streams {mark}3"), "finish": false}),
+        )
+        .await;
+        if u == user {
+            // The stream is going on: refused, nothing erased.
+            let store = t.app().relay().store.clone();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while store.tim_streams(APP, u).await.unwrap().is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "stream never stored"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let r = request(&t.client, &format!("{PREFIX}.rpc.forget"), forget_rpc(u)).await;
+            assert_eq!(r["ok"], false, "{r}");
+            assert!(
+                r["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("robot stream"),
+                "{r}"
+            );
+        }
+        t.tim(
+            "stream",
+            u,
+            json!({"streamId": format!("st-{u}"), "chunk": " end", "finish": true}),
+        )
+        .await;
+        w.until(30, "stream.result", is_event("stream.result"))
+            .await;
+    }
+    assert!(!in_nats(&t.js, &format!("{MARK}2")).await.is_empty());
+
+    let r = request(&t.client, &format!("{PREFIX}.rpc.forget"), forget_rpc(user)).await;
+    assert_eq!(r["ok"], true, "{r}");
+    for (what, at_least) in [
+        ("messages", 2),
+        ("tim_streams", 1),
+        ("tim_callbacks", 1),
+        ("events", 2),
+        ("stream_out", 3),
+    ] {
+        assert!(
+            r["counts"][what].as_u64().unwrap_or(0) >= at_least,
+            "{what}: {r}"
+        );
+    }
+    let store = t.app().relay().store.clone();
+    assert!(store.transcript("tim", APP, user).await.unwrap().is_empty());
+    assert!(store.tim_streams(APP, user).await.unwrap().is_empty());
+    let callbacks = store.tim_callbacks(APP, 1000).await.unwrap();
+    assert!(callbacks.iter().all(|c| c.user_id.as_deref() != Some(user)));
+    assert!(
+        callbacks
+            .iter()
+            .any(|c| c.user_id.as_deref() == Some(other))
+    );
+    assert_eq!(store.tim_streams(APP, other).await.unwrap().len(), 1);
+    for needle in [MARK, user] {
+        let left = in_nats(&t.js, needle).await;
+        assert!(left.is_empty(), "{needle} left in NATS: {left:?}");
+    }
+    assert!(!in_nats(&t.js, KEEP_MARK).await.is_empty());
+    let audit = store.erasures(10).await.unwrap();
+    assert_eq!(audit[0].requested_by, "rpc:desk-bot");
+    assert_eq!(audit[0].kind, "tim");
+    assert_eq!(audit[0].tenant, APP);
+    t.stop().await;
+}
