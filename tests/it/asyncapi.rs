@@ -137,7 +137,10 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
         ("nosuch", json!({})),
         ("sessions.list", json!({})),
         ("transcript.get", json!({"userId": "ann", "limit": 1})),
-        ("forget", json!({"userId": "nobody", "requestedBy": "asyncapi"})),
+        (
+            "forget",
+            json!({"userId": "nobody", "requestedBy": "asyncapi"}),
+        ),
         ("forget", json!({"userId": "a.b"})),
     ] {
         let r = t.rpc(TENANT, op, &body).await;
