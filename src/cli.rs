@@ -111,6 +111,7 @@ pub enum Command {
     /// Erase one customer everywhere the relay keeps them (docs/PRIVACY.md): every table, their
     /// files in the object store, their messages in the streams; an audit row says who asked,
     /// when and how many rows went. Refused while the customer's session is open. Safe to repeat.
+    /// Needs NATS, not the relay; migrates the database first (as `ccrelay migrate`).
     Forget {
         /// The tenant (`--kind cec`) or Tencent IM app (`--kind tim`).
         tenant: String,

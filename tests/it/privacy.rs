@@ -98,6 +98,22 @@ async fn request(client: &async_nats::Client, subject: &str, body: Value) -> Val
     }
 }
 
+/// [`request`], again while no relay of a cluster owns the customer yet (a relay just started,
+/// waiting for the leases of the one killed before it).
+async fn request_owned(client: &async_nats::Client, subject: &str, body: Value) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = request(client, subject, body.clone()).await;
+        let unowned = r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no relay of the cluster owns"));
+        if !unowned || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A whole conversation of `user`, every text carrying `mark`: the robot's echo, an agent's
 /// file (downloaded into the object store), an agent's words, a satisfaction with a comment, a
 /// leave-message; closed by the customer when `close`.
@@ -370,7 +386,7 @@ async fn forget_leaves_no_trace(store_url: Option<String>) {
     // Again, through the RPC with the relay running: nothing left to erase, and said so.
     relay.start();
     relay.wait_for_streams(&js).await;
-    let r = request(
+    let r = request_owned(
         &client,
         &format!("{PREFIX}.cec.{TENANT}.rpc.forget"),
         json!({"userId": ERASED, "requestedBy": "crm"}),
@@ -380,7 +396,7 @@ async fn forget_leaves_no_trace(store_url: Option<String>) {
     assert_eq!(r["total"], 0, "{r}");
     assert_eq!(r["userHash"], report["userHash"]);
     // And an open session is refused there too.
-    let r = request(
+    let r = request_owned(
         &client,
         &format!("{PREFIX}.cec.{TENANT}.rpc.forget"),
         json!({"userId": OPEN}),
@@ -388,6 +404,13 @@ async fn forget_leaves_no_trace(store_url: Option<String>) {
     .await;
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("open session"),
+        "{r}"
+    );
 
     // The audit: both runs, newest first, a hash and never the id.
     let (ok, out, err) = ccrelay(

@@ -226,8 +226,10 @@ pub struct Erasure {
     pub finished_at: OffsetDateTime,
 }
 
-/// The other migration's `session_summaries` (one row per closed CEC session, keyed by
-/// `session_id`): how retention and erasure reach it. The one place that names its columns.
+/// The other migration's `session_summaries` (one row per closed CEC session): how retention and
+/// erasure reach it, the one place that says what they take of it — these columns, and `kind`,
+/// `tenant`, `user_id` (a customer's rows) and `session_id` (the session it sums up, which
+/// retention then keeps). Used only when the database has the table.
 pub(crate) mod summaries {
     /// The table, as the database names it.
     pub const TABLE: &str = "session_summaries";

@@ -3,9 +3,10 @@
 //! In order, each part idempotent (an erasure run again finishes what a failed one left, and one
 //! run twice deletes nothing the second time):
 //! 1. **Refuse an open conversation**: a CEC customer with a session not closed (it is being
-//!    polled: what the next poll brings would be stored again) or a Tencent user with a robot
+//!    polled: what the next poll brings would be stored again), a file of theirs still being
+//!    downloaded (it would be put in the object store again), or a Tencent user with a robot
 //!    stream not finished. The refusal says so; erase once it has ended (a DISCONNECT, the
-//!    session's `idle_timeout`, the stream's `stream_idle_timeout`).
+//!    session's `idle_timeout`, `relay.media_deadline`, the stream's `stream_idle_timeout`).
 //! 2. **Files**: every object the customer's `files` rows name is deleted from the object store —
 //!    its chunks, and its metadata (the object's name holds the user id), deletion marker
 //!    included.
@@ -32,7 +33,7 @@ use time::OffsetDateTime;
 
 use contract::Subjects;
 use store::privacy::{Customer, Erasure, Purge, Scrubbed, Table};
-use store::{DynStore, MessageStatus, StoreError, kind};
+use store::{DynStore, FileStatus, MessageStatus, StoreError, kind};
 
 /// Who to erase, and who asked.
 #[derive(Debug, Clone)]
@@ -177,6 +178,18 @@ async fn check_ended(store: &DynStore, req: &Request) -> Result<(), ForgetError>
         return Err(busy(
             format!("an open session ({}, {})", s.id, s.state.as_str()),
             "the customer's DISCONNECT, or the tenant's idle_timeout",
+        ));
+    }
+    if let Some(f) = store
+        .files(&req.kind, &req.tenant, &req.user)
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .find(|f| f.status == FileStatus::Pending)
+    {
+        return Err(busy(
+            format!("a file being downloaded ({})", f.relay_id),
+            "its download, within relay.media_deadline",
         ));
     }
     if req.kind == kind::TIM
