@@ -10,6 +10,7 @@ mod cluster;
 mod crash;
 mod durable;
 mod fuzz_nats;
+mod grafana;
 mod harness_smoke;
 mod logs;
 mod media;

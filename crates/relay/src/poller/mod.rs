@@ -269,6 +269,8 @@ struct Entry {
     /// What others committed while a poll was in flight: the poll owns the copy then, and
     /// returns it without these, so they are applied when it comes back.
     reported: Reported,
+    /// Whether `ccrelay_sessions_queued` counts this session now.
+    queued: bool,
 }
 
 impl Entry {
@@ -282,6 +284,18 @@ impl Entry {
         match self.polled.as_mut() {
             Some(p) => r.apply(p),
             None => self.reported.merge(r),
+        }
+        self.count_queued();
+    }
+
+    /// Brings `ccrelay_sessions_queued` in step with the copy's state (while the copy is here).
+    fn count_queued(&mut self) {
+        if let Some(p) = &self.polled {
+            let queued = p.session.state == SessionState::Queued;
+            if queued != self.queued {
+                self.queued = queued;
+                self.tenant.metrics.session_queued(queued);
+            }
         }
     }
 }
@@ -343,6 +357,7 @@ pub async fn run(
                         entry.due = due;
                         entry.key = Some(queue.insert_at(id, due));
                         entry.polled = Some(p);
+                        entry.count_queued();
                     }
                     _ => {
                         forget(&mut sessions, &inbox.open, &id);
@@ -453,22 +468,22 @@ fn insert(
     let key = queue.insert_at(id.clone(), due);
     tenant.metrics.session_polled();
     let idle_at = idle_deadline(s.last_activity_at, tenant.idle);
-    sessions.insert(
-        id,
-        Entry {
-            polled: Some(Box::new(Polled {
-                session: s,
-                failures: 0,
-                queue_position: None,
-                idle_at,
-            })),
-            tenant,
-            key: Some(key),
-            due,
-            removed: false,
-            reported: Reported::default(),
-        },
-    );
+    let mut entry = Entry {
+        polled: Some(Box::new(Polled {
+            session: s,
+            failures: 0,
+            queue_position: None,
+            idle_at,
+        })),
+        tenant,
+        key: Some(key),
+        due,
+        removed: false,
+        reported: Reported::default(),
+        queued: false,
+    };
+    entry.count_queued();
+    sessions.insert(id, entry);
 }
 
 /// The tenant's permits and metric handles, made on first use.
@@ -498,6 +513,9 @@ fn forget(sessions: &mut HashMap<Arc<str>, Entry>, open: &OpenSessions, id: &str
     open.remove(id);
     if let Some(e) = sessions.remove(id) {
         e.tenant.metrics.session_unpolled();
+        if e.queued {
+            e.tenant.metrics.session_queued(false);
+        }
     }
 }
 
