@@ -199,7 +199,8 @@ FROM sessions s
 WHERE s.kind = 'cec' AND s.state = 'closed';
 
 -- A Tencent Desk session's events: its stored Desk.SessionEventNotify callbacks, timed by their
--- EventTime (milliseconds; the relay's receipt when absent).
+-- EventTime (milliseconds; the relay's receipt when absent). `body` tells a callback Tencent
+-- repeated (the same body again) from another event.
 CREATE VIEW tim_desk_events AS
 SELECT
     c.id,
@@ -216,7 +217,8 @@ SELECT
     CASE WHEN jsonb_typeof(c.body -> 'SatisfactionSelected') = 'number'
               AND (c.body ->> 'SatisfactionSelected') IN ('1', '2', '3', '4', '5')
          THEN (c.body ->> 'SatisfactionSelected')::integer END AS satisfaction,
-    c.created_at
+    c.created_at,
+    c.body
 FROM tim_callbacks c
 WHERE c.command = 'Desk.SessionEventNotify' AND jsonb_typeof(c.body -> 'SessionId') = 'string';
 
@@ -273,10 +275,13 @@ FROM (
         min(CASE WHEN d.event = 'ChatBot.RobotSendMsg' THEN d.at END) AS first_robot,
         min(CASE WHEN d.event LIKE '%SendMsg' AND d.event NOT LIKE '%UserSendMsg'
                   AND d.event <> 'ChatBot.RobotSendMsg' THEN d.at END) AS first_agent,
-        count(CASE WHEN d.event LIKE '%UserSendMsg' THEN 1 END) AS customer_messages,
-        count(CASE WHEN d.event = 'ChatBot.RobotSendMsg' THEN 1 END) AS robot_messages,
-        count(CASE WHEN d.event LIKE '%SendMsg' AND d.event NOT LIKE '%UserSendMsg'
-                    AND d.event <> 'ChatBot.RobotSendMsg' THEN 1 END) AS agent_messages,
+        count(DISTINCT CASE WHEN d.event LIKE '%UserSendMsg'
+                            THEN d.body END) AS customer_messages,
+        count(DISTINCT CASE WHEN d.event = 'ChatBot.RobotSendMsg'
+                            THEN d.body END) AS robot_messages,
+        count(DISTINCT CASE WHEN d.event LIKE '%SendMsg' AND d.event NOT LIKE '%UserSendMsg'
+                            AND d.event <> 'ChatBot.RobotSendMsg'
+                            THEN d.body END) AS agent_messages,
         min(d.created_at) AS first_seen,
         max(d.created_at) AS last_seen
     FROM tim_desk_events d

@@ -192,7 +192,8 @@ FROM sessions s
 WHERE s.kind = 'cec' AND s.state = 'closed';
 
 -- A Tencent Desk session's events: its stored Desk.SessionEventNotify callbacks, timed by their
--- EventTime (milliseconds; the relay's receipt when absent).
+-- EventTime (milliseconds; the relay's receipt when absent). `body` tells a callback Tencent
+-- repeated (the same body again) from another event.
 CREATE VIEW tim_desk_events AS
 SELECT
     c.id,
@@ -208,7 +209,8 @@ SELECT
     CASE WHEN json_type(c.body, '$.SatisfactionSelected') = 'integer'
               AND json_extract(c.body, '$.SatisfactionSelected') BETWEEN 1 AND 5
          THEN json_extract(c.body, '$.SatisfactionSelected') END AS satisfaction,
-    c.created_at
+    c.created_at,
+    c.body
 FROM tim_callbacks c
 WHERE c.command = 'Desk.SessionEventNotify' AND json_type(c.body, '$.SessionId') = 'text';
 
@@ -265,10 +267,13 @@ FROM (
         min(CASE WHEN d.event = 'ChatBot.RobotSendMsg' THEN d.at END) AS first_robot,
         min(CASE WHEN d.event GLOB '*SendMsg' AND NOT d.event GLOB '*UserSendMsg'
                   AND d.event <> 'ChatBot.RobotSendMsg' THEN d.at END) AS first_agent,
-        count(CASE WHEN d.event GLOB '*UserSendMsg' THEN 1 END) AS customer_messages,
-        count(CASE WHEN d.event = 'ChatBot.RobotSendMsg' THEN 1 END) AS robot_messages,
-        count(CASE WHEN d.event GLOB '*SendMsg' AND NOT d.event GLOB '*UserSendMsg'
-                    AND d.event <> 'ChatBot.RobotSendMsg' THEN 1 END) AS agent_messages,
+        count(DISTINCT CASE WHEN d.event GLOB '*UserSendMsg'
+                            THEN d.body END) AS customer_messages,
+        count(DISTINCT CASE WHEN d.event = 'ChatBot.RobotSendMsg'
+                            THEN d.body END) AS robot_messages,
+        count(DISTINCT CASE WHEN d.event GLOB '*SendMsg' AND NOT d.event GLOB '*UserSendMsg'
+                            AND d.event <> 'ChatBot.RobotSendMsg'
+                            THEN d.body END) AS agent_messages,
         min(d.created_at) AS first_seen,
         max(d.created_at) AS last_seen
     FROM tim_desk_events d

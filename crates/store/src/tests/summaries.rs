@@ -588,6 +588,19 @@ async fn a_desk_session_is_summarised_from_its_callbacks(db: Db) {
             .await
             .expect("callback");
     }
+    // Tencent repeats a callback it had no answer to: the same event, counted once.
+    let again = json!({"CallbackCommand": "Desk.SessionEventNotify", "SessionId": desk,
+        "Event": "ChatBot.UserSendMsg", "EventTime": t0 + 4_000, "ClientUserId": user});
+    store
+        .tim_callback_save(
+            &desk_callback(app, user, again, at(5)),
+            Commit {
+                summaries: vec![SummaryRequest::desk(app, user, desk)],
+                ..Commit::default()
+            },
+        )
+        .await
+        .expect("callback");
     // Another app's session and another command are not this session's.
     let other = json!({"SessionId": desk, "Event": "ChatBot.UserSendMsg", "EventTime": t0});
     store
