@@ -31,6 +31,7 @@
 //! give. Keeping each outbox row with its source row is what lets PostgreSQL insert a batch's
 //! downs and their outbox rows in one statement and its events and theirs in another.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use time::OffsetDateTime;
@@ -514,31 +515,26 @@ async fn apply<R: RowOps>(rows: &mut R, commits: &[&Commit]) -> Result<Vec<Commi
 
 /// The summaries `c` computes, given the sessions it `closed`: each of its requests — but one
 /// for a session it tried to close and did not (closed already) — and one, unpublished, for
-/// each session it closed that it did not ask for.
-fn summary_requests<'c>(
-    c: &'c Commit,
-    closed: &[&str],
-) -> Vec<std::borrow::Cow<'c, SummaryRequest>> {
+/// each session it closed that it did not ask for (a summary of a CEC session is computed from
+/// its id alone: it names its tenant and user).
+fn summary_requests<'c>(c: &'c Commit, closed: &[&str]) -> Vec<Cow<'c, SummaryRequest>> {
     let closes = |id: &str| {
         c.sessions
             .iter()
             .any(|s| matches!(s, SessionChange::Close { id: closing, .. } if closing == id))
     };
-    let mut wanted: Vec<std::borrow::Cow<'c, SummaryRequest>> = c
+    let is_cec = |r: &SummaryRequest, id: &str| r.kind == kind::CEC && r.session_id == id;
+    let mut wanted: Vec<Cow<'c, SummaryRequest>> = c
         .summaries
         .iter()
         .filter(|r| {
             r.kind != kind::CEC || !closes(&r.session_id) || closed.contains(&r.session_id.as_str())
         })
-        .map(std::borrow::Cow::Borrowed)
+        .map(Cow::Borrowed)
         .collect();
     for id in closed {
-        let asked = c
-            .summaries
-            .iter()
-            .any(|r| r.kind == kind::CEC && r.session_id == *id);
-        if !asked {
-            wanted.push(std::borrow::Cow::Owned(SummaryRequest {
+        if !c.summaries.iter().any(|r| is_cec(r, id)) {
+            wanted.push(Cow::Owned(SummaryRequest {
                 kind: kind::CEC.to_owned(),
                 tenant: String::new(),
                 user_id: String::new(),
