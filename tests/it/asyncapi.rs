@@ -18,6 +18,7 @@ fn schema(name: &str) -> jsonschema::Validator {
         "TimChunk" => include_str!("../../docs/schemas/TimChunk.json"),
         "TimInbound" => include_str!("../../docs/schemas/TimInbound.json"),
         "RpcReply" => include_str!("../../docs/schemas/RpcReply.json"),
+        "SessionSummary" => include_str!("../../docs/schemas/SessionSummary.json"),
         other => panic!("no schema {other}"),
     };
     let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -55,6 +56,7 @@ fn the_document_names_every_subject_and_schema() {
         "TimChunk",
         "TimInbound",
         "RpcReply",
+        "SessionSummary",
     ] {
         assert!(doc.contains(&format!("schemas/{name}.json")), "{name}");
         let _ = schema(name);
@@ -137,9 +139,13 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
         ("nosuch", json!({})),
         ("sessions.list", json!({})),
         ("transcript.get", json!({"userId": "ann", "limit": 1})),
+        ("summaries.list", json!({"limit": 1})),
     ] {
         let r = t.rpc(TENANT, op, &body).await;
         assert_valid("RpcReply", &r);
+        for s in r["summaries"].as_array().into_iter().flatten() {
+            assert_valid("SessionSummary", s);
+        }
     }
 
     out.drain(2).await;
@@ -158,6 +164,9 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
             name.to_owned()
         });
         assert_valid(name, v);
+        if v["type"] == "session.summary" {
+            assert_valid("SessionSummary", &v["summary"]);
+        }
     }
     for (name, v) in &inputs {
         assert_valid(name, v);
@@ -167,6 +176,7 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
         "TimInbound",
         "session.opened",
         "session.closed",
+        "session.summary",
         "up.result",
         "error",
         "send.result",

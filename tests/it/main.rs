@@ -23,6 +23,7 @@ mod rpc;
 mod secrets;
 mod security;
 mod startup;
+mod summaries;
 mod support;
 mod tim;
 mod upstream_faults;

@@ -25,6 +25,9 @@
 //! - `files`: media the contact center sent down, downloaded into the NATS object store: one
 //!   row per DownMessage, pending until downloaded (or given up), with its size, sha256, bucket,
 //!   object and the last error.
+//! - `session_summaries`: one row per conversation — a CEC session once closed, a Tencent Desk
+//!   session as of its latest event — with its figures ([`summary`]), computed in SQL from the
+//!   rows above in the transaction that closes the session.
 //! - `outbox`: what is still to be published, in commit order. A row is deleted once JetStream
 //!   acknowledged it; so a transcript row is published exactly when no outbox row holds its id.
 //!   A *held* row (a DownMessage whose file is being downloaded) is not published, nor is any
@@ -36,9 +39,10 @@
 //! normalised by `jsonb` (same JSON value, whitespace and key order may differ) from PostgreSQL.
 //!
 //! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
-//! records, the events, the satisfactions, the offline messages, the files, the touches; its
-//! outbox rows follow the inserted downs (held when the commit has a file for them), then the
-//! events; a message set aside ([`Commit::set_aside`]) has no outbox row, and its dead letter and
+//! records, the events, the satisfactions, the offline messages, the files, the touches, and last
+//! the summaries ([`Commit::summaries`], and those of the sessions it closed), from everything
+//! before them; its outbox rows follow the inserted downs (held when the commit has a file for
+//! them), then the events, then the `session.summary` events; a message set aside ([`Commit::set_aside`]) has no outbox row, and its dead letter and
 //! `error` event are stored with the commit's events instead. Transcripts, events, satisfactions
 //! and offline messages read back ordered by `created_at`, ties in insertion order.
 //!
@@ -71,12 +75,14 @@ pub mod postgres;
 mod records;
 pub mod sqlite;
 mod store;
+pub mod summary;
 
 pub use fit::{DEFAULT_MAX_PAYLOAD, PublishLimit};
 pub use health::StoreHealth;
 pub use lock::{InstanceLock, LockError, instance_lock};
 pub use records::{event_record, now};
 pub use store::{Options, Store};
+pub use summary::{SessionSummary, SummaryPage, SummaryRequest};
 
 use std::sync::Arc;
 
@@ -698,6 +704,10 @@ pub struct Commit {
     /// letter and the `error` event announcing it are stored — the event with the dead letter's
     /// id, and published — unless the down was skipped as a duplicate (then nothing of it is).
     pub set_aside: Vec<SetAside>,
+    /// Summaries to (re)compute after the rest of the commit, published when they name a
+    /// subject ([`summary`]). A CEC session this commit closes is summarised even when it is not
+    /// listed (then without an event).
+    pub summaries: Vec<SummaryRequest>,
 }
 
 /// An outbox message a commit does not publish: its dead letter (source
@@ -782,6 +792,11 @@ impl Commit {
                     .first()
                     .map(|r| (r.tenant.as_str(), r.user_id.as_str()))
             })
+            .or_else(|| {
+                self.summaries
+                    .first()
+                    .map(|r| (r.tenant.as_str(), r.user_id.as_str()))
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -795,6 +810,7 @@ impl Commit {
             && self.touch.is_empty()
             && self.files.is_empty()
             && self.set_aside.is_empty()
+            && self.summaries.is_empty()
     }
 }
 
@@ -1064,6 +1080,25 @@ pub trait Queries: Send + Sync + 'static {
     async fn pending_files(&self, limit: i64) -> Result<Vec<PendingFile>>;
     /// Files of a user, oldest first.
     async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>>;
+
+    // Session summaries ([`summary`]).
+
+    /// A page of summaries ([`SummaryPage`]).
+    async fn summaries_page(&self, page: &SummaryPage) -> Result<Vec<SessionSummary>>;
+    /// The summary of one session.
+    async fn summary(
+        &self,
+        kind: &str,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionSummary>>;
+    /// The user's latest session (open or closed), by `opened_at`.
+    async fn latest_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>>;
 }
 
 /// One caller's write: what [`Backend::write_batch`] applies, many to a transaction.

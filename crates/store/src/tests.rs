@@ -3342,3 +3342,5 @@ async fn a_retrying_commit_takes_the_database_for_away_until_cancelled() {
 }
 
 mod cluster;
+
+mod summaries;
