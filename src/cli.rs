@@ -145,6 +145,27 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadletterAction,
     },
+    /// The summary of every conversation (docs/ANALYTICS.md, "Session summaries").
+    Summaries {
+        #[command(subcommand)]
+        action: SummariesAction,
+    },
+    /// A period's figures per tenant, from the session summaries: sessions and messages of each
+    /// side, queue-wait and first-response percentiles (p50, p90, p99), satisfaction.
+    Report {
+        /// Sessions closed from this time on (RFC 3339, or a date: midnight UTC).
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        since: time::OffsetDateTime,
+        /// Up to (not including) this time; default: now.
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        until: Option<time::OffsetDateTime>,
+        /// Only this tenant's (or app's).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Several relays on one PostgreSQL (docs/HA.md): members, partitions, leases.
     Cluster {
         #[command(subcommand)]
@@ -168,6 +189,35 @@ pub enum ClusterAction {
         /// Confirms that no relay of the cluster is running.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+/// `ccrelay summaries …`.
+#[derive(Debug, Subcommand)]
+pub enum SummariesAction {
+    /// Summaries of closed sessions (and Tencent Desk sessions), oldest close first.
+    List {
+        /// Closed from this time on (RFC 3339, or a date: midnight UTC).
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        since: Option<time::OffsetDateTime>,
+        /// Closed before this time.
+        #[arg(long, value_parser = crate::admin::parse_time)]
+        until: Option<time::OffsetDateTime>,
+        /// Only this tenant's (or app's).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only `cec` (Huawei CEC) or `tim` (Tencent Desk) sessions.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this customer's.
+        #[arg(long)]
+        user: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// One JSON object per summary, every field (what `summaries.list` answers).
+        #[arg(long)]
+        json: bool,
     },
 }
 

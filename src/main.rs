@@ -180,6 +180,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             ccrelay::admin::erasures(&store, who, limit, json, &mut out).await
         }
+        Command::Summaries {
+            action:
+                ccrelay::cli::SummariesAction::List {
+                    since,
+                    until,
+                    tenant,
+                    kind,
+                    user,
+                    limit,
+                    json,
+                },
+        } => {
+            let store = open_store(&load()?).await?;
+            let filter = ccrelay::admin::SummaryFilter {
+                since,
+                until,
+                tenant,
+                kind,
+                user,
+            };
+            let mut out = std::io::stdout().lock();
+            ccrelay::admin::summaries(&store, &filter, limit, json, &mut out).await
+        }
+        Command::Report {
+            since,
+            until,
+            tenant,
+            json,
+        } => {
+            let store = open_store(&load()?).await?;
+            let filter = ccrelay::admin::SummaryFilter {
+                since: Some(since),
+                until: Some(until.unwrap_or_else(time::OffsetDateTime::now_utc)),
+                tenant,
+                ..Default::default()
+            };
+            let report = ccrelay::admin::report(&store, &filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
         Command::Cluster { action } => {
             let store = open_store(&load()?).await?;
             cluster(&store, action).await

@@ -78,6 +78,7 @@ pub async fn run(ns: &[usize], window: Duration, interval: Duration) -> Result<(
             nats_url: &nats.url(),
             sim_url: &sim.base_url,
             poll_interval: interval,
+            workers: None,
         })?;
         relay.wait_ready(&js).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -97,6 +97,7 @@ async fn relay_side(backend: &str, m: usize, k: usize, interval: Duration) -> Re
         nats_url: &nats.url(),
         sim_url: &sim.base_url,
         poll_interval: interval,
+        workers: None,
     })?;
     relay.wait_ready(&js).await?;
     rig::open_sessions(&js, &sim, "u", k).await?;

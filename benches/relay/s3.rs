@@ -157,6 +157,7 @@ async fn one(store: &str, m: usize, k: usize, rate_secs: u64) -> Result<()> {
             nats_url: &nats.url(),
             sim_url: &sim.base_url,
             poll_interval: Duration::from_secs(1),
+            workers: None,
         })?;
         relay.wait_ready(&js).await?;
         rig::open_sessions(&js, &sim, "u", k).await?;

@@ -108,6 +108,7 @@ async fn one(p: Params) -> Result<()> {
                 nats_url: &nats.url(),
                 sim_url: &sim.base_url,
                 poll_interval: Duration::from_secs(1),
+                workers: None,
             },
             &format!("max_ack_pending = {}", p.max_ack_pending),
             &tim_section(&sim.base_url),

@@ -72,10 +72,12 @@ async fn measure(sim: &Sim, who: &[(&'static str, u32)], window: Duration) -> Re
 }
 
 /// N relays as one cluster on a fresh PostgreSQL database, `sessions` sessions opened through
-/// them; measured over `window`. With `kill`, one relay is then SIGKILLed and the gaps of every
-/// session's polls around it are returned.
+/// them; measured over `window`. `workers`: each relay's runtime threads (default: one per core).
+/// With `kill`, one relay is then SIGKILLed and the gaps of every session's polls around it are
+/// returned.
 async fn cluster(
     n: usize,
+    workers: Option<usize>,
     sessions: usize,
     window: Duration,
     interval: Duration,
@@ -98,6 +100,7 @@ async fn cluster(
                 nats_url: &nats.url(),
                 sim_url: &sim.base_url,
                 poll_interval: interval,
+                workers,
             },
             "",
             &format!("[cluster]\nid = \"s5-{i}\"\nlease = \"10s\"\n"),
@@ -135,8 +138,10 @@ pub async fn run(sessions: usize, window: Duration, interval: Duration) -> Resul
          | side | polls/s | CPU µs/poll (relays + PostgreSQL) | CPU split (% of a core) |\n\
          |---|---|---|---|"
     );
-    let (one, _) = cluster(1, sessions, window, interval, false).await?;
-    let (three, gaps) = cluster(3, sessions, window, interval, true).await?;
+    let (one, _) = cluster(1, None, sessions, window, interval, false).await?;
+    let (three, gaps) = cluster(3, None, sessions, window, interval, true).await?;
+    // Three relays sized to the host: one runtime thread each instead of one per core.
+    let (sized, _) = cluster(3, Some(1), sessions, window, interval, false).await?;
 
     let sim = Sim::start().await?;
     let base = BaselineProcess::spawn(&[
@@ -153,7 +158,12 @@ pub async fn run(sessions: usize, window: Duration, interval: Duration) -> Resul
     let b = measure(&sim, &[("baseline", base.pid())], window).await?;
     drop(base);
 
-    for (side, s) in [("N = 1", &one), ("N = 3", &three), ("baseline", &b)] {
+    for (side, s) in [
+        ("N = 1", &one),
+        ("N = 3", &three),
+        ("N = 3, one runtime thread each", &sized),
+        ("baseline", &b),
+    ] {
         println!(
             "| {side} | {:.0} | {:.1} | {} |",
             s.polls_per_s, s.cpu_us_per_poll, s.split
@@ -163,6 +173,11 @@ pub async fn run(sessions: usize, window: Duration, interval: Duration) -> Resul
         "| **ratio N = 3 / N = 1** | {:.2} | **{:.2}** | |",
         three.polls_per_s / one.polls_per_s,
         three.cpu_us_per_poll / one.cpu_us_per_poll
+    );
+    println!(
+        "| **ratio N = 3 (one thread each) / N = 1** | {:.2} | **{:.2}** | |",
+        sized.polls_per_s / one.polls_per_s,
+        sized.cpu_us_per_poll / one.cpu_us_per_poll
     );
     println!(
         "| ratio N = 1 / baseline | {:.2} | {:.2} | |\n| ratio N = 3 / baseline | {:.2} | {:.2} | |",

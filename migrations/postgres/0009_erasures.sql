@@ -1,8 +1,8 @@
 -- Retention and erasure (docs/PRIVACY.md; the SQLite schema in ../sqlite has the same shape).
 
--- A customer's sessions, the closed ones too (sessions_open_user covers the open ones only): an
--- erasure finds them here. Unique, so that the foreign keys below can reference it.
-CREATE UNIQUE INDEX sessions_user ON sessions (kind, tenant, user_id, id);
+-- A session with its customer, unique (the id is), so that the foreign keys below can reference
+-- it. (An erasure finds a customer's sessions through sessions_user, 0008.)
+CREATE UNIQUE INDEX sessions_customer_key ON sessions (kind, tenant, user_id, id);
 
 -- Deleting a session makes PostgreSQL look for the rows that reference it. messages and events
 -- have no index on session_id alone (0005 dropped them: they cost every write), so through the
@@ -39,3 +39,8 @@ CREATE TABLE erasures (
 );
 
 CREATE INDEX erasures_user ON erasures (kind, tenant, user_hash);
+
+-- The summaries whose free text retention is still to blank (docs/PRIVACY.md): only those with a
+-- comment, so a pass reads exactly what it blanks, and a summary leaves the index once blanked.
+CREATE INDEX session_summaries_free_text ON session_summaries (closed_at)
+    WHERE satisfaction_comment IS NOT NULL;

@@ -1,9 +1,7 @@
 -- Retention and erasure (docs/PRIVACY.md; the PostgreSQL schema in ../postgres has the same
 -- shape). Conventions as in 0001: INTEGER microsecond timestamps, STRICT tables.
 
--- A customer's sessions, the closed ones too (sessions_open_user covers the open ones only): an
--- erasure finds them here. Sessions are few beside messages, so the index costs little.
-CREATE INDEX sessions_user ON sessions (kind, tenant, user_id, id);
+-- An erasure finds a customer's sessions, the closed ones too, through sessions_user (0008).
 
 -- One row per erasure (`ccrelay forget`, the `forget` RPC), kept as its audit: who asked, when,
 -- whom, and how many rows (and files, and stream messages) went from where. Never any content:
@@ -25,3 +23,8 @@ CREATE TABLE erasures (
 ) STRICT;
 
 CREATE INDEX erasures_user ON erasures (kind, tenant, user_hash);
+
+-- The summaries whose free text retention is still to blank (docs/PRIVACY.md): only those with a
+-- comment, so a pass reads exactly what it blanks, and a summary leaves the index once blanked.
+CREATE INDEX session_summaries_free_text ON session_summaries (closed_at)
+    WHERE satisfaction_comment IS NOT NULL;

@@ -1,5 +1,5 @@
 //! The operator's commands over what the relay stored: `ccrelay sessions`, `transcript`,
-//! `export`, `replay`, `deadletter`, `forget` and `erasures`. They read the database directly (SQLite or PostgreSQL alike) and never
+//! `export`, `replay`, `deadletter`, `summaries`, `report`, `forget` and `erasures`. They read the database directly (SQLite or PostgreSQL alike) and never
 //! need the relay to run.
 //!
 //! Export and replay read the transcript page by page ([`MessagePage`]), so memory stays constant
@@ -8,6 +8,7 @@
 mod dead;
 mod forget;
 mod format;
+mod summaries;
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use store::{DynStore, MessagePage, MessageRow, SessionState};
 pub use dead::deadletter;
 pub use forget::{erasures, forget};
 pub use format::{ExportFormat, cluster_status, parse_time};
+pub use summaries::{Report, SummaryFilter, report, summaries};
 
 /// Rows read per page by export and replay.
 const PAGE: i64 = 1_000;

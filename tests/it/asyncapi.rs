@@ -18,6 +18,7 @@ fn schema(name: &str) -> jsonschema::Validator {
         "TimChunk" => include_str!("../../docs/schemas/TimChunk.json"),
         "TimInbound" => include_str!("../../docs/schemas/TimInbound.json"),
         "RpcReply" => include_str!("../../docs/schemas/RpcReply.json"),
+        "SessionSummary" => include_str!("../../docs/schemas/SessionSummary.json"),
         other => panic!("no schema {other}"),
     };
     let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -55,6 +56,7 @@ fn the_document_names_every_subject_and_schema() {
         "TimChunk",
         "TimInbound",
         "RpcReply",
+        "SessionSummary",
     ] {
         assert!(doc.contains(&format!("schemas/{name}.json")), "{name}");
         let _ = schema(name);
@@ -137,6 +139,7 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
         ("nosuch", json!({})),
         ("sessions.list", json!({})),
         ("transcript.get", json!({"userId": "ann", "limit": 1})),
+        ("summaries.list", json!({"limit": 1})),
         (
             "forget",
             json!({"userId": "nobody", "requestedBy": "asyncapi"}),
@@ -145,6 +148,9 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
     ] {
         let r = t.rpc(TENANT, op, &body).await;
         assert_valid("RpcReply", &r);
+        for s in r["summaries"].as_array().into_iter().flatten() {
+            assert_valid("SessionSummary", s);
+        }
     }
 
     out.drain(2).await;
@@ -163,6 +169,9 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
             name.to_owned()
         });
         assert_valid(name, v);
+        if v["type"] == "session.summary" {
+            assert_valid("SessionSummary", &v["summary"]);
+        }
     }
     for (name, v) in &inputs {
         assert_valid(name, v);
@@ -172,6 +181,7 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
         "TimInbound",
         "session.opened",
         "session.closed",
+        "session.summary",
         "up.result",
         "error",
         "send.result",

@@ -54,9 +54,21 @@ fn member(
     sim: &sim::SimHandle,
     db: &str,
 ) -> Member {
+    member_with(dir, id, nats_url, sim, db, "")
+}
+
+/// [`member`] with more configuration sections (`[[tim]]`, …).
+fn member_with(
+    dir: &std::path::Path,
+    id: &str,
+    nats_url: &str,
+    sim: &sim::SimHandle,
+    db: &str,
+    sections: &str,
+) -> Member {
     let sub = dir.join(id);
     std::fs::create_dir_all(&sub).unwrap();
-    let extra = format!("[cluster]\nid = \"{id}\"\nlease = \"10s\"\npartitions = 16\n");
+    let extra = format!("[cluster]\nid = \"{id}\"\nlease = \"10s\"\npartitions = 16\n{sections}");
     let config = write_config(
         &sub,
         &RelayConfig {
@@ -467,4 +479,157 @@ async fn many_sessions_across_kill_pause_stop_and_join() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     cluster_run(users).await;
+}
+
+/// The Tencent app's budget in the stream test: the simulator refuses (60007) what goes over it.
+const TIM_BUDGET: u32 = 40;
+const STREAMS: usize = 45;
+const CHUNKS: usize = 10;
+
+/// Robot streams through three members, the owner of a third of them SIGKILLed mid-stream: every
+/// stream arrives whole, in order, finished, under one MsgKey; the three together never exceed
+/// the app's rate limit (the simulator counts what goes over), and the cluster's Tencent calls
+/// per second are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tencent_streams_keep_one_msg_key_and_their_order_when_their_owner_dies() {
+    crate::support::init_tracing();
+    let nats = nats_2_11().await;
+    let mut sim_cfg = sim::SimConfig::default();
+    sim_cfg.tim.rate_limit = TIM_BUDGET;
+    let sim = sim::spawn(sim_cfg).await.unwrap();
+    let pg = crate::support::fresh_pg_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats_url = nats.url();
+    let tim = crate::support::tim::sim_tim_app(&sim.base_url());
+    // Long enough for a chunk held by the killed member to be delivered again (ack_wait 30 s)
+    // before the stream counts as idle.
+    let sections = format!(
+        "[[tim]]\nname = \"{}\"\nbase_url = \"{}\"\nsdkappid = {}\nsecret_key = \"{}\"\n\
+         admin_identifier = \"administrator\"\ncallback_token = \"{}\"\nrate_limit = {TIM_BUDGET}\n\
+         stream_idle_timeout = \"90s\"\n",
+        tim.name,
+        sim.base_url(),
+        crate::support::tim::SIM_SDKAPPID,
+        crate::support::tim::SIM_SECRET_KEY,
+        crate::support::tim::SIM_CALLBACK_TOKEN,
+    );
+    let mut ms: Vec<Member> = ["relay-a", "relay-b", "relay-c"]
+        .iter()
+        .map(|id| member_with(dir.path(), id, &nats_url, &sim, &pg.url, &sections))
+        .collect();
+    for m in &mut ms {
+        m.proc.start();
+    }
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    ms[0].proc.wait_for_streams(&js).await;
+    balanced(&pg.url, &["relay-a", "relay-b", "relay-c"]).await;
+
+    let app = &tim.name;
+    let chunk = |n: usize, i: usize| {
+        json!({"streamId": format!("st-{n}"), "from": "@RBT#bot",
+               "chunk": format!("{n}:{i};"), "finish": i + 1 == CHUNKS})
+    };
+    let publish = |n: usize, i: usize| {
+        let js = js.clone();
+        let subject = format!("{PREFIX}.tim.{app}.stream.t{n:03}");
+        let body = serde_json::to_vec(&chunk(n, i)).unwrap();
+        async move {
+            js.publish(subject, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+    // The first half of every stream, then time for each member to open its streams.
+    for i in 0..CHUNKS / 2 {
+        for n in 0..STREAMS {
+            publish(n, i).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed_at = sim.calls(0).last().map_or(0, |c| c.end_us);
+    ms[0].proc.kill();
+    for i in CHUNKS / 2..CHUNKS {
+        for n in 0..STREAMS {
+            publish(n, i).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let finished = sim.tim().streams().iter().filter(|s| s.finished).count();
+        if finished >= STREAMS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{finished} of {STREAMS} streams finished: {:#?}",
+            sim.tim().streams()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // One MsgKey per stream (a stream begun twice would show as two), whole and in order.
+    let streams = sim.tim().streams();
+    let mut by_user: BTreeMap<&str, Vec<&sim::TimStream>> = BTreeMap::new();
+    for s in &streams {
+        by_user.entry(s.to.as_str()).or_default().push(s);
+    }
+    assert_eq!(by_user.len(), STREAMS, "{streams:#?}");
+    for n in 0..STREAMS {
+        let user = format!("t{n:03}");
+        let got = &by_user[user.as_str()];
+        assert_eq!(
+            got.len(),
+            1,
+            "{user}'s stream was begun more than once: {got:#?}"
+        );
+        let want: String = (0..CHUNKS).map(|i| format!("{n}:{i};")).collect();
+        assert_eq!(got[0].text, want, "{user}'s stream");
+        assert!(got[0].finished, "{user}'s stream");
+    }
+    // Streams the killed member had begun and another finished: the change of owner happened
+    // mid-stream.
+    let calls: Vec<sim::CallRecord> = sim
+        .calls(0)
+        .into_iter()
+        .filter(|c| c.kind == sim::CallKind::SendStreamMsg)
+        .collect();
+    let moved = (0..STREAMS)
+        .filter(|n| {
+            let user = format!("t{n:03}");
+            let of = |c: &&sim::CallRecord| c.user_id.as_deref() == Some(user.as_str());
+            calls
+                .iter()
+                .filter(of)
+                .any(|c| c.instance.as_deref() == Some("relay-a") && c.start_us < killed_at)
+                && calls
+                    .iter()
+                    .filter(of)
+                    .any(|c| c.instance.as_deref() != Some("relay-a") && c.start_us > killed_at)
+        })
+        .count();
+    assert!(moved > 0, "no stream changed owner mid-stream: {calls:#?}");
+    // Never over the app's limit, all members together.
+    let stats = sim.tim().stats();
+    assert_eq!(stats.rate_limited, 0, "{stats:?}");
+    assert!(stats.max_calls_in_one_second <= TIM_BUDGET, "{stats:?}");
+    let (first, last) = (
+        calls.first().map_or(0, |c| c.start_us),
+        calls.last().map_or(0, |c| c.end_us),
+    );
+    eprintln!(
+        "cluster Tencent streams: {STREAMS} streams × {CHUNKS} chunks in {} calls over {:.1} s, \
+         at most {} in one second (budget {TIM_BUDGET}/s, 0 refused); {moved} streams changed \
+         owner mid-stream",
+        calls.len(),
+        (last - first) as f64 / 1e6,
+        stats.max_calls_in_one_second
+    );
+    for m in &mut ms {
+        m.proc.kill();
+    }
 }

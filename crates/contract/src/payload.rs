@@ -110,6 +110,8 @@ pub mod event_type {
     pub const SESSION_OPENED: &str = "session.opened";
     pub const SESSION_QUEUED: &str = "session.queued";
     pub const SESSION_CLOSED: &str = "session.closed";
+    /// The summary of a closed session (`summary`: a [`crate::summary::SessionSummary`]).
+    pub const SESSION_SUMMARY: &str = "session.summary";
     pub const UP_RESULT: &str = "up.result";
     pub const OFFLINE_SAVED: &str = "offline.saved";
     pub const SATISFACTION_SAVED: &str = "satisfaction.saved";

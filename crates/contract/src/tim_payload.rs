@@ -196,8 +196,9 @@ pub struct Inbound {
 /// Builds the TimInbound of a callback `body` (which must be a JSON object).
 ///
 /// The user is `From_Account` for a user's message; for a message from a robot or a service
-/// account, or a Desk event, the first of `To_Account`, `ToAccount`, `UserId`, `FromAccount` the
-/// body has (Tencent's callbacks spell the account fields both ways).
+/// account, or a Desk event, the first of `To_Account`, `ToAccount`, `UserId`, `ClientUserId`
+/// (Desk.SessionEventNotify's user), `FromAccount` the body has (Tencent's callbacks spell the
+/// account fields both ways).
 pub fn inbound(
     body: &[u8],
     id: &str,
@@ -220,9 +221,15 @@ pub fn inbound(
     let from_robot = from.as_deref().is_some_and(is_robot_account);
     let user = match from {
         Some(f) if !from_robot && !f.starts_with('@') => Some(f),
-        _ => ["To_Account", "ToAccount", "UserId", "FromAccount"]
-            .iter()
-            .find_map(|k| text(&obj, k)),
+        _ => [
+            "To_Account",
+            "ToAccount",
+            "UserId",
+            "ClientUserId",
+            "FromAccount",
+        ]
+        .iter()
+        .find_map(|k| text(&obj, k)),
     };
     let at = received_at
         .format(&time::format_description::well_known::Rfc3339)
@@ -310,6 +317,18 @@ mod tests {
         .unwrap();
         assert!(r.from_robot);
         assert_eq!(r.user.as_deref(), Some("u7"));
+        // A Desk session event names its user ClientUserId (and the service account apart).
+        let d = inbound(
+            br#"{"SessionId":"s1","Event":"SessionBegin","ClientUserId":"u8",
+                 "CustomerServiceId":"@customer_service_account"}"#,
+            "i3",
+            "shop",
+            "Desk.SessionEventNotify",
+            at,
+        )
+        .unwrap();
+        assert_eq!(d.user.as_deref(), Some("u8"));
+        assert!(!d.from_robot);
         assert_eq!(
             inbound(b"[1]", "i", "a", "c", at).unwrap_err().field,
             "body"

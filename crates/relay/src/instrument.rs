@@ -2,46 +2,10 @@
 //! recorded through one named function here (as Vector's internal events), so the names, labels
 //! and units live in one place and the code that records them reads as what happened.
 //!
-//! | metric | type | labels |
-//! |---|---|---|
-//! | `ccrelay_sessions_active` | gauge | `tenant` |
-//! | `ccrelay_polls_total` | counter | `tenant`, `outcome` (`ok`, `error`) |
-//! | `ccrelay_poll_seconds` | histogram | `tenant` |
-//! | `ccrelay_poll_lag_seconds` | histogram | `tenant` (how late a poll started after its due time) |
-//! | `ccrelay_messages_total` | counter | `kind` (`cec`, `tim`), `tenant` (tenant or app), `direction` (`up`, `down`, `in`) |
-//! | `ccrelay_upstream_calls_total` | counter | `kind`, `tenant`, `endpoint` |
-//! | `ccrelay_upstream_call_seconds` | histogram | `kind`, `endpoint` |
-//! | `ccrelay_upstream_errors_total` | counter | `kind`, `tenant`, `endpoint`, `code` |
-//! | `ccrelay_retries_total` | counter | `kind`, `what` |
-//! | `ccrelay_rate_limit_waits_total` | counter | `app` |
-//! | `ccrelay_rate_limit_wait_seconds` | histogram | `app` |
-//! | `ccrelay_outbox_backlog` | gauge | |
-//! | `ccrelay_outbox_oldest_seconds` | gauge | |
-//! | `ccrelay_outbox_retrying` | gauge | (rows backing off after failures of their own) |
-//! | `ccrelay_publish_failures_total` | counter | `reason` (`row`: a failure of the row's own) |
-//! | `ccrelay_dead_letters` | gauge | (rows in `dead_letters`) |
-//! | `ccrelay_dead_letters_total` | counter | `source`, `reason` |
-//! | `ccrelay_max_deliveries_total` | counter | `consumer` |
-//! | `ccrelay_published_total` | counter | |
-//! | `ccrelay_publish_seconds` | histogram | (per batch) |
-//! | `ccrelay_redeliveries_total` | counter | `consumer` |
-//! | `ccrelay_store_commit_seconds` | histogram | |
-//! | `ccrelay_store_errors_total` | counter | `retryable` |
-//! | `ccrelay_store_batches_total` | counter | (transactions of group commit) |
-//! | `ccrelay_store_writes_total` | counter | (writes in them; ÷ batches = mean batch size) |
-//! | `ccrelay_callbacks_refused_total` | counter | `app` (empty for an unknown one), `reason` (`unsigned`, `sign`, `time`, `too_large`, `unknown_app`) |
-//! | `ccrelay_rpc_refused_total` | counter | `tenant` (empty for relay-wide or unknown), `reason` (`reply_subject`, `busy`) |
-//! | `ccrelay_store_away` | gauge | (1 while the database is unreachable or refuses writes: polling paused) |
-//! | `ccrelay_poll_journal_errors_total` | counter | (poll answers the journal could not write) |
-//! | `ccrelay_poll_journal_replayed_total` | counter | (messages committed from the journal at start-up) |
-//! | `ccrelay_cluster_partitions_owned` | gauge | (partitions this member holds; docs/HA.md) |
-//! | `ccrelay_cluster_members` | gauge | (live members, as the last lease tick saw them) |
-//! | `ccrelay_cluster_takeovers_total` | counter | `kind` (`expired`: from a member whose lease ran out; `free`) |
-//! | `ccrelay_cluster_lease_renewal_seconds` | histogram | (one lease tick's transaction) |
-//! | `ccrelay_cluster_fenced_writes_total` | counter | (writes refused: their partition was another member's; recorded by the store) |
-//! | `ccrelay_retention_deleted_total` | counter | `table` (rows retention deleted; summaries: free texts blanked; docs/PRIVACY.md) |
-//! | `ccrelay_retention_passes_total` | counter | `outcome` (`done`, `failed`, `handed_over`) |
-//! | `ccrelay_erasures_total` | counter | `outcome` (`done`, `incomplete`: customers erased by `forget`) |
+//! Every metric is listed, with its type and labels, in [`CATALOGUE`]; [`handle`] describes them
+//! to the exporter, so `/metrics` carries their `# HELP` and `# TYPE`. A test checks that every
+//! metric the code records is in the catalogue, and one in `tests/it/grafana.rs` that the
+//! dashboard (`docs/grafana/ccrelay.json`) names no other.
 //!
 //! The recorder is process-wide: installed once ([`handle`]), shared by every relay of the
 //! process (tests run several).
@@ -56,6 +20,227 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric the relay exports: its name, kind and labels (with what they mean).
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    /// The labels, and what the series counts.
+    pub labels: &'static str,
+}
+
+/// Every metric the relay (and the store and clients it runs) records.
+pub const CATALOGUE: &[Metric] = &[
+    Metric {
+        name: "ccrelay_sessions_active",
+        kind: MetricKind::Gauge,
+        labels: "`tenant`",
+    },
+    Metric {
+        name: "ccrelay_sessions_queued",
+        kind: MetricKind::Gauge,
+        labels: "`tenant` (polled sessions waiting in the contact center's queue)",
+    },
+    Metric {
+        name: "ccrelay_polls_total",
+        kind: MetricKind::Counter,
+        labels: "`tenant`, `outcome` (`ok`, `error`)",
+    },
+    Metric {
+        name: "ccrelay_poll_seconds",
+        kind: MetricKind::Histogram,
+        labels: "`tenant`",
+    },
+    Metric {
+        name: "ccrelay_poll_lag_seconds",
+        kind: MetricKind::Histogram,
+        labels: "`tenant` (how late a poll started after its due time)",
+    },
+    Metric {
+        name: "ccrelay_messages_total",
+        kind: MetricKind::Counter,
+        labels: "`kind` (`cec`, `tim`), `tenant` (tenant or app), `direction` (`up`, `down`, `in`)",
+    },
+    Metric {
+        name: "ccrelay_upstream_calls_total",
+        kind: MetricKind::Counter,
+        labels: "`kind`, `tenant`, `endpoint`",
+    },
+    Metric {
+        name: "ccrelay_upstream_call_seconds",
+        kind: MetricKind::Histogram,
+        labels: "`kind`, `endpoint`",
+    },
+    Metric {
+        name: "ccrelay_upstream_errors_total",
+        kind: MetricKind::Counter,
+        labels: "`kind`, `tenant`, `endpoint`, `code`",
+    },
+    Metric {
+        name: "ccrelay_retries_total",
+        kind: MetricKind::Counter,
+        labels: "`kind`, `what`",
+    },
+    Metric {
+        name: "ccrelay_rate_limit_waits_total",
+        kind: MetricKind::Counter,
+        labels: "`app`",
+    },
+    Metric {
+        name: "ccrelay_rate_limit_wait_seconds",
+        kind: MetricKind::Histogram,
+        labels: "`app`",
+    },
+    Metric {
+        name: "ccrelay_rate_limit_per_second",
+        kind: MetricKind::Gauge,
+        labels: "`app` (the app's configured `rate_limit`: the budget of the whole service)",
+    },
+    Metric {
+        name: "ccrelay_outbox_backlog",
+        kind: MetricKind::Gauge,
+        labels: "",
+    },
+    Metric {
+        name: "ccrelay_outbox_oldest_seconds",
+        kind: MetricKind::Gauge,
+        labels: "",
+    },
+    Metric {
+        name: "ccrelay_outbox_retrying",
+        kind: MetricKind::Gauge,
+        labels: "(rows backing off after failures of their own)",
+    },
+    Metric {
+        name: "ccrelay_publish_failures_total",
+        kind: MetricKind::Counter,
+        labels: "`reason` (`row`: a failure of the row's own)",
+    },
+    Metric {
+        name: "ccrelay_dead_letters",
+        kind: MetricKind::Gauge,
+        labels: "(rows in `dead_letters`)",
+    },
+    Metric {
+        name: "ccrelay_dead_letters_total",
+        kind: MetricKind::Counter,
+        labels: "`source`, `reason`",
+    },
+    Metric {
+        name: "ccrelay_max_deliveries_total",
+        kind: MetricKind::Counter,
+        labels: "`consumer`",
+    },
+    Metric {
+        name: "ccrelay_published_total",
+        kind: MetricKind::Counter,
+        labels: "",
+    },
+    Metric {
+        name: "ccrelay_publish_seconds",
+        kind: MetricKind::Histogram,
+        labels: "(per batch)",
+    },
+    Metric {
+        name: "ccrelay_redeliveries_total",
+        kind: MetricKind::Counter,
+        labels: "`consumer`",
+    },
+    Metric {
+        name: "ccrelay_store_commit_seconds",
+        kind: MetricKind::Histogram,
+        labels: "",
+    },
+    Metric {
+        name: "ccrelay_store_errors_total",
+        kind: MetricKind::Counter,
+        labels: "`retryable`",
+    },
+    Metric {
+        name: "ccrelay_store_batches_total",
+        kind: MetricKind::Counter,
+        labels: "(transactions of group commit)",
+    },
+    Metric {
+        name: "ccrelay_store_writes_total",
+        kind: MetricKind::Counter,
+        labels: "(writes in them; ÷ batches = mean batch size)",
+    },
+    Metric {
+        name: "ccrelay_callbacks_refused_total",
+        kind: MetricKind::Counter,
+        labels: "`app` (empty for an unknown one), `reason` (`unsigned`, `sign`, `time`, `too_large`, `unknown_app`)",
+    },
+    Metric {
+        name: "ccrelay_rpc_refused_total",
+        kind: MetricKind::Counter,
+        labels: "`tenant` (empty for relay-wide or unknown), `reason` (`reply_subject`, `busy`)",
+    },
+    Metric {
+        name: "ccrelay_store_away",
+        kind: MetricKind::Gauge,
+        labels: "(1 while the database is unreachable or refuses writes: polling paused)",
+    },
+    Metric {
+        name: "ccrelay_poll_journal_errors_total",
+        kind: MetricKind::Counter,
+        labels: "(poll answers the journal could not write)",
+    },
+    Metric {
+        name: "ccrelay_poll_journal_replayed_total",
+        kind: MetricKind::Counter,
+        labels: "(messages committed from the journal at start-up)",
+    },
+    Metric {
+        name: "ccrelay_cluster_partitions_owned",
+        kind: MetricKind::Gauge,
+        labels: "(partitions this member holds; docs/HA.md)",
+    },
+    Metric {
+        name: "ccrelay_cluster_members",
+        kind: MetricKind::Gauge,
+        labels: "(live members, as the last lease tick saw them)",
+    },
+    Metric {
+        name: "ccrelay_cluster_takeovers_total",
+        kind: MetricKind::Counter,
+        labels: "`kind` (`expired`: from a member whose lease ran out; `free`)",
+    },
+    Metric {
+        name: "ccrelay_cluster_lease_renewal_seconds",
+        kind: MetricKind::Histogram,
+        labels: "(one lease tick's transaction)",
+    },
+    Metric {
+        name: "ccrelay_cluster_fenced_writes_total",
+        kind: MetricKind::Counter,
+        labels: "(writes refused: their partition was another member's; recorded by the store)",
+    },
+    Metric {
+        name: "ccrelay_retention_deleted_total",
+        kind: MetricKind::Counter,
+        labels: "`table` (rows retention deleted; `session_summaries`: free texts blanked; docs/PRIVACY.md)",
+    },
+    Metric {
+        name: "ccrelay_retention_passes_total",
+        kind: MetricKind::Counter,
+        labels: "`outcome` (`done`, `failed`, `handed_over`: retention passes)",
+    },
+    Metric {
+        name: "ccrelay_erasures_total",
+        kind: MetricKind::Counter,
+        labels: "`outcome` (`done`, `incomplete`: customers erased by `forget`)",
+    },
+];
+
 /// Histogram buckets, in seconds: from a millisecond to half a minute.
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -69,7 +254,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new().set_buckets(BUCKETS).ok()?;
             match builder.install_recorder() {
-                Ok(h) => Some(h),
+                Ok(h) => {
+                    describe();
+                    Some(h)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot install the metrics recorder; /metrics stays empty");
                     None
@@ -77,6 +265,17 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// Tells the recorder each metric's kind and help text (the catalogue's labels).
+fn describe() {
+    for m in CATALOGUE {
+        match m.kind {
+            MetricKind::Counter => metrics::describe_counter!(m.name, m.labels),
+            MetricKind::Gauge => metrics::describe_gauge!(m.name, m.labels),
+            MetricKind::Histogram => metrics::describe_histogram!(m.name, m.labels),
+        }
+    }
 }
 
 /// The `/metrics` body.
@@ -120,6 +319,7 @@ pub struct PollMetrics {
     seconds: Histogram,
     lag: Histogram,
     sessions: Gauge,
+    queued: Gauge,
 }
 
 impl PollMetrics {
@@ -131,6 +331,7 @@ impl PollMetrics {
             seconds: histogram!("ccrelay_poll_seconds", "tenant" => tenant.to_owned()),
             lag: histogram!("ccrelay_poll_lag_seconds", "tenant" => tenant.to_owned()),
             sessions: gauge!("ccrelay_sessions_active", "tenant" => tenant.to_owned()),
+            queued: gauge!("ccrelay_sessions_queued", "tenant" => tenant.to_owned()),
         }
     }
 
@@ -154,6 +355,20 @@ impl PollMetrics {
     pub fn session_unpolled(&self) {
         self.sessions.decrement(1.0);
     }
+
+    /// A polled session started (`true`) or stopped (`false`) waiting in the queue.
+    pub fn session_queued(&self, queued: bool) {
+        if queued {
+            self.queued.increment(1.0);
+        } else {
+            self.queued.decrement(1.0);
+        }
+    }
+}
+
+/// The app's configured rate limit (calls per second for the whole service).
+pub fn rate_limit_budget(app: &str, per_second: u32) {
+    gauge!("ccrelay_rate_limit_per_second", "app" => app.to_owned()).set(f64::from(per_second));
 }
 
 /// `n` messages stored for `kind`/`tenant` in `direction` (`up`, `down`, `in`).
@@ -261,4 +476,66 @@ pub fn retention_pass(outcome: &'static str) {
 /// An erasure ended: `done` or `incomplete`.
 pub fn erasure(outcome: &'static str) {
     counter!("ccrelay_erasures_total", "outcome" => outcome).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    /// The names recorded by `counter!("…"`, `gauge!("…"` and `histogram!("…"` in `dir`'s sources.
+    fn recorded(dir: &Path, names: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                recorded(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for macro_ in ["counter!(\"", "gauge!(\"", "histogram!(\""] {
+                    for (at, _) in text.match_indices(macro_) {
+                        let rest = &text[at + macro_.len()..];
+                        if let Some(end) = rest.find('"') {
+                            names.insert(rest[..end].to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_catalogue_lists_every_metric_the_workspace_records() {
+        let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut names = BTreeSet::new();
+        for krate in ["relay", "store", "upstream", "cec", "tim"] {
+            recorded(&crates.join(krate).join("src"), &mut names);
+        }
+        names.retain(|n| n.starts_with("ccrelay_") && n != "ccrelay_test");
+        assert!(names.len() > 30, "the scan found too little: {names:?}");
+        let listed: BTreeSet<String> = CATALOGUE.iter().map(|m| m.name.to_owned()).collect();
+        assert_eq!(listed.len(), CATALOGUE.len(), "a metric is listed twice");
+        let missing: Vec<_> = names.difference(&listed).collect();
+        let stale: Vec<_> = listed.difference(&names).collect();
+        assert!(
+            missing.is_empty(),
+            "recorded but not in CATALOGUE: {missing:?}"
+        );
+        assert!(
+            stale.is_empty(),
+            "in CATALOGUE but never recorded: {stale:?}"
+        );
+        for m in CATALOGUE {
+            assert_eq!(
+                m.kind == MetricKind::Counter,
+                m.name.ends_with("_total"),
+                "{}: counters, and only they, end in _total",
+                m.name
+            );
+        }
+    }
 }

@@ -15,12 +15,14 @@
 //! stream and callback saves) are then applied together, table by table ([`apply`]). The commits
 //! of a batch are concurrent writes (each caller waits for its own), so applying their parts table
 //! by table is applying them in some order; within each commit its parts keep their documented
-//! order (see the crate's documentation).
+//! order (see the crate's documentation). Summaries come last ([`crate::summary`]): each is
+//! computed by one statement from the rows the batch has written by then, so a session's closing
+//! commit is summarised with every row of it, its own included.
 //!
 //! **Outbox order.** A down's outbox row is inserted by the statement that inserts the down, and
 //! an event's by the statement that inserts the event, so a batch's outbox rows are all its
 //! downs' (in commit order), then all its events' — commit by commit, each commit's own events
-//! followed by the events announcing its set-aside messages. That is not the order of applying
+//! followed by the events announcing its set-aside messages — then its `session.summary` events. That is not the order of applying
 //! the commits one after another (where one commit's downs and events would both precede the
 //! next commit's), and it need not be: the outbox publisher keeps order only per subject
 //! ([`crate::Queries::outbox_pending`]), and no subject carries both downs and events (downs go
@@ -29,15 +31,17 @@
 //! give. Keeping each outbox row with its source row is what lets PostgreSQL insert a batch's
 //! downs and their outbox rows in one statement and its events and theirs in another.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use time::OffsetDateTime;
 
+use crate::summary::{self, SessionSummary, SummaryRequest};
 use crate::{
     Commit, Committed, DeadLetter, Direction, DownRecord, EventRecord, FileDone, FileRow,
     FileStatus, MessageRow, MessageStatus, OfflineRow, Result, SatisfactionRow, Session,
     SessionChange, SessionState, StoreError, TimCallbackRow, TimStreamRow, UpBegin, UpOutcome,
-    Write, Written, dead_source, invalid, with_dead_letter,
+    Write, Written, dead_source, invalid, kind, with_dead_letter,
 };
 
 /// A down record to insert (unless its `message_code` is known), with its outbox row.
@@ -128,6 +132,24 @@ pub(crate) trait RowOps {
     async fn finish_file(&mut self, done: &FileDone) -> Result<bool>;
     async fn upsert_tim_stream(&mut self, row: &TimStreamRow) -> Result<()>;
     async fn insert_tim_callback(&mut self, row: &TimCallbackRow) -> Result<()>;
+
+    // --- summaries ---
+    /// The summary of closed CEC session `session_id` (view `cec_session_summaries`), computed
+    /// and stored (inserted or replacing its row) as of `at`; `None` if the session is not a
+    /// closed CEC session.
+    async fn summarize_session(
+        &mut self,
+        session_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<SessionSummary>>;
+    /// The summary of Desk session `session_id` of app `app` (view `tim_session_summaries`),
+    /// computed and stored as of `at`; `None` if no callback of it is stored.
+    async fn summarize_desk(
+        &mut self,
+        app: &str,
+        session_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<SessionSummary>>;
 
     // --- outbox ---
     /// An outbox row, not held.
@@ -336,9 +358,10 @@ async fn require_session<R: RowOps>(rows: &mut R, id: &str) -> Result<()> {
     }
 }
 
-async fn session_change<R: RowOps>(rows: &mut R, change: &SessionChange) -> Result<()> {
+/// Applies `change`; whether it closed a session (a close of a closed session does not).
+async fn session_change<R: RowOps>(rows: &mut R, change: &SessionChange) -> Result<bool> {
     match change {
-        SessionChange::Open(s) => rows.insert_session(s).await,
+        SessionChange::Open(s) => rows.insert_session(s).await.map(|()| false),
         SessionChange::SetState { id, state } => {
             if *state == SessionState::Closed {
                 return Err(invalid(
@@ -348,13 +371,14 @@ async fn session_change<R: RowOps>(rows: &mut R, change: &SessionChange) -> Resu
             if !rows.set_session_state(id, *state).await? {
                 require_session(rows, id).await?;
             }
-            Ok(())
+            Ok(false)
         }
         SessionChange::Close { id, reason, at } => {
-            if !rows.close_session(id, reason, *at).await? {
-                require_session(rows, id).await?;
+            if rows.close_session(id, reason, *at).await? {
+                return Ok(true);
             }
-            Ok(())
+            require_session(rows, id).await?;
+            Ok(false)
         }
     }
 }
@@ -376,10 +400,18 @@ async fn apply<R: RowOps>(rows: &mut R, commits: &[&Commit]) -> Result<Vec<Commi
     check_commits(commits)?;
     let now = OffsetDateTime::now_utc();
 
+    // By commit, the sessions it closed.
+    let mut closed: Vec<Vec<&str>> = Vec::with_capacity(commits.len());
     for c in commits {
+        let mut closed_here = Vec::new();
         for change in &c.sessions {
-            session_change(rows, change).await?;
+            if session_change(rows, change).await?
+                && let SessionChange::Close { id, .. } = change
+            {
+                closed_here.push(id.as_str());
+            }
         }
+        closed.push(closed_here);
         if let Some(up) = &c.up {
             up_outcome(rows, up).await?;
         }
@@ -473,7 +505,85 @@ async fn apply<R: RowOps>(rows: &mut R, commits: &[&Commit]) -> Result<Vec<Commi
     }
 
     touch_sessions(rows, commits).await?;
-    Ok(committed_each(commits, &inserted, &dead_ids))
+    let summary_events = summarize(rows, commits, &closed, now).await?;
+    let mut committed = committed_each(commits, &inserted, &dead_ids);
+    for (c, n) in committed.iter_mut().zip(summary_events) {
+        c.outboxed += n;
+    }
+    Ok(committed)
+}
+
+/// The summaries `c` computes, given the sessions it `closed`: each of its requests — but one
+/// for a session it tried to close and did not (closed already) — and one, unpublished, for
+/// each session it closed that it did not ask for (a summary of a CEC session is computed from
+/// its id alone: it names its tenant and user).
+fn summary_requests<'c>(c: &'c Commit, closed: &[&str]) -> Vec<Cow<'c, SummaryRequest>> {
+    let closes = |id: &str| {
+        c.sessions
+            .iter()
+            .any(|s| matches!(s, SessionChange::Close { id: closing, .. } if closing == id))
+    };
+    let is_cec = |r: &SummaryRequest, id: &str| r.kind == kind::CEC && r.session_id == id;
+    let mut wanted: Vec<Cow<'c, SummaryRequest>> = c
+        .summaries
+        .iter()
+        .filter(|r| {
+            r.kind != kind::CEC || !closes(&r.session_id) || closed.contains(&r.session_id.as_str())
+        })
+        .map(Cow::Borrowed)
+        .collect();
+    for id in closed {
+        if !c.summaries.iter().any(|r| is_cec(r, id)) {
+            wanted.push(Cow::Owned(SummaryRequest {
+                kind: kind::CEC.to_owned(),
+                tenant: String::new(),
+                user_id: String::new(),
+                session_id: (*id).to_owned(),
+                publish: None,
+            }));
+        }
+    }
+    wanted
+}
+
+/// Computes the summaries of `commits` (see [`summary_requests`]) from their rows, stores them,
+/// and inserts the `session.summary` events of those that name a subject, with their outbox
+/// rows; how many events each commit published.
+async fn summarize<R: RowOps>(
+    rows: &mut R,
+    commits: &[&Commit],
+    closed: &[Vec<&str>],
+    now: OffsetDateTime,
+) -> Result<Vec<usize>> {
+    let at = crate::to_store_precision(now);
+    let mut published = vec![0; commits.len()];
+    let mut events: Vec<EventRecord> = Vec::new();
+    for (i, c) in commits.iter().enumerate() {
+        for req in summary_requests(c, &closed[i]) {
+            let row = if req.kind == kind::TIM {
+                rows.summarize_desk(&req.tenant, &req.session_id, at)
+                    .await?
+            } else {
+                rows.summarize_session(&req.session_id, at).await?
+            };
+            if let (Some(row), Some(subject)) = (row, &req.publish) {
+                events.push(summary::event(&row, subject.clone()));
+                published[i] += 1;
+            }
+        }
+    }
+    if !events.is_empty() {
+        let inserts: Vec<EventInsert<'_>> = events
+            .iter()
+            .map(|e| EventInsert {
+                event: e,
+                body: &e.body,
+                publish: true,
+            })
+            .collect();
+        rows.insert_events(&inserts, now).await?;
+    }
+    Ok(published)
 }
 
 /// Moves each session's `last_activity_at` forward to the latest time the commits give it; a

@@ -27,6 +27,9 @@
 //!   object and the last error.
 //! - `erasures`: the audit of erasures (who asked, when, a hash of whom, how many rows went):
 //!   [`privacy`], which also has retention's and erasure's deletions.
+//! - `session_summaries`: one row per conversation — a CEC session once closed, a Tencent Desk
+//!   session as of its latest event — with its figures ([`summary`]), computed in SQL from the
+//!   rows above in the transaction that closes the session.
 //! - `outbox`: what is still to be published, in commit order. A row is deleted once JetStream
 //!   acknowledged it; so a transcript row is published exactly when no outbox row holds its id.
 //!   A *held* row (a DownMessage whose file is being downloaded) is not published, nor is any
@@ -38,9 +41,10 @@
 //! normalised by `jsonb` (same JSON value, whitespace and key order may differ) from PostgreSQL.
 //!
 //! A [`Commit`] is applied in the order of its fields: session changes, the up outcome, the down
-//! records, the events, the satisfactions, the offline messages, the files, the touches; its
-//! outbox rows follow the inserted downs (held when the commit has a file for them), then the
-//! events; a message set aside ([`Commit::set_aside`]) has no outbox row, and its dead letter and
+//! records, the events, the satisfactions, the offline messages, the files, the touches, and last
+//! the summaries ([`Commit::summaries`], and those of the sessions it closed), from everything
+//! before them; its outbox rows follow the inserted downs (held when the commit has a file for
+//! them), then the events, then the `session.summary` events; a message set aside ([`Commit::set_aside`]) has no outbox row, and its dead letter and
 //! `error` event are stored with the commit's events instead. Transcripts, events, satisfactions
 //! and offline messages read back ordered by `created_at`, ties in insertion order.
 //!
@@ -74,12 +78,14 @@ pub mod privacy;
 mod records;
 pub mod sqlite;
 mod store;
+pub mod summary;
 
 pub use fit::{DEFAULT_MAX_PAYLOAD, PublishLimit};
 pub use health::StoreHealth;
 pub use lock::{InstanceLock, LockError, instance_lock};
 pub use records::{event_record, now};
 pub use store::{Options, Store};
+pub use summary::{SessionSummary, SummaryPage, SummaryRequest};
 
 use std::sync::Arc;
 
@@ -701,6 +707,10 @@ pub struct Commit {
     /// letter and the `error` event announcing it are stored — the event with the dead letter's
     /// id, and published — unless the down was skipped as a duplicate (then nothing of it is).
     pub set_aside: Vec<SetAside>,
+    /// Summaries to (re)compute after the rest of the commit, published when they name a
+    /// subject ([`summary`]). A CEC session this commit closes is summarised even when it is not
+    /// listed (then without an event).
+    pub summaries: Vec<SummaryRequest>,
 }
 
 /// An outbox message a commit does not publish: its dead letter (source
@@ -785,6 +795,11 @@ impl Commit {
                     .first()
                     .map(|r| (r.tenant.as_str(), r.user_id.as_str()))
             })
+            .or_else(|| {
+                self.summaries
+                    .first()
+                    .map(|r| (r.tenant.as_str(), r.user_id.as_str()))
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -798,6 +813,7 @@ impl Commit {
             && self.touch.is_empty()
             && self.files.is_empty()
             && self.set_aside.is_empty()
+            && self.summaries.is_empty()
     }
 }
 
@@ -1080,6 +1096,25 @@ pub trait Queries: Send + Sync + 'static {
 
     /// The erasures' audit, newest first, at most `limit`.
     async fn erasures(&self, limit: i64) -> Result<Vec<privacy::Erasure>>;
+
+    // Session summaries ([`summary`]).
+
+    /// A page of summaries ([`SummaryPage`]).
+    async fn summaries_page(&self, page: &SummaryPage) -> Result<Vec<SessionSummary>>;
+    /// The summary of one session.
+    async fn summary(
+        &self,
+        kind: &str,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionSummary>>;
+    /// The user's latest session (open or closed), by `opened_at`.
+    async fn latest_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>>;
 }
 
 /// One caller's write: what [`Backend::write_batch`] applies, many to a transaction.

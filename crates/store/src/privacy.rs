@@ -17,17 +17,18 @@
 //! their time are read through it; the others (events, files, callbacks, streams, dead letters)
 //! from their oldest rows in insertion order (`id`), which follows time: a step looks at the
 //! `limit` oldest rows and deletes those past the cut-off, and the table is done when a step finds
-//! none. Summaries keep their figures; their free text is blanked. Sessions go last: a closed
+//! none. Summaries keep their figures; their free text (`satisfaction_comment`) is blanked, found
+//! through an index of the summaries that have one (migration 0009). Sessions go last: a closed
 //! session past the cut-off once no row references it any more (rows created after it closed, a
-//! satisfaction say, keep it until they age out; a summary keeps it for good, its token cleared).
-//! Sessions are read in `opened_at` order from a cursor ([`Purged::after`]).
+//! satisfaction say, keep it until they age out; its token is cleared meanwhile). Sessions are
+//! read in `opened_at` order from a cursor ([`Purged::after`]).
 //!
 //! **Erasure** ([`Purge::Customer`]): every row of one customer ([`Customer`]): by (kind, tenant,
-//! user) where a table has those columns, by the customer's subjects in the outbox (which has
-//! none) and in dead letters (an outbox row set aside keeps only its subject). Tencent's own
-//! tables (`tim_callbacks`, `tim_streams`) are keyed by app, so only a `tim` customer is erased
-//! from them. Closed sessions go last; an open one stays (the caller refuses to erase a customer
-//! with an open session, so one can only be new).
+//! user) where a table has those columns (`session_summaries` included), by the customer's
+//! subjects in the outbox (which has none) and in dead letters (an outbox row set aside keeps
+//! only its subject). Tencent's own tables (`tim_callbacks`, `tim_streams`) are keyed by app, so
+//! only a `tim` customer is erased from them. Closed sessions go last; an open one stays (the
+//! caller refuses to erase a customer with an open session, so one can only be new).
 //!
 //! **Foreign keys.** Rows reference their session; deleting a session makes the database look
 //! for such rows, and `messages` and `events` have no index on `session_id` alone (migration
@@ -35,9 +36,8 @@
 //! the per-user indexes. On SQLite, where a key cannot be changed in place, a step that deletes
 //! sessions runs with `foreign_keys` off on its connection, and deletes only sessions that the
 //! same statement finds unreferenced through those indexes (a row's session is its customer's).
-//!
-//! **Session summaries** (`session_summaries`, another migration's table, `SUMMARIES`): used
-//! when the database has it, skipped when not.
+//! A summary does not reference its session (a Tencent Desk session's is no `sessions` row): it
+//! keeps none.
 
 use std::collections::BTreeMap;
 
@@ -136,13 +136,11 @@ pub type SessionCursor = (OffsetDateTime, String);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Purge {
     /// Retention: rows of `table` older than `before` (see the module docs). For
-    /// [`Table::Sessions`], closed sessions opened from `since` on (all if `None`), after
-    /// `after`.
+    /// [`Table::Sessions`], closed sessions after `after`.
     Older {
         table: Table,
         before: OffsetDateTime,
         limit: i64,
-        since: Option<OffsetDateTime>,
         after: Option<SessionCursor>,
     },
     /// Erasure: rows of `table` of one customer.
@@ -160,7 +158,6 @@ impl Purge {
             table,
             before,
             limit,
-            since: None,
             after: None,
         }
     }
@@ -226,13 +223,10 @@ pub struct Erasure {
     pub finished_at: OffsetDateTime,
 }
 
-/// The other migration's `session_summaries` (one row per closed CEC session): how retention and
-/// erasure reach it, the one place that says what they take of it — these columns, and `kind`,
-/// `tenant`, `user_id` (a customer's rows) and `session_id` (the session it sums up, which
-/// retention then keeps). Used only when the database has the table.
+/// `session_summaries` (migration 0008, one row per conversation, keyed by (kind, tenant,
+/// session_id)): what retention and erasure take of it — these columns, and `kind`, `tenant`,
+/// `user_id` (a customer's rows).
 pub(crate) mod summaries {
-    /// The table, as the database names it.
-    pub const TABLE: &str = "session_summaries";
     /// Its free text, blanked by retention.
     pub const FREE_TEXT: &str = "satisfaction_comment";
     /// When its session closed: how old it is.
@@ -286,39 +280,26 @@ pub(crate) mod sql {
 
     /// The condition that no row references session `s` any more (aliased `s`): through the
     /// per-user indexes for messages and events, the session indexes for the others.
-    pub fn unreferenced(with_summaries: bool) -> String {
-        let mut guard = String::from(
-            "NOT EXISTS (SELECT 1 FROM messages m WHERE m.kind = s.kind AND m.tenant = s.tenant \
+    pub const UNREFERENCED: &str = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.kind = s.kind AND m.tenant = s.tenant \
                AND m.user_id = s.user_id AND m.session_id = s.id) \
              AND NOT EXISTS (SELECT 1 FROM events e WHERE e.kind = s.kind AND e.tenant = s.tenant \
                AND e.user_id = s.user_id AND e.session_id = s.id) \
              AND NOT EXISTS (SELECT 1 FROM satisfactions x WHERE x.session_id = s.id) \
              AND NOT EXISTS (SELECT 1 FROM offline_messages x WHERE x.session_id = s.id) \
-             AND NOT EXISTS (SELECT 1 FROM files x WHERE x.session_id = s.id)",
-        );
-        if with_summaries {
-            guard.push_str(&format!(
-                " AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.session_id = s.id)",
-                summaries::TABLE
-            ));
-        }
-        guard
-    }
+             AND NOT EXISTS (SELECT 1 FROM files x WHERE x.session_id = s.id)";
 
-    /// The candidates of a retention step of sessions: closed, opened before `?1` and from `?2`
-    /// on, after `(?3, ?4)` in (opened_at, id) order, at most `?5`; their id, opened_at and
-    /// closed_at.
-    pub const OLD_SESSIONS: &str = "SELECT id, opened_at, closed_at FROM sessions \
-         WHERE state = 'closed' AND opened_at < ?1 AND opened_at >= ?2 \
-           AND (opened_at > ?3 OR (opened_at = ?3 AND id > ?4)) \
-         ORDER BY opened_at, id LIMIT ?5";
+    /// The candidates of a retention step of sessions: closed, opened before `?1`, after
+    /// `(?2, ?3)` in (opened_at, id) order, at most `?4`; their id and opened_at.
+    pub const OLD_SESSIONS: &str = "SELECT id, opened_at FROM sessions \
+         WHERE state = 'closed' AND opened_at < ?1 \
+           AND (opened_at > ?2 OR (opened_at = ?2 AND id > ?3)) \
+         ORDER BY opened_at, id LIMIT ?4";
 
     /// Deletes session `?1` if it closed before `?2` and nothing references it.
-    pub fn delete_old_session(with_summaries: bool) -> String {
+    pub fn delete_old_session() -> String {
         format!(
             "DELETE FROM sessions WHERE id IN (SELECT s.id FROM sessions s \
-               WHERE s.id = ?1 AND s.closed_at < ?2 AND {})",
-            unreferenced(with_summaries)
+               WHERE s.id = ?1 AND s.closed_at < ?2 AND {UNREFERENCED})"
         )
     }
 
@@ -328,14 +309,9 @@ pub(crate) mod sql {
 
     /// The statement of a step that is one statement (every step but a retention step of
     /// sessions), its parameters and how to read its count; `None` for a step with nothing to do
-    /// (a table this customer has no rows in, summaries the database does not have).
-    /// `subjects_in` is the backend's `IN` over the subjects parameter (`?2` or `?5`, given as
-    /// `{}`).
-    pub fn statement(
-        step: &Purge,
-        with_summaries: bool,
-        subjects_in: &str,
-    ) -> Option<(String, Binds, More)> {
+    /// (a table this customer has no rows in). `subjects_in` is the backend's `IN` over the
+    /// subjects parameter (`?2` or `?5`, given as `{}`).
+    pub fn statement(step: &Purge, subjects_in: &str) -> Option<(String, Binds, More)> {
         let t = step.table().as_str();
         let subjects = |n: &str| subjects_in.replace("{}", n);
         match step {
@@ -372,19 +348,20 @@ pub(crate) mod sql {
                     Binds::Older,
                     More::WhileAny,
                 ),
-                Table::SessionSummaries if with_summaries => (
+                // Through session_summaries_free_text (the summaries that have one).
+                Table::SessionSummaries => (
                     format!(
-                        "UPDATE {t} SET {text} = NULL WHERE session_id IN (SELECT session_id \
-                         FROM {t} WHERE {text} IS NOT NULL AND {at} < ?1 LIMIT ?2)",
+                        "UPDATE {t} SET {text} = NULL WHERE (kind, tenant, session_id) IN \
+                         (SELECT kind, tenant, session_id FROM {t} \
+                          WHERE {text} IS NOT NULL AND {at} < ?1 ORDER BY {at} LIMIT ?2)",
                         text = summaries::FREE_TEXT,
                         at = summaries::AT
                     ),
                     Binds::Older,
                     More::WhileFull,
                 ),
-                // Nothing to blank; the outbox is not retention's; sessions are not one
-                // statement.
-                Table::SessionSummaries | Table::Outbox | Table::Sessions => return None,
+                // The outbox is not retention's; sessions are not one statement.
+                Table::Outbox | Table::Sessions => return None,
             }),
             Purge::Customer {
                 table, customer, ..
@@ -421,25 +398,20 @@ pub(crate) mod sql {
                     Binds::CustomerOrSubjects,
                     More::WhileFull,
                 ),
-                Table::SessionSummaries => {
-                    if !with_summaries {
-                        return None;
-                    }
-                    (
-                        format!(
-                            "DELETE FROM {t} WHERE session_id IN (SELECT session_id FROM {t} \
-                             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 LIMIT ?4)"
-                        ),
-                        Binds::Customer,
-                        More::WhileFull,
-                    )
-                }
+                Table::SessionSummaries => (
+                    format!(
+                        "DELETE FROM {t} WHERE (kind, tenant, session_id) IN \
+                         (SELECT kind, tenant, session_id FROM {t} \
+                          WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 LIMIT ?4)"
+                    ),
+                    Binds::Customer,
+                    More::WhileFull,
+                ),
                 Table::Sessions => (
                     format!(
                         "DELETE FROM sessions WHERE id IN (SELECT s.id FROM sessions s \
                          WHERE s.kind = ?1 AND s.tenant = ?2 AND s.user_id = ?3 \
-                           AND s.state = 'closed' AND {} LIMIT ?4)",
-                        unreferenced(with_summaries)
+                           AND s.state = 'closed' AND {UNREFERENCED} LIMIT ?4)"
                     ),
                     Binds::Customer,
                     More::WhileFull,

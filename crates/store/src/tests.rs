@@ -3340,3 +3340,5 @@ async fn a_retrying_commit_takes_the_database_for_away_until_cancelled() {
 
 mod cluster;
 mod privacy;
+
+mod summaries;

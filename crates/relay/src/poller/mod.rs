@@ -254,6 +254,8 @@ struct TenantPolls {
     permits: Semaphore,
     metrics: PollMetrics,
     interval: Duration,
+    /// Polls due within one slot start together ([`wake_at`]).
+    slot: Duration,
     /// The tenant's `idle_timeout`.
     idle: Duration,
 }
@@ -269,6 +271,8 @@ struct Entry {
     /// What others committed while a poll was in flight: the poll owns the copy then, and
     /// returns it without these, so they are applied when it comes back.
     reported: Reported,
+    /// Whether `ccrelay_sessions_queued` counts this session now.
+    queued: bool,
 }
 
 impl Entry {
@@ -282,6 +286,18 @@ impl Entry {
         match self.polled.as_mut() {
             Some(p) => r.apply(p),
             None => self.reported.merge(r),
+        }
+        self.count_queued();
+    }
+
+    /// Brings `ccrelay_sessions_queued` in step with the copy's state (while the copy is here).
+    fn count_queued(&mut self) {
+        if let Some(p) = &self.polled {
+            let queued = p.session.state == SessionState::Queued;
+            if queued != self.queued {
+                self.queued = queued;
+                self.tenant.metrics.session_queued(queued);
+            }
         }
     }
 }
@@ -341,8 +357,9 @@ pub async fn run(
                         std::mem::take(&mut entry.reported).apply(&mut p);
                         let due = next_due(entry.tenant.interval, entry.due, p.failures, Instant::now());
                         entry.due = due;
-                        entry.key = Some(queue.insert_at(id, due));
+                        entry.key = Some(queue.insert_at(id, wake_at(due, entry.tenant.slot)));
                         entry.polled = Some(p);
+                        entry.count_queued();
                     }
                     _ => {
                         forget(&mut sessions, &inbox.open, &id);
@@ -450,25 +467,25 @@ fn insert(
 ) {
     let due = Instant::now() + first;
     let id: Arc<str> = s.id.as_str().into();
-    let key = queue.insert_at(id.clone(), due);
+    let key = queue.insert_at(id.clone(), wake_at(due, tenant.slot));
     tenant.metrics.session_polled();
     let idle_at = idle_deadline(s.last_activity_at, tenant.idle);
-    sessions.insert(
-        id,
-        Entry {
-            polled: Some(Box::new(Polled {
-                session: s,
-                failures: 0,
-                queue_position: None,
-                idle_at,
-            })),
-            tenant,
-            key: Some(key),
-            due,
-            removed: false,
-            reported: Reported::default(),
-        },
-    );
+    let mut entry = Entry {
+        polled: Some(Box::new(Polled {
+            session: s,
+            failures: 0,
+            queue_position: None,
+            idle_at,
+        })),
+        tenant,
+        key: Some(key),
+        due,
+        removed: false,
+        reported: Reported::default(),
+        queued: false,
+    };
+    entry.count_queued();
+    sessions.insert(id, entry);
 }
 
 /// The tenant's permits and metric handles, made on first use.
@@ -484,6 +501,7 @@ fn tenant_polls(
         permits: Semaphore::new(relay.config.relay.max_concurrent_polls),
         metrics: PollMetrics::new(name),
         interval: poll_interval(relay, name),
+        slot: slot_for(poll_interval(relay, name)),
         idle: relay
             .tenant(name)
             .map(|t| t.config().idle_timeout)
@@ -498,6 +516,9 @@ fn forget(sessions: &mut HashMap<Arc<str>, Entry>, open: &OpenSessions, id: &str
     open.remove(id);
     if let Some(e) = sessions.remove(id) {
         e.tenant.metrics.session_unpolled();
+        if e.queued {
+            e.tenant.metrics.session_queued(false);
+        }
     }
 }
 
@@ -511,6 +532,26 @@ fn poll_interval(relay: &Relay, tenant: &str) -> Duration {
 /// When the poll after one that was due at `due` and ended at `now` is due: one `interval` after
 /// `due` (but at least a tenth of an interval from now) after a success; after failures the
 /// interval doubled per consecutive failure up to 30 s, ± 10 %, from now.
+/// The width of a tenant's time slots: a hundredth of its poll interval, from 1 to 20 ms.
+fn slot_for(interval: Duration) -> Duration {
+    (interval / 100).clamp(Duration::from_millis(1), Duration::from_millis(20))
+}
+
+/// When a poll due at `due` starts: at the end of its `slot` (slots counted from the first call
+/// in the process). So the polls due within one slot share one wake-up of the scheduler, and
+/// their answers arrive close together, instead of a wake-up each — fewer wake-ups per poll,
+/// most of all when the sessions are spread over several relays (docs/BENCHMARKS.md, S5). A
+/// poll starts less than one slot late (`ccrelay_poll_lag_seconds` includes it); the schedule
+/// itself (`due`) keeps the interval exactly.
+fn wake_at(due: Instant, slot: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let since = due.saturating_duration_since(epoch).as_nanos();
+    let slot = slot.as_nanos().max(1);
+    let end = since.div_ceil(slot) * slot;
+    epoch + Duration::from_nanos(u64::try_from(end).unwrap_or(u64::MAX))
+}
+
 fn next_due(interval: Duration, due: Instant, failures: u32, now: Instant) -> Instant {
     if failures == 0 {
         return (due + interval).max(now + interval / 10);
@@ -524,6 +565,37 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_starts_at_the_end_of_its_slot_never_before_it_is_due() {
+        const SLOT: Duration = Duration::from_millis(10);
+        let t0 = wake_at(Instant::now(), SLOT);
+        for ms in [0u64, 1, 9, 10, 11, 999, 1_000, 3_601_000] {
+            let due = t0 + Duration::from_millis(ms);
+            let at = wake_at(due, SLOT);
+            assert!(at >= due, "{ms} ms: started before it was due");
+            assert!(at - due < SLOT, "{ms} ms: started a slot late or more");
+            assert_eq!(
+                (at - t0).as_nanos() % SLOT.as_nanos(),
+                0,
+                "{ms} ms: not a slot's end"
+            );
+        }
+        // Polls due within one slot share its wake-up.
+        let a = wake_at(t0 + Duration::from_millis(1), SLOT);
+        let b = wake_at(t0 + Duration::from_millis(9), SLOT);
+        assert_eq!(a, b);
+        assert_eq!(
+            slot_for(Duration::from_millis(100)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(slot_for(S), Duration::from_millis(10));
+        assert_eq!(slot_for(5 * S), Duration::from_millis(20));
+        assert_eq!(
+            slot_for(Duration::from_millis(20)),
+            Duration::from_millis(1)
+        );
+    }
 
     fn session(id: &str, tenant: &str, last: OffsetDateTime) -> Session {
         Session {

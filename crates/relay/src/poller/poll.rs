@@ -24,8 +24,9 @@ use crate::relay::Relay;
 use cec::wire::{CHANNEL_WEB, DownlinkMessage, SOURCE_CUSTOMER, SendRequest, result_code};
 use cec::wire_ops::QueueInfoRequest;
 use contract::payload::{DownMessage, Event, event_type, new_id};
-use store::{Commit, Session, SessionChange, SessionState, from_unix_micros, kind, unix_micros};
+use store::{Commit, Session, SessionChange, SessionState, SummaryRequest};
 use store::{Direction, DownRecord, MessageRow, MessageStatus, OutboxMsg, event_record, now};
+use store::{from_unix_micros, kind, unix_micros};
 
 /// Consecutive final (non-retryable) failures after which a session is closed with reason `error`.
 const MAX_FINAL_FAILURES: u32 = 5;
@@ -358,6 +359,12 @@ fn add_close(
         reason: reason.to_owned(),
         at,
     });
+    // Summarised in the same transaction, from everything stored of it by then, and published
+    // after `session.closed`.
+    commit.summaries.push(SummaryRequest::cec(
+        s,
+        Some(relay.subjects.cec_event(&s.tenant, &s.user_id)),
+    ));
     let mut ev = Event::new(event_type::SESSION_CLOSED, reason != "error")
         .for_user(&s.tenant, &s.user_id)
         .with("sessionId", s.id.as_str())

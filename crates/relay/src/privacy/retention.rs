@@ -13,10 +13,8 @@
 //! owner's passes go on. (Steps by two members at once would only share the work: deleting is
 //! idempotent.)
 //!
-//! **Sessions.** A closed session goes once nothing references it any more. The first pass (of
-//! this relay's life) looks at every session older than the cut-off; later ones only at those
-//! opened from [`SESSION_LOOKBACK`] before the previous pass's cut-off on, so that the sessions a
-//! summary keeps (for good) are not read again and again.
+//! **Sessions.** A closed session goes once nothing references it any more; one that a younger
+//! row still references is looked at again at the next pass.
 //!
 //! **Said and counted.** Each pass that deleted anything logs one line (`Retention pass`) with
 //! the cut-off and the rows per table, and counts them in `ccrelay_retention_deleted_total{table}`;
@@ -37,8 +35,6 @@ use store::privacy::{Purge, Table};
 pub const MIN_PAUSE: Duration = Duration::from_millis(20);
 /// The longest wait before the first pass.
 const FIRST_PASS_AFTER: Duration = Duration::from_secs(60);
-/// How far before the previous pass's cut-off a pass looks for sessions that can go.
-pub const SESSION_LOOKBACK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How the task runs (from `[store]`).
 #[derive(Debug, Clone)]
@@ -84,7 +80,6 @@ pub async fn run(
         every = %humantime::format_duration(settings.interval), batch = settings.batch,
         "Retention on: older rows are deleted in the background");
     let mut wait = settings.interval.min(FIRST_PASS_AFTER);
-    let mut since: Option<OffsetDateTime> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -97,16 +92,7 @@ pub async fn run(
         let cutoff = OffsetDateTime::now_utc() - settings.keep;
         let started = Instant::now();
         let mut counts = BTreeMap::new();
-        let ended = pass(
-            &store,
-            &ownership,
-            &settings,
-            &cancel,
-            cutoff,
-            since,
-            &mut counts,
-        )
-        .await;
+        let ended = pass(&store, &ownership, &settings, &cancel, cutoff, &mut counts).await;
         let total: u64 = counts.values().sum();
         let deleted = summary(&counts);
         let before = cutoff
@@ -114,7 +100,6 @@ pub async fn run(
             .unwrap_or_default();
         match ended {
             Ok(()) => {
-                since = Some(cutoff - SESSION_LOOKBACK);
                 crate::instrument::retention_pass("done");
                 if total > 0 {
                     tracing::info!(%before, ?deleted, total, took = ?started.elapsed(),
@@ -151,7 +136,6 @@ async fn pass(
     settings: &Settings,
     cancel: &CancellationToken,
     cutoff: OffsetDateTime,
-    since: Option<OffsetDateTime>,
     counts: &mut BTreeMap<Table, u64>,
 ) -> Result<(), Stopped> {
     for table in Table::RETENTION {
@@ -159,7 +143,6 @@ async fn pass(
             table: *table,
             before: cutoff,
             limit: settings.batch,
-            since: since.filter(|_| *table == Table::Sessions),
             after: None,
         });
         while let Some(s) = step {

@@ -7,11 +7,12 @@
 //! `forget` erases one customer (`forget`, [`crate::privacy::forget`]): tenant-scoped for a CEC
 //! customer, relay-wide (`P.rpc.forget`) for a Tencent app's user too.
 //!
-//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health`, `cluster.status`
-//! (`relay_wide`; the last is [`crate::cluster::status`]). The
+//! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `summaries.list`, `health`,
+//! `cluster.status` (`relay_wide`; the last is [`crate::cluster::status`]). The
 //! reads about a tenant's customers are also served tenant-scoped, as
-//! `P.cec.<t>.rpc.sessions.list` and `P.cec.<t>.rpc.transcript.get`, the tenant taken from the
-//! subject, so that NATS permissions on subjects can confine a service to its tenant.
+//! `P.cec.<t>.rpc.sessions.list`, `P.cec.<t>.rpc.transcript.get` and
+//! `P.cec.<t>.rpc.summaries.list`, the tenant taken from the subject, so that NATS permissions on
+//! subjects can confine a service to its tenant.
 //!
 //! Replies go only to reply subjects under one of `rpc.inbox_prefixes` ([`reply_allowed`]): a
 //! request naming any other (`P.cec.acme.up.bob`, `$JS.API.…`) is dropped, logged and counted,

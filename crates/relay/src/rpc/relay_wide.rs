@@ -1,7 +1,8 @@
-//! Relay-wide request-reply on `P.rpc.<op>`: `sessions.list`, `transcript.get`, `health`, and
-//! the first two tenant-scoped on `P.cec.<t>.rpc.<op>` ([`call_scoped`]). Read-only views of the
-//! store; tokens never leave it. `transcript.get` is paged: at most `limit` rows (default
-//! [`PAGE_DEFAULT`], at most [`PAGE_MAX`]) after the row whose `relayId` is `after`, and `next`,
+//! Relay-wide request-reply on `P.rpc.<op>`: `sessions.list`, `transcript.get`,
+//! `summaries.list`, `health`, and the first three tenant-scoped on `P.cec.<t>.rpc.<op>`
+//! ([`call_scoped`]). Read-only views of the store; tokens never leave it. `transcript.get` and
+//! `summaries.list` are paged: at most `limit` rows (default [`PAGE_DEFAULT`], at most
+//! [`PAGE_MAX`]) after the cursor `after` (a message's `relayId`; a summary cursor), and `next`,
 //! the cursor of the next page, while there is one.
 
 use serde_json::{Value, json};
@@ -10,10 +11,10 @@ use time::format_description::well_known::Rfc3339;
 use super::RpcError;
 use super::body::Body;
 use crate::relay::Relay;
-use store::{MessageRow, Session, SessionState, kind};
+use store::{MessageRow, Session, SessionState, SummaryPage, kind};
 
 /// The ops also served on `P.cec.<t>.rpc.<op>`.
-pub(super) const TENANT_SCOPED: &[&str] = &["sessions.list", "transcript.get"];
+pub(super) const TENANT_SCOPED: &[&str] = &["sessions.list", "transcript.get", "summaries.list"];
 /// `transcript.get`: rows per page without `limit`.
 pub const PAGE_DEFAULT: i64 = 100;
 /// `transcript.get`: the largest `limit`.
@@ -23,8 +24,8 @@ pub(super) async fn call(relay: &Relay, op: &str, b: &Body) -> Result<Value, Rpc
     read(relay, op, b, None).await
 }
 
-/// `sessions.list` and `transcript.get` of `tenant` (from the subject): a body naming another
-/// tenant, or a `kind` other than `cec`, is refused.
+/// `sessions.list`, `transcript.get` and `summaries.list` of `tenant` (from the subject): a body
+/// naming another tenant, or a `kind` other than `cec`, is refused.
 pub(super) async fn call_scoped(
     relay: &Relay,
     tenant: &str,
@@ -120,6 +121,7 @@ async fn read(relay: &Relay, op: &str, b: &Body, scope: Option<&str>) -> Result<
             }
             Ok(reply)
         }
+        "summaries.list" => summaries(relay, b, scope).await,
         "health" => {
             // A full or read-only database answers a ping: its refusals are in its health.
             let db = match (relay.store.ping().await, relay.store.health().cause()) {
@@ -143,6 +145,56 @@ async fn read(relay: &Relay, op: &str, b: &Body, scope: Option<&str>) -> Result<
         },
         other => Err(RpcError::UnknownOp(other.to_owned())),
     }
+}
+
+/// `summaries.list`: the summaries closed in `[since, until)` (RFC 3339; open-ended without),
+/// of a tenant, kind and user or all, oldest first, a page at a time; `scope` is the tenant of a
+/// tenant-scoped request (and the kind `cec`).
+async fn summaries(relay: &Relay, b: &Body, scope: Option<&str>) -> Result<Value, RpcError> {
+    let time = |field: &str| -> Result<Option<time::OffsetDateTime>, RpcError> {
+        b.opt_str(field)?
+            .map(|t| {
+                time::OffsetDateTime::parse(&t, &Rfc3339).map_err(|e| {
+                    RpcError::Invalid(format!("{field}: {t:?} is not an RFC 3339 time ({e})"))
+                })
+            })
+            .transpose()
+    };
+    let mut page = SummaryPage::first(page_limit(b)? + 1);
+    page.since = time("since")?;
+    page.until = time("until")?;
+    page.user_id = b.opt_str("userId")?;
+    match scope {
+        Some(t) => {
+            page.tenant = Some(t.to_owned());
+            page.kind = Some(kind::CEC.to_owned());
+        }
+        None => {
+            page.tenant = b.opt_str("tenant")?;
+            page.kind = b.opt_str("kind")?;
+        }
+    }
+    if let Some(after) = b.opt_str("after")? {
+        page.after = Some(SummaryPage::parse_cursor(&after).ok_or_else(|| {
+            RpcError::Invalid(format!(
+                "after: {after:?} is not the `next` of an earlier page"
+            ))
+        })?);
+    }
+    let mut rows = relay
+        .store
+        .summaries_page(&page)
+        .await
+        .map_err(unavailable)?;
+    // One row more than asked for tells whether there is a next page.
+    let limit = usize::try_from(page.limit - 1).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let mut reply = json!({"ok": true, "summaries": rows});
+    if more && let Some(last) = rows.last() {
+        reply["next"] = Value::String(SummaryPage::cursor(last));
+    }
+    Ok(reply)
 }
 
 /// `limit` of a page: 1 to [`PAGE_MAX`], [`PAGE_DEFAULT`] without it.

@@ -2,6 +2,11 @@
 //! (v1/robot/feedbacksatisfaction) and `leaveMessage` (doLeaveMessage). Each is checked against
 //! the documented limits, sent upstream, and its outcome — whatever the result code — committed
 //! with its event (`satisfaction.saved` / `offline.saved`) before the reply goes out.
+//!
+//! A satisfaction result belongs to the user's open session or, with none open, to their latest
+//! one: CEC evaluates the user's last call, and customers are asked for their evaluation once
+//! the agent has ended the conversation. A result for a closed session recomputes its summary
+//! in the same commit and publishes it again (`session.summary`, the later one superseding).
 
 use serde_json::Value;
 
@@ -13,7 +18,8 @@ use cec::wire_ops::{
     LeaveMessageRequest, ResultResponse, RobotFeedbackRequest, SatisfactionRequest,
 };
 use contract::payload::{Event, event_type, new_id};
-use store::{Commit, OfflineRow, OfflineSource, SatisfactionRow, SatisfactionSource, kind};
+use store::{Commit, OfflineRow, OfflineSource, SatisfactionRow, SatisfactionSource, Session};
+use store::{SessionState, SummaryRequest, kind};
 use store::{event_record, now};
 
 /// `comment`: "小于512字符" (fewer than 512 characters).
@@ -190,7 +196,8 @@ async fn save_satisfaction(
     rsp: &ResultResponse,
     row: impl FnOnce(Option<String>) -> SatisfactionRow,
 ) -> Result<(), RpcError> {
-    let session_id = session_of(relay, t, user).await;
+    let session = latest_session(relay, t, user).await;
+    let session_id = session.as_ref().map(|s| s.id.clone());
     let row = row(session_id.clone());
     let ev = Event::new(event_type::SATISFACTION_SAVED, rsp.result_code == "0")
         .for_user(&t.name, user)
@@ -198,18 +205,32 @@ async fn save_satisfaction(
         .with("source", row.source.as_str())
         .with("score", row.score.as_str())
         .with("satisfactionId", row.relay_id.as_str());
+    let subject = relay.subjects.cec_event(&t.name, user);
+    // A closed session's summary takes the result (only an accepted one changes it).
+    let summaries = match &session {
+        Some(s) if s.state == SessionState::Closed && rsp.result_code == "0" => {
+            vec![SummaryRequest::cec(s, Some(subject.clone()))]
+        }
+        _ => Vec::new(),
+    };
     let commit = Commit {
         satisfactions: vec![row],
-        events: vec![event_record(
-            kind::CEC,
-            relay.subjects.cec_event(&t.name, user),
-            session_id.as_deref(),
-            &ev,
-        )],
+        events: vec![event_record(kind::CEC, subject, session_id.as_deref(), &ev)],
+        summaries,
         ..Default::default()
     };
     relay.commit(commit).await.map_err(stored)?;
     Ok(())
+}
+
+/// The user's open session, else their latest (best effort: a result is kept without one).
+async fn latest_session(relay: &Relay, t: &Tenant, user: &str) -> Option<Session> {
+    relay
+        .store
+        .latest_session(kind::CEC, &t.name, user)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The user's open session, if any (best effort: a result is kept without one).

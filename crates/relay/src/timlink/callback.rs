@@ -11,7 +11,9 @@
 //! about a user and not sent by one of the app's robots (`@RBT#…`), kept in the transcript and
 //! put in the outbox for `P.tim.<a>.in.<u>` in the same transaction; then the relay answers
 //! `{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}`. The commit is given 1.5 s, well inside
-//! Tencent's 2 s; publishing happens afterwards, from the outbox.
+//! Tencent's 2 s; publishing happens afterwards, from the outbox. A Desk session event
+//! (`Desk.SessionEventNotify` with a `SessionId`) also brings that Desk session's summary up to
+//! date in the same transaction ([`DESK_SESSION_EVENT`]; `store::summary`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +37,8 @@ use contract::subjects::check_token;
 use contract::tim_payload::inbound;
 use store::now;
 use store::{
-    Commit, Direction, DownRecord, MessageRow, MessageStatus, OutboxMsg, TimCallbackRow, kind,
+    Commit, Direction, DownRecord, MessageRow, MessageStatus, OutboxMsg, SummaryRequest,
+    TimCallbackRow, kind,
 };
 
 /// How old `RequestTime` may be (Tencent signs each call as it makes it).
@@ -52,6 +55,8 @@ pub const MAX_BODY: usize = 2 * 1024 * 1024;
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// Time given to the commit before answering (Tencent waits 2 s).
 const COMMIT_BUDGET: Duration = Duration::from_millis(1500);
+/// The command of Desk's session events: each updates its session's summary.
+pub const DESK_SESSION_EVENT: &str = "Desk.SessionEventNotify";
 
 /// What the handler shares: the apps, and the NATS connection whose `max_payload` bounds bodies.
 #[derive(Clone)]
@@ -320,6 +325,18 @@ async fn handle_callback(
             user = inb.user.as_deref(),
             "Tencent callback names no routable user; stored, not published"
         );
+    }
+    let desk_session = body_json
+        .as_ref()
+        .filter(|_| command == DESK_SESSION_EVENT)
+        .and_then(|v| v.get("SessionId"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    if let Some(session_id) = desk_session {
+        let user = inb.user.as_deref().unwrap_or_default();
+        commit
+            .summaries
+            .push(SummaryRequest::desk(&app, user, session_id));
     }
     let row = TimCallbackRow {
         relay_id: id,

@@ -193,6 +193,7 @@ impl TimLink {
             .map(|app| {
                 let upstream: Arc<dyn TimUpstream> =
                     Arc::new(TimClient::new(http.clone(), app.clone()));
+                crate::instrument::rate_limit_budget(&app.name, app.rate_limit);
                 let limiter = Arc::new(
                     RateLimiter::for_limit(app.rate_limit).shared_by(sink.ownership.clone()),
                 );

@@ -30,7 +30,7 @@ use contract::subjects::{check_token, excerpt};
 use store::deadletter::{Received, Why};
 use store::{
     Commit, Direction, MessageRow, MessageStatus, OfflineRow, OfflineSource, Session,
-    SessionChange, SessionState, dead_source, kind,
+    SessionChange, SessionState, SummaryRequest, dead_source, kind,
 };
 use store::{event_record, now};
 
@@ -749,7 +749,8 @@ impl<'a> UpCtx<'a> {
                     .event(event_type::SESSION_OPENED, true)
                     .result(rsp.result_code.clone(), rsp.result_desc.clone())
                     .with("sessionId", s.id.as_str())
-                    .with("channelConfigId", s.channel_config_id.as_str());
+                    .with("channelConfigId", s.channel_config_id.as_str())
+                    .with("locale", locale.as_str());
                 commit.events.push(event_record(
                     kind::CEC,
                     subject.clone(),
@@ -810,6 +811,11 @@ impl<'a> UpCtx<'a> {
                 reason: "customer".into(),
                 at,
             });
+            // Summarised in the same transaction (with this DISCONNECT's row), published after
+            // `session.closed`.
+            commit
+                .summaries
+                .push(SummaryRequest::cec(s, Some(subject.clone())));
             let closed = self
                 .event(event_type::SESSION_CLOSED, true)
                 .with("sessionId", s.id.as_str())

@@ -26,6 +26,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
 use crate::apply::{self, DownInsert, EventInsert, RowOps};
+use crate::summary::{self, SessionSummary, SummaryPage};
 use crate::{
     Backend, DeadLetter, Direction, EventRecord, FileDone, FileRow, FileStatus, MessagePage,
     MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
@@ -1004,6 +1005,69 @@ impl RowOps for PgConnection {
         let q = sqlx::query("DELETE FROM dead_letters WHERE id = $1").bind(id);
         changed(self, q).await
     }
+
+    async fn summarize_session(
+        &mut self,
+        session_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<SessionSummary>> {
+        sqlx::query(sqlx::AssertSqlSafe(SUMMARIZE_SESSION.as_str()))
+            .bind(session_id)
+            .bind(Ts::of(at))
+            .fetch_optional(self)
+            .await
+            .map_err(classify)?
+            .map(|r| summary::from_row(&SummaryColumns(&r)))
+            .transpose()
+    }
+
+    async fn summarize_desk(
+        &mut self,
+        app: &str,
+        session_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<SessionSummary>> {
+        sqlx::query(sqlx::AssertSqlSafe(SUMMARIZE_DESK.as_str()))
+            .bind(app)
+            .bind(session_id)
+            .bind(Ts::of(at))
+            .fetch_optional(self)
+            .await
+            .map_err(classify)?
+            .map(|r| summary::from_row(&SummaryColumns(&r)))
+            .transpose()
+    }
+}
+
+/// The summary of closed CEC session `$1`, as of `$2`, stored and returned.
+static SUMMARIZE_SESSION: LazyLock<String> =
+    LazyLock::new(|| summary::upsert("cec_session_summaries", "v.session_id = $1", "$2"));
+
+/// The summary of Desk session `$2` of app `$1`, as of `$3`, stored and returned.
+static SUMMARIZE_DESK: LazyLock<String> = LazyLock::new(|| {
+    summary::upsert(
+        "tim_session_summaries",
+        "v.tenant = $1 AND v.session_id = $2",
+        "$3",
+    )
+});
+
+/// A row of `session_summaries` as PostgreSQL returns it.
+struct SummaryColumns<'r>(&'r PgRow);
+
+impl summary::Columns for SummaryColumns<'_> {
+    fn text(&self, column: &str) -> Result<Option<String>> {
+        get(self.0, column)
+    }
+    fn int(&self, column: &str) -> Result<Option<i64>> {
+        get(self.0, column)
+    }
+    fn flag(&self, column: &str) -> Result<Option<bool>> {
+        get(self.0, column)
+    }
+    fn time(&self, column: &str) -> Result<Option<OffsetDateTime>> {
+        opt_ts(self.0, column)
+    }
 }
 
 /// Deletes a dead letter, returning it.
@@ -1451,6 +1515,69 @@ impl Queries for PgStore {
 
     async fn erasures(&self, limit: i64) -> Result<Vec<crate::privacy::Erasure>> {
         privacy::erasures(&self.pool, limit).await
+    }
+
+    async fn summaries_page(&self, page: &SummaryPage) -> Result<Vec<SessionSummary>> {
+        let (sql, args) = page.query(|n| format!("${n}"));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in args {
+            q = match a {
+                summary::Arg::Time(t) => q.bind(Ts::of(t)),
+                summary::Arg::Text(t) => q.bind(t),
+                summary::Arg::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| summary::from_row(&SummaryColumns(r)))
+            .collect()
+    }
+
+    async fn summary(
+        &self,
+        kind: &str,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionSummary>> {
+        let sql = format!(
+            "SELECT {} FROM session_summaries \
+             WHERE kind = $1 AND tenant = $2 AND session_id = $3",
+            *summary::COLUMN_LIST
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(session_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .map(|r| summary::from_row(&SummaryColumns(&r)))
+            .transpose()
+    }
+
+    async fn latest_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE kind = $1 AND tenant = $2 AND user_id = $3 \
+             ORDER BY opened_at DESC, id DESC LIMIT 1"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
     }
 }
 

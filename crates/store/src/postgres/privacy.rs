@@ -13,23 +13,17 @@ use sqlx::{PgPool, Postgres, Row};
 
 use super::Ts;
 use crate::privacy::sql::{self, Binds, More};
-use crate::privacy::{Erasure, Purge, Purged, Scrubbed, Table, counts_json, counts_of, summaries};
+use crate::privacy::{Erasure, Purge, Purged, Scrubbed, Table, counts_json, counts_of};
 use crate::{Result, classify};
 
 /// One step ([`crate::Backend::purge`]).
 pub(super) async fn purge(pool: &PgPool, step: &Purge) -> Result<Purged> {
     let mut tx = pool.begin().await.map_err(classify)?;
-    let with_summaries: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(summaries::TABLE)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(classify)?;
     let done = match step {
         Purge::Older {
             table: Table::Sessions,
             before,
             limit,
-            since,
             after,
         } => {
             let (after_at, after_id) = after
@@ -41,14 +35,13 @@ pub(super) async fn purge(pool: &PgPool, step: &Purge) -> Result<Purged> {
             let floor = |us: i64| Ts(us.max(PG_MIN_MICROS));
             let candidates = sqlx::query(sqlx::AssertSqlSafe(sql::pg(sql::OLD_SESSIONS)))
                 .bind(Ts::of(*before))
-                .bind(floor(since.map_or(i64::MIN, crate::unix_micros)))
                 .bind(floor(after_at))
                 .bind(&after_id)
                 .bind(*limit)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
-            let delete = sql::pg(&sql::delete_old_session(with_summaries));
+            let delete = sql::pg(&sql::delete_old_session());
             let clear = sql::pg(sql::CLEAR_OLD_TOKEN);
             let mut rows = 0;
             let mut last = None;
@@ -79,7 +72,7 @@ pub(super) async fn purge(pool: &PgPool, step: &Purge) -> Result<Purged> {
                 after: last,
             }
         }
-        _ => match sql::statement(step, with_summaries, "= ANY({}::text[])") {
+        _ => match sql::statement(step, "= ANY({}::text[])") {
             None => Purged::default(),
             Some((statement, binds, more)) => {
                 let n = run(&mut tx, &sql::pg(&statement), binds, step).await?;

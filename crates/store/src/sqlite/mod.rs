@@ -20,6 +20,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
+use crate::summary::{self, SessionSummary, SummaryPage};
 use crate::{
     Backend, DeadLetter, Direction, EventRecord, FileRow, FileStatus, MessagePage, MessageRow,
     MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile, Queries, Result,
@@ -815,6 +816,88 @@ impl Queries for SqliteStore {
             })
         })
         .collect()
+    }
+
+    async fn summaries_page(&self, page: &SummaryPage) -> Result<Vec<SessionSummary>> {
+        let (sql, args) = page.query(|n| format!("?{n}"));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in args {
+            q = match a {
+                summary::Arg::Time(t) => q.bind(unix_micros(t)),
+                summary::Arg::Text(t) => q.bind(t),
+                summary::Arg::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| summary::from_row(&SummaryColumns(r)))
+            .collect()
+    }
+
+    async fn summary(
+        &self,
+        kind: &str,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionSummary>> {
+        let sql = format!(
+            "SELECT {} FROM session_summaries \
+             WHERE kind = ?1 AND tenant = ?2 AND session_id = ?3",
+            *summary::COLUMN_LIST
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(session_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .map(|r| summary::from_row(&SummaryColumns(&r)))
+            .transpose()
+    }
+
+    async fn latest_session(
+        &self,
+        kind: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<Session>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE kind = ?1 AND tenant = ?2 AND user_id = ?3 \
+             ORDER BY opened_at DESC, id DESC LIMIT 1"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.to_owned())
+            .bind(tenant.to_owned())
+            .bind(user_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+}
+
+/// A row of `session_summaries` as the read pool returns it: INTEGER microsecond timestamps,
+/// 0/1 flags.
+struct SummaryColumns<'r>(&'r SqliteRow);
+
+impl summary::Columns for SummaryColumns<'_> {
+    fn text(&self, column: &str) -> Result<Option<String>> {
+        get(self.0, column)
+    }
+    fn int(&self, column: &str) -> Result<Option<i64>> {
+        get(self.0, column)
+    }
+    fn flag(&self, column: &str) -> Result<Option<bool>> {
+        Ok(self.int(column)?.map(|v| v != 0))
+    }
+    fn time(&self, column: &str) -> Result<Option<OffsetDateTime>> {
+        opt_ts(self.0, column)
     }
 }
 

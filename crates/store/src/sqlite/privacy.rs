@@ -16,11 +16,11 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
+use rusqlite::{Connection, TransactionBehavior, params, params_from_iter};
 
 use super::write::{Writer, sqlite_error};
 use crate::privacy::sql::{self, Binds, More};
-use crate::privacy::{Erasure, Purge, Purged, Scrubbed, Table, counts_json, summaries};
+use crate::privacy::{Erasure, Purge, Purged, Scrubbed, Table, counts_json};
 use crate::{Result, from_unix_micros, unix_micros};
 
 /// Tries of a truncating checkpoint, each waiting up to [`SCRUB_WAIT`] for readers to leave the
@@ -55,25 +55,14 @@ fn in_transaction(conn: &mut Connection, step: &Purge) -> Result<Purged> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite_error)?;
-    let with_summaries = tx
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [summaries::TABLE],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(sqlite_error)?
-        .is_some();
     let done = match step {
         Purge::Older {
             table: Table::Sessions,
             before,
             limit,
-            since,
             after,
         } => {
             let before = unix_micros(*before);
-            let since = since.map_or(i64::MIN, unix_micros);
             let (after_at, after_id) = after
                 .as_ref()
                 .map_or((i64::MIN, String::new()), |(at, id)| {
@@ -82,13 +71,13 @@ fn in_transaction(conn: &mut Connection, step: &Purge) -> Result<Purged> {
             let candidates: Vec<(String, i64)> = tx
                 .prepare_cached(sql::OLD_SESSIONS)
                 .and_then(|mut st| {
-                    st.query_map(params![before, since, after_at, after_id, limit], |r| {
+                    st.query_map(params![before, after_at, after_id, limit], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?
                     .collect()
                 })
                 .map_err(sqlite_error)?;
-            let delete = sql::delete_old_session(with_summaries);
+            let delete = sql::delete_old_session();
             let mut rows = 0;
             for (id, _) in &candidates {
                 let n = tx
@@ -112,7 +101,7 @@ fn in_transaction(conn: &mut Connection, step: &Purge) -> Result<Purged> {
                 after,
             }
         }
-        _ => match sql::statement(step, with_summaries, "IN (SELECT value FROM json_each({}))") {
+        _ => match sql::statement(step, "IN (SELECT value FROM json_each({}))") {
             None => Purged::default(),
             Some((statement, binds, more)) => {
                 let n = run(&tx, &statement, binds, step)?;

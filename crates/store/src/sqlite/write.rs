@@ -28,6 +28,7 @@ use time::OffsetDateTime;
 
 use super::{BUSY_TIMEOUT, WAL_CHECKPOINT_PAGES};
 use crate::apply::{self, DownInsert, EventInsert, RowOps};
+use crate::summary::{self, SessionSummary};
 use crate::{
     DeadLetter, FileDone, FileRow, MessageRow, MessageStatus, OfflineRow, Result, SatisfactionRow,
     Session, SessionState, StoreError, TimCallbackRow, TimStreamRow, UpOutcome, Write, Written,
@@ -35,7 +36,7 @@ use crate::{
 };
 
 /// Prepared statements the writer keeps: one per statement below, with room.
-const STATEMENT_CACHE: usize = 32;
+const STATEMENT_CACHE: usize = 40;
 
 const MESSAGE_INSERT: &str = "INSERT INTO messages (relay_id, kind, tenant, user_id, \
      session_id, direction, message_id, message_code, source_type, control_type, media_type, \
@@ -157,6 +158,19 @@ const SET_MESSAGE_BODY: &str = "UPDATE messages SET body = ?2 WHERE relay_id = ?
 
 const RELEASE_OUTBOX: &str =
     "UPDATE outbox SET payload = ?2, held = 0 WHERE held = 1 AND msg_id = ?1";
+
+/// The summary of closed CEC session `?1`, as of `?2`, stored and returned.
+static SUMMARIZE_SESSION: LazyLock<String> =
+    LazyLock::new(|| summary::upsert("cec_session_summaries", "v.session_id = ?1", "?2"));
+
+/// The summary of Desk session `?2` of app `?1`, as of `?3`, stored and returned.
+static SUMMARIZE_DESK: LazyLock<String> = LazyLock::new(|| {
+    summary::upsert(
+        "tim_session_summaries",
+        "v.tenant = ?1 AND v.session_id = ?2",
+        "?3",
+    )
+});
 
 /// The writer's connection; `None` once closed.
 pub(super) struct Writer {
@@ -326,6 +340,18 @@ impl Rows<'_> {
             .prepare_cached(sql)
             .and_then(|mut st| st.query_row(params, |r| r.get(0)).optional())
             .map_err(sqlite_error)
+    }
+
+    /// Runs `sql`, one of the `SUMMARIZE_*` statements, with `params`: the summary it stored.
+    fn summary(&self, sql: &str, params: impl rusqlite::Params) -> Result<Option<SessionSummary>> {
+        self.0
+            .prepare_cached(sql)
+            .and_then(|mut st| {
+                st.query_row(params, |r| Ok(summary::from_row(&SummaryColumns(r))))
+                    .optional()
+            })
+            .map_err(sqlite_error)?
+            .transpose()
     }
 
     fn outbox(
@@ -667,6 +693,23 @@ impl RowOps for Rows<'_> {
         Ok(())
     }
 
+    async fn summarize_session(
+        &mut self,
+        session_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<SessionSummary>> {
+        self.summary(&SUMMARIZE_SESSION, params![session_id, unix_micros(at)])
+    }
+
+    async fn summarize_desk(
+        &mut self,
+        app: &str,
+        session_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<SessionSummary>> {
+        self.summary(&SUMMARIZE_DESK, params![app, session_id, unix_micros(at)])
+    }
+
     async fn insert_outbox(
         &mut self,
         msg_id: &str,
@@ -758,6 +801,25 @@ impl RowOps for Rows<'_> {
 
     async fn delete_dead_letter(&mut self, id: i64) -> Result<bool> {
         self.changed(DELETE_DEAD_LETTER, [id])
+    }
+}
+
+/// A row of `session_summaries` as the writer reads it (RETURNING): INTEGER microsecond
+/// timestamps, 0/1 flags.
+struct SummaryColumns<'r, 's>(&'r rusqlite::Row<'s>);
+
+impl summary::Columns for SummaryColumns<'_, '_> {
+    fn text(&self, column: &str) -> Result<Option<String>> {
+        self.0.get(column).map_err(sqlite_error)
+    }
+    fn int(&self, column: &str) -> Result<Option<i64>> {
+        self.0.get(column).map_err(sqlite_error)
+    }
+    fn flag(&self, column: &str) -> Result<Option<bool>> {
+        Ok(self.int(column)?.map(|v| v != 0))
+    }
+    fn time(&self, column: &str) -> Result<Option<OffsetDateTime>> {
+        self.int(column)?.map(from_unix_micros).transpose()
     }
 }
 

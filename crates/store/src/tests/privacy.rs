@@ -14,7 +14,8 @@ use super::{
 use crate::privacy::{Customer, Erasure, Purge, Purged, Scrubbed, Table};
 use crate::{
     Commit, DeadLetter, DynStore, FileDone, FileStatus, MessageStatus, OfflineSource,
-    SatisfactionSource, SessionState, TimCallbackRow, TimStreamRow, dead_source, kind,
+    SatisfactionSource, SessionState, SummaryRequest, TimCallbackRow, TimStreamRow, dead_source,
+    kind,
 };
 
 contract_tests!(
@@ -131,10 +132,10 @@ async fn conversation(store: &DynStore, user: &str, t: i64, marker: &str) -> cra
         at: at(t + 3),
     };
     assert!(store.finish_file(&done).await.unwrap());
-    store
-        .commit(close(&s, "customer", at(t + 4)))
-        .await
-        .unwrap();
+    // Closed with its summary, which takes the satisfaction's comment.
+    let mut closing = close(&s, "customer", at(t + 4));
+    closing.summaries = vec![SummaryRequest::cec(&s, None)];
+    store.commit(closing).await.unwrap();
     for (source, msg_id, u) in [
         (dead_source::CEC_UP, format!("in-{marker}"), Some(user)),
         (dead_source::OUTBOX, format!("out-{marker}"), None),
@@ -290,7 +291,30 @@ async fn retention_deletes_what_is_older_in_small_steps_and_keeps_the_rest(db: D
         .collect();
     store.outbox_done(&seqs).await.unwrap();
 
+    let sessions: Vec<crate::Session> = store.list_sessions(Some(TENANT), None, 100).await.unwrap();
+    let summary_of = |user: &str| {
+        let id = sessions
+            .iter()
+            .find(|s| s.user_id == user)
+            .unwrap()
+            .id
+            .clone();
+        async move { store.summary(kind::CEC, TENANT, &id).await.unwrap() }
+    };
+    let comment = summary_of("old1")
+        .await
+        .expect("summarised")
+        .satisfaction_comment;
+    assert_eq!(comment.as_deref(), Some("great o1"));
+
     let deleted = retention(store, at(5_000), 2).await;
+    // Summaries stay, their figures whole, their free text blanked.
+    let old = summary_of("old1").await.expect("kept");
+    assert_eq!(old.satisfaction_comment, None);
+    assert_eq!(old.satisfaction_evaluation, Some(5));
+    let new = summary_of("new").await.expect("kept");
+    assert_eq!(new.satisfaction_comment.as_deref(), Some("great n"));
+    assert_eq!(deleted[&Table::SessionSummaries], 2);
     for user in ["old1", "old2"] {
         let left = rows_of(store, kind::CEC, TENANT, user).await;
         assert!(none_left(&left), "{user}: {left:?}");
@@ -365,21 +389,6 @@ async fn retention_keeps_a_session_until_nothing_references_it(db: Db) {
             .unwrap()
             .is_some()
     );
-    // Retention from a later start (`since`) does not look at sessions opened before it.
-    let c = conversation(store, "again", 20_000, "a").await;
-    let step = Purge::Older {
-        table: Table::Sessions,
-        before: at(40_000),
-        limit: 10,
-        since: Some(at(30_000)),
-        after: None,
-    };
-    for t in Table::RETENTION.iter().filter(|t| **t != Table::Sessions) {
-        run(store, Purge::older(*t, at(40_000), 10)).await;
-    }
-    assert_eq!(run(store, step).await.0, 0);
-    let all = store.list_sessions(Some(TENANT), None, 10).await.unwrap();
-    assert!(all.iter().any(|k| k.id == c.id));
 }
 
 async fn an_erasure_deletes_one_customer_everywhere_and_nobody_else(db: Db) {
@@ -403,8 +412,21 @@ async fn an_erasure_deletes_one_customer_everywhere_and_nobody_else(db: Db) {
     assert_eq!(deleted[&Table::DeadLetters], 4, "by user and by subject");
     assert_eq!(deleted[&Table::Files], 2);
     assert_eq!(deleted[&Table::Sessions], 2);
+    assert_eq!(deleted[&Table::SessionSummaries], 2);
     assert_eq!(deleted[&Table::TimCallbacks], 0);
     assert_eq!(rows_of(store, kind::CEC, TENANT, "bob").await, bob_before);
+    let bob = store
+        .latest_session(kind::CEC, TENANT, "bob")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .summary(kind::CEC, TENANT, &bob.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 async fn an_erasure_of_a_tencent_user_reaches_its_callbacks_and_streams(db: Db) {
