@@ -126,7 +126,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tenant,
                 target,
             };
-            let done = archive::export(&store, &request).await?;
+            let into_dir = matches!(request.target, archive::Target::Dir { .. });
+            // At Ctrl-C the export is dropped, and with it the file it was writing (a
+            // `.partial`): what is in place is complete.
+            let done = tokio::select! {
+                done = archive::export(&store, &request) => done?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!(
+                    "interrupted{}",
+                    if into_dir { ": run the same command to go on" } else { "" }
+                ),
+            };
             let until = archive::encode::timestamp_text(done.exported_until);
             tracing::info!(
                 what = what.as_str(),

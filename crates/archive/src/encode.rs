@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as PhysicalType};
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
@@ -33,7 +34,9 @@ use crate::Format;
 use crate::columns::{Cell, ColType, Column};
 
 /// The most rows in one Parquet row group.
-pub const ROW_GROUP_ROWS: usize = 128 * 1_024;
+pub const ROW_GROUP_ROWS: usize = 64 * 1_024;
+/// Text values handed to Parquet's column writer at a time.
+const WRITE_BATCH: usize = 1_024;
 /// The most bytes of text gathered for one Parquet row group: about what the encoder holds in
 /// memory.
 pub const ROW_GROUP_BYTES: usize = 32 << 20;
@@ -245,7 +248,13 @@ struct Gathered {
 }
 
 enum Values {
-    Text(Vec<ByteArray>),
+    /// The texts one after the other in `data`, each ending at its `ends` offset: a few bytes
+    /// per value besides the text itself (a `ByteArray` each would cost ten times the text of a
+    /// short value).
+    Text {
+        data: Vec<u8>,
+        ends: Vec<usize>,
+    },
     /// Int and Timestamp (microseconds since the epoch).
     Int(Vec<i64>),
     Bool(Vec<bool>),
@@ -255,7 +264,10 @@ impl Gathered {
     fn new<R>(column: &Column<R>) -> Self {
         Gathered {
             values: match column.ty {
-                ColType::Text | ColType::Json => Values::Text(Vec::new()),
+                ColType::Text | ColType::Json => Values::Text {
+                    data: Vec::new(),
+                    ends: Vec::new(),
+                },
                 ColType::Int | ColType::Timestamp => Values::Int(Vec::new()),
                 ColType::Bool => Values::Bool(Vec::new()),
             },
@@ -267,10 +279,11 @@ impl Gathered {
     fn push<R>(&mut self, column: &Column<R>, cell: Cell<'_>) -> Result<usize, EncodeError> {
         let mut bytes = 0;
         match (&mut self.values, column.ty, cell) {
-            (Values::Text(v), ColType::Text, Cell::Text(s))
-            | (Values::Text(v), ColType::Json, Cell::Json(s)) => {
+            (Values::Text { data, ends }, ColType::Text, Cell::Text(s))
+            | (Values::Text { data, ends }, ColType::Json, Cell::Json(s)) => {
                 bytes = s.len();
-                v.push(ByteArray::from(s));
+                data.extend_from_slice(s.as_bytes());
+                ends.push(data.len());
             }
             (Values::Int(v), ColType::Int, Cell::Int(n)) => v.push(n),
             (Values::Int(v), ColType::Timestamp, Cell::Timestamp(t)) => {
@@ -339,17 +352,49 @@ impl<W: Write + Send> ParquetEncoder<W> {
                 .into());
             };
             let defs = g.defs.as_deref();
-            match &g.values {
-                Values::Text(v) => column.typed::<ByteArrayType>().write_batch(v, defs, None)?,
-                Values::Int(v) => column.typed::<Int64Type>().write_batch(v, defs, None)?,
-                Values::Bool(v) => column.typed::<BoolType>().write_batch(v, defs, None)?,
+            match &mut g.values {
+                Values::Text { data, ends } => {
+                    // Handed over as slices of one shared buffer, a batch of levels at a time.
+                    let buffer = Bytes::from(std::mem::take(data));
+                    let writer = column.typed::<ByteArrayType>();
+                    let (mut start, mut next) = (0, 0);
+                    let mut take = |n: usize| -> Vec<ByteArray> {
+                        ends[next..next + n]
+                            .iter()
+                            .map(|&end| {
+                                let v = ByteArray::from(buffer.slice(start..end));
+                                start = end;
+                                v
+                            })
+                            .inspect(|_| next += 1)
+                            .collect()
+                    };
+                    match defs {
+                        Some(defs) => {
+                            for levels in defs.chunks(WRITE_BATCH) {
+                                let values = take(levels.iter().filter(|&&l| l == 1).count());
+                                writer.write_batch(&values, Some(levels), None)?;
+                            }
+                        }
+                        None => {
+                            for n in (0..ends.len()).step_by(WRITE_BATCH) {
+                                let values = take(WRITE_BATCH.min(ends.len() - n));
+                                writer.write_batch(&values, None, None)?;
+                            }
+                        }
+                    }
+                    ends.clear();
+                }
+                Values::Int(v) => {
+                    column.typed::<Int64Type>().write_batch(v, defs, None)?;
+                    v.clear();
+                }
+                Values::Bool(v) => {
+                    column.typed::<BoolType>().write_batch(v, defs, None)?;
+                    v.clear();
+                }
             };
             column.close()?;
-            match &mut g.values {
-                Values::Text(v) => v.clear(),
-                Values::Int(v) => v.clear(),
-                Values::Bool(v) => v.clear(),
-            }
             if let Some(d) = &mut g.defs {
                 d.clear();
             }

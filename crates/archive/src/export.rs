@@ -215,10 +215,9 @@ async fn one_file<I: Send + Sync + 'static, R: Send + Sync + 'static>(
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let partial = dir.join(format!(".{name}.partial"));
-    let file = File::create(&partial).map_err(ExportError::io("creating", &partial))?;
+    let (mut partial, file) = Partial::create(dir.join(format!(".{name}.partial")))?;
     let mut progress = Progress::new(table.what.as_str(), req.until);
-    let written = write_range(
+    let (out, rows) = write_range(
         store,
         table,
         req,
@@ -227,30 +226,53 @@ async fn one_file<I: Send + Sync + 'static, R: Send + Sync + 'static>(
         &path.display().to_string(),
         &mut progress,
     )
-    .await
-    .and_then(|(out, n)| {
-        let file = out
-            .into_inner()
-            .map_err(|e| ExportError::io("writing", &partial)(e.into_error()))?;
-        file.sync_all()
-            .map_err(ExportError::io("syncing", &partial))?;
-        std::fs::rename(&partial, path).map_err(ExportError::io("renaming into place", path))?;
-        Ok(n)
-    });
-    match written {
-        Ok(rows) => {
-            progress.finish("exported");
-            Ok(Outcome {
-                rows,
-                files: vec![path.to_owned()],
-                exported_until: req.until,
-                complete: true,
-            })
-        }
-        Err(e) => {
-            // Never leave half a file behind.
-            let _ = std::fs::remove_file(&partial);
-            Err(e)
+    .await?;
+    let file = out
+        .into_inner()
+        .map_err(|e| ExportError::io("writing", &partial.path)(e.into_error()))?;
+    file.sync_all()
+        .map_err(ExportError::io("syncing", &partial.path))?;
+    std::fs::rename(&partial.path, path).map_err(ExportError::io("renaming into place", path))?;
+    partial.renamed();
+    progress.finish("exported");
+    Ok(Outcome {
+        rows,
+        files: vec![path.to_owned()],
+        exported_until: req.until,
+        complete: true,
+    })
+}
+
+/// A file written under a temporary name until it is complete: removed when dropped before it
+/// was renamed into place — after an error, or when the export is abandoned (its future dropped,
+/// as `ccrelay export` does at Ctrl-C) — so no half file is left behind.
+struct Partial {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Partial {
+    fn create(path: PathBuf) -> Result<(Self, File), ExportError> {
+        let file = File::create(&path).map_err(ExportError::io("creating", &path))?;
+        Ok((
+            Partial {
+                path,
+                renamed: false,
+            },
+            file,
+        ))
+    }
+
+    /// It is in place under its own name: nothing to remove.
+    fn renamed(&mut self) {
+        self.renamed = true;
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -258,7 +280,7 @@ async fn one_file<I: Send + Sync + 'static, R: Send + Sync + 'static>(
 /// One part being written into a directory.
 struct Part<R: 'static> {
     from: OffsetDateTime,
-    partial: PathBuf,
+    partial: Partial,
     encoder: Encoder<R, BufWriter<File>>,
     rows: u64,
 }
@@ -270,12 +292,12 @@ impl<R: 'static> Part<R> {
         format: Format,
         from: OffsetDateTime,
     ) -> Result<Self, ExportError> {
-        let partial = dir.join(parts::partial_name(table.what, format, from));
-        let file = File::create(&partial).map_err(ExportError::io("creating", &partial))?;
+        let (partial, file) =
+            Partial::create(dir.join(parts::partial_name(table.what, format, from)))?;
         let encoder =
             Encoder::new(format, table.columns, BufWriter::new(file)).map_err(|source| {
                 ExportError::Encode {
-                    target: partial.display().to_string(),
+                    target: partial.path.display().to_string(),
                     source,
                 }
             })?;
@@ -292,7 +314,7 @@ impl<R: 'static> Part<R> {
         self.encoder
             .write(row)
             .map_err(|source| ExportError::Encode {
-                target: self.partial.display().to_string(),
+                target: self.partial.path.display().to_string(),
                 source,
             })
     }
@@ -304,21 +326,24 @@ impl<R: 'static> Part<R> {
         to: OffsetDateTime,
         state: &mut State,
     ) -> Result<PathBuf, ExportError> {
+        let mut partial = self.partial;
         let out = self
             .encoder
             .finish()
             .map_err(|source| ExportError::Encode {
-                target: self.partial.display().to_string(),
+                target: partial.path.display().to_string(),
                 source,
             })?;
         let file = out
             .into_inner()
-            .map_err(|e| ExportError::io("writing", &self.partial)(e.into_error()))?;
+            .map_err(|e| ExportError::io("writing", &partial.path)(e.into_error()))?;
         let name = parts::part_name(state.what, state.format, self.from, to);
         state.next = crate::encode::timestamp_text(to);
         state.rows += self.rows;
         state.parts += 1;
-        parts::commit_part(dir, &self.partial, file, &name, state)
+        let path = parts::commit_part(dir, &partial.path, file, &name, state)?;
+        partial.renamed();
+        Ok(path)
     }
 }
 
