@@ -108,10 +108,10 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// With --dir: start a new file after this many rows (at the next change of timestamp).
-        #[arg(long, requires = "dir")]
+        #[arg(long, requires = "dir", value_parser = clap::value_parser!(u64).range(1..))]
         part_rows: Option<u64>,
         /// With --dir: stop after writing this many files; run it again to go on.
-        #[arg(long, requires = "dir")]
+        #[arg(long, requires = "dir", value_parser = clap::value_parser!(u64).range(1..))]
         max_parts: Option<u64>,
     },
     /// Publish the stored messages of a time range again, under another subject prefix

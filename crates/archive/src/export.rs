@@ -127,11 +127,10 @@ struct Pages<'s, I: 'static, R: 'static> {
     store: &'s Store,
     table: &'s Table<I, R>,
     span: Span,
-    /// The page read last: the next starts after its last item.
+    /// The page read last (none at first): the next starts after its last item.
     rows: Vec<I>,
     /// The last page read was short: there is no more.
     done: bool,
-    started: bool,
 }
 
 impl<'s, I: 'static, R: 'static> Pages<'s, I, R> {
@@ -147,7 +146,6 @@ impl<'s, I: 'static, R: 'static> Pages<'s, I, R> {
             },
             rows: Vec::new(),
             done: false,
-            started: false,
         }
     }
 
@@ -156,9 +154,7 @@ impl<'s, I: 'static, R: 'static> Pages<'s, I, R> {
         if self.done {
             return Ok(None);
         }
-        let after = if self.started { self.rows.last() } else { None };
-        let rows = (self.table.read)(self.store, &self.span, after).await?;
-        self.started = true;
+        let rows = (self.table.read)(self.store, &self.span, self.rows.last()).await?;
         self.done = (rows.len() as i64) < self.span.limit;
         self.rows = rows;
         if self.rows.is_empty() {
