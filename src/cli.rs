@@ -79,11 +79,12 @@ pub enum Command {
         kind: String,
     },
     /// Export a table of what the relay stored — the transcript, events, satisfaction results,
-    /// offline messages — oldest first, as JSON lines, CSV or Parquet, read page by page in
+    /// offline messages, session summaries — oldest first, as JSON lines, CSV or Parquet, read page by page in
     /// constant memory (docs/ANALYTICS.md).
     Export {
         /// What to export: messages (the transcript), events, satisfaction (evaluations and robot
-        /// feedback) or offline (offline and leave-messages).
+        /// feedback), offline (offline and leave-messages) or summaries (one row per
+        /// conversation, by the time it closed).
         #[arg(long, value_enum, default_value_t = archive::What::Messages)]
         what: archive::What,
         /// jsonl, csv, or parquet (typed columns; needs --out or --dir).

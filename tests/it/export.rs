@@ -137,7 +137,8 @@ async fn converse(t: &TestApp) {
     w.until(10, "sent", is_result_for("b2")).await;
 }
 
-/// relay_id → created_at (µs since the epoch) of every row of each table, as the store has them.
+/// Each row's id (`relay_id`; a summary's `session_id`) → its time (`created_at`; a summary's
+/// `closed_at`), in µs since the epoch, of every row of each table, as the store has them.
 struct Stored {
     tables: BTreeMap<&'static str, BTreeMap<String, i64>>,
 }
@@ -172,6 +173,19 @@ async fn stored(db_url: &str) -> Stored {
                 .insert(r.relay_id, us(r.created_at));
         }
     }
+    let mut page = store::SummaryPage::first(1_000);
+    page.tenant = Some(TENANT.to_owned());
+    for s in store.summaries_page(&page).await.unwrap() {
+        tables
+            .entry("summaries")
+            .or_default()
+            .insert(s.session_id, store::unix_micros(s.closed_at));
+    }
+    assert_eq!(
+        tables["summaries"].len(),
+        1,
+        "ann's session closed, bob's is open"
+    );
     assert_eq!(
         tables["satisfaction"].len(),
         2,
@@ -182,7 +196,15 @@ async fn stored(db_url: &str) -> Stored {
     Stored { tables }
 }
 
-const WHATS: [&str; 4] = ["messages", "events", "satisfaction", "offline"];
+const WHATS: [&str; 5] = ["messages", "events", "satisfaction", "offline", "summaries"];
+
+/// The id and time columns of a table's export.
+fn key_columns(what: &str) -> (&'static str, &'static str) {
+    match what {
+        "summaries" => ("session_id", "closed_at"),
+        _ => ("relay_id", "created_at"),
+    }
+}
 
 /// What DuckDB makes of the typed columns of each table's Parquet export.
 fn typed_columns(what: &str) -> &'static [(&'static str, &'static str)] {
@@ -200,6 +222,14 @@ fn typed_columns(what: &str) -> &'static [(&'static str, &'static str)] {
         "satisfaction" => &[
             ("created_at", "TIMESTAMP WITH TIME ZONE"),
             ("score", "BIGINT"),
+        ],
+        "summaries" => &[
+            ("opened_at", "TIMESTAMP WITH TIME ZONE"),
+            ("closed_at", "TIMESTAMP WITH TIME ZONE"),
+            ("queued", "BOOLEAN"),
+            ("queue_wait_ms", "BIGINT"),
+            ("satisfaction_evaluation", "BIGINT"),
+            ("close_reason", "VARCHAR"),
         ],
         _ => &[
             ("created_at", "TIMESTAMP WITH TIME ZONE"),
@@ -219,6 +249,7 @@ async fn every_table_exports_in_every_format(mut t: TestApp) {
 
     for what in WHATS {
         let want = &stored.tables[what];
+        let (id, time) = key_columns(what);
         // JSON lines, on standard output (the default format), every stored row once, in time
         // order.
         let jsonl = run(ccrelay(&db).args(["export", "--what", what]));
@@ -228,13 +259,13 @@ async fn every_table_exports_in_every_format(mut t: TestApp) {
             .collect();
         let ids: BTreeSet<_> = rows
             .iter()
-            .map(|r| r["relay_id"].as_str().unwrap().to_owned())
+            .map(|r| r[id].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(ids.len(), rows.len(), "{what}: each row once");
         assert_eq!(ids, want.keys().cloned().collect(), "{what}");
         let times: Vec<_> = rows
             .iter()
-            .map(|r| r["created_at"].as_str().unwrap().to_owned())
+            .map(|r| r[time].as_str().unwrap().to_owned())
             .collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "{what}: {times:?}");
 
@@ -247,12 +278,12 @@ async fn every_table_exports_in_every_format(mut t: TestApp) {
             let got: BTreeMap<String, i64> = duck(
                 &duckdb,
                 d,
-                &format!("SELECT relay_id, epoch_us(created_at) AS us FROM '{file}'"),
+                &format!("SELECT {id} AS id, epoch_us({time}) AS us FROM '{file}'"),
             )
             .into_iter()
             .map(|r| {
                 (
-                    r["relay_id"].as_str().unwrap().to_owned(),
+                    r["id"].as_str().unwrap().to_owned(),
                     r["us"].as_i64().unwrap(),
                 )
             })
@@ -314,6 +345,21 @@ async fn every_table_exports_in_every_format(mut t: TestApp) {
                      "direction": "down", "status": "received"})
         ]
     );
+    let summary = duck(
+        &duckdb,
+        d,
+        "SELECT user_id, close_reason, queued, queue_wait_ms > 0 AS waited, transfers, \
+         satisfaction_evaluation, robot_feedback_negative, leave_messages, \
+         closed_at > opened_at AS later FROM 'summaries.parquet'",
+    );
+    assert_eq!(
+        summary,
+        vec![
+            json!({"user_id": "ann", "close_reason": "customer", "queued": true,
+                     "waited": true, "transfers": 1, "satisfaction_evaluation": 4,
+                     "robot_feedback_negative": 1, "leave_messages": 1, "later": true})
+        ]
+    );
     let closed = duck(
         &duckdb,
         d,
@@ -344,8 +390,7 @@ async fn every_table_exports_in_every_format(mut t: TestApp) {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    // The documented queries run on the export (those on the summaries, which this export does
-    // not have, aside).
+    // The documented queries run on the export.
     let archive = d.join("archive");
     for what in WHATS {
         run(ccrelay(&db)
@@ -358,12 +403,23 @@ async fn every_table_exports_in_every_format(mut t: TestApp) {
     let queries = sql_blocks(&doc);
     assert!(queries.len() >= 3, "{queries:?}");
     let mut ran = 0;
-    for q in queries.iter().filter(|q| !q.contains("summaries-")) {
+    for q in &queries {
         let rows = duck(&duckdb, d, q);
         assert!(!rows.is_empty(), "no answer from {q}");
         ran += 1;
     }
-    assert!(ran >= 2);
+    assert!(ran >= 6, "{queries:?}");
+    // And the README's, and the one at the top of docs/ANALYTICS.md.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for text in [&readme, &doc] {
+        let shell = shell_query(text);
+        let rows = duck(&duckdb, d, &shell);
+        assert_eq!(rows.len(), 1, "{shell}: {rows:?}");
+        assert_eq!(rows[0]["tenant"], TENANT);
+        assert_eq!(rows[0]["sessions"], 1);
+        assert_eq!(rows[0]["satisfaction"], 4.0);
+    }
     let by_day = duck(
         &duckdb,
         d,
@@ -371,6 +427,13 @@ async fn every_table_exports_in_every_format(mut t: TestApp) {
          GROUP BY date_trunc('day', created_at))",
     );
     assert_eq!(by_day, vec![json!({"n": stored.tables["messages"].len()})]);
+}
+
+/// The query of the first `duckdb -c "…"` of a Markdown document.
+fn shell_query(doc: &str) -> String {
+    let start = doc.find("duckdb -c \"").expect("a duckdb -c command") + "duckdb -c \"".len();
+    let len = doc[start..].find('"').expect("its closing quote");
+    doc[start..start + len].to_owned()
 }
 
 /// The ```sql blocks of a Markdown document.

@@ -10,15 +10,16 @@
 //!
 //! Adding a table to `ccrelay export` is: a [`store::Queries`] read of its pages in time order
 //! (keyset-paginated), a column spec and a [`Table`] here, a [`crate::What`] for it, and its arm
-//! in [`crate::export::export`]. The session summaries (table `session_summaries`, paged by
-//! `Queries::summaries_page` in `(closed_at, session_id)` order) are the next to come that way:
-//! their [`Table`] reads `SummaryPage`s, with `row: |s| s` and `time: |s| s.closed_at`.
+//! in [`crate::export::export`]. The session summaries came that way: they are read with
+//! `Queries::summaries_page` in `(closed_at, session_id)` order, and ordered (and cut into parts)
+//! by `closed_at`.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use store::{
-    EventRecord, ExportKey, ExportPage, Keyed, MessageRow, OfflineRow, SatisfactionRow, Store,
+    EventRecord, ExportKey, ExportPage, Keyed, MessageRow, OfflineRow, SatisfactionRow,
+    SessionSummary, Store, SummaryPage,
 };
 use time::OffsetDateTime;
 
@@ -78,6 +79,11 @@ impl<R> std::fmt::Debug for Column<R> {
             .field("nullable", &self.nullable)
             .finish()
     }
+}
+
+/// A nullable integer's value.
+fn int(v: Option<i64>) -> Cell<'static> {
+    v.map_or(Cell::Null, Cell::Int)
 }
 
 /// A column that always has a value.
@@ -177,6 +183,61 @@ pub static OFFLINE_COLUMNS: &[Column<OfflineRow>] = &[
     req("created_at", Timestamp, |r| Cell::Timestamp(r.created_at)),
 ];
 
+/// One row per conversation (`session_summaries`): the figures docs/ANALYTICS.md defines, under
+/// the table's names, in its order. Durations are integer milliseconds; `queued` a boolean.
+pub static SUMMARY_COLUMNS: &[Column<SessionSummary>] = &[
+    req("kind", Text, |r| Cell::Text(&r.kind)),
+    req("tenant", Text, |r| Cell::Text(&r.tenant)),
+    req("user_id", Text, |r| Cell::Text(&r.user_id)),
+    req("session_id", Text, |r| Cell::Text(&r.session_id)),
+    req("opened_at", Timestamp, |r| Cell::Timestamp(r.opened_at)),
+    req("closed_at", Timestamp, |r| Cell::Timestamp(r.closed_at)),
+    req("duration_ms", Int, |r| Cell::Int(r.duration_ms)),
+    opt("close_reason", Text, |r| r.close_reason.as_deref().into()),
+    opt("channel_config_id", Text, |r| {
+        r.channel_config_id.as_deref().into()
+    }),
+    opt("locale", Text, |r| r.locale.as_deref().into()),
+    opt("queued", Bool, |r| r.queued.map_or(Cell::Null, Cell::Bool)),
+    opt("queue_wait_ms", Int, |r| int(r.queue_wait_ms)),
+    opt("max_queue_position", Int, |r| int(r.max_queue_position)),
+    opt("first_robot_answer_ms", Int, |r| {
+        int(r.first_robot_answer_ms)
+    }),
+    opt("first_agent_answer_ms", Int, |r| {
+        int(r.first_agent_answer_ms)
+    }),
+    opt("agent_response_median_ms", Int, |r| {
+        int(r.agent_response_median_ms)
+    }),
+    req("customer_messages", Int, |r| Cell::Int(r.customer_messages)),
+    req("robot_messages", Int, |r| Cell::Int(r.robot_messages)),
+    req("agent_messages", Int, |r| Cell::Int(r.agent_messages)),
+    opt("system_messages", Int, |r| int(r.system_messages)),
+    opt("files_from_customer", Int, |r| int(r.files_from_customer)),
+    opt("files_to_customer", Int, |r| int(r.files_to_customer)),
+    opt("transfers", Int, |r| int(r.transfers)),
+    opt("satisfaction_evaluation", Int, |r| {
+        int(r.satisfaction_evaluation)
+    }),
+    opt("satisfaction_comment", Text, |r| {
+        r.satisfaction_comment.as_deref().into()
+    }),
+    opt("robot_feedback_positive", Int, |r| {
+        int(r.robot_feedback_positive)
+    }),
+    opt("robot_feedback_negative", Int, |r| {
+        int(r.robot_feedback_negative)
+    }),
+    opt("leave_messages", Int, |r| int(r.leave_messages)),
+    opt("offline_messages", Int, |r| int(r.offline_messages)),
+    opt("robot_streams", Int, |r| int(r.robot_streams)),
+    opt("robot_stream_chars", Int, |r| int(r.robot_stream_chars)),
+    req("summarized_at", Timestamp, |r| {
+        Cell::Timestamp(r.summarized_at)
+    }),
+];
+
 /// A future the store's reads return (as `async_trait` boxes them).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -243,6 +304,26 @@ pub static SATISFACTION: Table<Keyed<SatisfactionRow>, SatisfactionRow> = keyed_
 );
 pub static OFFLINE: Table<Keyed<OfflineRow>, OfflineRow> =
     keyed_table!(What::Offline, OFFLINE_COLUMNS, export_offline);
+
+/// The session summaries, by `closed_at`, read with the store's own paging of them.
+pub static SUMMARIES: Table<SessionSummary, SessionSummary> = Table {
+    what: What::Summaries,
+    columns: SUMMARY_COLUMNS,
+    read: |store, span, after| {
+        Box::pin(async move {
+            let mut page = SummaryPage::first(span.limit);
+            page.since = Some(span.since);
+            page.until = Some(span.until);
+            page.tenant = span.tenant.clone();
+            if let Some(last) = after {
+                page.next(last);
+            }
+            store.summaries_page(&page).await
+        })
+    },
+    row: |s| s,
+    time: |s| s.closed_at,
+};
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -323,6 +404,43 @@ pub(crate) mod tests {
         }
     }
 
+    pub(crate) fn summary() -> SessionSummary {
+        SessionSummary {
+            kind: "cec".into(),
+            tenant: "acme".into(),
+            user_id: "ann".into(),
+            session_id: "sess".into(),
+            opened_at: datetime!(2026-12-01 08:00 UTC),
+            closed_at: datetime!(2026-12-01 08:10 UTC),
+            duration_ms: 600_000,
+            close_reason: Some("customer".into()),
+            channel_config_id: Some("1011".into()),
+            locale: None,
+            queued: Some(true),
+            queue_wait_ms: Some(42_000),
+            max_queue_position: Some(3),
+            first_robot_answer_ms: Some(900),
+            first_agent_answer_ms: Some(50_000),
+            agent_response_median_ms: None,
+            customer_messages: 4,
+            robot_messages: 2,
+            agent_messages: 3,
+            system_messages: Some(1),
+            files_from_customer: Some(0),
+            files_to_customer: Some(0),
+            transfers: Some(1),
+            satisfaction_evaluation: Some(5),
+            satisfaction_comment: None,
+            robot_feedback_positive: Some(0),
+            robot_feedback_negative: Some(1),
+            leave_messages: Some(0),
+            offline_messages: Some(0),
+            robot_streams: None,
+            robot_stream_chars: None,
+            summarized_at: datetime!(2026-12-01 08:10:00.5 UTC),
+        }
+    }
+
     /// Every column of `row` gives a value of its type, or null where it may.
     fn cells_match_their_types<R>(columns: &[Column<R>], row: &R) {
         let mut names: Vec<_> = columns.iter().map(|c| c.name).collect();
@@ -358,6 +476,7 @@ pub(crate) mod tests {
         cells_match_their_types(SATISFACTION_COLUMNS, &satisfaction("5"));
         cells_match_their_types(SATISFACTION_COLUMNS, &satisfaction("?"));
         cells_match_their_types(OFFLINE_COLUMNS, &offline());
+        cells_match_their_types(SUMMARY_COLUMNS, &summary());
     }
 
     fn cell<'r, R>(columns: &[Column<R>], row: &'r R, name: &str) -> Cell<'r> {
@@ -427,5 +546,6 @@ pub(crate) mod tests {
         assert_eq!(EVENTS.what, What::Events);
         assert_eq!(SATISFACTION.what, What::Satisfaction);
         assert_eq!(OFFLINE.what, What::Offline);
+        assert_eq!(SUMMARIES.what, What::Summaries);
     }
 }

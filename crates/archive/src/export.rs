@@ -82,6 +82,7 @@ pub async fn export(store: &Store, req: &Request) -> Result<Outcome, ExportError
         What::Events => run(store, &columns::EVENTS, req).await,
         What::Satisfaction => run(store, &columns::SATISFACTION, req).await,
         What::Offline => run(store, &columns::OFFLINE, req).await,
+        What::Summaries => run(store, &columns::SUMMARIES, req).await,
     }
 }
 

@@ -1,10 +1,11 @@
 //! `ccrelay export`: what the relay stored — the transcript, events, satisfaction results,
-//! offline and leave-messages — written for analytics tools as JSON lines, CSV or Parquet, read
+//! offline and leave-messages, the session summaries — written for analytics tools as JSON lines, CSV or Parquet, read
 //! from the store page by page in constant memory, with a progress bar on a terminal, and
 //! resumable by time range.
 //!
 //! The store is read only through its [`store::Queries`] (`export_messages` and its siblings:
-//! keyset pages in `(created_at, id)` order, see [`store::ExportPage`]), so an export reads
+//! keyset pages in `(created_at, id)` order, see [`store::ExportPage`]; `summaries_page` in
+//! `(closed_at, session_id)` order), so an export reads
 //! SQLite and PostgreSQL alike and opens no other way into the database. The `parquet` crate is a
 //! dependency of this crate alone: the relay does not link it.
 //!
@@ -45,6 +46,9 @@ pub enum What {
     Satisfaction,
     /// Offline messages and leave-messages (table `offline_messages`).
     Offline,
+    /// One row of figures per conversation (table `session_summaries`), by the time it closed.
+    #[value(alias = "summary")]
+    Summaries,
 }
 
 impl What {
@@ -55,6 +59,7 @@ impl What {
             What::Events => "events",
             What::Satisfaction => "satisfaction",
             What::Offline => "offline",
+            What::Summaries => "summaries",
         }
     }
 }
