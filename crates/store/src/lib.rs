@@ -73,6 +73,7 @@ pub mod group;
 mod health;
 mod lock;
 pub mod metrics;
+mod paged;
 pub mod postgres;
 pub mod privacy;
 mod records;
@@ -83,6 +84,7 @@ pub mod summary;
 pub use fit::{DEFAULT_MAX_PAYLOAD, PublishLimit};
 pub use health::StoreHealth;
 pub use lock::{InstanceLock, LockError, instance_lock};
+pub use paged::{ExportKey, ExportPage, Keyed};
 pub use records::{event_record, now};
 pub use store::{Options, Store};
 pub use summary::{SessionSummary, SummaryPage, SummaryRequest};
@@ -931,42 +933,6 @@ impl DeadLetter {
     }
 }
 
-/// One page of an export: transcript rows with `since <= created_at < until` (of one tenant, or
-/// all), in `(created_at, relay_id)` order, after the row `after` names. Reading page after page
-/// keeps memory constant over any number of rows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MessagePage {
-    pub since: OffsetDateTime,
-    pub until: OffsetDateTime,
-    pub tenant: Option<String>,
-    /// `(created_at, relay_id)` of the last row of the previous page; `(since, "")` at first.
-    pub after: (OffsetDateTime, String),
-    pub limit: i64,
-}
-
-impl MessagePage {
-    /// The first page.
-    pub fn first(
-        since: OffsetDateTime,
-        until: OffsetDateTime,
-        tenant: Option<String>,
-        limit: i64,
-    ) -> Self {
-        MessagePage {
-            since,
-            until,
-            tenant,
-            after: (since, String::new()),
-            limit,
-        }
-    }
-
-    /// The page after the one that ended with `last`.
-    pub fn next(&mut self, last: &MessageRow) {
-        self.after = (last.created_at, last.relay_id.clone());
-    }
-}
-
 /// A database the [`Store`] commits to: the [`Queries`], the migrations, and a batch of writes
 /// applied in one transaction. Implementations: [`sqlite::SqliteStore`], [`postgres::PgStore`].
 #[async_trait]
@@ -1056,8 +1022,6 @@ pub trait Queries: Send + Sync + 'static {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Option<Vec<MessageRow>>>;
-    /// A page of transcript rows by time, for exports and replays ([`MessagePage`]).
-    async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>>;
     /// Events of a user, oldest first.
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>>;
     /// Satisfaction results of a user, oldest first.
@@ -1074,6 +1038,20 @@ pub trait Queries: Send + Sync + 'static {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<OfflineRow>>;
+
+    // Exports: a table in time order, page by page ([`ExportPage`]). Rows come in
+    // `(created_at, id)` order with their key; each call reads one index range of at most
+    // `page.limit` rows. A table added to `ccrelay export` gets one method here (the session
+    // summaries' is keyed by `closed_at` instead of `created_at`).
+
+    /// Transcript rows (table `messages`, both directions).
+    async fn export_messages(&self, page: &ExportPage) -> Result<Vec<Keyed<MessageRow>>>;
+    /// Events (table `events`); `page.tenant` leaves out the events that name no tenant.
+    async fn export_events(&self, page: &ExportPage) -> Result<Vec<Keyed<EventRecord>>>;
+    /// Satisfaction results (table `satisfactions`).
+    async fn export_satisfactions(&self, page: &ExportPage) -> Result<Vec<Keyed<SatisfactionRow>>>;
+    /// Offline messages and leave-messages (table `offline_messages`).
+    async fn export_offline(&self, page: &ExportPage) -> Result<Vec<Keyed<OfflineRow>>>;
 
     // Tencent IM: streams and callbacks.
 

@@ -14,8 +14,8 @@
 //!
 //! **Retention** ([`Purge::Older`]): rows older than the cut-off, by `created_at` (a stream by
 //! `updated_at`, a finished one only; a file once its download ended). Tables with an index on
-//! their time are read through it; the others (events, files, callbacks, streams, dead letters)
-//! from their oldest rows in insertion order (`id`), which follows time: a step looks at the
+//! their time are read through it; the others (files, callbacks, streams, dead letters) from
+//! their oldest rows in insertion order (`id`), which follows time: a step looks at the
 //! `limit` oldest rows and deletes those past the cut-off, and the table is done when a step finds
 //! none. Summaries keep their figures; their free text (`satisfaction_comment`) is blanked, found
 //! through an index of the summaries that have one (migration 0009). Sessions go last: a closed
@@ -316,15 +316,17 @@ pub(crate) mod sql {
         let subjects = |n: &str| subjects_in.replace("{}", n);
         match step {
             Purge::Older { table, .. } => Some(match table {
-                Table::Messages | Table::Satisfactions | Table::OfflineMessages => (
-                    format!(
-                        "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE created_at < ?1 \
+                Table::Messages | Table::Events | Table::Satisfactions | Table::OfflineMessages => {
+                    (
+                        format!(
+                            "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE created_at < ?1 \
                          ORDER BY created_at LIMIT ?2)"
-                    ),
-                    Binds::Older,
-                    More::WhileFull,
-                ),
-                Table::Events | Table::TimCallbacks | Table::DeadLetters => (
+                        ),
+                        Binds::Older,
+                        More::WhileFull,
+                    )
+                }
+                Table::TimCallbacks | Table::DeadLetters => (
                     format!(
                         "DELETE FROM {t} WHERE id IN (SELECT h.id FROM (SELECT id, created_at \
                          FROM {t} ORDER BY id LIMIT ?2) AS h WHERE h.created_at < ?1)"

@@ -188,7 +188,7 @@ contract_tests!(
     a_failing_commit_keeps_no_satisfaction_or_offline_message,
     offline_messages_are_deduplicated_by_message_id,
     text_with_nul_characters_is_stored,
-    messages_pages_cover_a_range_once_in_order,
+    export_pages_cover_a_range_once_in_order,
     transcript_pages_follow_the_transcript_order,
     a_held_down_holds_back_its_subject_until_its_file_is_finished,
     a_failed_file_releases_its_down_and_records_the_error,
@@ -2676,45 +2676,128 @@ async fn transcript_pages_follow_the_transcript_order(db: Db) {
     }
 }
 
-async fn messages_pages_cover_a_range_once_in_order(db: Db) {
+async fn export_pages_cover_a_range_once_in_order(db: Db) {
     let store = &db.store;
     let mut records = Vec::new();
+    let mut evs = Vec::new();
+    let mut sats = Vec::new();
+    let mut offline_rows = Vec::new();
     for i in 0..250 {
-        // 200 rows at one instant, then one row per second.
+        // 200 rows at one instant (ties broken by insertion order), then one row per second.
         let t = if i < 200 { at(10) } else { at(10 + i) };
-        records.push(down(&format!("p{}", i % 7), None, &format!("m{i}"), t));
+        let user = format!("p{}", i % 7);
+        records.push(down(&user, None, &format!("m{i}"), t));
+        evs.push(event(&user, "session.queued", t));
+        sats.push(satisfaction(&user, SatisfactionSource::Customer, "4", t));
+        offline_rows.push(offline(&user, OfflineSource::LeaveMessage, None, "call", t));
     }
     records.push(down("early", None, "before", at(1)));
     records.push(down("late", None, "after", at(10_000)));
+    evs.push(event("late", "session.closed", at(5_000)));
     let mut other = down("x", None, "other tenant", at(20));
     other.row.tenant = "beta".into();
     records.push(other);
+    let mut other = event("x", "error", at(20));
+    other.tenant = None;
+    evs.push(other);
+    let mut other = satisfaction("x", SatisfactionSource::Robot, "0", at(20));
+    other.tenant = "beta".into();
+    sats.push(other);
+    let mut other = offline("x", OfflineSource::Offline, Some("o"), "later", at(20));
+    other.tenant = "beta".into();
+    offline_rows.push(other);
     store.commit(downs(records)).await.unwrap();
-
-    let mut page = MessagePage::first(at(5), at(5_000), Some(TENANT.to_owned()), 64);
-    let mut seen: Vec<MessageRow> = Vec::new();
-    loop {
-        let rows = store.messages_page(&page).await.unwrap();
-        let Some(last) = rows.last() else { break };
-        assert!(rows.len() <= 64);
-        page.next(last);
-        seen.extend(rows);
+    // In several commits, so that insertion order and time order differ for the ties.
+    for chunk in evs.chunks(100).rev() {
+        store
+            .commit(Commit {
+                events: chunk.to_vec(),
+                satisfactions: sats.drain(..sats.len().min(100)).collect(),
+                offline: offline_rows.drain(..offline_rows.len().min(100)).collect(),
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
     }
-    assert_eq!(seen.len(), 250, "each row of the range once");
-    let mut keys: Vec<_> = seen
-        .iter()
-        .map(|r| (r.created_at, r.relay_id.clone()))
-        .collect();
-    let in_order = keys.windows(2).all(|w| w[0] < w[1]);
-    assert!(in_order, "strictly increasing (created_at, relay_id)");
-    keys.dedup();
-    assert_eq!(keys.len(), 250);
-    // All tenants.
-    let all = store
-        .messages_page(&MessagePage::first(at(0), at(100_000), None, 1_000))
+    store
+        .commit(Commit {
+            satisfactions: sats,
+            offline: offline_rows,
+            ..Commit::default()
+        })
         .await
         .unwrap();
-    assert_eq!(all.len(), 253);
+
+    /// Every row of `since..until` (of `tenant`), page by page of `limit`, with its key.
+    async fn all<T, F>(
+        read: impl Fn(ExportPage) -> F,
+        tenant: Option<&str>,
+        limit: i64,
+    ) -> Vec<Keyed<T>>
+    where
+        F: Future<Output = Result<Vec<Keyed<T>>>>,
+    {
+        let mut page = ExportPage::first(at(5), at(5_000), tenant.map(str::to_owned), limit);
+        let mut seen = Vec::new();
+        loop {
+            let rows = read(page.clone()).await.unwrap();
+            assert!(rows.len() as i64 <= limit);
+            let Some(last) = rows.last() else { break };
+            page.next(last.key);
+            seen.extend(rows);
+        }
+        let in_order = seen.windows(2).all(|w| w[0].key < w[1].key);
+        assert!(in_order, "strictly increasing (created_at, id)");
+        seen
+    }
+    let t = Some(TENANT);
+    let messages = all(|p| async move { store.export_messages(&p).await }, t, 64).await;
+    assert_eq!(messages.len(), 250, "each row of the range once");
+    assert!(messages.iter().all(|m| m.key.at == m.row.created_at));
+    assert_eq!(messages[0].row.content.as_deref(), Some("m0"));
+    let events = all(|p| async move { store.export_events(&p).await }, t, 64).await;
+    assert_eq!(events.len(), 250, "the end of the range is left out");
+    // Ties come in insertion order: the second hundred events were committed before the first.
+    assert_eq!(events[0].row.relay_id, evs[100].relay_id);
+    assert_eq!(events[100].row.relay_id, evs[0].relay_id);
+    let sats = all(
+        |p| async move { store.export_satisfactions(&p).await },
+        t,
+        7,
+    )
+    .await;
+    assert_eq!(sats.len(), 250);
+    assert_eq!(sats[0].row.score, "4");
+    let offline = all(|p| async move { store.export_offline(&p).await }, t, 1_000).await;
+    assert_eq!(offline.len(), 250);
+    assert_eq!(offline[249].row.created_at, to_store_precision(at(259)));
+
+    // All tenants: the other tenant's rows and the event that names none.
+    let messages = all(|p| async move { store.export_messages(&p).await }, None, 64).await;
+    assert_eq!(messages.len(), 251);
+    let events = all(|p| async move { store.export_events(&p).await }, None, 64).await;
+    assert_eq!(events.len(), 251);
+    let sats = all(
+        |p| async move { store.export_satisfactions(&p).await },
+        None,
+        64,
+    )
+    .await;
+    assert_eq!(sats.len(), 251);
+    let offline = all(|p| async move { store.export_offline(&p).await }, None, 64).await;
+    assert_eq!(offline.len(), 251);
+
+    // A page starting at a row's key leaves that row out, and the rows at the same instant
+    // before it.
+    let page = ExportPage {
+        until: at(5_000),
+        tenant: None,
+        after: messages[100].key,
+        limit: 1_000,
+    };
+    let rest = store.export_messages(&page).await.unwrap();
+    assert_eq!(rest.len(), 150);
+    assert_eq!(rest[0].row.relay_id, messages[101].row.relay_id);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,10 +22,11 @@ use time::OffsetDateTime;
 
 use crate::summary::{self, SessionSummary, SummaryPage};
 use crate::{
-    Backend, DeadLetter, Direction, EventRecord, FileRow, FileStatus, MessagePage, MessageRow,
-    MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile, Queries, Result,
-    SatisfactionRow, SatisfactionSource, Session, SessionState, StoreError, TimCallbackRow,
-    TimStreamRow, UpLookup, Write, Written, classify, from_unix_micros, invalid, unix_micros,
+    Backend, DeadLetter, Direction, EventRecord, ExportKey, ExportPage, FileRow, FileStatus, Keyed,
+    MessageRow, MessageStatus, OfflineRow, OfflineSource, OutboxRow, OutboxStats, PendingFile,
+    Queries, Result, SatisfactionRow, SatisfactionSource, Session, SessionState, StoreError,
+    TimCallbackRow, TimStreamRow, UpLookup, Write, Written, classify, from_unix_micros, invalid,
+    unix_micros,
 };
 
 mod lookup;
@@ -350,6 +351,45 @@ fn offline_from_row(row: &SqliteRow) -> Result<OfflineRow> {
 }
 
 impl SqliteStore {
+    /// A page of `table` (one of the store's own tables, with `id`, `tenant` and `created_at`)
+    /// in `(created_at, id)` order ([`ExportPage`]). One range of the table's `created_at` index,
+    /// whose entries are `(created_at, rowid)`: already in the page's order, so nothing is
+    /// sorted, and the first condition bounds the range.
+    async fn export_rows<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        page: &ExportPage,
+        map: fn(&SqliteRow) -> Result<T>,
+    ) -> Result<Vec<Keyed<T>>> {
+        let sql = format!(
+            "SELECT id AS export_id, {columns} FROM {table} \
+             WHERE created_at >= ?1 AND (created_at > ?1 OR id > ?2) AND created_at < ?3 \
+               AND (?4 IS NULL OR tenant = ?4) \
+             ORDER BY created_at, id LIMIT ?5"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(unix_micros(page.after.at))
+            .bind(page.after.id)
+            .bind(unix_micros(page.until))
+            .bind(page.tenant.clone())
+            .bind(page.limit.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| {
+                Ok(Keyed {
+                    key: ExportKey {
+                        at: ts(r, "created_at")?,
+                        id: get(r, "export_id")?,
+                    },
+                    row: map(r)?,
+                })
+            })
+            .collect()
+    }
+
     /// One user's rows of `table` (one of the store's own tables), oldest first.
     async fn user_rows<T>(
         &self,
@@ -629,26 +669,29 @@ impl Queries for SqliteStore {
             .map(Some)
     }
 
-    async fn messages_page(&self, page: &MessagePage) -> Result<Vec<MessageRow>> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE created_at >= ?1 AND created_at < ?2 AND (?3 IS NULL OR tenant = ?3) \
-               AND (created_at > ?4 OR (created_at = ?4 AND relay_id > ?5)) \
-             ORDER BY created_at, relay_id LIMIT ?6"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(unix_micros(page.since))
-            .bind(unix_micros(page.until))
-            .bind(page.tenant.clone())
-            .bind(unix_micros(page.after.0))
-            .bind(page.after.1.clone())
-            .bind(page.limit.max(0))
-            .fetch_all(&self.pool)
+    async fn export_messages(&self, page: &ExportPage) -> Result<Vec<Keyed<MessageRow>>> {
+        self.export_rows(MESSAGE_COLUMNS, "messages", page, message_from_row)
             .await
-            .map_err(classify)?
-            .iter()
-            .map(message_from_row)
-            .collect()
+    }
+
+    async fn export_events(&self, page: &ExportPage) -> Result<Vec<Keyed<EventRecord>>> {
+        self.export_rows(EVENT_COLUMNS, "events", page, event_from_row)
+            .await
+    }
+
+    async fn export_satisfactions(&self, page: &ExportPage) -> Result<Vec<Keyed<SatisfactionRow>>> {
+        self.export_rows(
+            SATISFACTION_COLUMNS,
+            "satisfactions",
+            page,
+            satisfaction_from_row,
+        )
+        .await
+    }
+
+    async fn export_offline(&self, page: &ExportPage) -> Result<Vec<Keyed<OfflineRow>>> {
+        self.export_rows(OFFLINE_COLUMNS, "offline_messages", page, offline_from_row)
+            .await
     }
 
     async fn events(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<EventRecord>> {
