@@ -128,6 +128,36 @@ pub enum Command {
         #[arg(long)]
         prefix: String,
     },
+    /// Erase one customer everywhere the relay keeps them (docs/PRIVACY.md): every table, their
+    /// files in the object store, their messages in the streams; an audit row says who asked,
+    /// when and how many rows went. Refused while the customer's session is open. Safe to repeat.
+    /// Needs NATS, not the relay; migrates the database first (as `ccrelay migrate`).
+    Forget {
+        /// The tenant (`--kind cec`) or Tencent IM app (`--kind tim`).
+        tenant: String,
+        user: String,
+        /// `cec` (Huawei CEC) or `tim` (Tencent IM).
+        #[arg(long, default_value = "cec")]
+        kind: String,
+        /// What went, as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit of erasures, newest first (who asked, when, a hash of whom, what went).
+    Erasures {
+        /// Only the erasures of this customer (TENANT USER, found by their hash).
+        #[arg(long, num_args = 2, value_names = ["TENANT", "USER"])]
+        customer: Option<Vec<String>>,
+        /// `cec` or `tim`, with --customer.
+        #[arg(long, default_value = "cec")]
+        kind: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per erasure.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load and validate the configuration, print it with secrets redacted, then exit.
     CheckConfig,
     /// What the relay gave up on (poison messages), kept with the reason: list, retry or drop.

@@ -190,6 +190,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             ccrelay::admin::deadletter(&store, action, &mut out).await
         }
+        Command::Forget {
+            tenant,
+            user,
+            kind,
+            json,
+        } => {
+            let config = load()?;
+            let store = open_store(&config).await?;
+            store.migrate().await.context("migrating the store")?;
+            let nats = relay::bus::connect::connect(&config.nats, "ccrelay-forget")
+                .await
+                .context("connecting to NATS")?;
+            let mut out = std::io::stdout().lock();
+            let who = (kind.as_str(), tenant.as_str(), user.as_str());
+            ccrelay::admin::forget(&store, &nats, &config, who, json, &mut out).await
+        }
+        Command::Erasures {
+            customer,
+            kind,
+            limit,
+            json,
+        } => {
+            let store = open_store(&load()?).await?;
+            let who = customer
+                .as_deref()
+                .and_then(|c| Some((kind.as_str(), c.first()?.as_str(), c.get(1)?.as_str())));
+            let mut out = std::io::stdout().lock();
+            ccrelay::admin::erasures(&store, who, limit, json, &mut out).await
+        }
         Command::Summaries {
             action:
                 ccrelay::cli::SummariesAction::List {

@@ -5,12 +5,14 @@
 //! # Layout
 //! - `rig`: nats-server, the simulator behind a timestamping tap, the release relay binary,
 //!   `/proc` CPU and RSS, percentiles.
+//! - `retention`: `--retention-rows`, the same scenarios with the relay's retention at work.
 //! - `s1` poll fan-out, `s2` downlink throughput, `s3` uplink throughput, `s4` Tencent robot
 //!   streaming, `s5` several relays as one service; each also holds its baseline (`baseline-poll`, `baseline-up` and
 //!   `baseline-stream` run as child processes of this binary, as does S4's `s4-publish`).
 
 #![forbid(unsafe_code)]
 
+mod retention;
 mod rig;
 mod s1;
 mod s2;
@@ -34,6 +36,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "ccrelay benchmarks beside bare baselines (loopback only)"
 )]
 struct Cli {
+    /// Runs every relay with retention at work: this many three-day-old messages (and as many
+    /// events) seeded into its database, deleted by `store.retention = "1d"` while the scenario
+    /// measures (`retention.rs`). 0: retention off.
+    #[arg(long, global = true, default_value_t = 0)]
+    retention_rows: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -165,6 +172,7 @@ fn main() -> Result<()> {
     // `cargo bench` appends `--bench`; it means nothing here.
     let args = std::env::args().filter(|a| a != "--bench");
     let cli = Cli::parse_from(args);
+    retention::enable(cli.retention_rows);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -262,14 +262,17 @@ impl Relay {
     pub fn start_with(o: &RelayOptions<'_>, nats_extra: &str, extra: &str) -> Result<Relay> {
         let sc = SimConfig::default();
         let config = o.dir.join("ccrelay.toml");
+        let retention = crate::retention::prepare(o.store_url)?;
         std::fs::write(
             &config,
             format!(
                 r#"[store]
 url = "{store}"
+{store_retention}
 [nats]
 url = "{nats}"
 embedded = false
+{nats_retention}
 {nats_extra}
 [http]
 listen = "127.0.0.1:0"
@@ -285,6 +288,8 @@ max_sessions = 1000000
 {extra}
 "#,
                 store = o.store_url,
+                store_retention = retention.store,
+                nats_retention = retention.nats,
                 nats = o.nats_url,
                 sim = o.sim_url,
                 ak = sc.app_key,
@@ -299,7 +304,7 @@ max_sessions = 1000000
             .arg(&config)
             // The run's directory holds its poll journal (with PostgreSQL, the working directory).
             .current_dir(o.dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", retention.log)
             .envs(o.workers.map(|n| ("TOKIO_WORKER_THREADS", n.to_string())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

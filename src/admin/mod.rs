@@ -1,11 +1,13 @@
 //! The operator's commands over what the relay stored: `ccrelay sessions`, `transcript`,
-//! `replay`, `deadletter`, `summaries` and `report`. They read the database directly (SQLite or
-//! PostgreSQL alike) and never need the relay to run. `ccrelay export` is the `archive` crate's.
+//! `replay`, `deadletter`, `summaries`, `report`, `forget` and `erasures`. They read the database
+//! directly (SQLite or PostgreSQL alike) and never need the relay to run (`forget` needs NATS).
+//! `ccrelay export` is the `archive` crate's.
 //!
 //! Replay reads the transcript page by page ([`ExportPage`]), as the export does, so memory stays
 //! constant over millions of rows; on a terminal it shows its progress on stderr.
 
 mod dead;
+mod forget;
 mod format;
 mod summaries;
 
@@ -17,6 +19,7 @@ use time::OffsetDateTime;
 use store::{DynStore, ExportPage, SessionState};
 
 pub use dead::deadletter;
+pub use forget::{erasures, forget};
 pub use format::{cluster_status, parse_time};
 pub use summaries::{Report, SummaryFilter, report, summaries};
 

@@ -140,6 +140,11 @@ async fn what_the_relay_publishes_and_accepts_holds_the_schemas() {
         ("sessions.list", json!({})),
         ("transcript.get", json!({"userId": "ann", "limit": 1})),
         ("summaries.list", json!({"limit": 1})),
+        (
+            "forget",
+            json!({"userId": "nobody", "requestedBy": "asyncapi"}),
+        ),
+        ("forget", json!({"userId": "a.b"})),
     ] {
         let r = t.rpc(TENANT, op, &body).await;
         assert_valid("RpcReply", &r);

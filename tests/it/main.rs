@@ -19,6 +19,7 @@ mod outage;
 mod partitioned;
 mod pg_tls;
 mod poison;
+mod privacy;
 mod result_codes;
 mod rpc;
 mod secrets;

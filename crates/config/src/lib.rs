@@ -109,6 +109,19 @@ pub struct StoreConfig {
     /// PostgreSQL: read the password from this file (trailing newline trimmed) into `url`'s
     /// password at load, so `url` itself holds no secret.
     pub password_file: Option<PathBuf>,
+    /// How long the relay keeps what it stored (docs/PRIVACY.md): older transcripts, events,
+    /// satisfactions, offline messages, files' rows, Tencent callbacks and streams, dead letters,
+    /// summaries' free text and closed sessions are deleted in the background. `None` (the
+    /// default): kept until deleted by hand. At least an hour; the streams' and the files
+    /// bucket's `max_age` may not be longer.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How often the retention pass runs (the first one this long after start, at most a minute).
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Rows deleted per transaction by retention and erasure: small, so that the relay's own
+    /// writes never wait long for them.
+    pub retention_batch: usize,
 }
 
 impl Default for StoreConfig {
@@ -116,6 +129,9 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "sqlite://ccrelay.db".to_owned(),
             password_file: None,
+            retention: None,
+            retention_interval: Duration::from_secs(3600),
+            retention_batch: 500,
         }
     }
 }
@@ -126,6 +142,9 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("url", &crate::redact::database_url(&self.url))
             .field("password_file", &self.password_file)
+            .field("retention", &self.retention)
+            .field("retention_interval", &self.retention_interval)
+            .field("retention_batch", &self.retention_batch)
             .finish()
     }
 }
@@ -667,6 +686,7 @@ impl Config {
                 ),
             ));
         }
+        self.check_retention()?;
         self.http
             .listen
             .parse::<std::net::SocketAddr>()
@@ -852,6 +872,51 @@ impl Config {
                         ),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `store.retention` and what must agree with it: nothing of a customer outlives it, in the
+    /// database (the relay's retention task), in the streams (`nats.max_age`) or in the files
+    /// bucket (`nats.files_max_age`), whose own limits delete what is older.
+    fn check_retention(&self) -> Result<(), ConfigError> {
+        let s = &self.store;
+        if s.retention_interval < Duration::from_secs(1) {
+            return Err(invalid("store.retention_interval", "must be at least 1s"));
+        }
+        if !(1..=10_000).contains(&s.retention_batch) {
+            return Err(invalid("store.retention_batch", "must be 1 to 10000"));
+        }
+        let Some(keep) = s.retention else {
+            return Ok(());
+        };
+        if keep < Duration::from_secs(3600) {
+            return Err(invalid(
+                "store.retention",
+                format!("{} is too short: at least 1h", fmt_duration(keep)),
+            ));
+        }
+        for (key, age) in [
+            ("nats.max_age", self.nats.max_age),
+            ("nats.files_max_age", self.nats.files_max_age),
+        ] {
+            if age.is_zero() || age > keep {
+                let have = if age.is_zero() {
+                    "0s (forever)".to_owned()
+                } else {
+                    fmt_duration(age)
+                };
+                return Err(invalid(
+                    key,
+                    format!(
+                        "is {have}, longer than store.retention ({}): set it to at most that, \
+                         so that nothing outlives the retention there",
+                        fmt_duration(keep)
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1427,6 +1492,54 @@ mod tests {
             let e = load(&format!("{text}\n{MINIMAL}"), &[]).unwrap_err();
             assert!(e.to_string().contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn retention_is_off_by_default_and_bounds_the_streams_and_files() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.store.retention, None);
+        assert_eq!(c.store.retention_interval, Duration::from_secs(3600));
+        assert_eq!(c.store.retention_batch, 500);
+        let c = load(
+            &format!("[store]\nretention = \"400d\"\nretention_batch = 50\n{MINIMAL}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.store.retention, Some(Duration::from_secs(400 * 86_400)));
+        assert_eq!(c.store.retention_batch, 50);
+        let c = load(MINIMAL, &[("CCRELAY_STORE__RETENTION", "90days")]).unwrap();
+        assert_eq!(c.store.retention, Some(Duration::from_secs(90 * 86_400)));
+        for (text, key) in [
+            ("[store]\nretention = \"10m\"", "store.retention"),
+            ("[store]\nretention = \"soon\"", "retention"),
+            ("[store]\nretention_batch = 0", "store.retention_batch"),
+            (
+                "[store]\nretention_interval = \"0s\"",
+                "store.retention_interval",
+            ),
+            // A day's retention with the streams' default week.
+            ("[store]\nretention = \"1d\"", "nats.max_age"),
+            (
+                "[store]\nretention = \"1d\"\n[nats]\nmax_age = \"0s\"",
+                "nats.max_age",
+            ),
+            (
+                "[store]\nretention = \"7days\"\n[nats]\nmax_age = \"1d\"",
+                "nats.files_max_age",
+            ),
+        ] {
+            let e = load(&format!("{text}\n{MINIMAL}"), &[]).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+        let c = load(
+            &format!(
+                "[store]\nretention = \"1d\"\n[nats]\nmax_age = \"1d\"\n\
+                 files_max_age = \"12h\"\n{MINIMAL}"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.store.retention, Some(Duration::from_secs(86_400)));
     }
 
     #[test]

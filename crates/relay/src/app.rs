@@ -260,6 +260,14 @@ impl App {
         ));
         intake.spawn(timlink::run(tim, js.clone(), intake.clone()));
         intake.spawn(crate::media::run(relay.clone(), js.clone(), intake.clone()));
+        if let Some(settings) = crate::privacy::retention::Settings::of(&relay.config.store) {
+            intake.spawn(crate::privacy::retention::run(
+                store.clone(),
+                ownership.clone(),
+                settings,
+                cancel.clone(),
+            ));
+        }
         let up = Arc::new(uplink::Uplink {
             relay: relay.clone(),
             poller: poller_handle.clone(),

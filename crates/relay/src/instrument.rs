@@ -224,6 +224,21 @@ pub const CATALOGUE: &[Metric] = &[
         kind: MetricKind::Counter,
         labels: "(writes refused: their partition was another member's; recorded by the store)",
     },
+    Metric {
+        name: "ccrelay_retention_deleted_total",
+        kind: MetricKind::Counter,
+        labels: "`table` (rows retention deleted; `session_summaries`: free texts blanked; docs/PRIVACY.md)",
+    },
+    Metric {
+        name: "ccrelay_retention_passes_total",
+        kind: MetricKind::Counter,
+        labels: "`outcome` (`done`, `failed`, `handed_over`: retention passes)",
+    },
+    Metric {
+        name: "ccrelay_erasures_total",
+        kind: MetricKind::Counter,
+        labels: "`outcome` (`done`, `incomplete`: customers erased by `forget`)",
+    },
 ];
 
 /// Histogram buckets, in seconds: from a millisecond to half a minute.
@@ -445,6 +460,22 @@ pub fn cluster_takeover(kind: &'static str) {
 /// One lease tick's transaction took `took`.
 pub fn cluster_lease_renewal(took: Duration) {
     histogram!("ccrelay_cluster_lease_renewal_seconds").record(took.as_secs_f64());
+}
+
+/// Retention deleted `rows` of `table` (of `session_summaries`: blanked their free text).
+pub fn retention_deleted(table: &'static str, rows: u64) {
+    counter!("ccrelay_retention_deleted_total", "table" => table).increment(rows);
+}
+
+/// A retention pass ended: `done`, `failed` (the next one goes on), `handed_over` (partition 0
+/// moved to another member).
+pub fn retention_pass(outcome: &'static str) {
+    counter!("ccrelay_retention_passes_total", "outcome" => outcome).increment(1);
+}
+
+/// An erasure ended: `done` or `incomplete`.
+pub fn erasure(outcome: &'static str) {
+    counter!("ccrelay_erasures_total", "outcome" => outcome).increment(1);
 }
 
 #[cfg(test)]

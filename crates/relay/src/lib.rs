@@ -10,7 +10,8 @@
 //! and makes the CEC calls; [`timlink`] makes Tencent's Desk sends and robot streams under the
 //! app's rate limit; [`rpc`] answers request-reply calls for the endpoints that are not messages.
 //!
-//! Around them: [`bus`] (the NATS connection, streams, JetStream publisher), [`http`]
+//! Around them: [`privacy`] (retention's background deletions, a customer's erasure), [`bus`]
+//! (the NATS connection, streams, JetStream publisher), [`http`]
 //! (`/healthz`, `/readyz`, `/metrics`, the Tencent callbacks), [`instrument`] (metrics),
 //! [`systemd`] (readiness and watchdog), [`instance`] (the relay's name for the upstreams and
 //! its SQLite lock's description), and [`app`], which wires every task under one cancellation
@@ -19,7 +20,7 @@
 //! The modules depend on each other in one direction only; each uses only those listed before it:
 //! 1. [`instance`], [`instrument`], [`systemd`], [`ownership`] (the work gate of a cluster's
 //!    partitions), [`bus`] (with [`bus::ack`]: what becomes of a consumed message);
-//! 2. [`outbox`];
+//! 2. [`outbox`], [`privacy`] (retention and erasure);
 //! 3. [`relay`]: what the CEC tasks share (store, subjects, tenants' clients, the outbox signal,
 //!    the store's health, the cancellation token);
 //! 4. [`media`]; 5. [`poller`], then [`cluster`] (membership: adopts sessions into the poller);
@@ -42,6 +43,7 @@ pub mod media;
 pub mod outbox;
 pub mod ownership;
 pub mod poller;
+pub mod privacy;
 pub mod relay;
 pub mod rpc;
 pub mod systemd;

@@ -25,6 +25,8 @@
 //! - `files`: media the contact center sent down, downloaded into the NATS object store: one
 //!   row per DownMessage, pending until downloaded (or given up), with its size, sha256, bucket,
 //!   object and the last error.
+//! - `erasures`: the audit of erasures (who asked, when, a hash of whom, how many rows went):
+//!   [`privacy`], which also has retention's and erasure's deletions.
 //! - `session_summaries`: one row per conversation — a CEC session once closed, a Tencent Desk
 //!   session as of its latest event — with its figures ([`summary`]), computed in SQL from the
 //!   rows above in the transaction that closes the session.
@@ -73,6 +75,7 @@ mod lock;
 pub mod metrics;
 mod paged;
 pub mod postgres;
+pub mod privacy;
 mod records;
 pub mod sqlite;
 mod store;
@@ -955,6 +958,16 @@ pub trait Backend: Queries {
     /// `write_batch` blocks the calling thread for the batch.
     fn writers(&self) -> group::Writers;
 
+    /// One step of retention or erasure, in a transaction of its own beside group commit's
+    /// ([`privacy`]).
+    async fn purge(&self, step: &privacy::Purge) -> Result<privacy::Purged>;
+    /// Makes what was deleted unreadable in the database's files, as far as the database can:
+    /// SQLite copies its write-ahead log into the database and truncates it; PostgreSQL vacuums
+    /// `tables` (none: nothing; docs/PRIVACY.md says what stays).
+    async fn scrub(&self, tables: &[privacy::Table]) -> Result<privacy::Scrubbed>;
+    /// Stores an erasure's audit record; its id.
+    async fn record_erasure(&self, erasure: &privacy::Erasure) -> Result<i64>;
+
     /// Closes the connections, after waiting for those in use to be returned. Every later call
     /// fails with a retryable [`StoreError::Unavailable`].
     async fn close(&self);
@@ -1058,6 +1071,9 @@ pub trait Queries: Send + Sync + 'static {
     async fn pending_files(&self, limit: i64) -> Result<Vec<PendingFile>>;
     /// Files of a user, oldest first.
     async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>>;
+
+    /// The erasures' audit, newest first, at most `limit`.
+    async fn erasures(&self, limit: i64) -> Result<Vec<privacy::Erasure>>;
 
     // Session summaries ([`summary`]).
 

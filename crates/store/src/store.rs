@@ -346,6 +346,27 @@ impl Store {
         Ok(written)
     }
 
+    // --- Retention and erasure ([`crate::privacy`]) ------------------------------------------
+
+    /// One step of retention or erasure: one transaction of its own, beside group commit's.
+    pub async fn purge(&self, step: &crate::privacy::Purge) -> Result<crate::privacy::Purged> {
+        self.shared.backend.purge(step).await
+    }
+
+    /// Makes what was deleted from `tables` unreadable in the database's files, as far as the
+    /// database can ([`Backend::scrub`]).
+    pub async fn scrub(
+        &self,
+        tables: &[crate::privacy::Table],
+    ) -> Result<crate::privacy::Scrubbed> {
+        self.shared.backend.scrub(tables).await
+    }
+
+    /// Stores an erasure's audit record; its id.
+    pub async fn record_erasure(&self, erasure: &crate::privacy::Erasure) -> Result<i64> {
+        self.shared.backend.record_erasure(erasure).await
+    }
+
     // --- The commit-and-retry path ----------------------------------------------------------
 
     /// Commits, retrying while the database is away (the work it records was done and must not

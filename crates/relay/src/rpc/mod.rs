@@ -4,6 +4,9 @@
 //! answer plus `"ok"`, or `{"ok": false, "error": {"code", "message"}}` for a request the relay
 //! refuses (`invalid_request`, `unknown_tenant`, `upstream`, `unavailable`, `timeout`).
 //!
+//! `forget` erases one customer (`forget`, [`crate::privacy::forget`]): tenant-scoped for a CEC
+//! customer, relay-wide (`P.rpc.forget`) for a Tencent app's user too.
+//!
 //! Relay-wide `P.rpc.<op>`: `sessions.list`, `transcript.get`, `summaries.list`, `health`,
 //! `cluster.status` (`relay_wide`; the last is [`crate::cluster::status`]). The
 //! reads about a tenant's customers are also served tenant-scoped, as
@@ -29,6 +32,7 @@
 //! no owner known (a partition between owners), the reply is `unavailable`: retry.
 
 mod body;
+mod forget;
 mod ops;
 mod relay_wide;
 mod stored;
@@ -167,6 +171,7 @@ pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
             }
         }
     };
+    let js = async_nats::jetstream::new(nats.clone());
     let tracker = tokio_util::task::TaskTracker::new();
     let limit = relay.config.rpc.max_concurrent;
     // One bucket per tenant; the relay-wide requests and those naming no tenant share one more.
@@ -251,8 +256,9 @@ pub async fn run(up: Arc<Uplink>, nats: async_nats::Client) {
         }
         let up = up.clone();
         let nats = nats.clone();
+        let js = js.clone();
         tracker.spawn(async move {
-            let body = handle(&up, &subject, &msg.payload).await;
+            let body = handle(&up, &js, &subject, &msg.payload).await;
             drop(permit);
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             if let Err(e) = nats.publish(reply_to, bytes.into()).await {
@@ -309,10 +315,15 @@ fn owner_route(relay: &Relay, subject: &str, payload: &[u8]) -> Route {
 }
 
 /// Handles one request and returns the reply body; runs in the span `rpc` (`subject`).
-pub async fn handle(up: &Uplink, subject: &str, payload: &[u8]) -> Value {
+pub async fn handle(
+    up: &Uplink,
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    payload: &[u8],
+) -> Value {
     let span = tracing::error_span!("rpc", subject);
     async {
-        match dispatch(up, subject, payload).await {
+        match dispatch(up, js, subject, payload).await {
             Ok(v) => v,
             Err(e) => {
                 if let RpcError::Upstream(u) = &e {
@@ -326,9 +337,17 @@ pub async fn handle(up: &Uplink, subject: &str, payload: &[u8]) -> Value {
     .await
 }
 
-async fn dispatch(up: &Uplink, subject: &str, payload: &[u8]) -> Result<Value, RpcError> {
+async fn dispatch(
+    up: &Uplink,
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    payload: &[u8],
+) -> Result<Value, RpcError> {
     let relay: &Relay = &up.relay;
     if let Some(op) = subject.strip_prefix(&format!("{}.rpc.", relay.subjects.prefix())) {
+        if op == "forget" {
+            return forget::relay_wide(up, js, &Body::parse(payload)?).await;
+        }
         return relay_wide::call(relay, op, &Body::parse(payload)?).await;
     }
     let prefix = format!("{}.cec.", relay.subjects.prefix());
@@ -351,6 +370,9 @@ async fn dispatch(up: &Uplink, subject: &str, payload: &[u8]) -> Result<Value, R
     }
     if stored::OPS.contains(&op) {
         return stored::call(relay, tenant, op, &body).await;
+    }
+    if op == "forget" {
+        return forget::cec(up, js, tenant_name, &body).await;
     }
     ops::call(up, tenant, op, body).await
 }

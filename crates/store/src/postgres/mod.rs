@@ -7,6 +7,7 @@
 //! `crate::apply`; this module has PostgreSQL's statements for it (`apply::RowOps`).
 
 pub mod cluster;
+mod privacy;
 mod text;
 
 use std::collections::HashSet;
@@ -1153,6 +1154,18 @@ impl Backend for PgStore {
         crate::group::Writers::Tasks(crate::group::PG_WRITERS)
     }
 
+    async fn purge(&self, step: &crate::privacy::Purge) -> Result<crate::privacy::Purged> {
+        privacy::purge(&self.pool, step).await
+    }
+
+    async fn scrub(&self, tables: &[crate::privacy::Table]) -> Result<crate::privacy::Scrubbed> {
+        privacy::scrub(&self.pool, tables).await
+    }
+
+    async fn record_erasure(&self, erasure: &crate::privacy::Erasure) -> Result<i64> {
+        privacy::record_erasure(&self.pool, erasure).await
+    }
+
     fn leases(&self) -> Option<cluster::Leases> {
         Some(cluster::Leases::new(self.pool.clone()))
     }
@@ -1539,6 +1552,10 @@ impl Queries for PgStore {
     async fn files(&self, kind: &str, tenant: &str, user_id: &str) -> Result<Vec<FileRow>> {
         self.user_rows(FILE_COLUMNS, "files", kind, tenant, user_id, file_from_row)
             .await
+    }
+
+    async fn erasures(&self, limit: i64) -> Result<Vec<crate::privacy::Erasure>> {
+        privacy::erasures(&self.pool, limit).await
     }
 
     async fn summaries_page(&self, page: &SummaryPage) -> Result<Vec<SessionSummary>> {

@@ -30,6 +30,7 @@ use crate::{
 };
 
 mod lookup;
+mod privacy;
 mod write;
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY` (retryable).
@@ -443,6 +444,21 @@ impl Backend for SqliteStore {
         crate::group::Writers::OwnThread
     }
 
+    async fn purge(&self, step: &crate::privacy::Purge) -> Result<crate::privacy::Purged> {
+        let (writer, step) = (Arc::clone(&self.batches), step.clone());
+        blocking(move || privacy::purge(&writer, &step)).await
+    }
+
+    async fn scrub(&self, _tables: &[crate::privacy::Table]) -> Result<crate::privacy::Scrubbed> {
+        let writer = Arc::clone(&self.batches);
+        blocking(move || privacy::scrub(&writer)).await
+    }
+
+    async fn record_erasure(&self, erasure: &crate::privacy::Erasure) -> Result<i64> {
+        let (writer, erasure) = (Arc::clone(&self.batches), erasure.clone());
+        blocking(move || privacy::record_erasure(&writer, &erasure)).await
+    }
+
     async fn close(&self) {
         // Waits for a batch in progress: off the runtime.
         let batches = Arc::clone(&self.batches);
@@ -819,6 +835,32 @@ impl Queries for SqliteStore {
             .await
     }
 
+    async fn erasures(&self, limit: i64) -> Result<Vec<crate::privacy::Erasure>> {
+        sqlx::query(
+            "SELECT id, kind, tenant, user_hash, requested_by, outcome, counts, started_at, \
+             finished_at FROM erasures ORDER BY id DESC LIMIT ?1",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| {
+            Ok(crate::privacy::Erasure {
+                id: get(row, "id")?,
+                kind: get(row, "kind")?,
+                tenant: get(row, "tenant")?,
+                user_hash: get(row, "user_hash")?,
+                requested_by: get(row, "requested_by")?,
+                outcome: get(row, "outcome")?,
+                counts: crate::privacy::counts_of(&get::<String>(row, "counts")?)?,
+                started_at: ts(row, "started_at")?,
+                finished_at: ts(row, "finished_at")?,
+            })
+        })
+        .collect()
+    }
+
     async fn summaries_page(&self, page: &SummaryPage) -> Result<Vec<SessionSummary>> {
         let (sql, args) = page.query(|n| format!("?{n}"));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -900,6 +942,13 @@ impl summary::Columns for SummaryColumns<'_> {
     fn time(&self, column: &str) -> Result<Option<OffsetDateTime>> {
         opt_ts(self.0, column)
     }
+}
+
+/// Runs `f` (which blocks on the writer's connection) on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(e))))?
 }
 
 // --- Tencent IM: streams and callbacks ---------------------------------------------------

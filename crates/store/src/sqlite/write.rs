@@ -15,7 +15,8 @@
 //!
 //! The connection has the settings of the read pool ([`super::SqliteStore::connect`]): WAL,
 //! `synchronous = FULL` (a committed batch survives a power loss), foreign keys, a busy timeout,
-//! statement journals in memory and a checkpoint every [`super::WAL_CHECKPOINT_PAGES`] pages.
+//! statement journals in memory and a checkpoint every [`super::WAL_CHECKPOINT_PAGES`] pages;
+//! and, as the one connection that deletes, `secure_delete`.
 //! [`Writer::write_batch`] blocks its thread for the batch: it is for the writer's own thread.
 
 use std::collections::HashSet;
@@ -196,6 +197,10 @@ impl Writer {
             ("foreign_keys", "ON".to_owned()),
             ("temp_store", "MEMORY".to_owned()),
             ("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string()),
+            // Deleted content is overwritten with zeros, pages freed included: the text of a
+            // published outbox row, of a row rewritten by an update, of cells a b-tree moved, is
+            // not left in free space, where an erasure could not reach it (docs/PRIVACY.md).
+            ("secure_delete", "ON".to_owned()),
         ] {
             conn.pragma_update(None, pragma, value)
                 .map_err(sqlite_error)?;
@@ -227,6 +232,15 @@ impl Writer {
         let written = futures::executor::block_on(apply::write_batch(&mut Rows(&tx), writes))?;
         tx.commit().map_err(sqlite_error)?;
         Ok(written)
+    }
+
+    /// Runs `f` on the writer's connection, between two batches ([`super::privacy`]'s steps).
+    pub(super) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = guard
+            .as_mut()
+            .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))?;
+        f(conn)
     }
 
     /// Closes the connection; later writes fail as unavailable.
