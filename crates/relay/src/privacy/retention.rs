@@ -3,9 +3,10 @@
 //! retention, table by table ([`store::privacy::Table::RETENTION`]), in steps of at most
 //! `store.retention_batch` rows, each one transaction of its own ([`store::Store::purge`]).
 //!
-//! **Never in the way.** After each step the task pauses at least as long as the step took (and
-//! at least [`MIN_PAUSE`]), so it holds the database — on SQLite its one write lock — for at most
-//! half of the time, in slices of a few hundred rows; the relay's own commits go between them.
+//! **Never in the way.** After each step the task pauses [`PAUSE_FACTOR`] times as long as the
+//! step took (and at least [`MIN_PAUSE`]), so it holds the database — on SQLite its one write
+//! lock — for at most a fifth of the time, in slices of a few hundred rows; the relay's own
+//! commits go between them.
 //! A pass that finds the database away stops and the next one goes on.
 //!
 //! **One member.** In a cluster only the owner of partition 0 (the outbox publisher) runs the
@@ -31,6 +32,8 @@ use crate::ownership::Ownership;
 use store::DynStore;
 use store::privacy::{Purge, Table};
 
+/// A pause between two steps is this many times as long as the step before it.
+pub const PAUSE_FACTOR: u32 = 4;
 /// The shortest pause between two steps.
 pub const MIN_PAUSE: Duration = Duration::from_millis(20);
 /// The longest wait before the first pass.
@@ -166,7 +169,7 @@ async fn pass(
             }
             step = s.next(&done);
             if step.is_some() {
-                let pause = began.elapsed().max(MIN_PAUSE);
+                let pause = (began.elapsed() * PAUSE_FACTOR).max(MIN_PAUSE);
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Stopped::Cancelled),
                     _ = tokio::time::sleep(pause) => {}
